@@ -1,0 +1,110 @@
+"""The assistant's ASGI application, assembled explicitly from the API modules."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import db as database, ollama_api, openai_api, store, systemd, ui
+from .auth import TokenAuth
+from .config import Config
+from .engine import Engine
+from .errors import APIError
+from .http import BodyLimit, openai_error
+from .llama import ModelError
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def error_response(path: str, err: APIError):
+    return ollama_api.error_response(err) if path.startswith("/api/") else openai_error(err)
+
+
+async def handle_api_error(request: Request, err: APIError):
+    return error_response(request.url.path, err)
+
+
+async def health(request: Request):
+    engine: Engine = request.state.engine
+    status = engine.status()
+    if engine.state == "ready":
+        return JSONResponse({"status": "ok", "model": status["model"], "tier": store.tier_of(status["path"]),
+                             "threads": status["threads"], "context_tokens": status["context_tokens"]})
+    if engine.state == "no_model":  # deliberately up without a model: healthy, waiting for the owner
+        return JSONResponse({"status": "no_model", "model": None, "reason": engine.reason})
+    return JSONResponse({"status": engine.state, "reason": engine.reason}, status_code=503)
+
+
+async def metrics_page(request: Request):
+    return PlainTextResponse(request.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+class CountRequests:
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def counting_send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            route = "/".join(scope["path"].split("/")[:3]) or "/"  # bounded label set: no ids
+            self.metrics.request(route, status)
+
+
+def create_app(config: Config, model_path=None) -> Starlette:
+    """The app for `config`; `model_path` (else the config's or the store's choice) is loaded at start."""
+    db = database.connect(config.database_path)
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        engine = Engine(config.inference, metrics)
+        interval = systemd.watchdog_interval()
+        heartbeat = asyncio.create_task(systemd.heartbeat(interval)) if interval else None
+        path = model_path or store.configured_model(config)
+        if path is not None:
+            systemd.notify(f"STATUS=loading {path.name}")
+            try:
+                await engine.swap(path)
+            except ModelError as err:
+                log.error("serving without a model: %s", err)
+        systemd.notify("READY=1", f"STATUS={engine.reason}")
+        log.info("ready: %s", engine.reason)
+        try:
+            yield {"engine": engine, "db": db, "metrics": metrics, "config": config}
+        finally:
+            systemd.notify("STOPPING=1", "STATUS=shutting down")
+            if heartbeat:
+                heartbeat.cancel()
+            await engine.close()
+
+    return Starlette(
+        routes=[Route("/health", health), Route("/metrics", metrics_page)]
+        + openai_api.routes + ollama_api.routes + ui.routes,
+        middleware=[
+            Middleware(CountRequests, metrics=metrics),
+            Middleware(BodyLimit, limit=config.server.max_body_bytes),
+            Middleware(TokenAuth, db=db, error_response=error_response),
+        ],
+        exception_handlers={APIError: handle_api_error},
+        lifespan=lifespan,
+    )

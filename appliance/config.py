@@ -1,0 +1,182 @@
+"""The box's one typed configuration.
+
+Every part of the appliance reads a frozen `Config`.  Values come, last one
+winning, from the defaults below, the image's `/etc/paladin/paladin.yaml`, the
+owner's choices kept on the data partition (`<data_dir>/config.yaml`, written
+by the setup wizard) and the command line.  The field metadata is the single
+table that drives parsing, validation messages and the JSON Schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+SYSTEM_CONFIG = Path("/etc/paladin/paladin.yaml")
+OWNER_CONFIG_NAME = "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration value is unusable; the message names key, value and what is allowed."""
+
+
+def setting(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
+            pattern: str | None = None, allowed: str | None = None) -> Any:
+    return field(default=default, metadata={
+        "help": help, "minimum": minimum, "maximum": maximum, "pattern": pattern, "allowed": allowed})
+
+
+def section(cls: type) -> Any:
+    return field(default_factory=cls)
+
+
+LISTEN_PATTERN = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):[0-9]{1,5}$"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = setting("0.0.0.0:8080", "Address the assistant's HTTP server binds, HOST:PORT.",
+                          pattern=LISTEN_PATTERN, allowed="HOST:PORT, e.g. 127.0.0.1:8080")
+    max_body_bytes: int = setting(1_048_576, "Largest accepted request body.",
+                                  minimum=1024, maximum=64 * 1_048_576)
+    graceful_timeout: int = setting(20, "Seconds in-flight streams get to finish on shutdown.",
+                                    minimum=1, maximum=600)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    model: str = setting("", "Model to serve: a GGUF path, or a catalog tier name found in the "
+                             "model store; empty serves the store's active model, if any.")
+    threads: int = setting(0, "Generation threads; 0 means one per physical core.",
+                           minimum=0, maximum=256)
+    context_tokens: int = setting(4096, "Context window per conversation, in tokens.",
+                                  minimum=64, maximum=131072)
+    max_tokens: int = setting(1024, "Tokens generated when a request names no limit.",
+                              minimum=1, maximum=131072)
+    queue_size: int = setting(16, "Requests that may wait for the model; beyond it the API answers 429.",
+                              minimum=1, maximum=1024)
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: str = setting("/var/lib/paladin", "Writable state: database, models, owner config.",
+                            pattern=r"^/", allowed="an absolute path")
+    server: ServerConfig = section(ServerConfig)
+    inference: InferenceConfig = section(InferenceConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def models_path(self) -> Path:
+        return self.data_path / "models"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_path / "paladin.db"
+
+    def listen_address(self) -> tuple[str, int]:
+        host, _, port = self.server.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def _check(path: str, f: dataclasses.Field, kind: type, value: Any, source: str) -> Any:
+    meta = f.metadata
+    expected = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[kind]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{source}: {path}: {value!r} is not {expected}")
+    low, high = meta["minimum"], meta["maximum"]
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"{source}: {path}: {value!r} is out of range (allowed: {low} to {high})")
+    if meta["pattern"] and not re.match(meta["pattern"], value):
+        raise ConfigError(f"{source}: {path}: {value!r} is not allowed (allowed: {meta['allowed']})")
+    if path == "server.listen" and not 0 < int(value.rpartition(":")[2]) < 65536:
+        raise ConfigError(f"{source}: {path}: {value!r} has no valid port (allowed: 1 to 65535)")
+    return value
+
+
+def _merge(base: Any, raw: Any, source: str, prefix: str = "") -> Any:
+    """Return `base` (a config dataclass) updated with the mapping `raw`, validating every value."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'}: expected a mapping, got {raw!r}")
+    known = {f.name: f for f in dataclasses.fields(base)}
+    kinds = typing.get_type_hints(type(base))
+    changes = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{source}: {path}: unknown key (known: {', '.join(known)})")
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _merge(current, value, source, f"{path}.")
+        else:
+            changes[key] = _check(path, known[key], kinds[key], value, source)
+    return dataclasses.replace(base, **changes)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return raw if raw is not None else {}
+
+
+def load(system_file: Path | None = SYSTEM_CONFIG, overrides: dict | None = None) -> Config:
+    """Defaults, then the system file, then the owner's file on the data partition, then overrides.
+
+    `overrides` (from the command line) are applied first to find the data
+    directory and again last so that they win.
+    """
+    config = Config()
+    if system_file is not None and system_file.exists():
+        config = _merge(config, _read_yaml(system_file), str(system_file))
+    overrides = overrides or {}
+    config = _merge(config, overrides, "command line")
+    owner_file = config.data_path / OWNER_CONFIG_NAME
+    if owner_file.exists():
+        config = _merge(config, _read_yaml(owner_file), str(owner_file))
+        config = _merge(config, overrides, "command line")
+    return config
+
+
+def parse(raw: dict, source: str = "config") -> Config:
+    return _merge(Config(), raw, source)
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def json_schema(cls: type = Config) -> dict:
+    """The JSON Schema of the configuration file, from the same metadata that validates it."""
+    properties = {}
+    for f in dataclasses.fields(cls):
+        kind = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(kind):
+            properties[f.name] = json_schema(kind)
+            continue
+        prop: dict[str, Any] = {
+            "type": {str: "string", int: "integer", float: "number", bool: "boolean"}[kind],
+            "default": f.default, "description": f.metadata["help"]}
+        for key, name in (("minimum", "minimum"), ("maximum", "maximum"), ("pattern", "pattern")):
+            if f.metadata[key] is not None:
+                prop[name] = f.metadata[key]
+        properties[f.name] = prop
+    return {"type": "object", "additionalProperties": False, "properties": properties}
+
+
+def default_threads() -> int:
+    """One thread per physical core: llama.cpp's decode is memory-bound and SMT siblings only contend."""
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1

@@ -1,0 +1,198 @@
+"""llama.cpp through its C API: one loaded model, one context, one sequence.
+
+The high-level `llama_cpp.Llama` re-detokenizes the whole completion at every
+streamed token (O(n) per token); this module exposes just the steps the engine
+needs so that each generated token costs one decode, one sample and one piece.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+
+_backends: list[str] | None = None
+log = logging.getLogger("llama.cpp")
+WARN, ERROR = 3, 4  # ggml_log_level
+LOADED = "loaded CPU backend from "
+
+
+@llama_cpp.llama_log_callback
+def _forward_log(level: int, text: bytes, _user) -> None:
+    """llama.cpp narrates every tensor it loads; keep its warnings, errors and the CPU variant chosen."""
+    message = text.decode(errors="replace").rstrip()
+    if level in (WARN, ERROR) or LOADED in message:
+        log.log(logging.ERROR if level == ERROR else logging.WARNING if level == WARN else logging.INFO,
+                "%s", message)
+
+
+class ModelError(RuntimeError):
+    """A model file could not be loaded or used."""
+
+
+def load_backends() -> list[str]:
+    """Load ggml's backend plugins (the CPU variants) once; return the devices found (logged with the variant).
+
+    The wheel is built with GGML_BACKEND_DL so that one binary carries a CPU
+    backend per instruction-set level, picked at run time for the CPU at hand.
+    llama-cpp-python never loads those plugins itself.  libggml must be the
+    instance libllama already uses, hence the look-up by soname with NOLOAD.
+    """
+    global _backends
+    if _backends is None:
+        llama_cpp.llama_log_set(_forward_log, None)
+        ggml = ctypes.CDLL("libggml.so.0", mode=os.RTLD_NOLOAD | ctypes.RTLD_GLOBAL)
+        ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+        for directory in plugin_dirs():
+            ggml.ggml_backend_load_all_from_path(str(directory).encode())
+        ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+        ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+        ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        ggml.ggml_backend_dev_description.restype = ctypes.c_char_p
+        ggml.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
+        count = ggml.ggml_backend_dev_count()
+        if count == 0:
+            raise ModelError("no ggml backend could be loaded for this CPU (is the llama-cpp-python wheel complete?)")
+        _backends = [ggml.ggml_backend_dev_description(ggml.ggml_backend_dev_get(i)).decode() for i in range(count)]
+        llama_cpp.llama_backend_init()
+    return _backends
+
+
+def plugin_dirs() -> list[Path]:
+    """Where the CPU backends are: llama.cpp's install rules put them in <prefix>/bin, which
+    the wheel maps to site-packages/bin; a build that installs them beside libllama works too."""
+    package = Path(llama_cpp.__file__).parent
+    return [d for d in (package / "lib", package.parent / "bin") if any(d.glob("libggml-cpu*.so"))]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    seed: int | None = None
+
+
+class Sampler:
+    def __init__(self, sampling: Sampling):
+        self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = lambda s: llama_cpp.llama_sampler_chain_add(self._chain, s)  # noqa: E731
+        if sampling.temperature <= 0:
+            add(llama_cpp.llama_sampler_init_greedy())
+            return
+        add(llama_cpp.llama_sampler_init_top_k(sampling.top_k))
+        add(llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
+        add(llama_cpp.llama_sampler_init_temp(sampling.temperature))
+        seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
+        add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def sample(self, ctx) -> int:
+        return llama_cpp.llama_sampler_sample(self._chain, ctx, -1)
+
+    def close(self) -> None:
+        llama_cpp.llama_sampler_free(self._chain)
+
+
+class Model:
+    """A GGUF model with one context whose KV cache holds `self.cached` (sequence 0)."""
+
+    def __init__(self, path: Path, *, threads: int, context_tokens: int, batch: int = 512):
+        load_backends()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: no such model file")
+        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(),
+                                                           llama_cpp.llama_model_default_params())
+        if not self._model:
+            raise ModelError(f"{self.path}: llama.cpp could not load this file as a GGUF model")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = context_tokens
+        params.n_batch = params.n_ubatch = min(batch, context_tokens)
+        params.n_threads = params.n_threads_batch = threads
+        params.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(self._model, params)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self._model)
+            raise ModelError(f"{self.path}: could not create a context of {context_tokens} tokens")
+        self._memory = llama_cpp.llama_get_memory(self.ctx)
+        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        self.batch = params.n_batch
+        self.threads = threads
+        self.cached: list[int] = []
+        self._piece = ctypes.create_string_buffer(256)
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(65536)
+        n = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    @property
+    def size_bytes(self) -> int:
+        return llama_cpp.llama_model_size(self._model)
+
+    @property
+    def parameters(self) -> int:
+        return llama_cpp.llama_model_n_params(self._model)
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        data = text.encode()
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, True)
+        if n < 0:
+            raise ModelError(f"tokenizer needed {-n} tokens for {len(data)} bytes")
+        return buf[:n]
+
+    def piece(self, token: int) -> bytes:
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+        return self._piece.raw[:n]
+
+    def special_text(self, name: str) -> str:
+        """The text of the model's `bos` or `eos` token, for chat templates that spell it out."""
+        token = self.meta(f"tokenizer.ggml.{name}_token_id")
+        return llama_cpp.llama_vocab_get_text(self._vocab, int(token)).decode("utf-8", "replace") if token else ""
+
+    def is_end(self, token: int) -> bool:
+        return llama_cpp.llama_vocab_is_eog(self._vocab, token)
+
+    def _decode(self, tokens: list[int]) -> None:
+        array = (llama_cpp.llama_token * len(tokens))(*tokens)
+        if llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(array, len(tokens))) != 0:
+            raise ModelError(f"llama_decode failed with {len(self.cached)} tokens in the context")
+        self.cached.extend(tokens)
+
+    def prefill(self, tokens: list[int], should_stop=lambda: False) -> int:
+        """Make the KV cache hold `tokens`; return how many were reused from the previous request.
+
+        The last token is always decoded again so that fresh logits exist to sample from.
+        """
+        reused = 0
+        for a, b in zip(self.cached, tokens[:-1]):
+            if a != b:
+                break
+            reused += 1
+        llama_cpp.llama_memory_seq_rm(self._memory, 0, reused, -1)
+        del self.cached[reused:]
+        for start in range(reused, len(tokens), self.batch):
+            if should_stop():
+                break
+            self._decode(tokens[start:start + self.batch])
+        return reused
+
+    def reset(self) -> None:
+        llama_cpp.llama_memory_clear(self._memory, True)
+        self.cached.clear()
+
+    def advance(self, token: int) -> None:
+        self._decode([token])
+
+    def close(self) -> None:
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            llama_cpp.llama_model_free(self._model)
+            self.ctx = None

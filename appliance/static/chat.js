@@ -1,0 +1,99 @@
+// The chat page: conversations live on the box; the API token stays in this browser only.
+const $ = (id) => document.getElementById(id);
+let current = null;
+
+function token() { return localStorage.getItem("paladin-token"); }
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    ...options,
+    headers: { "Authorization": "Bearer " + token(), "Content-Type": "application/json" },
+  });
+  if (response.status === 401) { localStorage.removeItem("paladin-token"); showLogin(); throw new Error("token refused"); }
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error(body.error ? body.error.message : response.statusText);
+  }
+  return response;
+}
+
+function showLogin() { $("login").hidden = false; $("chat").hidden = true; }
+
+function addMessage(role, text) {
+  const item = document.createElement("li");
+  item.className = role;
+  item.textContent = text;
+  $("messages").append(item);
+  item.scrollIntoView();
+  return item;
+}
+
+async function loadList() {
+  const { conversations } = await (await api("/conversations")).json();
+  $("conversations").replaceChildren(...conversations.map((c) => {
+    const item = document.createElement("li");
+    item.textContent = c.title;
+    item.dataset.id = c.id;
+    item.className = c.id === current ? "active" : "";
+    item.onclick = () => open(c.id);
+    return item;
+  }));
+}
+
+async function open(id) {
+  current = id;
+  const conversation = await (await api("/conversations/" + id)).json();
+  $("messages").replaceChildren();
+  conversation.messages.forEach((m) => addMessage(m.role, m.content));
+  await loadList();
+}
+
+async function send(text) {
+  if (!current) {
+    const created = await (await api("/conversations", { method: "POST", body: JSON.stringify({ title: text.slice(0, 60) }) })).json();
+    current = created.id;
+  }
+  addMessage("user", text);
+  const reply = addMessage("assistant", "");
+  const response = await api(`/conversations/${current}/messages`, { method: "POST", body: JSON.stringify({ content: text }) });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += value;
+    const events = buffer.split("\n\n");
+    buffer = events.pop();
+    for (const event of events) {
+      const data = JSON.parse(event.replace(/^data: /, ""));
+      if (data.text) reply.textContent += data.text;
+    }
+  }
+  reply.dataset.done = "true";
+  await loadList();
+}
+
+$("login").onsubmit = async (e) => {
+  e.preventDefault();
+  localStorage.setItem("paladin-token", $("token").value.trim());
+  await start();
+};
+$("composer").onsubmit = async (e) => {
+  e.preventDefault();
+  const text = $("prompt").value.trim();
+  if (!text) return;
+  $("prompt").value = "";
+  $("error").textContent = "";
+  try { await send(text); } catch (err) { $("error").textContent = err.message; }
+};
+$("new").onclick = () => { current = null; $("messages").replaceChildren(); loadList(); };
+
+async function start() {
+  if (!token()) return showLogin();
+  try {
+    await loadList();
+    $("login").hidden = true;
+    $("chat").hidden = false;
+  } catch (err) { $("error").textContent = err.message; }
+}
+start();

@@ -1,0 +1,168 @@
+"""The model store on the data partition: a catalog of tiers, verified downloads and imports.
+
+Nothing half-written ever sits where a model is expected: bytes go to
+`models/.partial/NAME.part` (kept across interruptions so downloads resume),
+are checked against the pinned SHA-256, and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from .config import Config
+
+CATALOG = Path(__file__).with_name("catalog.yaml")
+CHUNK = 1 << 20
+
+Progress = Callable[[int, int], None]
+
+
+class StoreError(RuntimeError):
+    """A model could not be downloaded, imported or found; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    file: str
+    size: int
+    ram: int
+    url: str
+    sha256: str
+
+
+def catalog(path: Path = CATALOG) -> list[Tier]:
+    """The model ladder, smallest first."""
+    return [Tier(**entry) for entry in yaml.safe_load(path.read_text())["tiers"]]
+
+
+def tier_of(path: str | Path | None) -> str | None:
+    name = Path(path).name if path else None
+    return next((t.name for t in catalog() if t.file == name), None)
+
+
+def configured_model(config: Config) -> Path | None:
+    """The model to serve: `inference.model` as a path or tier name, else the first GGUF in the store."""
+    choice = config.inference.model
+    if "/" in choice:
+        return Path(choice)
+    if choice:
+        tier = next((t for t in catalog() if t.name == choice), None)
+        if tier is None:
+            raise StoreError(f"inference.model: {choice!r} is neither a path nor a catalog tier "
+                             f"(tiers: {', '.join(t.name for t in catalog())})")
+        return config.models_path / tier.file
+    present = sorted(config.models_path.glob("*.gguf"))
+    return present[0] if present else None
+
+
+def _partial(models: Path, name: str) -> Path:
+    path = models / ".partial" / (name + ".part")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _sha256_of(path: Path) -> "hashlib._Hash":
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest
+
+
+def _commit(part: Path, digest: str, expected: str | None, dest: Path) -> Path:
+    if expected is not None and digest != expected:
+        part.unlink()
+        raise StoreError(f"{dest.name}: SHA-256 mismatch (expected {expected}, got {digest}); "
+                         "the corrupt copy was deleted, nothing was installed")
+    with part.open("rb") as f:
+        os.fsync(f.fileno())
+    os.replace(part, dest)
+    fd = os.open(dest.parent, os.O_DIRECTORY)
+    try:
+        os.fsync(fd)  # the rename itself must survive a power cut
+    finally:
+        os.close(fd)
+    return dest
+
+
+def _ensure_space(directory: Path, needed: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise StoreError(f"not enough space on the data partition: {needed} bytes needed, {free} free")
+
+
+def download(url: str, sha256: str, models: Path, name: str, progress: Progress | None = None,
+             size: int | None = None) -> Path:
+    """Fetch `url` into `models/name`, resuming a previous partial download, verifying `sha256`."""
+    models.mkdir(parents=True, exist_ok=True)
+    dest, part = models / name, _partial(models, name)
+    have = part.stat().st_size if part.exists() else 0
+    digest = _sha256_of(part) if have else hashlib.sha256()
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=30)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # the partial file is already complete
+            return _commit(part, digest.hexdigest(), sha256, dest)
+        raise StoreError(f"download of {url} failed: HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise StoreError(f"download of {url} failed: {err}") from None
+    with response:
+        if have and response.status != 206:  # the server ignored the range: start over
+            have, digest = 0, hashlib.sha256()
+        remaining = int(response.headers.get("Content-Length") or (size or 0) - have)
+        total = have + remaining
+        _ensure_space(models, remaining)
+        try:
+            with part.open("ab" if have else "wb") as f:
+                while chunk := response.read(CHUNK):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    have += len(chunk)
+                    if progress:
+                        progress(have, total)
+        except OSError as err:
+            raise StoreError(f"download of {url} interrupted at {have} of {total} bytes ({err}); "
+                             "run it again to resume") from None
+    if have < total:
+        raise StoreError(f"download of {url} ended early at {have} of {total} bytes; run it again to resume")
+    return _commit(part, digest.hexdigest(), sha256, dest)
+
+
+def download_tier(tier_name: str, models: Path, progress: Progress | None = None) -> Path:
+    tier = next((t for t in catalog() if t.name == tier_name), None)
+    if tier is None:
+        raise StoreError(f"no tier {tier_name!r} in the catalog (tiers: {', '.join(t.name for t in catalog())})")
+    return download(tier.url, tier.sha256, models, tier.file, progress, tier.size)
+
+
+def import_file(source: Path, models: Path, progress: Progress | None = None) -> Path:
+    """Copy a GGUF from a local path (a USB stick); a file the catalog knows must match its pin."""
+    if not source.is_file():
+        raise StoreError(f"{source}: no such file")
+    with source.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise StoreError(f"{source}: not a GGUF model file")
+    models.mkdir(parents=True, exist_ok=True)
+    expected = next((t.sha256 for t in catalog() if t.file == source.name), None)
+    total = source.stat().st_size
+    _ensure_space(models, total)
+    part, digest, copied = _partial(models, source.name), hashlib.sha256(), 0
+    with source.open("rb") as src, part.open("wb") as dst:
+        while chunk := src.read(CHUNK):
+            dst.write(chunk)
+            digest.update(chunk)
+            copied += len(chunk)
+            if progress:
+                progress(copied, total)
+    return _commit(part, digest.hexdigest(), expected, models / source.name)

@@ -1,0 +1,48 @@
+"""API tokens: random, shown once, stored only as SHA-256 hashes.
+
+A token carries 256 random bits, so a plain hash is enough (no password
+stretching needed) and a stolen database does not reveal usable tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import time
+
+PREFIX = "pal_"
+
+
+def _hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def create(db: sqlite3.Connection, name: str) -> str:
+    token = PREFIX + secrets.token_urlsafe(32)
+    db.execute("INSERT INTO api_tokens (name, hash, created) VALUES (?, ?, ?)", (name, _hash(token), time.time()))
+    return token
+
+
+def revoke(db: sqlite3.Connection, name: str) -> int:
+    return db.execute("UPDATE api_tokens SET revoked = ? WHERE name = ? AND revoked IS NULL",
+                      (time.time(), name)).rowcount
+
+
+def listing(db: sqlite3.Connection) -> list[dict]:
+    return [dict(row) for row in db.execute("SELECT id, name, created, revoked FROM api_tokens ORDER BY id")]
+
+
+def verify(db: sqlite3.Connection, token: str) -> str | None:
+    """The name of the live token equal to `token`, or None.
+
+    Every stored hash is compared in constant time, so neither the answer's
+    timing nor an index look-up tells how close a guess came.
+    """
+    digest = _hash(token)
+    match = None
+    for row in db.execute("SELECT name, hash FROM api_tokens WHERE revoked IS NULL"):
+        if hmac.compare_digest(row["hash"], digest):
+            match = row["name"]
+    return match

@@ -1,0 +1,57 @@
+import json
+
+import pytest
+
+from appliance import config
+from appliance.config import ConfigError
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_are_valid_and_complete():
+    c = config.load(None)
+    assert c.server.listen == "0.0.0.0:8080"
+    assert c.inference.queue_size == 16
+    assert c.listen_address() == ("0.0.0.0", 8080)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"server": {"listen": "nowhere"}}, "server.listen: 'nowhere' is not allowed (allowed: HOST:PORT"),
+    ({"server": {"listen": "a:70000"}}, "server.listen: 'a:70000' has no valid port"),
+    ({"inference": {"threads": -1}}, "inference.threads: -1 is out of range (allowed: 0 to 256)"),
+    ({"inference": {"queue_size": "many"}}, "inference.queue_size: 'many' is not an integer"),
+    ({"inference": {"queue_size": True}}, "inference.queue_size: True is not an integer"),
+    ({"inferense": {}}, "inferense: unknown key (known: data_dir, server, inference)"),
+    ({"data_dir": "relative/path"}, "data_dir: 'relative/path' is not allowed (allowed: an absolute path)"),
+    ({"server": 3}, "server: expected a mapping"),
+])
+def test_bad_values_name_key_value_and_what_is_allowed(raw, message):
+    with pytest.raises(ConfigError) as err:
+        config.parse(raw, "paladin.yaml")
+    assert message in str(err.value)
+    assert str(err.value).startswith("paladin.yaml: ")
+
+
+def test_layers_system_then_owner_then_command_line(tmp_path):
+    system = tmp_path / "paladin.yaml"
+    data = tmp_path / "data"
+    data.mkdir()
+    system.write_text(f"data_dir: {data}\ninference:\n  threads: 3\n  queue_size: 4\n")
+    (data / "config.yaml").write_text("inference:\n  queue_size: 8\n")
+    c = config.load(system, {"server": {"listen": "127.0.0.1:9"}})
+    assert (c.inference.threads, c.inference.queue_size, c.server.listen) == (3, 8, "127.0.0.1:9")
+
+
+def test_broken_yaml_is_reported_with_the_file(tmp_path):
+    bad = tmp_path / "paladin.yaml"
+    bad.write_text("server: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"{bad}: not valid YAML"):
+        config.load(bad)
+
+
+def test_json_schema_comes_from_the_same_table():
+    schema = config.json_schema()
+    threads = schema["properties"]["inference"]["properties"]["threads"]
+    assert threads == {"type": "integer", "default": 0, "minimum": 0, "maximum": 256,
+                       "description": config.InferenceConfig.__dataclass_fields__["threads"].metadata["help"]}
+    json.dumps(schema)

@@ -1,0 +1,128 @@
+"""The real service: `paladin serve` (gunicorn + uvicorn worker + llama.cpp) driven by real clients."""
+
+import base64
+import concurrent.futures
+import time
+
+import httpx
+import ollama
+import openai
+import psutil
+import pytest
+
+from conftest import Service
+
+pytestmark = pytest.mark.service
+
+
+def test_ready_only_after_the_model_is_loaded_then_watchdog_pings(service):
+    time.sleep(1)
+    messages = list(service.messages)
+    assert "READY=1" in messages
+    assert any(m.startswith("STATUS=serving tiny") for m in messages)
+    ready = messages.index("READY=1")
+    assert any(m.startswith("STATUS=loading") for m in messages[:ready])
+    assert messages.count("WATCHDOG=1") >= 3  # WATCHDOG_USEC=0.4 s: pinged every 0.2 s from the event loop
+
+
+def test_one_worker_holds_the_model(service):
+    master = psutil.Process(service.process.pid)
+    workers = master.children()
+    assert len(workers) == 1
+    assert any(m.path.endswith("tiny.gguf") for m in workers[0].memory_maps())  # llama.cpp mmaps the weights
+    assert not any(m.path.endswith("tiny.gguf") for m in master.memory_maps())
+
+
+def test_openai_python_client_streams(service):
+    client = openai.OpenAI(base_url=service.url + "/v1", api_key=service.token)
+    stream = client.chat.completions.create(model="paladin", messages=[{"role": "user", "content": "Hi"}],
+                                            stream=True, max_tokens=12)
+    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(pieces) >= 2
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=service.url + "/v1", api_key="pal_nope").models.list()
+
+
+def test_ollama_client_through_a_url_with_the_token_as_basic_password(service):
+    # Home Assistant's Ollama integration takes only a URL; credentials ride in it as HTTP Basic.
+    basic = base64.b64encode(f"homeassistant:{service.token}".encode()).decode()
+    client = ollama.Client(host=service.url, headers={"Authorization": f"Basic {basic}"})
+    assert [m.model for m in client.list().models] == ["tiny:latest", "paladin:latest"]
+    parts = [chunk.message.content for chunk in
+             client.chat(model="tiny", messages=[{"role": "user", "content": "Hi"}], stream=True,
+                         options={"num_predict": 6})]
+    assert len(parts) >= 2
+    reply = client.generate(model="tiny", prompt="Hi", options={"num_predict": 3})
+    assert reply.done and reply.eval_count == 3
+    assert client.show("tiny").details.format == "gguf"
+
+
+def test_concurrent_clients_are_queued_and_overflow_gets_retry_after(service):
+    def one(_):
+        with service.client() as c:
+            return c.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 60})
+
+    with concurrent.futures.ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(one, range(24)))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) <= {200, 429}
+    assert statuses.count(200) >= 16  # queue_size 16 plus the one generating
+    for r in responses:
+        if r.status_code == 429:
+            assert r.headers["retry-after"] == "2" and r.json()["error"]["code"] == "queue_full"
+
+
+def test_disconnecting_client_stops_its_generation(service):
+    with service.client() as c:
+        before = c.get("/metrics").text
+        with c.stream("POST", "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 3000,
+                                                        "stream": True}) as response:
+            next(response.iter_lines())
+        # a queued follow-up runs promptly: the abandoned 3000-token stream no longer holds the model
+        follow = c.post("/v1/completions", json={"model": "tiny", "prompt": "y", "max_tokens": 3})
+        after = c.get("/metrics").text
+    assert follow.status_code == 200
+
+    def generated(text):
+        return float(next(line.split()[1] for line in text.splitlines()
+                          if line.startswith("paladin_tokens_generated_total")))
+    assert generated(after) - generated(before) < 3000
+
+
+def test_sigterm_shuts_down_cleanly(tiny_model, tmp_path):
+    running = Service(tiny_model, tmp_path)
+    with running.client() as c:
+        assert c.get("/health").status_code == 200
+    assert running.stop() == 0
+    assert "STOPPING=1" in running.messages
+
+
+def test_bad_config_fails_at_start_with_key_value_and_allowed(tiny_model, tmp_path):
+    (tmp_path / "config.yaml").write_text("inference:\n  context_tokens: 10\n")
+    from conftest import PALADIN
+    import subprocess
+    out = subprocess.run([PALADIN, "serve", "--model", tiny_model, "--data-dir", tmp_path], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode != 0
+    assert "inference.context_tokens: 10 is out of range (allowed: 64 to 131072)" in out.stderr
+
+
+def test_health_reports_no_model_when_started_without_one(tmp_path):
+    from conftest import PALADIN, free_port
+    import subprocess
+    port = free_port()
+    process = subprocess.Popen([PALADIN, "serve", "--data-dir", tmp_path, "--listen", f"127.0.0.1:{port}",
+                                "--config", tmp_path / "none.yaml"], stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/health")
+                break
+            except httpx.ConnectError:
+                time.sleep(0.2)
+        assert response.json()["status"] == "no_model"
+    finally:
+        process.terminate()
+        process.wait(30)

@@ -1,0 +1,103 @@
+"""Model downloads over real HTTP from a local server: resume, verification, no half files."""
+
+import hashlib
+import http.server
+import threading
+
+import pytest
+
+from appliance import store
+from appliance.store import StoreError
+
+pytestmark = pytest.mark.unit
+PAYLOAD = b"GGUF" + bytes(range(256)) * 4096  # ~1 MB
+DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """Serves PAYLOAD with Range support; `cut_after` drops the connection mid-body once."""
+
+    cut_after: int | None = None
+    ranges: list = []
+
+    def do_GET(self):
+        start = 0
+        if "Range" in self.headers:
+            start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
+            if start >= len(PAYLOAD):
+                self.send_response(416)
+                self.end_headers()
+                return
+        type(self).ranges.append(start)
+        body = PAYLOAD[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if type(self).cut_after is not None:
+            self.wfile.write(body[: type(self).cut_after])
+            type(self).cut_after = None
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    Handler.ranges, Handler.cut_after = [], None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/model.gguf"
+    httpd.shutdown()
+
+
+def test_download_verifies_and_reports_progress(server, tmp_path):
+    seen = []
+    path = store.download(server, DIGEST, tmp_path, "m.gguf", lambda done, total: seen.append((done, total)))
+    assert path.read_bytes() == PAYLOAD
+    assert seen[-1] == (len(PAYLOAD), len(PAYLOAD))
+    assert not list((tmp_path / ".partial").iterdir())
+
+
+def test_interrupted_download_resumes_where_it_stopped(server, tmp_path):
+    Handler.cut_after = 300_000
+    with pytest.raises(StoreError, match="ended early at 300000"):
+        store.download(server, DIGEST, tmp_path, "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()  # nothing half-written where a model is expected
+    path = store.download(server, DIGEST, tmp_path, "m.gguf")
+    assert path.read_bytes() == PAYLOAD
+    assert Handler.ranges == [0, 300_000]
+
+
+def test_wrong_hash_installs_nothing(server, tmp_path):
+    with pytest.raises(StoreError, match="SHA-256 mismatch"):
+        store.download(server, "0" * 64, tmp_path, "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()
+    assert not list((tmp_path / ".partial").iterdir())
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path):
+    with pytest.raises(StoreError, match="download of http://127.0.0.1:9/x failed"):
+        store.download("http://127.0.0.1:9/x", DIGEST, tmp_path, "m.gguf")
+
+
+def test_import_from_a_local_path(tmp_path, tiny_model):
+    path = store.import_file(tiny_model, tmp_path / "models")
+    assert path.read_bytes() == tiny_model.read_bytes()
+    not_a_model = tmp_path / "notes.txt"
+    not_a_model.write_text("hello")
+    with pytest.raises(StoreError, match="not a GGUF model file"):
+        store.import_file(not_a_model, tmp_path / "models")
+
+
+def test_catalog_pins_every_tier():
+    tiers = store.catalog()
+    assert tiers and all(len(t.sha256) == 64 and t.url.startswith("https://") for t in tiers)
+    assert store.tier_of("/x/SmolLM2-135M-Instruct.Q4_1.gguf") == "smollm2-135m"
+
+
+def test_the_real_smollm2_file_matches_its_catalog_pin(smollm2_model):
+    tier = store.catalog()[0]
+    assert hashlib.sha256(smollm2_model.read_bytes()).hexdigest() == tier.sha256
+    assert smollm2_model.stat().st_size == tier.size

@@ -1,0 +1,26 @@
+"""Every shipped unit is sandboxed; checked with systemd's own analyzer."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+UNITS = sorted((Path(__file__).resolve().parents[1] / "units").glob("*.service"))
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_exposure_is_at_most_2(unit):
+    out = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", unit],
+                         capture_output=True, text=True)
+    exposure = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out.stdout).group(1))
+    assert exposure <= 2.0, out.stdout
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_daemons_notify_and_have_a_watchdog(unit):
+    text = unit.read_text()
+    assert "Type=notify" in text and re.search(r"^WatchdogSec=\d+", text, re.M)
