@@ -79,6 +79,17 @@ def _sha256_of(path: Path) -> "hashlib._Hash":
     return digest
 
 
+def _pump(read, out, digest, done: int, total: int, progress: Progress | None) -> int:
+    """Copy chunks from `read` to `out`, hashing and reporting as they pass; return the bytes done."""
+    while chunk := read(CHUNK):
+        out.write(chunk)
+        digest.update(chunk)
+        done += len(chunk)
+        if progress:
+            progress(done, total)
+    return done
+
+
 def _commit(part: Path, digest: str, expected: str | None, dest: Path) -> Path:
     if expected is not None and digest != expected:
         part.unlink()
@@ -125,14 +136,9 @@ def download(url: str, sha256: str, models: Path, name: str, progress: Progress 
         _ensure_space(models, remaining)
         try:
             with part.open("ab" if have else "wb") as f:
-                while chunk := response.read(CHUNK):
-                    f.write(chunk)
-                    digest.update(chunk)
-                    have += len(chunk)
-                    if progress:
-                        progress(have, total)
+                have = _pump(response.read, f, digest, have, total, progress)
         except OSError as err:
-            raise StoreError(f"download of {url} interrupted at {have} of {total} bytes ({err}); "
+            raise StoreError(f"download of {url} interrupted at {part.stat().st_size} of {total} bytes ({err}); "
                              "run it again to resume") from None
     if have < total:
         raise StoreError(f"download of {url} ended early at {have} of {total} bytes; run it again to resume")
@@ -157,12 +163,7 @@ def import_file(source: Path, models: Path, progress: Progress | None = None) ->
     expected = next((t.sha256 for t in catalog() if t.file == source.name), None)
     total = source.stat().st_size
     _ensure_space(models, total)
-    part, digest, copied = _partial(models, source.name), hashlib.sha256(), 0
+    part, digest = _partial(models, source.name), hashlib.sha256()
     with source.open("rb") as src, part.open("wb") as dst:
-        while chunk := src.read(CHUNK):
-            dst.write(chunk)
-            digest.update(chunk)
-            copied += len(chunk)
-            if progress:
-                progress(copied, total)
+        _pump(src.read, dst, digest, 0, total, progress)
     return _commit(part, digest.hexdigest(), expected, models / source.name)
