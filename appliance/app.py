@@ -71,7 +71,7 @@ class CountRequests:
 
 
 def create_app(config: Config, model_path=None) -> Starlette:
-    """The app for `config`; `model_path` (else the config's or the store's choice) is loaded at start."""
+    """The app for `config`, serving the model at `model_path`, loaded at start (None: no model yet)."""
     db = database.connect(config.database_path)
     metrics = Metrics()
 
@@ -80,11 +80,10 @@ def create_app(config: Config, model_path=None) -> Starlette:
         engine = Engine(config.inference, metrics)
         interval = systemd.watchdog_interval()
         heartbeat = asyncio.create_task(systemd.heartbeat(interval)) if interval else None
-        path = model_path or store.configured_model(config)
-        if path is not None:
-            systemd.notify(f"STATUS=loading {path.name}")
+        if model_path is not None:
+            systemd.notify(f"STATUS=loading {model_path.name}")
             try:
-                await engine.swap(path)
+                await engine.swap(model_path)
             except ModelError as err:
                 log.error("serving without a model: %s", err)
         systemd.notify("READY=1", f"STATUS={engine.reason}")

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import config as config_module, db as database, store, tinymodel, tokens
+from . import config as config_module, db as database, store, tokens
 from .config import ConfigError
 
 
@@ -24,7 +24,7 @@ def _load(args) -> config_module.Config:
 def cmd_serve(args, config) -> None:
     from .server import serve  # gunicorn only where it is needed
 
-    serve(config, Path(args.model).resolve() if args.model else None)
+    serve(config, Path(args.model).resolve() if args.model else store.configured_model(config))
 
 
 def cmd_token(args, config) -> None:
@@ -42,6 +42,8 @@ def cmd_token(args, config) -> None:
 
 
 def cmd_tiny_model(args, config) -> None:
+    from . import tinymodel  # numpy and gguf stay out of the service's arbiter process
+
     print(tinymodel.write(Path(args.out), args.size))
 
 
@@ -91,7 +93,8 @@ def parser() -> argparse.ArgumentParser:
 
     tiny = command("tiny-model", cmd_tiny_model, "write a generated GGUF model for tests and demos")
     tiny.add_argument("out")
-    tiny.add_argument("--size", choices=sorted(tinymodel.SIZES), default="small")
+    tiny.add_argument("--size", choices=["small", "medium", "large"], default="small",
+                      help="about 5 MB, 70 MB or 620 MB")
 
     model = command("model", cmd_model, "list, download or import models")
     model.add_argument("action", choices=["list", "download", "import"])

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from . import config as config_module
-from .errors import APIError, unavailable
+from .errors import APIError, bad_request, unavailable
 from .llama import Model, ModelError, Sampler, Sampling
 from .metrics import Metrics
-from .prompts import ChatTemplate
+from .prompts import ChatTemplate, PromptError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class Request:
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     sampling: Sampling = Sampling()
+    ignore_eos: bool = False  # llama-server's extension: generate exactly max_tokens (benchmarks)
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,10 @@ class Engine:
         swap.loop.call_soon_threadsafe(resolve)
 
     def _prompt_tokens(self, request: Request) -> list[int]:
-        text = self.template.render(request.messages) if request.messages is not None else request.prompt
+        try:
+            text = self.template.render(request.messages) if request.messages is not None else request.prompt
+        except PromptError as err:
+            raise bad_request(str(err), "messages") from None
         tokens = self.model.tokenize(text)
         limit = request.max_tokens or 1
         if len(tokens) + limit > self.model.n_ctx:
@@ -278,7 +282,7 @@ class Engine:
                     reason = "cancelled"
                     break
                 token = sampler.sample(model.ctx)
-                if model.is_end(token):
+                if model.is_end(token) and not request.ignore_eos:
                     reason = "stop"
                     break
                 generated += 1

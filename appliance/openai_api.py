@@ -30,14 +30,18 @@ def _generation(body: dict, engine: Engine, *, chat: bool) -> Generation:
                         seed=field(body, "seed", int))
     if field(body, "n", int, 1) != 1:
         raise bad_request("only n=1 is supported", "n")
+    common = {"max_tokens": limit, "stop": tuple(stop), "sampling": sampling,
+              "ignore_eos": field(body, "ignore_eos", bool, False)}
     if chat:
         try:
             messages = prompts.messages(body.get("messages"))
         except prompts.PromptError as err:
             raise bad_request(str(err), "messages") from None
-        return Generation(messages=messages, max_tokens=limit, stop=tuple(stop), sampling=sampling)
-    prompt = field(body, "prompt", str, required=True)
-    return Generation(prompt=prompt, max_tokens=limit, stop=tuple(stop), sampling=sampling)
+        return Generation(messages=messages, **common)
+    return Generation(prompt=field(body, "prompt", str, required=True), **common)
+
+
+SLOT = "\x00text\x00"
 
 
 def _usage(done: Finished) -> dict:
@@ -83,6 +87,9 @@ async def _complete(request: Request, *, chat: bool):
     def sse(choices: list, **extra) -> str:
         return "data: " + json.dumps(base | {"object": chunk_kind, "choices": choices} | extra) + "\n\n"
 
+    # Every token chunk is the same JSON but for its text: serialize it once, splice the text in.
+    head, tail = sse([choice(SLOT, None, True)]).split(json.dumps(SLOT))
+
     async def body_stream():
         if chat:
             yield sse([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
@@ -92,7 +99,7 @@ async def _complete(request: Request, *, chat: bool):
                 if include_usage:
                     yield sse([], usage=_usage(event))
             else:
-                yield sse([choice(event, None, True)])
+                yield head + json.dumps(event) + tail
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(body_stream(), media_type="text/event-stream",

@@ -11,7 +11,6 @@ from gunicorn.app.base import BaseApplication
 from uvicorn_worker import UvicornWorker
 
 from . import systemd
-from .app import create_app
 from .config import Config
 
 
@@ -46,6 +45,8 @@ class Server(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
+        from .app import create_app  # in the worker only: the arbiter never maps llama.cpp or numpy
+
         return create_app(self.config, self.model_path)
 
 

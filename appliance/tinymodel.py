@@ -43,7 +43,7 @@ class Shape:
 SIZES = {
     "small": Shape(embedding=128, layers=4, feed_forward=384, vocab=1200, dtype=np.float32),    # ~6 MB
     "medium": Shape(embedding=512, layers=8, feed_forward=1536, vocab=8000, dtype=np.float16),  # ~70 MB
-    "large": Shape(embedding=2048, layers=6, feed_forward=5632, vocab=16000, dtype=np.float16),  # ~640 MB
+    "large": Shape(embedding=2048, layers=6, feed_forward=5632, vocab=12000, dtype=np.float16),  # ~620 MB
 }
 
 

@@ -134,3 +134,8 @@ def test_metrics_count_requests_and_tokens(api):
     assert 'paladin_requests_total{route="/v1/chat",status="200"}' in text
     assert "paladin_model_loaded 1" in text
     assert "paladin_tokens_generated_total" in text
+
+
+def test_ignore_eos_generates_exactly_max_tokens(api):
+    body = api.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 9, "ignore_eos": True}).json()
+    assert body["usage"]["completion_tokens"] == 9

@@ -2,6 +2,7 @@
 
 import base64
 import concurrent.futures
+import threading
 import time
 
 import httpx
@@ -91,11 +92,24 @@ def test_disconnecting_client_stops_its_generation(service):
     assert generated(after) - generated(before) < 3000
 
 
-def test_sigterm_shuts_down_cleanly(tiny_model, tmp_path):
+def test_sigterm_lets_an_open_stream_finish_then_exits_cleanly(tiny_model, tmp_path):
     running = Service(tiny_model, tmp_path)
-    with running.client() as c:
-        assert c.get("/health").status_code == 200
+    lines = []
+
+    def read_stream():
+        with running.client() as c, c.stream("POST", "/v1/completions", json={
+                "model": "tiny", "prompt": "x", "max_tokens": 4000, "stream": True}) as response:
+            lines.extend(response.iter_lines())
+
+    reader = threading.Thread(target=read_stream)
+    reader.start()
+    while len(lines) < 3 and reader.is_alive():
+        time.sleep(0.01)
+    at_sigterm = len(lines)
     assert running.stop() == 0
+    reader.join(30)
+    assert len(lines) > at_sigterm + 100  # the stream was in flight when SIGTERM came
+    assert [line for line in lines if line][-1] == "data: [DONE]"  # and it finished within the grace period
     assert "STOPPING=1" in running.messages
 
 
