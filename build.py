@@ -230,7 +230,7 @@ def debian_package(name: str, suite: str) -> Path:
     inrelease = fetch(f"{MIRROR}/dists/{suite}/InRelease", work / "InRelease")
     release = work / "Release"
     release.unlink(missing_ok=True)
-    run(["gpgv", "--quiet", "--keyring", KEYRING, "--output", release, inrelease],
+    run(["gpgv", "--quiet", "--keyring", KEYRING, "--output", release, inrelease], log=work / "gpgv.log",
         hint="install debian-archive-keyring (its keys sign the archive)")
     index = f"main/binary-{ARCHES['x86-64' if platform.machine() == 'x86_64' else 'arm64']['debian']}/Packages.xz"
     entry = next((line.split() for line in release.read_text().splitlines()
@@ -251,6 +251,7 @@ def mkosi() -> list[str]:
     deb = debian_package("mkosi", MKOSI_SUITE)
     tree = CACHE / "tools" / deb.stem
     if not (tree / "usr/lib/python3/dist-packages/mkosi").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
         run(["dpkg-deb", "-x", deb, tree])
     return [sys.executable, "-B", "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
             "from mkosi.__main__ import main; main()", tree / "usr/lib/python3/dist-packages"]
@@ -265,21 +266,15 @@ def image_wheels(arch: str, work: Path) -> Path:
     if machine != platform.machine():
         raise StepError(f"no llama-cpp-python wheel for {arch} on this {platform.machine()} host yet",
                         "build the arm64 image on an arm64 host for now")
-    shutil.copy(llama_wheel(ensure_venv()), wheels)
+    llama = Path(shutil.copy(llama_wheel(ensure_venv()), wheels))
     pip = [venv_python(), "-m", "pip"]
     run([*pip, "wheel", "-q", "--no-deps", "-w", wheels, ROOT])
+    # Resolve the appliance (with the local llama wheel) for the image's interpreter and platform.
     run([*pip, "download", "-q", "-d", wheels, "--only-binary", ":all:", "--python-version", "3.13",
          "--implementation", "cp", "--platform", f"manylinux_2_28_{machine}", "--platform",
-         f"manylinux2014_{machine}", "--platform", f"manylinux_2_17_{machine}", "pip",
-         *[d for d in project_dependencies() if not d.startswith("llama-cpp-python")]],
-        hint="PyPI must be reachable")
+         f"manylinux2014_{machine}", "--platform", f"manylinux_2_17_{machine}", "--platform", f"linux_{machine}",
+         "--find-links", wheels, "pip", llama, "paladin-appliance"], hint="pip says why above; PyPI must be reachable")
     return wheels
-
-
-def project_dependencies() -> list[str]:
-    import tomllib
-
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
 
 
 def build_image(arch: str, version: str, out: Path, model: Path | None) -> dict:
@@ -299,12 +294,18 @@ def build_image(arch: str, version: str, out: Path, model: Path | None) -> dict:
         target.mkdir(parents=True)
         shutil.copy(model, target / model.name)
     started = time.monotonic()
+    argv = [*mkosi_argv, "--directory", ROOT / "image", "--architecture", arch, "--image-version", version,
+            "--output", name, "--output-directory", out, "--workspace-directory", work,
+            "--cache-directory", CACHE / "mkosi-cache" / arch, "--build-sources", f"{wheels}:wheels",
+            *(["--extra-tree", f"{extra}:/"] if model else [])]
     with step(f"mkosi build of {name}"):
-        run([*mkosi_argv, "--directory", ROOT / "image", "--architecture", arch, "--image-version", version,
-             "--output", name, "--output-directory", out, "--workspace-directory", work,
-             "--cache-directory", CACHE / "mkosi-cache" / arch, "--build-sources", f"{wheels}:wheels",
-             *(["--extra-tree", f"{extra}:/"] if model else []), "--force", "build"],
-            log=work / "mkosi.log", hint="see the log; a stale incremental cache is cleared by building with -ff")
+        try:
+            run([*argv, "--force", "build"], log=work / "mkosi.log")
+        except StepError:
+            # mkosi's incremental cache of the default initrd can go stale after a package change
+            # (seen: apt then removes kmod with dpkg and fails); a clean rebuild fixes it.
+            say("mkosi failed; rebuilding once without its incremental cache (-ff)")
+            run([*argv, "--force", "--force", "build"], log=work / "mkosi.log", hint=f"see {work / 'mkosi.log'}")
     raw = out / f"{name}.raw"
     with step("compress for flashing (zstd)"):
         run(["zstd", "-q", "-f", "-T0", "-10", raw, "-o", f"{raw}.zst"])

@@ -33,12 +33,10 @@ GROW_BY = 2 << 30
 CHECK_UNIT = """\
 [Unit]
 After=paladin.service
-Requires=paladin.service
 
 [Service]
 Type=oneshot
-StandardOutput=tty
-TTYPath=/dev/ttyS0
+StandardOutput=journal+console
 ExecStart=/bin/sh -c 'echo "PALADIN-CHECK token=$(runuser -u paladin -- paladin token create --name ci | tail -n1)"'
 ExecStart=/bin/sh -c 'echo "PALADIN-CHECK var_bytes=$(findmnt -bno SIZE /var) failed=$(systemctl --failed --no-legend --plain | cut -d" " -f1 | tr "\\n" " ")"'
 """

@@ -106,7 +106,7 @@ def speed(label: str, model: Path, lengths: list[int], reps: int, work: Path, re
         for n in lengths:
             base, served = [], []
             for rep in range(reps):
-                prompt = f"Write a long story number {rep} about a lighthouse keeper."  # new prompt: no cache hit
+                prompt = f"Write story {rep} of {n} about a lighthouse keeper."  # a new prompt: no KV cache hit
                 base.append(direct(model, prompt, n))
                 served.append(streamed(service, prompt, n))
 
