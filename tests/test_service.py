@@ -34,12 +34,15 @@ def test_one_worker_holds_the_model(service):
     assert not any(m.path.endswith("tiny.gguf") for m in master.memory_maps())
 
 
-def test_openai_python_client_streams(service):
+def test_openai_python_client_lists_models_and_completes_with_and_without_streaming(service):
     client = openai.OpenAI(base_url=service.url + "/v1", api_key=service.token)
+    assert [m.id for m in client.models.list()] == ["tiny", "paladin"]
     stream = client.chat.completions.create(model="paladin", messages=[{"role": "user", "content": "Hi"}],
                                             stream=True, max_tokens=12)
     pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
     assert len(pieces) >= 2
+    whole = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
+    assert whole.choices[0].message.content and whole.usage.completion_tokens == 5
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
     with pytest.raises(openai.AuthenticationError):
