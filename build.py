@@ -332,13 +332,16 @@ ExecStart=/bin/sh -c 'echo "PALADIN-TOKEN $(runuser -u paladin -- paladin token 
 
 
 def credential_units(units: dict[str, str]) -> list[str]:
-    """qemu arguments that install the units {name: text} in the guest as systemd credentials and start them."""
-    args = []
+    """qemu arguments that pass {name: text} to the guest's systemd as credentials: a unit ("x.service")
+    is installed and started, a drop-in ("x.service/name") is added to that unit."""
+    args, wants = [], []
     for name, text in units.items():
+        unit, _, dropin = name.partition("/")
+        credential = f"systemd.unit-dropin.{unit}~{dropin}" if dropin else f"systemd.extra-unit.{unit}"
         encoded = base64.b64encode(text.encode()).decode()
-        args += ["-smbios", f"type=11,value=io.systemd.credential.binary:systemd.extra-unit.{name}={encoded}"]
-    wants = " ".join(f"systemd.wants={name}" for name in units)
-    return args + ["-smbios", f"type=11,value=io.systemd.stub.kernel-cmdline-extra={wants}"]
+        args += ["-smbios", f"type=11,value=io.systemd.credential.binary:{credential}={encoded}"]
+        wants += [] if dropin else [f"systemd.wants={unit}"]
+    return args + ["-smbios", f"type=11,value=io.systemd.stub.kernel-cmdline-extra={' '.join(wants)}"]
 
 
 def qemu_argv(image: Path, port: int, vars_copy: Path, units: dict[str, str] | None = None,

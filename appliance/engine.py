@@ -129,8 +129,8 @@ class Engine:
         """Serve the model at `path` from the next job on (None unloads); raises ModelError if it fails."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        if self.model is None:
-            self.state, self.reason = ("loading", f"loading {path.name}") if path else (self.state, self.reason)
+        if self.model is None and path is not None:
+            self.state, self.reason = "loading", f"loading {path.name}"
         self._queue.put(_Item(self.SWAP, next(self._seq), _Swap(path, done, loop)))
         await done
 
@@ -180,6 +180,7 @@ class Engine:
             job.cancel()
 
     async def close(self) -> None:
+        """Stop after the job in flight; jobs still waiting are told the service is going away."""
         self._queue.put(_Item(self.SWAP, -1, None))
         await asyncio.to_thread(self._thread.join)
 
@@ -196,6 +197,7 @@ class Engine:
             item = self._queue.get()
             if item.work is None:
                 self._unload()
+                self._refuse_waiting()
                 return
             if isinstance(item.work, _Swap):
                 self._swap(item.work)
@@ -206,6 +208,9 @@ class Engine:
                 self.metrics.queue_depth = self._waiting
             if job.cancelled.is_set():
                 continue
+            if self.model is None:  # a swap failed and left nothing loaded
+                job.emit(unavailable(f"the model is not ready: {self.reason}"))
+                continue
             try:
                 self._run(job)
             except APIError as err:
@@ -214,6 +219,14 @@ class Engine:
                 log.exception("generation failed")
                 self.model.reset()
                 job.emit(APIError(500, f"generation failed: {err}", kind="server_error"))
+
+    def _refuse_waiting(self) -> None:
+        while not self._queue.empty():
+            work = self._queue.get().work
+            if isinstance(work, Job):
+                work.emit(unavailable("the service is shutting down"))
+            elif isinstance(work, _Swap):
+                work.loop.call_soon_threadsafe(work.done.cancel)
 
     def _unload(self) -> None:
         if self.model is not None:

@@ -56,7 +56,7 @@ def _details(engine: Engine) -> dict:
 
 async def _respond(request: Request, engine: Engine, name: str, generation: Generation, stream: bool, chat: bool):
     started = time.monotonic_ns()
-    first, events = await unless_disconnected(request, engine.begin(generation))
+    _, events = await unless_disconnected(request, engine.begin(generation))
 
     def piece(text: str) -> dict:
         out = {"model": name, "created_at": _now()}

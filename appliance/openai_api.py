@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from . import prompts
-from .engine import Engine, Finished, Request as Generation, Started
+from .engine import Engine, Finished, Request as Generation
 from .errors import bad_request
 from .http import field, read_json, unless_disconnected
 from .llama import Sampling
@@ -69,8 +69,7 @@ async def _complete(request: Request, *, chat: bool):
         message = {"role": "assistant", "content": text} if not delta else ({"content": text} if text else {})
         return {"index": 0, ("delta" if delta else "message"): message, "logprobs": None, "finish_reason": finish}
 
-    started, events = await unless_disconnected(request, engine.begin(generation))
-    assert isinstance(started, Started)
+    _, events = await unless_disconnected(request, engine.begin(generation))
     if not stream:
         async def collect() -> tuple[str, Finished]:
             parts = []

@@ -58,7 +58,7 @@ async def send(request: Request):
         raise bad_request("'content' must not be empty", "content")
     history = [{"role": m["role"], "content": m["content"]} for m in conversation["messages"]]
     generation = Generation(messages=prompts.messages(history + [{"role": "user", "content": content}]))
-    started, events = await unless_disconnected(request, engine.begin(generation))
+    _, events = await unless_disconnected(request, engine.begin(generation))
     conversations.add_message(db, conversation["id"], "user", content)
 
     async def stream():

@@ -162,3 +162,20 @@ def test_failed_swap_keeps_serving_the_old_model(tiny_model, tmp_path):
 
     state, model, done = asyncio.run(main())
     assert (state, model, done.completion_tokens) == ("ready", "tiny", 3)
+
+
+def test_closing_tells_waiting_jobs_the_service_is_going_away(tiny_model):
+    async def main():
+        engine = await started_engine(tiny_model)
+        _, running = await engine.begin(Request(prompt="a", max_tokens=200))
+        waiting = engine.submit(Request(prompt="b", max_tokens=5))
+        closing = asyncio.create_task(engine.close())
+        done = await collect(running)
+        with pytest.raises(APIError) as err:
+            await collect(engine.events(waiting))
+        await closing
+        return done, err.value
+
+    (_, finished), error = asyncio.run(main())
+    assert finished.completion_tokens == 200  # the job in flight completes
+    assert (error.status, error.message) == (503, "the service is shutting down")

@@ -1,0 +1,112 @@
+"""Image benchmarks, each against a baseline measured in the same run (x86-64, qemu under TCG).
+
+    python3 tests/bench/image.py [--json FILE]
+
+* rebuild after a Python-only change: a copy of the tree whose appliance code differs, built with the
+  caches the previous build left (the wheelhouse, mkosi's tools tree and package cache);
+* boot to /health 200 of the image with a model, divided by boot to multi-user.target of the same
+  image with the assistant switched off (a credential drop-in), i.e. the bare base.
+Numbers are printed; nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import build  # noqa: E402
+from conftest import free_port  # noqa: E402
+
+MARKER = """\
+[Unit]
+After=multi-user.target
+
+[Service]
+Type=oneshot
+StandardOutput=journal+console
+ExecStart=/bin/sh -c 'echo "BENCH-MULTI-USER"'
+"""
+ASSISTANT_OFF = "[Unit]\nConditionPathExists=/nonexistent\n"
+
+
+def build_image(tree: Path, out: Path, model: Path) -> tuple[Path, float]:
+    started = time.monotonic()
+    done = subprocess.run([tree / "build.py", "image", "--arch", "x86-64", "--version", "9.9.9", "--model", model,
+                           "--out", out, "--json"], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(done.stderr[-3000:])
+    return Path(json.loads(done.stdout.strip().splitlines()[-1])["image"]), time.monotonic() - started
+
+
+def boot(image: Path, work: Path, units: dict[str, str], ready) -> float:
+    """Seconds from qemu start until `ready(url, serial_text)` is true."""
+    disk, serial, port = work / "disk.raw", work / "serial.log", free_port()
+    subprocess.run(["cp", "--sparse=always", image, disk], check=True)
+    serial.unlink(missing_ok=True)
+    (work / "vars.fd").unlink(missing_ok=True)
+    qemu = subprocess.Popen(build.qemu_argv(disk, port, work / "vars.fd", units, serial=serial),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 900:
+            text = serial.read_text(errors="replace") if serial.exists() else ""
+            if ready(f"http://127.0.0.1:{port}", text):
+                return time.monotonic() - started
+            time.sleep(0.5)
+        raise SystemExit(f"no boot within 900 s:\n{text[-3000:]}")
+    finally:
+        qemu.kill()
+        qemu.wait()
+
+
+def healthy(url: str, _text: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model = subprocess.run([ROOT / ".venv/bin/paladin", "tiny-model", work / "tiny.gguf"], check=True,
+                               capture_output=True, text=True).stdout.strip()
+        image, warm = build_image(ROOT, work / "out", Path(model))
+        tree = work / "tree"
+        shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".venv", ".git", "out", "__pycache__"))
+        (tree / ".venv").symlink_to(ROOT / ".venv")
+        with (tree / "appliance/__init__.py").open("a") as f:
+            f.write("# a Python-only change\n")
+        _, rebuild = build_image(tree, work / "out2", Path(model))
+        results["build"] = {"warm_s": round(warm), "python_only_change_s": round(rebuild)}
+        print(f"image build with warm caches: {warm:.0f} s; after a Python-only change: {rebuild:.0f} s "
+              "(goal <= 120 s)", flush=True)
+        base = boot(image, work, {"bench-marker.service": MARKER, "paladin.service/off": ASSISTANT_OFF},
+                    lambda url, text: "BENCH-MULTI-USER" in text)
+        product = boot(image, work, {}, healthy)
+        results["boot"] = {"base_multi_user_s": round(base, 1), "product_health_s": round(product, 1),
+                           "ratio": round(product / base, 2)}
+        print(f"boot under TCG: base image to multi-user {base:.0f} s, product to /health 200 {product:.0f} s, "
+              f"ratio {product / base:.2f} (goal <= 1.3)", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
