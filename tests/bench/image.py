@@ -1,6 +1,9 @@
 """Image benchmarks, each against a baseline measured in the same run (x86-64, qemu under TCG).
 
-    python3 tests/bench/image.py [--json FILE]
+    .venv/bin/python tests/bench/image.py [--arch x86-64|arm64] [--json FILE]
+
+For arm64 (built through qemu-user, booted under TCG on an x86-64 host) it measures the build and
+boot to /health 200 only.
 
 * rebuild after a Python-only change: a copy of the tree whose appliance code differs, built with the
   caches the previous build left (the wheelhouse, mkosi's tools tree and package cache);
@@ -41,9 +44,9 @@ ExecStart=/bin/sh -c 'echo "BENCH-MULTI-USER"'
 ASSISTANT_OFF = "[Unit]\nConditionPathExists=/nonexistent\n"
 
 
-def build_image(tree: Path, out: Path, model: Path) -> tuple[Path, float]:
+def build_image(tree: Path, out: Path, model: Path, arch: str = "x86-64") -> tuple[Path, float]:
     started = time.monotonic()
-    done = subprocess.run([tree / "build.py", "image", "--arch", "x86-64", "--version", "9.9.9", "--model", model,
+    done = subprocess.run([tree / "build.py", "image", "--arch", arch, "--version", "9.9.9", "--model", model,
                            "--out", out, "--json"], capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(done.stderr[-3000:])
@@ -80,6 +83,7 @@ def healthy(url: str, _text: str) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=sorted(build.ARCHES), default="x86-64")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results = {}
@@ -87,7 +91,14 @@ def main() -> None:
         work = Path(tmp)
         model = subprocess.run([ROOT / ".venv/bin/paladin", "tiny-model", work / "tiny.gguf"], check=True,
                                capture_output=True, text=True).stdout.strip()
-        image, warm = build_image(ROOT, work / "out", Path(model))
+        image, warm = build_image(ROOT, work / "out", Path(model), args.arch)
+        if args.arch != "x86-64":
+            product = boot(image, work, {}, healthy)
+            results = {"arch": args.arch, "build_s": round(warm), "boot_to_health_s": round(product)}
+            print(f"{args.arch}: image build {warm:.0f} s, boot to /health 200 under TCG {product:.0f} s", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2))
+            return
         tree = work / "tree"
         shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".venv", ".git", "out", "__pycache__"))
         (tree / ".venv").symlink_to(ROOT / ".venv")
