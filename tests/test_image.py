@@ -62,7 +62,8 @@ def box(image, tmp_path_factory):
         f.truncate(disk.stat().st_size + GROW_BY)
     serial = work / "serial.log"
     port = free_port()
-    argv = build.qemu_argv(disk, port, work / "efivars.fd", {"paladin-check.service": CHECK_UNIT}, serial=serial)
+    argv = build.qemu_argv(disk, "x86-64", port, work / "efivars.fd", {"paladin-check.service": CHECK_UNIT},
+                           serial=serial)
     started = time.monotonic()
     qemu = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

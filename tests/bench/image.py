@@ -53,13 +53,13 @@ def build_image(tree: Path, out: Path, model: Path, arch: str = "x86-64") -> tup
     return Path(json.loads(done.stdout.strip().splitlines()[-1])["image"]), time.monotonic() - started
 
 
-def boot(image: Path, work: Path, units: dict[str, str], ready) -> float:
+def boot(image: Path, arch: str, work: Path, units: dict[str, str], ready) -> float:
     """Seconds from qemu start until `ready(url, serial_text)` is true."""
     disk, serial, port = work / "disk.raw", work / "serial.log", free_port()
     subprocess.run(["cp", "--sparse=always", image, disk], check=True)
     serial.unlink(missing_ok=True)
     (work / "vars.fd").unlink(missing_ok=True)
-    qemu = subprocess.Popen(build.qemu_argv(disk, port, work / "vars.fd", units, serial=serial),
+    qemu = subprocess.Popen(build.qemu_argv(disk, arch, port, work / "vars.fd", units, serial=serial),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started = time.monotonic()
     try:
@@ -93,7 +93,7 @@ def main() -> None:
                                capture_output=True, text=True).stdout.strip()
         image, warm = build_image(ROOT, work / "out", Path(model), args.arch)
         if args.arch != "x86-64":
-            product = boot(image, work, {}, healthy)
+            product = boot(image, args.arch, work, {}, healthy)
             results = {"arch": args.arch, "build_s": round(warm), "boot_to_health_s": round(product)}
             print(f"{args.arch}: image build {warm:.0f} s, boot to /health 200 under TCG {product:.0f} s", flush=True)
             if args.json:
@@ -108,9 +108,9 @@ def main() -> None:
         results["build"] = {"warm_s": round(warm), "python_only_change_s": round(rebuild)}
         print(f"image build with warm caches: {warm:.0f} s; after a Python-only change: {rebuild:.0f} s "
               "(goal <= 120 s)", flush=True)
-        base = boot(image, work, {"bench-marker.service": MARKER, "paladin.service/off": ASSISTANT_OFF},
+        base = boot(image, args.arch, work, {"bench-marker.service": MARKER, "paladin.service/off": ASSISTANT_OFF},
                     lambda url, text: "BENCH-MULTI-USER" in text)
-        product = boot(image, work, {}, healthy)
+        product = boot(image, args.arch, work, {}, healthy)
         results["boot"] = {"base_multi_user_s": round(base, 1), "product_health_s": round(product, 1),
                            "ratio": round(product / base, 2)}
         print(f"boot under TCG: base image to multi-user {base:.0f} s, product to /health 200 {product:.0f} s, "
