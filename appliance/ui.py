@@ -12,7 +12,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from . import conversations, prompts
-from .engine import Engine, Finished, Request as Generation
+from .engine import Finished, Request as Generation
 from .errors import APIError, bad_request
 from .http import field, read_json, unless_disconnected
 
