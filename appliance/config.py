@@ -15,7 +15,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import psutil
 import yaml
@@ -29,9 +29,11 @@ class ConfigError(ValueError):
 
 
 def setting(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
-            pattern: str | None = None, allowed: str | None = None) -> Any:
-    return field(default=default, metadata={
-        "help": help, "minimum": minimum, "maximum": maximum, "pattern": pattern, "allowed": allowed})
+            pattern: str | None = None, allowed: str | None = None,
+            check: Callable[[Any], str | None] | None = None) -> Any:
+    """A field with its validation: range, pattern, and `check` (returns what is wrong, or None)."""
+    return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum,
+                                            "pattern": pattern, "allowed": allowed, "check": check})
 
 
 def section(cls: type) -> Any:
@@ -41,10 +43,14 @@ def section(cls: type) -> Any:
 LISTEN_PATTERN = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):[0-9]{1,5}$"
 
 
+def _port_problem(listen: str) -> str | None:
+    return None if 0 < int(listen.rpartition(":")[2]) < 65536 else "has no valid port (allowed: 1 to 65535)"
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     listen: str = setting("0.0.0.0:8080", "Address the assistant's HTTP server binds, HOST:PORT.",
-                          pattern=LISTEN_PATTERN, allowed="HOST:PORT, e.g. 127.0.0.1:8080")
+                          pattern=LISTEN_PATTERN, allowed="HOST:PORT, e.g. 127.0.0.1:8080", check=_port_problem)
     max_body_bytes: int = setting(1_048_576, "Largest accepted request body.",
                                   minimum=1024, maximum=64 * 1_048_576)
     graceful_timeout: int = setting(20, "Seconds in-flight streams get to finish on shutdown.",
@@ -101,8 +107,9 @@ def _check(path: str, f: dataclasses.Field, kind: type, value: Any, source: str)
         raise ConfigError(f"{source}: {path}: {value!r} is out of range (allowed: {low} to {high})")
     if meta["pattern"] and not re.match(meta["pattern"], value):
         raise ConfigError(f"{source}: {path}: {value!r} is not allowed (allowed: {meta['allowed']})")
-    if path == "server.listen" and not 0 < int(value.rpartition(":")[2]) < 65536:
-        raise ConfigError(f"{source}: {path}: {value!r} has no valid port (allowed: 1 to 65535)")
+    problem = meta["check"](value) if meta["check"] else None
+    if problem:
+        raise ConfigError(f"{source}: {path}: {value!r} {problem}")
     return value
 
 
