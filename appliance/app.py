@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -13,16 +14,18 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import db as database, ollama_api, openai_api, store, systemd, ui
+from . import db as database, ollama_api, openai_api, store, systemd, ui, update, update_api
 from .auth import TokenAuth
 from .config import Config
-from .engine import Engine
+from .engine import Engine, Finished, Request as Generation
 from .errors import APIError
 from .http import BodyLimit, openai_error
 from .llama import ModelError
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+# The release this software belongs to (IMAGE_VERSION of the image; "0" outside one).
+VERSION = update.running_version()
 
 
 def error_response(path: str, err: APIError):
@@ -33,14 +36,37 @@ async def handle_api_error(request: Request, err: APIError):
     return error_response(request.url.path, err)
 
 
+LOOPBACK = ("127.0.0.1", "::1")
+
+
+async def probe(engine: Engine) -> dict:
+    """One generated token through the real queue: what the boot assessment asks of a new version."""
+    started = time.monotonic()
+    _, events = await engine.begin(Generation(prompt="ping", max_tokens=1, ignore_eos=True))
+    async for event in events:
+        if isinstance(event, Finished):
+            ok = event.completion_tokens == 1
+            return {"probe": "ok" if ok else "failed", "tokens": event.completion_tokens,
+                    "seconds": round(time.monotonic() - started, 3)}
+    return {"probe": "failed", "tokens": 0}
+
+
 async def health(request: Request):
     engine: Engine = request.state.engine
     status = engine.status()
+    if request.query_params.get("probe"):
+        # Inference on an unauthenticated route: only for the box itself (the boot assessment).
+        if request.client is None or request.client.host not in LOOPBACK:
+            return JSONResponse({"error": "the inference probe is only served to the box itself"}, status_code=403)
+        if engine.state != "ready":
+            return JSONResponse({"probe": "failed", "reason": engine.reason}, status_code=503)
+        return JSONResponse(await probe(engine))
     if engine.state == "ready":
         return JSONResponse({"status": "ok", "model": status["model"], "tier": store.tier_of(status["path"]),
-                             "threads": status["threads"], "context_tokens": status["context_tokens"]})
+                             "threads": status["threads"], "context_tokens": status["context_tokens"],
+                             "version": VERSION})
     if engine.state == "no_model":  # deliberately up without a model: healthy, waiting for the owner
-        return JSONResponse({"status": "no_model", "model": None, "reason": engine.reason})
+        return JSONResponse({"status": "no_model", "model": None, "reason": engine.reason, "version": VERSION})
     return JSONResponse({"status": engine.state, "reason": engine.reason}, status_code=503)
 
 
@@ -98,10 +124,10 @@ def create_app(config: Config, model_path=None) -> Starlette:
 
     return Starlette(
         routes=[Route("/health", health), Route("/metrics", metrics_page)]
-        + openai_api.routes + ollama_api.routes + ui.routes,
+        + openai_api.routes + ollama_api.routes + ui.routes + update_api.routes,
         middleware=[
             Middleware(CountRequests, metrics=metrics),
-            Middleware(BodyLimit, limit=config.server.max_body_bytes),
+            Middleware(BodyLimit, limit=config.server.max_body_bytes, streamed=("/update/bundle",)),
             Middleware(TokenAuth, db=db, error_response=error_response),
         ],
         exception_handlers={APIError: handle_api_error},

@@ -72,11 +72,20 @@ class InferenceConfig:
 
 
 @dataclass(frozen=True)
+class UpdateConfig:
+    url: str = setting("", "Update repository: an http(s) URL or a directory (a USB stick); empty: none.",
+                       pattern=r"^(|https?://\S+|/\S*)$", allowed="an http(s) URL or an absolute path")
+    automatic: bool = setting(False, "Check daily and install new releases without asking.")
+    reboot: bool = setting(True, "Reboot into a new release as soon as it is installed.")
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: str = setting("/var/lib/paladin", "Writable state: database, models, owner config.",
                             pattern=r"^/", allowed="an absolute path")
     server: ServerConfig = section(ServerConfig)
     inference: InferenceConfig = section(InferenceConfig)
+    update: UpdateConfig = section(UpdateConfig)
 
     @property
     def data_path(self) -> Path:

@@ -2,10 +2,19 @@
 
 `PRAGMA user_version` records how many migrations have run; each runs in its
 own transaction, so a power cut leaves the schema at a whole version.
+
+Updates and rollbacks: before migrating from schema N, the database is copied
+to `paladin.db.schema-N`.  If an update is rolled back, the older software finds
+a schema newer than it knows; it then sets the newer database aside
+(`paladin.db.schema-M.rolled-back`, nothing is deleted) and restores the copy
+made at its own schema.  What was written under the newer version after its
+migration stays in the set-aside file, not in the restored one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from pathlib import Path
 
@@ -40,15 +49,57 @@ class DatabaseError(RuntimeError):
     """The database is newer than this software or unusable."""
 
 
+def snapshot_path(path: Path, schema: int) -> Path:
+    return path.with_name(f"{path.name}.schema-{schema}")
+
+
 def connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
+    db = _open(path)
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        db.close()
+        _restore(path, version)
+        db = _open(path)
+    elif 0 < version < len(MIGRATIONS):
+        _copy(db, snapshot_path(path, version))
+    migrate(db)
+    return db
+
+
+def _restore(path: Path, newer: int) -> None:
+    """Back on older software after a rollback: the snapshot of our schema replaces the newer database."""
+    snapshot = snapshot_path(path, len(MIGRATIONS))
+    if not snapshot.exists():
+        raise DatabaseError(f"the database is at schema {newer}, newer than this software's {len(MIGRATIONS)}, "
+                            f"and there is no snapshot {snapshot.name} to go back to")
+    aside = path.with_name(f"{path.name}.schema-{newer}.rolled-back")
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.replace(aside.with_name(aside.name + suffix))
+    with contextlib.closing(sqlite3.connect(snapshot)) as old:
+        _copy(old, path)
+
+
+def _copy(db: sqlite3.Connection, dest: Path) -> None:
+    """A consistent copy of `db` at `dest`, complete or not there at all (power cuts)."""
+    partial = dest.with_name(dest.name + ".partial")
+    partial.unlink(missing_ok=True)
+    with contextlib.closing(sqlite3.connect(partial)) as copy:
+        db.backup(copy)
+    with partial.open("rb+") as f:
+        os.fsync(f.fileno())
+    partial.replace(dest)
+
+
+def _open(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a power cut loses at most the last commits, never the file
     db.execute("PRAGMA foreign_keys = ON")
     db.execute("PRAGMA busy_timeout = 5000")
-    migrate(db)
     return db
 
 

@@ -68,13 +68,17 @@ async def unless_disconnected(request: Request, work: Awaitable) -> Any:
 
 
 class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413, before a handler buffers them."""
+    """Refuse request bodies over `limit` bytes with 413, before a handler buffers them.
 
-    def __init__(self, app: ASGIApp, limit: int, error: Callable[[APIError], JSONResponse] = openai_error):
-        self.app, self.limit, self.error = app, limit, error
+    Paths in `streamed` are exempt: their handlers stream the body to disk and bound it themselves.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, error: Callable[[APIError], JSONResponse] = openai_error,
+                 streamed: tuple[str, ...] = ()):
+        self.app, self.limit, self.error, self.streamed = app, limit, error, streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.streamed:
             return await self.app(scope, receive, send)
         too_large = APIError(413, f"the request body is larger than {self.limit} bytes", code="body_too_large")
         length = dict(scope["headers"]).get(b"content-length")

@@ -33,6 +33,32 @@ def smollm2_model() -> Path:
     return smollm2()
 
 
+@pytest.fixture(scope="session")
+def release_keys(tmp_path_factory) -> Path:
+    """Signing keys made for this test run; every image built here trusts their root."""
+    from vm import run_build
+
+    keys = tmp_path_factory.mktemp("release") / "keys"
+    run_build(ROOT / "build.py", "keys", "init", "--keys", keys)
+    return keys
+
+
+@pytest.fixture(scope="session")
+def build_image(tmp_path_factory, tiny_model, release_keys):
+    """build_image(version, extra_tree=None): the x86-64 image, built once per version and tree."""
+    from vm import build_image
+
+    built: dict = {}
+
+    def build(version: str, extra_tree: Path | None = None) -> dict:
+        if (version, extra_tree) not in built:
+            out = tmp_path_factory.mktemp(f"image-{version}")
+            built[version, extra_tree] = build_image(version, out, tiny_model, release_keys, extra_tree=extra_tree)
+        return built[version, extra_tree]
+
+    return build
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

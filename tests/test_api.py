@@ -18,6 +18,7 @@ def api(tiny_model, tmp_path_factory):
                         "inference": {"threads": 1, "context_tokens": 256, "max_tokens": 16}})
     token = tokens.create(database.connect(cfg.database_path), "test")
     with TestClient(create_app(cfg, tiny_model), headers={"Authorization": f"Bearer {token}"}) as client:
+        client.data_dir = data
         yield client
 
 
@@ -139,3 +140,29 @@ def test_metrics_count_requests_and_tokens(api):
 def test_ignore_eos_generates_exactly_max_tokens(api):
     body = api.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 9, "ignore_eos": True}).json()
     assert body["usage"]["completion_tokens"] == 9
+
+
+def test_an_update_request_is_handed_to_the_updater(api):
+    response = api.post("/update", json={"source": "http://10.0.0.2/repo", "reboot": False})
+    assert response.status_code == 202
+    assert json.loads((api.data_dir / "update/request.json").read_text()) == {"source": "http://10.0.0.2/repo",
+                                                                              "reboot": False}
+    assert api.get("/update").json()["pending"] is True
+
+
+def test_an_update_source_must_be_a_url_or_a_path(api):
+    response = api.post("/update", json={"source": "ftp://x/repo"})
+    assert response.status_code == 400 and "not an http(s) URL or an absolute path" in response.json()["error"]["message"]
+
+
+def test_a_bundle_upload_streams_past_the_body_limit(api):
+    bundle = bytes(range(256)) * 40  # 10 KiB against the 4 KiB JSON body limit
+    response = api.put("/update/bundle?reboot=false", content=bundle)
+    assert response.status_code == 202 and response.json()["bytes"] == len(bundle)
+    assert (api.data_dir / "update/bundle").read_bytes() == bundle
+    assert json.loads((api.data_dir / "update/request.json").read_text()) == {"source": "bundle", "reboot": False}
+
+
+def test_the_inference_probe_is_only_for_the_box_itself(api):
+    response = api.get("/health?probe=1", headers={"Authorization": ""})
+    assert response.status_code == 403

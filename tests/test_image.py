@@ -8,21 +8,19 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import ROOT, free_port
+from vm import VM
 
 pytestmark = pytest.mark.image
-sys.path.insert(0, str(ROOT))
-import build  # noqa: E402
 
-VERSION = "1.0.0"
+VERSION = "1"
 ROOT_X86_64 = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
+VERITY_X86_64 = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5"
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 LINUX_GENERIC = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 GROW_BY = 2 << 30
@@ -41,12 +39,8 @@ ExecStart=/bin/sh -c 'echo "PALADIN-CHECK var_bytes=$(findmnt -bno SIZE /var) fa
 
 
 @pytest.fixture(scope="session")
-def image(tmp_path_factory, tiny_model) -> dict:
-    out = tmp_path_factory.mktemp("image")
-    done = subprocess.run([ROOT / "build.py", "image", "--arch", "x86-64", "--version", VERSION, "--model",
-                           tiny_model, "--out", out, "--json"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-5000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+def image(build_image) -> dict:
+    report = build_image(VERSION)
     print(f"\nimage: {report['raw_bytes'] / 2**20:.0f} MiB raw, {report['compressed_bytes'] / 2**20:.0f} MiB zstd, "
           f"mkosi build {report['build_seconds']} s")
     return report
@@ -55,59 +49,41 @@ def image(tmp_path_factory, tiny_model) -> dict:
 @pytest.fixture(scope="session")
 def box(image, tmp_path_factory):
     """The image booted once (on a copy grown by 2 GiB, as a bigger USB stick would be)."""
-    work = tmp_path_factory.mktemp("boot")
-    disk = work / "disk.raw"
-    subprocess.run(["cp", "--sparse=always", image["image"], disk], check=True)
-    with disk.open("r+b") as f:
-        f.truncate(disk.stat().st_size + GROW_BY)
-    serial = work / "serial.log"
-    port = free_port()
-    argv = build.qemu_argv(disk, "x86-64", port, work / "efivars.fd", {"paladin-check.service": CHECK_UNIT},
-                           serial=serial)
+    vm = VM(Path(image["image"]), tmp_path_factory.mktemp("boot"), GROW_BY, {"paladin-check.service": CHECK_UNIT})
     started = time.monotonic()
-    qemu = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-
-    def log_tail() -> str:
-        return serial.read_text(errors="replace")[-6000:] if serial.exists() else "(no serial output)"
-
+    vm.start()
     try:
-        health = None
-        while time.monotonic() - started < 900:
-            if qemu.poll() is not None:
-                pytest.fail(f"qemu exited with {qemu.returncode}: {qemu.stderr.read().decode()}\n{log_tail()}")
-            try:
-                health = httpx.get(url + "/health", timeout=5)
-                if health.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if re.search(r"Kernel panic|emergency mode|Failed to start paladin", log_tail()):
-                pytest.fail(f"the box failed to boot:\n{log_tail()}")
-            time.sleep(2)
-        else:
-            pytest.fail(f"no /health 200 after 900 s:\n{log_tail()}")
+        health = vm.wait_health()
         boot_seconds = time.monotonic() - started
-        while "failed=" not in serial.read_text(errors="replace") and time.monotonic() - started < 1200:
+        while "failed=" not in vm.console() and time.monotonic() - started < 1200:
             time.sleep(2)
-        text = serial.read_text(errors="replace")
-        checks = {"token": re.search(r"PALADIN-TOKEN (\S*)", text).group(1),
+        text = vm.console()
+        checks = {"token": vm.token(),
                   "var_bytes": re.search(r"PALADIN-CHECK var_bytes=(\d+)", text).group(1),
                   "failed": re.search(r"PALADIN-CHECK .* failed=(.*?)\s*$", text, re.M).group(1)}
         print(f"\nboot to /health 200: {boot_seconds:.0f} s under TCG")
-        yield {"url": url, "health": health.json(), "boot_seconds": boot_seconds, "checks": checks,
-               "serial": serial}
+        yield {"url": vm.url, "health": health, "boot_seconds": boot_seconds, "checks": checks, "vm": vm}
     finally:
-        qemu.kill()
-        qemu.wait()
+        vm.close()
 
 
-def test_partition_table_has_esp_two_equal_root_slots_and_data(image):
+def test_partition_table_has_esp_two_verity_root_slots_and_data(image):
     table = json.loads(subprocess.run(["sfdisk", "--json", image["image"]], capture_output=True, text=True,
                                       check=True).stdout)["partitiontable"]["partitions"]
-    assert [p["type"] for p in table] == [ESP, ROOT_X86_64, ROOT_X86_64, LINUX_GENERIC]
-    assert [p.get("name") for p in table][1:] == [f"paladin_{VERSION}", "_empty", "paladin-data"]
-    assert table[1]["size"] == table[2]["size"]
+    assert [p["type"] for p in table] == [ESP, ROOT_X86_64, VERITY_X86_64, ROOT_X86_64, VERITY_X86_64, LINUX_GENERIC]
+    assert [p.get("name") for p in table][1:] == [f"paladin_{VERSION}", f"paladin_{VERSION}_verity", "_empty",
+                                                  "_empty", "paladin-data"]
+    assert table[1]["size"] == table[3]["size"] and table[2]["size"] == table[4]["size"]
+
+
+def test_the_uki_carries_the_root_hash_of_slot_a(image):
+    """The slot's PARTUUIDs are the halves of the root hash on the UKI's command line: the UKI pins the root."""
+    table = json.loads(subprocess.run(["sfdisk", "--json", image["image"]], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]["partitions"]
+    uki = Path(image["image"]).with_suffix(".efi").read_bytes()
+    roothash = re.search(rb"roothash=([0-9a-f]{64})", uki).group(1).decode()
+    assert table[1]["uuid"].replace("-", "").lower() == roothash[:32]
+    assert table[2]["uuid"].replace("-", "").lower() == roothash[32:]
 
 
 def test_image_fits_the_size_budget(image):
@@ -116,6 +92,7 @@ def test_image_fits_the_size_budget(image):
 
 def test_box_answers_health_with_the_model(box):
     assert box["health"]["status"] == "ok" and box["health"]["model"] == "tiny"
+    assert box["health"]["version"] == VERSION
 
 
 def test_box_streams_a_chat_completion(box):
@@ -131,7 +108,7 @@ def test_box_streams_a_chat_completion(box):
 
 
 def test_no_unit_failed(box):
-    assert box["checks"]["failed"] == "", box["serial"].read_text(errors="replace")[-4000:]
+    assert box["checks"]["failed"] == "", box["vm"].console()[-4000:]
 
 
 def test_data_partition_grew_to_fill_the_disk(box, image):

@@ -143,3 +143,9 @@ def test_health_reports_no_model_when_started_without_one(tmp_path):
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_the_boot_assessment_probe_generates_one_token(service):
+    with service.client() as client:
+        probe = client.get("/health?probe=1", headers={"Authorization": ""}).json()
+    assert probe["probe"] == "ok" and probe["tokens"] == 1

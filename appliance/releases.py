@@ -1,0 +1,92 @@
+"""What a release is, as both the build host and the box see it.
+
+A release of version V for an architecture A is three TUF targets:
+
+    A/paladin_V_<uuid>.root.raw.gz     the root slot (erofs), gzip-compressed
+    A/paladin_V_<uuid>.verity.raw.gz   its dm-verity hash tree
+    A/paladin_V.efi                     the UKI, whose command line carries the root hash
+
+The UUIDs are the GPT partition UUIDs the slot must get: halves of the root hash, which is how the UKI
+finds its slot.  Each target's signed custom field `paladin` says its version, architecture, kind and
+the length and SHA-256 of the uncompressed bytes, so the box can check a slot after writing it.
+
+A bundle is one uncompressed tar holding the repository subset for one release: `paladin-bundle.json`,
+`metadata/` (the root chain, timestamp, snapshot and targets) and `targets/` (that release's files).
+It is untrusted input: the box verifies it with the same TUF client as an online update.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+from pathlib import Path
+
+VERSION = re.compile(r"\d+(\.\d+)*")
+KINDS = ("root", "verity", "uki")
+BUNDLE_MARKER = "paladin-bundle.json"
+BUNDLE_FORMAT = 1
+# Far above any real release (three targets and their metadata); a bound keeps a hostile file small.
+BUNDLE_MAX_MEMBERS = 256
+
+
+class BundleError(ValueError):
+    """An uploaded file is not a usable bundle; the message says why."""
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    if not VERSION.fullmatch(version):
+        raise ValueError(f"{version!r} is not a release version (dotted numbers)")
+    return tuple(int(part) for part in version.split("."))
+
+
+def target_name(arch: str, kind: str, version: str, uuid: str = "") -> str:
+    if kind == "uki":
+        return f"{arch}/paladin_{version}.efi"
+    return f"{arch}/paladin_{version}_{uuid}.{kind}.raw.gz"
+
+
+def write_bundle(out: Path, marker: dict, files: dict[str, Path]) -> None:
+    """`files` maps names inside the bundle (metadata/..., targets/...) to files on disk."""
+    partial = out.with_name(out.name + ".partial")
+    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+        data = json.dumps(marker | {"format": BUNDLE_FORMAT}).encode()
+        info = tarfile.TarInfo(BUNDLE_MARKER)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for name, path in sorted(files.items()):
+            tar.add(path, arcname=name, recursive=False)
+    partial.replace(out)
+
+
+def open_bundle(bundle: Path, dest: Path) -> dict:
+    """Unpack `bundle` into the empty directory `dest`, refusing anything but plain files in
+    metadata/ and targets/; returns the bundle's marker."""
+    try:
+        tar = tarfile.open(bundle, "r:")
+    except (tarfile.TarError, OSError) as err:
+        raise BundleError(f"not a PAL-adin update bundle (not a tar archive: {err})") from None
+    with tar:
+        try:
+            members = tar.getmembers()
+        except tarfile.TarError as err:
+            raise BundleError(f"not a PAL-adin update bundle (damaged tar: {err})") from None
+        if len(members) > BUNDLE_MAX_MEMBERS:
+            raise BundleError(f"not a PAL-adin update bundle ({len(members)} files)")
+        names = {m.name for m in members}
+        if BUNDLE_MARKER not in names:
+            raise BundleError(f"not a PAL-adin update bundle (no {BUNDLE_MARKER})")
+        for member in members:
+            name = member.name
+            if not member.isfile() or (name != BUNDLE_MARKER and not re.fullmatch(
+                    r"(metadata/[0-9a-z.]+\.json|targets/[a-z0-9-]+/[0-9a-f]{64}\.paladin_[0-9a-z._-]+)", name)):
+                raise BundleError(f"not a PAL-adin update bundle (unexpected member {name!r})")
+        try:
+            marker = json.loads(tar.extractfile(BUNDLE_MARKER).read(65536))
+        except (ValueError, AttributeError):
+            raise BundleError(f"not a PAL-adin update bundle ({BUNDLE_MARKER} is not JSON)") from None
+        if not isinstance(marker, dict) or marker.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"unsupported bundle format {marker.get('format') if isinstance(marker, dict) else marker!r}")
+        tar.extractall(dest, filter="data")
+    return marker

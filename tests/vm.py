@@ -1,0 +1,241 @@
+"""A disk image booted in qemu (TCG) for the image and update tests: start, wait, talk, power-cut."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from conftest import ROOT, free_port
+
+sys.path.insert(0, str(ROOT))
+import build  # noqa: E402
+
+BOOT_TIMEOUT = 900
+# The updater and the boot assessment say what they do on the console, so a failing test shows it.
+CONSOLE_DROPINS = {f"{unit}/console.conf": "[Service]\nStandardOutput=journal+console\nStandardError=journal+console\n"
+                   for unit in ("paladin-update.service", "paladin-health.service", "paladin-boot-failed.service")}
+
+
+def run_build(*argv) -> str:
+    done = subprocess.run([str(a) for a in argv], capture_output=True, text=True)
+    if done.returncode:
+        raise AssertionError(f"{' '.join(map(str, argv[:3]))} failed:\n{done.stderr[-5000:]}")
+    return done.stdout
+
+
+def build_image(version: str, out: Path, model: Path, keys: Path, tree: Path = ROOT,
+                extra_tree: Path | None = None) -> dict:
+    """`build.py image` (of `tree`, a checkout) for x86-64; its JSON report."""
+    report = run_build(tree / "build.py", "image", "--arch", "x86-64", "--version", version, "--model", model,
+                       "--keys", keys, "--out", out, "--json", *(["--extra-tree", extra_tree] if extra_tree else []))
+    return json.loads(report.strip().splitlines()[-1])
+
+
+def release(image: dict, repo: Path, keys: Path) -> None:
+    run_build(ROOT / "build.py", "release", "--image", image["image"], "--repo", repo, "--keys", keys)
+
+
+class BootFailed(AssertionError):
+    pass
+
+
+class VM:
+    """One disk, booted as often as a test needs; each boot's serial console goes to its own file."""
+
+    def __init__(self, image: Path, work: Path, grow_by: int = 2 << 30, units: dict[str, str] | None = None):
+        work.mkdir(parents=True, exist_ok=True)
+        self.work, self.disk, self.port = work, work / "disk.raw", free_port()
+        subprocess.run(["cp", "--sparse=always", image, self.disk], check=True)
+        with self.disk.open("r+b") as f:
+            f.truncate(self.disk.stat().st_size + grow_by)
+        self.units = CONSOLE_DROPINS | (units or {})
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.qemu: subprocess.Popen | None = None
+        self.boots = 0
+        self.serial = work / "serial-0.log"
+
+    def start(self) -> None:
+        self.boots += 1
+        self.serial = self.work / f"serial-{self.boots}.log"
+        argv = build.qemu_argv(self.disk, "x86-64", self.port, self.work / "efivars.fd", self.units, serial=self.serial)
+        self.qemu = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def kill(self) -> None:
+        """A power cut: qemu dies at once, nothing is flushed or shut down."""
+        if self.qemu and self.qemu.poll() is None:
+            self.qemu.kill()
+            self.qemu.wait()
+
+    def console(self) -> str:
+        return self.serial.read_text(errors="replace") if self.serial.exists() else ""
+
+    def fail(self, why: str) -> None:
+        raise BootFailed(f"{why}\n--- serial console (boot {self.boots}) ---\n{self.console()[-8000:]}")
+
+    def wait_health(self, timeout: float = BOOT_TIMEOUT, version: str | None = None) -> dict:
+        """Wait for /health 200 (from `version`, if given) and return it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.qemu.poll() is not None:
+                self.fail(f"qemu exited with {self.qemu.returncode}: {self.qemu.stderr.read().decode()}")
+            if re.search(r"Kernel panic|emergency mode", self.console()):
+                self.fail("the box failed to boot")
+            try:
+                health = httpx.get(self.url + "/health", timeout=5)
+                if health.status_code == 200 and (version is None or health.json().get("version") == version):
+                    return health.json()
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        self.fail(f"no /health 200{f' from version {version}' if version else ''} after {timeout:.0f} s")
+
+    def token(self) -> str:
+        """The API token the credential unit printed on this boot's console (build.TOKEN_UNIT)."""
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if found := re.findall(r"PALADIN-TOKEN (pal_\S+)", self.console()):
+                return found[-1]
+            time.sleep(1)
+        self.fail("no API token on the console")
+
+    def client(self, timeout: float = 120) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {self.token()}"})
+
+    def close(self) -> None:
+        self.kill()
+
+
+# -- what the update tests and the power-cut run do to a box ---------------------------------
+
+TERMINAL = ("failed", "installed", "rebooting")
+
+
+def partitions(disk: Path) -> list[dict]:
+    table = json.loads(subprocess.run(["sfdisk", "--json", disk], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    return [p | {"offset": p["start"] * table.get("sectorsize", 512), "bytes": p["size"] * table.get("sectorsize", 512)}
+            for p in table["partitions"]]
+
+
+def partition_digest(disk: Path, number: int) -> str:
+    part = partitions(disk)[number - 1]
+    digest, left = hashlib.sha256(), part["bytes"]
+    with disk.open("rb") as f:
+        f.seek(part["offset"])
+        while left:
+            chunk = f.read(min(left, 1 << 22))
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+def esp_kernels(disk: Path) -> list[str]:
+    """The UKI file names on the disk's ESP, read from the host with mtools (qemu need not run)."""
+    esp = partitions(disk)[0]
+    out = subprocess.run(["mdir", "-b", "-i", f"{disk}@@{esp['offset']}", "::/EFI/Linux"], capture_output=True,
+                         text=True, check=True).stdout
+    return sorted(Path(line.strip()).name for line in out.splitlines() if line.strip().endswith(".efi"))
+
+
+def update_status(client: httpx.Client) -> dict:
+    return client.get("/update").raise_for_status().json()
+
+
+def wait_update(client: httpx.Client, since: float, phases=TERMINAL, timeout: float = 1800,
+                poll: float = 0.3) -> dict:
+    """The updater's status once an attempt that started after `since` reaches one of `phases`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = update_status(client)
+        except httpx.HTTPError:
+            time.sleep(poll)
+            continue
+        update = status["update"]
+        if update.get("time", 0) > since and not status["pending"]:
+            if update.get("phase") in phases:
+                return status
+            if update.get("phase") == "failed":
+                raise AssertionError(f"the update failed instead of reaching {phases}: {update.get('error')}")
+        time.sleep(poll)
+    raise AssertionError(f"the update did not reach {phases} in {timeout} s: {status}")
+
+
+def box_time(client: httpx.Client) -> float:
+    """The box's clock, from its status (the host's and the guest's clocks need not agree)."""
+    return update_status(client)["update"].get("time", 0)
+
+
+def request_update(client: httpx.Client, source: str, reboot: bool) -> float:
+    since = box_time(client)
+    client.post("/update", json={"source": source, "reboot": reboot}).raise_for_status()
+    return since
+
+
+def upload_bundle(client: httpx.Client, bundle: Path, reboot: bool) -> float:
+    since = box_time(client)
+    with bundle.open("rb") as f:
+        client.put(f"/update/bundle?reboot={'true' if reboot else 'false'}", content=f,
+                   timeout=900).raise_for_status()
+    return since
+
+
+def write_conversation(client: httpx.Client) -> str:
+    conversation = client.post("/conversations", json={"title": "before the update"}).raise_for_status().json()
+    with client.stream("POST", f"/conversations/{conversation['id']}/messages",
+                       json={"content": "remember the number 42"}) as reply:
+        reply.read()
+    return conversation["id"]
+
+
+def conversation_intact(client: httpx.Client, conversation: str) -> bool:
+    found = client.get(f"/conversations/{conversation}")
+    return found.status_code == 200 and found.json()["messages"][0]["content"] == "remember the number 42"
+
+
+# Where a power cut is tried, and how far into the phase (seconds, uniformly at random).
+PHASES = {"download": 1.0, "write": 5.0, "uki": 0.5, "first boot": 35.0}
+
+
+def wait_down(vm: VM, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(vm.url + "/health", timeout=2)
+            time.sleep(0.5)
+        except httpx.HTTPError:
+            return
+
+
+def cut_power(vm: VM, bundle: Path, phase: str, rng) -> str:
+    """On the running box, install `bundle` and cut the power at a random moment in `phase`."""
+    with vm.client() as client:
+        wait_update(client, upload_bundle(client, bundle, reboot=False), phases=(phase,), poll=0.2)
+    delay = rng.uniform(0, PHASES[phase])
+    time.sleep(delay)
+    vm.kill()
+    return f"{phase} +{delay:.1f} s"
+
+
+def cut_first_boot(vm: VM, bundle: Path, rng) -> str:
+    """With the box off: cut the power during the first boot of the bundle's version.  If its UKI is
+    already on the ESP, untried (an earlier cut came after the install), that is the next boot;
+    otherwise the box boots and installs the bundle with a reboot first."""
+    untried = f"paladin_{bundle.name.split('_')[1]}+3.efi"
+    vm.start()
+    if untried not in esp_kernels(vm.disk):
+        vm.wait_health()
+        with vm.client() as client:
+            wait_update(client, upload_bundle(client, bundle, reboot=True), phases=("rebooting", "installed"))
+        wait_down(vm)
+    delay = 5 + rng.uniform(0, PHASES["first boot"])
+    time.sleep(delay)
+    vm.kill()
+    return f"first boot +{delay:.1f} s"
