@@ -320,14 +320,14 @@ def _sysupdate(definitions: str, version: str) -> None:
     os.sync()  # it writes through the whole disk's page cache and does not flush; persist before checking
 
 
-def _written_slot(version: str, kind: str, info: TargetFile, arch: str) -> dict | None:
+def _written_slot(version: str, kind: str, arch: str) -> dict | None:
     label = f"paladin_{version}" + ("_verity" if kind == "verity" else "")
     return next((s for s in slots(arch) if s["kind"] == kind and s["label"] == label), None)
 
 
 def _check_slot(version: str, kind: str, info: TargetFile, arch: str) -> str | None:
     """What is wrong with the slot written for `kind`, or None when it holds exactly the signed bytes."""
-    slot = _written_slot(version, kind, info, arch)
+    slot = _written_slot(version, kind, arch)
     if slot is None:
         return f"no {kind} partition is labelled for {version}"
     custom = info.custom["paladin"]
@@ -339,9 +339,9 @@ def _check_slot(version: str, kind: str, info: TargetFile, arch: str) -> str | N
     return None
 
 
-def _empty_slot(version: str, kind: str, info: TargetFile, arch: str) -> None:
+def _empty_slot(version: str, kind: str, arch: str) -> None:
     """Relabel a partly written slot `_empty` so systemd-sysupdate writes it again."""
-    slot = _written_slot(version, kind, info, arch)
+    slot = _written_slot(version, kind, arch)
     if slot:
         command.run(["sfdisk", "--part-label", slot["disk"], slot["number"], "_empty"])
 
@@ -443,7 +443,7 @@ def _install(source: str, state: Path, progress: Progress) -> str:
     for kind in ("root", "verity"):
         if problem := _check_slot(version, kind, chosen[kind], arch):
             # A power cut during an earlier attempt can leave a labelled but partial slot: rewrite once.
-            _empty_slot(version, kind, chosen[kind], arch)
+            _empty_slot(version, kind, arch)
             progress.set(phase="write")
             _sysupdate("slot.d", version)
             progress.set(phase="verify")

@@ -33,12 +33,15 @@ from vm import VM, build_image, release, request_update, run_build, update_statu
 # Started at boot, waits until the update is installed, then writes the same root image raw.
 DD_UNIT = """\
 [Service]
-Type=exec
+Type=oneshot
+TimeoutStartSec=infinity
 StandardOutput=journal+console
-ExecStart=/bin/sh -c 'until grep -q "\\"phase\\": \\"installed\\"" /var/lib/paladin-update/status.json 2>/dev/null; \
-do sleep 2; done; python3 -c "import shutil, urllib.request; shutil.copyfileobj(urllib.request.urlopen(\\"{url}\\"), \
-open(\\"/var/tmp/root.raw\\", \\"wb\\"))"; sync; s=$(date +%s.%N); dd if=/var/tmp/root.raw of=/dev/disk/by-partlabel/paladin_{version} \
-bs=4M conv=fsync status=none; echo "BENCH-DD $s $(date +%s.%N)"'
+ExecStart=/bin/sh -c 'until grep -q installed /var/lib/paladin-update/status.json; do sleep 2; done'
+ExecStart=/usr/bin/python3 -c 'import shutil, urllib.request; \
+shutil.copyfileobj(urllib.request.urlopen("{url}"), open("/var/tmp/root.raw", "wb"))'
+ExecStart=/bin/sync
+ExecStart=/bin/sh -c 's=$$(date +%%s.%%N); dd if=/var/tmp/root.raw of=/dev/disk/by-partlabel/paladin_{version} \
+bs=4M conv=fsync status=none; echo "BENCH-DD $$s $$(date +%%s.%%N)"'
 """
 
 
