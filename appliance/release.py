@@ -179,9 +179,11 @@ class Repository:
         snapshot.signatures.clear()
         snapshot.sign(signer(self.keys, "snapshot"))
         _write(snapshot, self.metadata / f"{snapshot.signed.version}.snapshot.json")
-        timestamp = (self._current("timestamp") if (self.metadata / "timestamp.json").exists()
-                     else Metadata(Timestamp()))
-        timestamp.signed.version += 1 if timestamp.signed.version or timestamp.signatures else 0
+        if (self.metadata / "timestamp.json").exists():
+            timestamp = self._current("timestamp")
+            timestamp.signed.version += 1
+        else:
+            timestamp = Metadata(Timestamp())
         timestamp.signed.snapshot_meta = MetaFile(version=snapshot.signed.version)
         timestamp.signed.expires = _expiry("timestamp", expiry_days)
         timestamp.signatures.clear()
@@ -204,7 +206,6 @@ class Repository:
         work = self.path / ".incoming"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        names = {}
         for kind, source in artifacts.items():
             uuid = "" if kind == "uki" else source.name.split(".")[-2]
             name = releases.target_name(arch, kind, version, uuid)
@@ -217,7 +218,6 @@ class Repository:
                 with source.open("rb") as raw, gzip.open(staged, "wb", compresslevel=COMPRESSION_LEVEL) as packed:
                     shutil.copyfileobj(raw, packed, 1 << 20)
             self.add_target(targets, name, staged, custom)
-            names[kind] = name
         work.rmdir()
         self.publish(targets, expiry_days)
         return self.bundle(version, arch)

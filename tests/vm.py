@@ -151,7 +151,7 @@ def update_status(client: httpx.Client) -> dict:
 def wait_update(client: httpx.Client, since: float, phases=TERMINAL, timeout: float = 1800,
                 poll: float = 0.3) -> dict:
     """The updater's status once an attempt that started after `since` reaches one of `phases`."""
-    deadline = time.monotonic() + timeout
+    deadline, status = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         try:
             status = update_status(client)
