@@ -152,15 +152,20 @@ def kernels() -> list[dict]:
 
 # -- state shared with the web UI ---------------------------------------------
 
-def _write_json(path: Path, data) -> None:
+def _write_durably(path: Path, data: bytes) -> None:
+    """`path` holds `data` or its old content after a power cut, never a torn or empty file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    with partial.open("w") as f:
-        json.dump(data, f, indent=1)
+    with partial.open("wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.chmod(partial, 0o644)  # read by the unprivileged assistant for its status page
+    os.chmod(partial, 0o644)  # state files are read by the unprivileged assistant for its status page
     partial.replace(path)
+
+
+def _write_json(path: Path, data) -> None:
+    _write_durably(path, json.dumps(data, indent=1).encode())
 
 
 def read_state(path: Path, default):
@@ -240,12 +245,7 @@ def _trust_root(metadata: Path) -> None:
             return
     except (OSError, tuf_errors.RepositoryError):
         pass
-    partial = stored.with_name("root.json.partial")
-    with partial.open("wb") as f:
-        f.write(TRUSTED_ROOT.read_bytes())
-        f.flush()
-        os.fsync(f.fileno())
-    partial.replace(stored)
+    _write_durably(stored, TRUSTED_ROOT.read_bytes())
 
 
 def _updater(source: str, state: Path, progress: Progress) -> Updater:
