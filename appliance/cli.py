@@ -22,7 +22,7 @@ def _load(args) -> config_module.Config:
 
 
 def cmd_serve(args, config) -> None:
-    from .server import serve  # gunicorn only where it is needed
+    from .web.server import serve  # gunicorn only where it is needed
 
     serve(config, Path(args.model).resolve() if args.model else store.configured_model(config))
 
@@ -39,12 +39,6 @@ def cmd_token(args, config) -> None:
     else:
         for row in tokens.listing(db):
             print(f"{row['name']}\t{'revoked' if row['revoked'] else 'live'}")
-
-
-def cmd_tiny_model(args, config) -> None:
-    from . import tinymodel  # numpy and gguf stay out of the service's arbiter process
-
-    print(tinymodel.write(Path(args.out), args.size))
 
 
 def _progress(done: int, total: int) -> None:
@@ -68,40 +62,49 @@ def cmd_model(args, config) -> None:
 def cmd_config(args, config) -> None:
     if args.action == "schema":
         print(json.dumps(config_module.json_schema(), indent=2))
+    elif args.action == "docs":
+        print(config_module.markdown(), end="")
     else:
         print(json.dumps(config_module.to_dict(config), indent=2))
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="GGUF model to serve (overrides the configured one)")
+    p.add_argument("--listen", help="HOST:PORT to bind (overrides server.listen)")
+
+
+def _token_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["create", "revoke", "list"])
+    p.add_argument("--name", default="default")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "download", "import"])
+    p.add_argument("target", nargs="?", help="tier name (download) or file path (import)")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["show", "schema", "docs"],
+                   help="the effective configuration, its JSON Schema, or its reference as Markdown")
+
+
+VERBS = {
+    "serve": (cmd_serve, "run the assistant service in the foreground", _serve_args),
+    "token": (cmd_token, "manage API tokens", _token_args),
+    "model": (cmd_model, "list, download or import models", _model_args),
+    "config": (cmd_config, "show the effective configuration, its JSON Schema or its reference", _config_args),
+}
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="paladin", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
-
-    def command(name: str, handler, help: str) -> argparse.ArgumentParser:
+    for name, (handler, help, arguments) in VERBS.items():
         p = sub.add_parser(name, help=help)
         p.set_defaults(handler=handler)
         p.add_argument("--config", help=f"system configuration file (default {config_module.SYSTEM_CONFIG})")
         p.add_argument("--data-dir", help="data directory (overrides data_dir)")
-        return p
-
-    serve = command("serve", cmd_serve, "run the assistant service in the foreground")
-    serve.add_argument("--model", help="GGUF model to serve (overrides the configured one)")
-    serve.add_argument("--listen", help="HOST:PORT to bind (overrides server.listen)")
-
-    token = command("token", cmd_token, "manage API tokens")
-    token.add_argument("action", choices=["create", "revoke", "list"])
-    token.add_argument("--name", default="default")
-
-    tiny = command("tiny-model", cmd_tiny_model, "write a generated GGUF model for tests and demos")
-    tiny.add_argument("out")
-    tiny.add_argument("--size", choices=["small", "medium", "large"], default="small",
-                      help="about 5 MB, 70 MB or 620 MB")
-
-    model = command("model", cmd_model, "list, download or import models")
-    model.add_argument("action", choices=["list", "download", "import"])
-    model.add_argument("target", nargs="?", help="tier name (download) or file path (import)")
-
-    cfg = command("config", cmd_config, "show the effective configuration or its JSON Schema")
-    cfg.add_argument("action", choices=["show", "schema"])
+        arguments(p)
     return top
 
 

@@ -14,9 +14,10 @@ migration stays in the set-aside file, not in the restored one.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 from pathlib import Path
+
+from . import files
 
 MIGRATIONS = [
     """
@@ -84,13 +85,11 @@ def _restore(path: Path, newer: int) -> None:
 
 def _copy(db: sqlite3.Connection, dest: Path) -> None:
     """A consistent copy of `db` at `dest`, complete or not there at all (power cuts)."""
-    partial = dest.with_name(dest.name + ".partial")
+    partial = files.partial(dest)
     partial.unlink(missing_ok=True)
     with contextlib.closing(sqlite3.connect(partial)) as copy:
         db.backup(copy)
-    with partial.open("rb+") as f:
-        os.fsync(f.fileno())
-    partial.replace(dest)
+    files.commit(partial, dest)
 
 
 def _open(path: Path) -> sqlite3.Connection:

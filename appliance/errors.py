@@ -1,30 +1,56 @@
-"""Errors the API reports to clients, in OpenAI's error shape."""
+"""What can go wrong with a request, as the service's own words; no HTTP here.
+
+The engine, the store and the request handlers raise these.  The web layer maps each class to a
+status code and to the error shape of the API that was called (web/http.py `STATUS`, and an
+exception handler per API), so the inference side never knows which dialect asked.
+"""
 
 from __future__ import annotations
 
 
-class APIError(Exception):
-    """A request failed for a reason the client should be told about.
+class ServiceError(Exception):
+    """A request cannot be served; the message tells the client why and what to do next."""
 
-    `kind` and `code` follow OpenAI's error object; the status is the HTTP status.
-    """
-
-    def __init__(self, status: int, message: str, *, kind: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None, retry_after: int | None = None):
+    def __init__(self, message: str, *, param: str | None = None, retry_after: int | None = None):
         super().__init__(message)
-        self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
-        self.retry_after = retry_after
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        self.message, self.param, self.retry_after = message, param, retry_after
 
 
-def bad_request(message: str, param: str | None = None) -> APIError:
-    return APIError(400, message, param=param, code="invalid_value" if param else None)
+class InvalidRequest(ServiceError):
+    """The request itself is wrong: a missing or malformed field."""
 
 
-def unavailable(message: str, retry_after: int = 5) -> APIError:
-    return APIError(503, message, kind="server_error", code="unavailable", retry_after=retry_after)
+class PromptTooLong(InvalidRequest):
+    """The prompt and the tokens to generate do not fit the model's context."""
+
+
+class NotFound(ServiceError):
+    """The thing the request names does not exist on this box."""
+
+
+class UnknownModel(NotFound):
+    """The request names a model this box does not serve."""
+
+
+class Unauthenticated(ServiceError):
+    """The caller did not prove the identity the route requires."""
+
+
+class TooLarge(ServiceError):
+    """The request body is larger than the route accepts."""
+
+
+class QueueFull(ServiceError):
+    """Too many requests wait for the model; retry after `retry_after` seconds."""
+
+
+class NotReady(ServiceError):
+    """No model is loaded, or the service is shutting down."""
+
+
+class NoSpace(ServiceError):
+    """The data partition has no room for what the request would write."""
+
+
+class GenerationFailed(ServiceError):
+    """llama.cpp failed in the middle of a job; the engine lives on."""

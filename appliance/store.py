@@ -8,7 +8,6 @@ are checked against the pinned SHA-256, and only then renamed into place.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ from typing import Callable
 
 import yaml
 
+from . import files
 from .config import Config
 
 CATALOG = Path(__file__).with_name("catalog.yaml")
@@ -95,15 +95,7 @@ def _commit(part: Path, digest: str, expected: str | None, dest: Path) -> Path:
         part.unlink()
         raise StoreError(f"{dest.name}: SHA-256 mismatch (expected {expected}, got {digest}); "
                          "the corrupt copy was deleted, nothing was installed")
-    with part.open("rb") as f:
-        os.fsync(f.fileno())
-    os.replace(part, dest)
-    fd = os.open(dest.parent, os.O_DIRECTORY)
-    try:
-        os.fsync(fd)  # the rename itself must survive a power cut
-    finally:
-        os.close(fd)
-    return dest
+    return files.commit(part, dest)
 
 
 def _ensure_space(directory: Path, needed: int) -> None:

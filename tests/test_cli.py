@@ -1,20 +1,12 @@
+"""`paladin`, the box's command line."""
+
 import subprocess
 
 import pytest
 
-from appliance import tinymodel
-from conftest import PALADIN
+from served import PALADIN
 
 pytestmark = pytest.mark.unit
-
-
-def test_tiny_model_sizes_match_the_generator(tmp_path):
-    out = subprocess.run([PALADIN, "tiny-model", tmp_path / "m.gguf", "--size", "small"], capture_output=True,
-                         text=True, check=True)
-    assert out.stdout.strip() == str(tmp_path / "m.gguf")
-    assert (tmp_path / "m.gguf").read_bytes()[:4] == b"GGUF"
-    help_text = subprocess.run([PALADIN, "tiny-model", "--help"], capture_output=True, text=True).stdout
-    assert all(size in help_text for size in tinymodel.SIZES)
 
 
 def test_token_create_prints_the_token_last(tmp_path):

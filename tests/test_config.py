@@ -4,6 +4,7 @@ import pytest
 
 from appliance import config
 from appliance.config import ConfigError
+from buildhost import ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -55,3 +56,20 @@ def test_json_schema_comes_from_the_same_table():
     assert threads == {"type": "integer", "default": 0, "minimum": 0, "maximum": 256,
                        "description": config.InferenceConfig.__dataclass_fields__["threads"].metadata["help"]}
     json.dumps(schema)
+
+
+def test_the_configuration_reference_is_generated_from_the_same_table():
+    """docs/configuration.md is `paladin config docs`; regenerate it when a setting changes."""
+    reference = (ROOT / "docs/configuration.md").read_text()
+    assert reference == config.markdown()
+    for f in config.dataclasses.fields(config.UpdateConfig):
+        assert f"`update.{f.name}`" in reference and f.metadata["help"] in reference
+
+
+def test_the_owner_file_takes_only_valid_changes(tmp_path):
+    saved = config.save_owner(tmp_path, {"update": {"url": "http://10.0.0.2/repo"}})
+    assert saved.update.url == "http://10.0.0.2/repo"
+    with pytest.raises(ConfigError, match="update.automatic: 'yes' is not true or false"):
+        config.save_owner(tmp_path, {"update": {"automatic": "yes"}})
+    kept = config.load(None, {"data_dir": str(tmp_path)})
+    assert (kept.update.url, kept.update.automatic) == ("http://10.0.0.2/repo", False)

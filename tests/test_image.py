@@ -26,14 +26,19 @@ LINUX_GENERIC = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 GROW_BY = 2 << 30
 
 # Injected as a systemd credential, so the product image carries no test code: once the assistant and
-# the token unit (build.TOKEN_UNIT) are done, report failed units and the size of /var on the console.
-CHECK_UNIT = """\
+# the token unit (buildhost.qemu.TOKEN_UNIT) are done, report which host-only modules the box's venv
+# can import (none may), failed units and the size of /var on the console.
+HOST_ONLY = ("buildhost", "buildhost.release", "buildhost.tinymodel", "appliance.release", "appliance.tinymodel")
+CHECK_UNIT = f"""\
 [Unit]
 After=paladin.service paladin-token.service
 
 [Service]
 Type=oneshot
 StandardOutput=journal+console
+ExecStart=/usr/lib/paladin/bin/python -c 'import importlib.util as u, sys; \
+print("PALADIN-HOST-CODE", *[m for m in sys.argv[1:] if u.find_spec(m.split(".")[0]) and u.find_spec(m)])' \
+{" ".join(HOST_ONLY)}
 ExecStart=/bin/sh -c 'echo "PALADIN-CHECK var_bytes=$(findmnt -bno SIZE /var) failed=$(systemctl --failed --no-legend --plain | cut -d" " -f1 | tr "\\n" " ")"'
 """
 
@@ -60,7 +65,8 @@ def box(image, tmp_path_factory):
         text = vm.console()
         checks = {"token": vm.token(),
                   "var_bytes": re.search(r"PALADIN-CHECK var_bytes=(\d+)", text).group(1),
-                  "failed": re.search(r"PALADIN-CHECK .* failed=(.*?)\s*$", text, re.M).group(1)}
+                  "failed": re.search(r"PALADIN-CHECK .* failed=(.*?)\s*$", text, re.M).group(1),
+                  "host_code": re.search(r"PALADIN-HOST-CODE(.*?)\s*$", text, re.M).group(1).split()}
         print(f"\nboot to /health 200: {boot_seconds:.0f} s under TCG")
         yield {"url": vm.url, "health": health, "boot_seconds": boot_seconds, "checks": checks, "vm": vm}
     finally:
@@ -116,3 +122,8 @@ def test_data_partition_grew_to_fill_the_disk(box, image):
                                       check=True).stdout)["partitiontable"]
     built = table["partitions"][-1]["size"] * table.get("sectorsize", 512)
     assert int(box["checks"]["var_bytes"]) > built + GROW_BY // 2
+
+
+def test_no_host_code_is_in_the_image(box):
+    """Release signing, the generated models and the build pipeline never leave the build host."""
+    assert box["checks"]["host_code"] == []

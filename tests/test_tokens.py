@@ -1,7 +1,7 @@
 import pytest
 
 from appliance import db as database, tokens
-from appliance.auth import presented_token
+from appliance.web.auth import presented_token
 from starlette.datastructures import Headers
 import base64
 

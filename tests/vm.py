@@ -6,16 +6,14 @@ import hashlib
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from conftest import ROOT, free_port
-
-sys.path.insert(0, str(ROOT))
-import build  # noqa: E402
+from appliance import facts
+from buildhost import ROOT
+from buildhost.qemu import ensure_qemu, free_port, image_arch, qemu_argv
 
 BOOT_TIMEOUT = 900
 # The updater and the boot assessment say what they do on the console, so a failing test shows it.
@@ -51,6 +49,8 @@ class VM:
 
     def __init__(self, image: Path, work: Path, grow_by: int = 2 << 30, units: dict[str, str] | None = None):
         work.mkdir(parents=True, exist_ok=True)
+        self.arch = image_arch(image)
+        ensure_qemu(self.arch)  # qemu and the UEFI firmware of the image's architecture
         self.work, self.disk, self.port = work, work / "disk.raw", free_port()
         subprocess.run(["cp", "--sparse=always", image, self.disk], check=True)
         with self.disk.open("r+b") as f:
@@ -64,7 +64,7 @@ class VM:
     def start(self) -> None:
         self.boots += 1
         self.serial = self.work / f"serial-{self.boots}.log"
-        argv = build.qemu_argv(self.disk, "x86-64", self.port, self.work / "efivars.fd", self.units, serial=self.serial)
+        argv = qemu_argv(self.disk, self.arch, self.port, self.work / "efivars.fd", self.units, serial=self.serial)
         self.qemu = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def kill(self) -> None:
@@ -97,7 +97,7 @@ class VM:
         self.fail(f"no /health 200{f' from version {version}' if version else ''} after {timeout:.0f} s")
 
     def token(self) -> str:
-        """The API token the credential unit printed on this boot's console (build.TOKEN_UNIT)."""
+        """The API token the credential unit printed on this boot's console (buildhost.qemu.TOKEN_UNIT)."""
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if found := re.findall(r"PALADIN-TOKEN (pal_\S+)", self.console()):
@@ -173,9 +173,11 @@ def box_time(client: httpx.Client) -> float:
     return update_status(client)["update"].get("time", 0)
 
 
-def request_update(client: httpx.Client, source: str, reboot: bool) -> float:
+def request_update(client: httpx.Client, url: str, reboot: bool) -> float:
+    """Point the owner's update settings at the repository `url`, then ask for an online update."""
     since = box_time(client)
-    client.post("/update", json={"source": source, "reboot": reboot}).raise_for_status()
+    client.put("/update/settings", json={"url": url}).raise_for_status()
+    client.post("/update", json={"source": "online", "reboot": reboot}).raise_for_status()
     return since
 
 
@@ -228,7 +230,7 @@ def cut_first_boot(vm: VM, bundle: Path, rng) -> str:
     """With the box off: cut the power during the first boot of the bundle's version.  If its UKI is
     already on the ESP, untried (an earlier cut came after the install), that is the next boot;
     otherwise the box boots and installs the bundle with a reboot first."""
-    untried = f"paladin_{bundle.name.split('_')[1]}+3.efi"
+    untried = f"{facts.uki_name(bundle.name.split('_')[1])}+3.efi"
     vm.start()
     if untried not in esp_kernels(vm.disk):
         vm.wait_health()

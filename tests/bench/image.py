@@ -1,6 +1,8 @@
 """Image benchmarks, each against a baseline measured in the same run (x86-64, qemu under TCG).
 
-    .venv/bin/python tests/bench/image.py [--arch x86-64|arm64] [--json FILE]
+    .venv/bin/python -m tests.bench.image [--arch x86-64|arm64] [--json FILE]
+
+(after `./build.py test` has made .venv; it installs qemu and the firmware of the architecture itself)
 
 For arm64 (built through qemu-user, booted under TCG on an x86-64 host) it measures the build and
 boot to /health 200 only.
@@ -18,18 +20,15 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import build  # noqa: E402
-from conftest import free_port  # noqa: E402
+from appliance import facts
+from buildhost import ROOT, tinymodel
+from tests.vm import VM
 
 MARKER = """\
 [Unit]
@@ -52,25 +51,19 @@ def build_image(tree: Path, out: Path, model: Path, arch: str = "x86-64") -> tup
     return Path(json.loads(done.stdout.strip().splitlines()[-1])["image"]), time.monotonic() - started
 
 
-def boot(image: Path, arch: str, work: Path, units: dict[str, str], ready) -> float:
-    """Seconds from qemu start until `ready(url, serial_text)` is true."""
-    disk, serial, port = work / "disk.raw", work / "serial.log", free_port()
-    subprocess.run(["cp", "--sparse=always", image, disk], check=True)
-    serial.unlink(missing_ok=True)
-    (work / "vars.fd").unlink(missing_ok=True)
-    qemu = subprocess.Popen(build.qemu_argv(disk, arch, port, work / "vars.fd", units, serial=serial),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def boot(image: Path, work: Path, units: dict[str, str], ready) -> float:
+    """Seconds from qemu start (a fresh copy of `image`) until `ready(url, serial_text)` is true."""
+    vm = VM(image, work / f"boot-{sum(1 for _ in work.glob('boot-*'))}", grow_by=0, units=units)
+    vm.start()
     started = time.monotonic()
     try:
         while time.monotonic() - started < 900:
-            text = serial.read_text(errors="replace") if serial.exists() else ""
-            if ready(f"http://127.0.0.1:{port}", text):
+            if ready(vm.url, vm.console()):
                 return time.monotonic() - started
             time.sleep(0.5)
-        raise SystemExit(f"no boot within 900 s:\n{text[-3000:]}")
+        raise SystemExit(f"no boot within 900 s:\n{vm.console()[-3000:]}")
     finally:
-        qemu.kill()
-        qemu.wait()
+        vm.close()
 
 
 def healthy(url: str, _text: str) -> bool:
@@ -91,19 +84,18 @@ def python_only_rebuild(work: Path, model: Path) -> float:
 
 
 def measure(arch: str, work: Path) -> dict:
-    model = Path(subprocess.run([ROOT / ".venv/bin/paladin", "tiny-model", work / "tiny.gguf"], check=True,
-                                capture_output=True, text=True).stdout.strip())
+    model = tinymodel.write(work / "tiny.gguf", "small")
     image, warm = build_image(ROOT, work / "out", model, arch)
     if arch != "x86-64":  # emulated twice over: only the build and the boot to /health
-        product = boot(image, arch, work, {}, healthy)
+        product = boot(image, work, {}, healthy)
         print(f"{arch}: image build {warm:.0f} s, boot to /health 200 under TCG {product:.0f} s", flush=True)
         return {"arch": arch, "build_s": round(warm), "boot_to_health_s": round(product)}
     rebuild = python_only_rebuild(work, model)
     print(f"image build with warm caches: {warm:.0f} s; after a Python-only change: {rebuild:.0f} s "
           "(goal <= 120 s)", flush=True)
-    base = boot(image, arch, work, {"bench-marker.service": MARKER, "paladin.service/off": ASSISTANT_OFF},
+    base = boot(image, work, {"bench-marker.service": MARKER, "paladin.service/off": ASSISTANT_OFF},
                 lambda url, text: "BENCH-MULTI-USER" in text)
-    product = boot(image, arch, work, {}, healthy)
+    product = boot(image, work, {}, healthy)
     print(f"boot under TCG: base image to multi-user {base:.0f} s, product to /health 200 {product:.0f} s, "
           f"ratio {product / base:.2f} (goal <= 1.3)", flush=True)
     return {"arch": arch, "build": {"warm_s": round(warm), "python_only_change_s": round(rebuild)},
@@ -113,7 +105,7 @@ def measure(arch: str, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=sorted(build.ARCHES), default="x86-64")
+    parser.add_argument("--arch", choices=sorted(facts.ARCHES), default="x86-64")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """The long power-cut run: N random power cuts during an update (x86-64, qemu under TCG).
 
-    .venv/bin/python tests/bench/powercut.py [--points 20] [--seed S] [--json FILE]
+    .venv/bin/python -m tests.bench.powercut [--points 20] [--seed S] [--json FILE]
 
 Builds v1 and v2 with fresh signing keys, releases v2 (a bundle), then for each point installs the
 bundle on a box running v1 (with a conversation written on it) and kills qemu at a random moment of one
@@ -14,16 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from appliance import tinymodel  # noqa: E402
-from vm import (VM, build_image, conversation_intact, cut_first_boot, cut_power, release,  # noqa: E402
+from buildhost import ROOT, tinymodel
+from tests.vm import (VM, build_image, conversation_intact, cut_first_boot, cut_power, release,
                 run_build, write_conversation)
 
 PHASES = ("download", "write", "uki", "first boot")

@@ -1,6 +1,6 @@
 """Service benchmarks, each against a baseline measured in the same run.
 
-    .venv/bin/python tests/bench/run.py [--quick] [--json FILE]
+    .venv/bin/python -m tests.bench.run [--quick] [--json FILE]
 
 * streaming generation speed through the service (HTTP, SSE) divided by a bare
   llama.cpp decode loop through its C API, same model, threads and prompt,
@@ -29,13 +29,12 @@ import httpx
 import llama_cpp
 import psutil
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from appliance import config, tinymodel  # noqa: E402
-from appliance.llama import load_backends  # noqa: E402
-from build import smollm2  # noqa: E402
-from conftest import Service  # noqa: E402
+from appliance import config
+from appliance.inference.llama import load_backends
+from buildhost import tinymodel
+from buildhost.qemu import free_port
+from buildhost.wheels import smollm2
+from tests.served import Service
 
 THREADS = config.default_threads()
 CONTEXT = 2048
@@ -155,7 +154,7 @@ def concurrency(model: Path, work: Path, results: dict, clients: int = 32, n: in
 def memory(work: Path, results: dict) -> None:
     data = work / "nomodel"
     data.mkdir()
-    port = __import__("conftest").free_port()
+    port = free_port()
     process = subprocess.Popen([Path(sys.executable).parent / "paladin", "serve", "--data-dir", data,
                                 "--listen", f"127.0.0.1:{port}", "--config", data / "none.yaml"],
                                stderr=subprocess.DEVNULL)

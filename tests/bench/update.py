@@ -1,6 +1,6 @@
 """Update benchmarks (x86-64, qemu under TCG), each against a baseline measured in the same run.
 
-    .venv/bin/python tests/bench/update.py [--json FILE]
+    .venv/bin/python -m tests.bench.update [--json FILE]
 
 * apply time: paladin-update's write + verify + UKI phases for a downloaded release, divided by a
   raw `dd` (conv=fsync) of the same uncompressed root image onto the same slot of the same virtual
@@ -16,7 +16,6 @@ import argparse
 import json
 import re
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -24,11 +23,8 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from appliance import tinymodel  # noqa: E402
-from vm import VM, build_image, release, request_update, run_build, update_status, wait_update  # noqa: E402
+from buildhost import ROOT, tinymodel
+from tests.vm import VM, build_image, release, request_update, run_build, update_status, wait_update
 
 # Started at boot, waits until the update is installed, then writes the same root image raw.
 DD_UNIT = """\
@@ -56,7 +52,7 @@ def measure(work: Path) -> dict:
     v1 = build_image("1", work / "v1", model, keys)
     tree = work / "tree"
     shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".venv", ".git", "out", "__pycache__"))
-    with (tree / "appliance/prompts.py").open("a") as f:
+    with (tree / "appliance/inference/prompts.py").open("a") as f:
         f.write("\n# a Python-only change\n")
     v2 = build_image("2", work / "v2", model, keys, tree=tree)
     release(v2, www / "repo", keys)

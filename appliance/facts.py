@@ -1,0 +1,73 @@
+"""Facts the build host and the box both rely on, written once.
+
+Standard library only: `build.py` imports this before any virtual environment exists.  Where a
+file in `image/`, `overlay/` or `units/` has to repeat one of these (a partition label, a path), a
+test checks that it agrees (tests/test_facts.py).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath as P
+
+IMAGE_ID = "paladin"
+WEB_PORT = 8080  # the assistant's HTTP port inside the box
+
+# The image architectures: the kernel's machine name, Debian's name, the UKI's PE machine type, and
+# the GPT partition types of the root and verity slots (Discoverable Partitions Specification).
+ARCHES = {
+    "x86-64": {"machine": "x86_64", "debian": "amd64", "pe": 0x8664,
+               "root": "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", "verity": "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"},
+    "arm64": {"machine": "aarch64", "debian": "arm64", "pe": 0xAA64,
+              "root": "b921b045-1df0-41c3-af44-4c6f280d3fae", "verity": "df3300ce-d69f-4c92-978c-9bfb0f38d820"},
+}
+
+
+def arch_of_machine(machine: str) -> str:
+    return next(arch for arch, spec in ARCHES.items() if spec["machine"] == machine)
+
+
+# Versions are dotted numbers, compared part by part, on the box (downgrade refusal) and by
+# systemd-boot; '_' and '+' would collide with slot labels and the boot counter's file names.
+VERSION = re.compile(r"\d+(\.\d+)*")
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    if not VERSION.fullmatch(version):
+        raise ValueError(f"{version!r} is not a release version (dotted numbers, like 2026.11.26 or 3)")
+    return tuple(int(part) for part in version.split("."))
+
+
+def image_name(version: str, arch: str) -> str:
+    """The disk image's file stem; its split artifacts (root, verity, UKI) carry the same stem."""
+    return f"{IMAGE_ID}_{version}_{arch}"
+
+
+def uki_name(version: str) -> str:
+    return f"{IMAGE_ID}_{version}"
+
+
+def slot_label(version: str, kind: str) -> str:
+    return f"{IMAGE_ID}_{version}" + ("_verity" if kind == "verity" else "")
+
+
+EMPTY_SLOT = "_empty"
+DATA_LABEL = "paladin-data"
+
+# What one release is: three TUF targets (see appliance/update/bundle.py for the offline form).
+KINDS = ("root", "verity", "uki")
+
+
+def target_name(arch: str, kind: str, version: str, uuid: str = "") -> str:
+    if kind == "uki":
+        return f"{arch}/{uki_name(version)}.efi"
+    return f"{arch}/{IMAGE_ID}_{version}_{uuid}.{kind}.raw.gz"
+
+
+# Paths on the box.
+DATA_DIR = P("/var/lib/paladin")
+MODELS_DIR = DATA_DIR / "models"
+UPDATE_STATE = P("/var/lib/paladin-update")
+UPDATE_DEFINITIONS = P("/usr/lib/paladin-update")
+TRUSTED_ROOT = UPDATE_DEFINITIONS / "root.json"
+SYSTEM_CONFIG = P("/etc/paladin/paladin.yaml")

@@ -1,0 +1,320 @@
+"""The inference engine: one model, one worker thread, a bounded fair queue.
+
+llama.cpp contexts are not thread-safe and a small box has no spare cores for
+parallel sequences, so one thread owns the model and runs jobs one at a time in
+arrival order (FIFO is the fairness rule).  The event loop only admits jobs and
+relays their tokens.
+
+Model swaps (`Engine.swap`, used by the resource watchdog) are queued ahead of
+waiting jobs but never interrupt one: the in-flight job finishes on the old
+model, every waiting job then runs on the new one.  No request fails because of
+a swap; if the new model cannot be loaded, the old one is loaded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import itertools
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator
+
+from .. import config as config_module
+from ..errors import (GenerationFailed, InvalidRequest, NotReady, PromptTooLong, QueueFull, ServiceError,
+                      UnknownModel)
+from ..metrics import Metrics
+from .llama import Model, ModelError, Sampler, Sampling
+from .prompts import ChatTemplate, PromptError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str | None = None
+    messages: list[dict] | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    sampling: Sampling = Sampling()
+    ignore_eos: bool = False  # llama-server's extension: generate exactly max_tokens (benchmarks)
+
+
+@dataclass(frozen=True)
+class Started:
+    prompt_tokens: int
+    reused_tokens: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str  # "stop", "length" or "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+
+
+@dataclass
+class Job:
+    request: Request
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    queued_at: float = field(default_factory=time.monotonic)
+
+    def emit(self, event) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class StopScanner:
+    """Finds stop strings across token boundaries, holding back only what could still start one."""
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops = [s for s in stops if s]
+        self.held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        buf = self.held + text
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.held = ""
+            return buf[:min(hits)], True
+        keep = max((k for s in self.stops for k in range(1, len(s)) if buf.endswith(s[:k])), default=0)
+        self.held = buf[len(buf) - keep:]
+        return buf[:len(buf) - keep], False
+
+
+@dataclass(order=True)
+class _Item:
+    priority: int
+    seq: int
+    work: object = field(compare=False)
+
+
+@dataclass
+class _Swap:
+    path: Path | None
+    done: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+class Engine:
+    SWAP, JOB = 0, 1
+
+    def __init__(self, settings: config_module.InferenceConfig, metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.threads = settings.threads or config_module.default_threads()
+        self.state = "no_model"
+        self.reason = "no model is configured"
+        self.model: Model | None = None
+        self.model_id: str | None = None
+        self.template: ChatTemplate | None = None
+        self._queue: queue.PriorityQueue[_Item] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._waiting = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
+        self._thread.start()
+
+    # -- event-loop side -------------------------------------------------
+
+    async def swap(self, path: Path | None) -> None:
+        """Serve the model at `path` from the next job on (None unloads); raises ModelError if it fails."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        if self.model is None and path is not None:
+            self.state, self.reason = "loading", f"loading {path.name}"
+        self._queue.put(_Item(self.SWAP, next(self._seq), _Swap(path, done, loop)))
+        await done
+
+    ALIAS = "paladin"  # whatever model the box serves now; stays valid across watchdog swaps
+
+    def model_names(self) -> list[str]:
+        return [self.model_id, self.ALIAS] if self.model_id else []
+
+    def check_model(self, name: str) -> None:
+        """Refuse, rather than silently serve the default for, a model this box does not serve."""
+        if self.state != "ready":
+            raise NotReady(f"the model is not ready: {self.reason}", retry_after=5)
+        if name.removesuffix(":latest") not in self.model_names():
+            raise UnknownModel(f"the model '{name}' does not exist on this box; it serves "
+                               f"{' and '.join(repr(n) for n in self.model_names())}", param="model")
+
+    async def begin(self, request: Request) -> tuple[Started, AsyncIterator[object]]:
+        """Queue a job and wait until it starts; errors (queue full, prompt too long) raise here."""
+        events = self.events(self.submit(request))
+        return await anext(events), events
+
+    def submit(self, request: Request) -> Job:
+        if self.state != "ready":
+            raise NotReady(f"the model is not ready: {self.reason}", retry_after=5)
+        with self._lock:
+            if self._waiting >= self.settings.queue_size:
+                raise QueueFull(f"the queue is full ({self._waiting} requests waiting); retry shortly",
+                                retry_after=2)
+            self._waiting += 1
+            self.metrics.queue_depth = self._waiting
+        job = Job(request, asyncio.get_running_loop())
+        self._queue.put(_Item(self.JOB, next(self._seq), job))
+        return job
+
+    async def events(self, job: Job) -> AsyncIterator[object]:
+        """Yield the job's events; stop generation if the consumer goes away."""
+        try:
+            while True:
+                event = await job.events.get()
+                if isinstance(event, Exception):
+                    raise event
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            job.cancel()
+
+    async def close(self) -> None:
+        """Stop after the job in flight; jobs still waiting are told the service is going away."""
+        self._queue.put(_Item(self.SWAP, -1, None))
+        await asyncio.to_thread(self._thread.join)
+
+    def status(self) -> dict:
+        status = {"state": self.state, "reason": self.reason, "model": self.model_id, "threads": self.threads}
+        if self.model is not None:
+            status.update(path=str(self.model.path), context_tokens=self.model.n_ctx, size_bytes=self.model.size_bytes)
+        return status
+
+    # -- worker side -----------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item.work is None:
+                self._unload()
+                self._refuse_waiting()
+                return
+            if isinstance(item.work, _Swap):
+                self._swap(item.work)
+                continue
+            job = item.work
+            with self._lock:
+                self._waiting -= 1
+                self.metrics.queue_depth = self._waiting
+            if job.cancelled.is_set():
+                continue
+            if self.model is None:  # a swap failed and left nothing loaded
+                job.emit(NotReady(f"the model is not ready: {self.reason}", retry_after=5))
+                continue
+            try:
+                self._run(job)
+            except ServiceError as err:
+                job.emit(err)
+            except Exception as err:  # the job fails, the engine lives on with a fresh cache
+                log.exception("generation failed")
+                self.model.reset()
+                job.emit(GenerationFailed(f"generation failed: {err}"))
+
+    def _refuse_waiting(self) -> None:
+        while not self._queue.empty():
+            work = self._queue.get().work
+            if isinstance(work, Job):
+                work.emit(NotReady("the service is shutting down", retry_after=5))
+            elif isinstance(work, _Swap):
+                work.loop.call_soon_threadsafe(work.done.cancel)
+
+    def _unload(self) -> None:
+        if self.model is not None:
+            self.model.close()
+        self.model = self.model_id = self.template = None
+
+    def _load(self, path: Path) -> None:
+        model = Model(path, threads=self.threads, context_tokens=self.settings.context_tokens)
+        self.template = ChatTemplate(model.meta("tokenizer.chat_template"),
+                                     model.special_text("bos"), model.special_text("eos"))
+        self.model, self.model_id = model, model_id(path)
+        self.state, self.reason = "ready", "serving " + self.model_id
+        self.metrics.model_loaded = 1
+
+    def _swap(self, swap: _Swap) -> None:
+        previous = self.model.path if self.model else None
+        self._unload()  # before loading: a swap down the ladder happens when memory is short
+        self.metrics.model_loaded = 0
+        error = None
+        try:
+            if swap.path is not None:
+                self._load(swap.path)
+            else:
+                self.state, self.reason = "no_model", "no model is configured"
+        except ModelError as err:
+            error = err
+            log.error("%s", err)
+            if previous is not None:
+                self._load(previous)
+            else:
+                self.state, self.reason = "failed", str(err)
+
+        def resolve() -> None:
+            if not swap.done.done():
+                swap.done.set_exception(error) if error else swap.done.set_result(None)
+        swap.loop.call_soon_threadsafe(resolve)
+
+    def _prompt_tokens(self, request: Request) -> list[int]:
+        try:
+            text = self.template.render(request.messages) if request.messages is not None else request.prompt
+        except PromptError as err:
+            raise InvalidRequest(str(err), param="messages") from None
+        tokens = self.model.tokenize(text)
+        limit = request.max_tokens or 1
+        if len(tokens) + limit > self.model.n_ctx:
+            raise PromptTooLong(f"this model's context is {self.model.n_ctx} tokens, but the request needs "
+                                f"{len(tokens) + limit} ({len(tokens)} in the prompt, {limit} to generate)",
+                                param="messages" if request.messages else "prompt")
+        return tokens
+
+    def _run(self, job: Job) -> None:
+        model, request = self.model, job.request
+        start = time.monotonic()
+        tokens = self._prompt_tokens(request)
+        reused = model.prefill(tokens, job.cancelled.is_set)
+        job.emit(Started(len(tokens), reused))
+        limit = request.max_tokens or min(self.settings.max_tokens, model.n_ctx - len(tokens))
+        stops = request.stop + (tuple(self.template.stop_strings()) if request.messages is not None else ())
+        scanner = StopScanner(stops)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        sampler = Sampler(request.sampling)
+        reason, generated = "length", 0
+        try:
+            while generated < limit:
+                if job.cancelled.is_set():
+                    reason = "cancelled"
+                    break
+                token = sampler.sample(model.ctx)
+                if model.is_end(token) and not request.ignore_eos:
+                    reason = "stop"
+                    break
+                generated += 1
+                text, stopped = scanner.feed(decoder.decode(model.piece(token)))
+                if text:
+                    job.emit(text)
+                if stopped:
+                    reason = "stop"
+                    break
+                if generated < limit:
+                    model.advance(token)
+        finally:
+            sampler.close()
+        if reason == "length" and scanner.held:
+            job.emit(scanner.held)
+        seconds = time.monotonic() - start
+        self.metrics.finished(generated, seconds)
+        job.emit(Finished(reason, len(tokens), generated, seconds))
+
+
+def model_id(path: Path) -> str:
+    return Path(path).stem.lower()

@@ -1,0 +1,79 @@
+"""Boot assessment: does the assistant of this boot answer?  If not, reboot while systemd-boot still
+counts tries; once they run out it falls back to the previous version by itself."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+from .. import command, config as config_module
+from .progress import UpdateError, write_json
+from .slots import boot_counted
+from .status import STATE, read_state, running_version
+
+HEALTH_DEADLINE = 8 * 60  # under the unit's TimeoutStartSec; a first boot may load a large model
+KEEP_ATTEMPTS = 20
+
+
+def attempt(state: Path, result: str, reason: str) -> dict:
+    record = {"version": running_version(), "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+              "time": time.time(), "result": result, "reason": reason, "counted": boot_counted()}
+    attempts = read_state(state / "attempts.json", [])
+    attempts = [a for a in attempts if a.get("boot_id") != record["boot_id"]] + [record]
+    write_json(state / "attempts.json", attempts[-KEEP_ATTEMPTS:])
+    return record
+
+
+def _get(url: str, timeout: float = 60) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def assess(config: config_module.Config, state: Path = STATE, deadline: float = HEALTH_DEADLINE) -> str:
+    """Pass when the assistant answers /health and, with a model, generates one token; else raise."""
+    host, port = config.listen_address()
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+    give_up, reason = time.monotonic() + deadline, "the assistant never answered"
+    while time.monotonic() < give_up:
+        unit = dict(line.split("=", 1) for line in command.run(
+            ["systemctl", "show", "paladin.service", "-p", "ActiveState", "-p", "Result"]).split())
+        if unit.get("ActiveState") == "failed":
+            reason = f"paladin.service failed (result: {unit.get('Result')})"
+            break
+        try:
+            health = _get(f"{base}/health", timeout=10)
+        except (OSError, ValueError) as err:
+            reason = f"the assistant did not answer /health: {err}"
+            time.sleep(2)
+            continue
+        if health.get("status") == "ok":
+            try:
+                probe = _get(f"{base}/health?probe=1")
+            except (OSError, ValueError) as err:
+                reason = f"one-token inference failed: {err}"
+                break
+            if probe.get("probe") == "ok":
+                attempt(state, "good", f"assistant answers; one-token inference took {probe['seconds']} s")
+                return "good"
+            reason = f"one-token inference failed: {probe}"
+            break
+        if health.get("status") == "no_model":
+            attempt(state, "good", "assistant answers (no model installed yet)")
+            return "good"
+        time.sleep(2)
+    attempt(state, "failed", reason)
+    raise UpdateError(f"boot assessment failed: {reason}")
+
+
+def boot_failed(state: Path = STATE) -> None:
+    """After a failed or hung assessment: keep why, and reboot while systemd-boot still counts tries."""
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    attempts = read_state(state / "attempts.json", [])
+    if not any(a.get("boot_id") == boot_id and a.get("result") == "failed" for a in attempts):
+        attempt(state, "failed", "boot assessment did not finish in time")
+    if boot_counted():
+        command.run(["systemctl", "--no-block", "reboot"])
+
+

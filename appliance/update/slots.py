@@ -1,0 +1,164 @@
+"""The box's slots and boot entries: root and verity partitions, the ESP's UKIs, systemd-boot's
+counters, and writing a verified release into the slots that are not running (systemd-sysupdate).
+
+Root only: it reads the partition table and the ESP and writes block devices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import struct
+from pathlib import Path
+
+from tuf.api.metadata import TargetFile
+
+from .. import command, facts
+from .progress import UpdateError
+
+DEFINITIONS = Path(facts.UPDATE_DEFINITIONS)
+SYSUPDATE = "/usr/lib/systemd/systemd-sysupdate"  # not on PATH: a tool of systemd's, from systemd-container
+EFIVARS = Path("/sys/firmware/efi/efivars")
+LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"  # systemd-boot's vendor GUID for its EFI variables
+ESP_MOUNTS = (Path("/boot"), Path("/efi"))
+PE_MACHINE = {spec["pe"]: arch for arch, spec in facts.ARCHES.items()}
+
+
+def machine_arch() -> str:
+    return facts.arch_of_machine(platform.machine())
+
+
+def _efivar(name: str) -> str | None:
+    path = EFIVARS / f"{name}-{LOADER_GUID}"
+    try:
+        return path.read_bytes()[4:].decode("utf-16-le").rstrip("\0")
+    except OSError:
+        return None
+
+
+def boot_counted() -> bool:
+    """Whether this boot is being assessed: systemd-boot counts tries for the entry it booted."""
+    return _efivar("LoaderBootCountPath") is not None
+
+
+def booted_root_uuid() -> str | None:
+    """The booted root slot's PARTUUID (undashed): the first half of the UKI's root hash."""
+    for arg in Path("/proc/cmdline").read_text().split():
+        if arg.startswith("roothash="):
+            return arg.partition("=")[2][:32].lower()
+    return None
+
+
+def slots(arch: str | None = None) -> list[dict]:
+    """The root and verity partitions: device, number, label, version, PARTUUID, size, whether booted.
+
+    Read from the partition table on disk (sfdisk): udev's copy of a label lags behind a relabel by
+    systemd-sysupdate while the disk is in use.
+    """
+    spec = facts.ARCHES[arch or machine_arch()]
+    types = {spec[kind]: kind for kind in ("root", "verity")}
+    listing = json.loads(command.run(["lsblk", "--json", "-o", "PKNAME,PARTTYPE"]))["blockdevices"]
+    disk = next((d["pkname"] for d in listing if (d.get("parttype") or "").lower() in types), None)
+    if disk is None:
+        raise UpdateError("no disk with root slots found")
+    table = json.loads(command.run(["sfdisk", "--json", f"/dev/{disk}"]))["partitiontable"]
+    booted = booted_root_uuid()
+    found = []
+    for part in table["partitions"]:
+        kind = types.get(part["type"].lower())
+        if kind:
+            label = part.get("name", "")
+            prefix = facts.slot_label("", "root")
+            version = label.removeprefix(prefix).removesuffix("_verity") if label.startswith(prefix) else None
+            uuid = part["uuid"].replace("-", "").lower()
+            found.append({"kind": kind, "disk": f"/dev/{disk}", "device": part["node"],
+                          "number": int(re.search(r"(\d+)$", part["node"]).group(1)), "label": label,
+                          "version": version, "uuid": uuid, "size": part["size"] * table.get("sectorsize", 512),
+                          "booted": kind == "root" and uuid == booted})
+    return found
+
+
+def esp() -> Path:
+    for mount in ESP_MOUNTS:
+        if (mount / "EFI").is_dir():
+            return mount
+    raise UpdateError("the EFI system partition is not mounted at /boot or /efi")
+
+
+def kernels() -> list[dict]:
+    """The UKIs on the ESP and their boot-assessment state (Boot Loader Specification's counters)."""
+    selected = _efivar("LoaderEntrySelected")
+    entries = []
+    prefix = facts.uki_name("")
+    for path in sorted((esp() / "EFI/Linux").glob(f"{prefix}*.efi")):
+        name, _, counter = path.stem.partition("+")
+        left, _, done = counter.partition("-")
+        state = "good" if not counter else ("bad" if left == "0" else "trying")
+        entries.append({"file": path.name, "version": name.removeprefix(prefix), "state": state,
+                        "tries_left": int(left) if left else None, "tries_done": int(done) if done else None,
+                        "selected": selected is not None and selected.split("+")[0].removesuffix(".efi") == name})
+    return entries
+
+def pe_arch(path: Path) -> str | None:
+    with path.open("rb") as f:
+        header = f.read(4096)
+    if header[:2] != b"MZ" or len(header) < 0x40:
+        return None
+    offset = struct.unpack_from("<I", header, 0x3C)[0]
+    if offset + 6 > len(header) or header[offset:offset + 4] != b"PE\0\0":
+        return None
+    return PE_MACHINE.get(struct.unpack_from("<H", header, offset + 4)[0], "unknown")
+
+
+def sha256_prefix(path: Path, length: int) -> str:
+    """SHA-256 of the first `length` bytes as stored: cached pages are dropped first, so a partition is
+    read from the disk, not from a cache that may differ from it."""
+    digest, left = hashlib.sha256(), length
+    with path.open("rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        while left and (chunk := f.read(min(left, 1 << 20))):
+            digest.update(chunk)
+            left -= len(chunk)
+    if left:
+        raise UpdateError(f"{path} is shorter than {length} bytes")
+    return digest.hexdigest()
+
+
+def sysupdate(definitions: str, version: str) -> None:
+    command.run([SYSUPDATE, f"--definitions={DEFINITIONS / definitions}", "update", version])
+    os.sync()  # it writes through the whole disk's page cache and does not flush; persist before checking
+
+
+def _written_slot(version: str, kind: str, arch: str) -> dict | None:
+    label = facts.slot_label(version, kind)
+    return next((s for s in slots(arch) if s["kind"] == kind and s["label"] == label), None)
+
+
+def check_slot(version: str, kind: str, info: TargetFile, arch: str) -> str | None:
+    """What is wrong with the slot written for `kind`, or None when it holds exactly the signed bytes."""
+    slot = _written_slot(version, kind, arch)
+    if slot is None:
+        return f"no {kind} partition is labelled for {version}"
+    custom = info.custom["paladin"]
+    uuid = info.path.rsplit("_", 1)[1].split(".")[0].replace("-", "").lower()
+    if slot["uuid"] != uuid:
+        return f"{slot['device']} has PARTUUID {slot['uuid']}, the release needs {uuid}"
+    if sha256_prefix(Path(slot["device"]), custom["raw_length"]) != custom["raw_sha256"]:
+        return f"{slot['device']} does not hold the signed {kind} image (SHA-256 differs)"
+    return None
+
+
+def empty_slot(version: str, kind: str, arch: str) -> None:
+    """Relabel a partly written slot `_empty` so systemd-sysupdate writes it again."""
+    slot = _written_slot(version, kind, arch)
+    if slot:
+        command.run(["sfdisk", "--part-label", slot["disk"], slot["number"], facts.EMPTY_SLOT])
+
+
+def room(arch: str, running: str) -> dict[str, int]:
+    """The size of the slots an update may write: not the booted one, not the running version's."""
+    free = [s for s in slots(arch) if not s["booted"] and s["version"] != running]
+    return {kind: min((s["size"] for s in free if s["kind"] == kind), default=0) for kind in ("root", "verity")}

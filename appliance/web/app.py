@@ -1,0 +1,143 @@
+"""The assistant's ASGI application, assembled explicitly from the API modules."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .. import db as database, store, systemd
+from ..config import Config
+from ..errors import ServiceError
+from ..inference.engine import Engine, Finished, Request as Generation
+from ..inference.llama import ModelError
+from ..metrics import Metrics
+from ..update import status as update_status
+from . import chat, ollama_api, openai_api, updates
+from .auth import Identify, Identity, route
+from .http import BodyLimit, openai_error
+
+log = logging.getLogger(__name__)
+# The release this software belongs to (IMAGE_VERSION of the image; "0" outside one).
+VERSION = update_status.running_version()
+
+
+def error_response(path: str, err: ServiceError):
+    """Each API's own error shape: Ollama's under /api/, OpenAI's (which the web UI uses too) elsewhere."""
+    return ollama_api.error_response(err) if path.startswith("/api/") else openai_error(err)
+
+
+async def handle_service_error(request: Request, err: ServiceError):
+    return error_response(request.url.path, err)
+
+
+LOOPBACK = ("127.0.0.1", "::1")
+
+
+async def probe(engine: Engine) -> dict:
+    """One generated token through the real queue: what the boot assessment asks of a new version."""
+    started = time.monotonic()
+    _, events = await engine.begin(Generation(prompt="ping", max_tokens=1, ignore_eos=True))
+    async for event in events:
+        if isinstance(event, Finished):
+            ok = event.completion_tokens == 1
+            return {"probe": "ok" if ok else "failed", "tokens": event.completion_tokens,
+                    "seconds": round(time.monotonic() - started, 3)}
+    return {"probe": "failed", "tokens": 0}
+
+
+async def health(request: Request):
+    engine: Engine = request.state.engine
+    status = engine.status()
+    if request.query_params.get("probe"):
+        # Inference on an unauthenticated route: only for the box itself (the boot assessment).
+        if request.client is None or request.client.host not in LOOPBACK:
+            return JSONResponse({"error": "the inference probe is only served to the box itself"}, status_code=403)
+        if engine.state != "ready":
+            return JSONResponse({"probe": "failed", "reason": engine.reason}, status_code=503)
+        return JSONResponse(await probe(engine))
+    if engine.state == "ready":
+        return JSONResponse({"status": "ok", "model": status["model"], "tier": store.tier_of(status["path"]),
+                             "threads": status["threads"], "context_tokens": status["context_tokens"],
+                             "version": VERSION})
+    if engine.state == "no_model":  # deliberately up without a model: healthy, waiting for the owner
+        return JSONResponse({"status": "no_model", "model": None, "reason": engine.reason, "version": VERSION})
+    return JSONResponse({"status": engine.state, "reason": engine.reason}, status_code=503)
+
+
+async def metrics_page(request: Request):
+    return PlainTextResponse(request.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+class CountRequests:
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def counting_send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            route = "/".join(scope["path"].split("/")[:3]) or "/"  # bounded label set: no ids
+            self.metrics.request(route, status)
+
+
+def routes() -> list:
+    return [route("/health", health, needs=Identity.PUBLIC, methods=["GET"]),
+            route("/metrics", metrics_page, needs=Identity.TOKEN, methods=["GET"]),
+            *openai_api.routes, *ollama_api.routes, *chat.routes, *updates.routes]
+
+
+def create_app(config: Config, model_path=None) -> Starlette:
+    """The app for `config`, serving the model at `model_path`, loaded at start (None: no model yet)."""
+    db = database.connect(config.database_path)
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        engine = Engine(config.inference, metrics)
+        interval = systemd.watchdog_interval()
+        heartbeat = asyncio.create_task(systemd.heartbeat(interval)) if interval else None
+        if model_path is not None:
+            systemd.notify(f"STATUS=loading {model_path.name}")
+            try:
+                await engine.swap(model_path)
+            except ModelError as err:
+                log.error("serving without a model: %s", err)
+        systemd.notify("READY=1", f"STATUS={engine.reason}")
+        log.info("ready: %s", engine.reason)
+        try:
+            yield {"engine": engine, "db": db, "metrics": metrics, "config": config}
+        finally:
+            systemd.notify("STOPPING=1", "STATUS=shutting down")
+            if heartbeat:
+                heartbeat.cancel()
+            await engine.close()
+
+    return Starlette(
+        routes=routes(),
+        middleware=[
+            Middleware(CountRequests, metrics=metrics),
+            Middleware(BodyLimit, limit=config.server.max_body_bytes, error=error_response,
+                       streamed=(updates.BUNDLE_PATH,)),
+            Middleware(Identify, db=db),
+        ],
+        exception_handlers={ServiceError: handle_service_error},
+        lifespan=lifespan,
+    )

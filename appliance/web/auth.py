@@ -1,0 +1,87 @@
+"""Who is calling, and what each route requires.
+
+The middleware only identifies the caller, it never refuses: an API token as `Authorization:
+Bearer` or as the password of HTTP Basic (some clients take only a URL: Home Assistant's Ollama
+integration works with `https://any-name:TOKEN@paladin.local`).  Each route declares the identity it
+needs with `route(..., needs=...)`; the guard refuses everyone else.  tests/web/test_routes.py lists
+every route with its identity, so a new route cannot be public by accident.
+
+Identities: PUBLIC (anyone on the network) and TOKEN (a live API token).  The first-boot wizard adds
+the owner's browser session and the one-time setup code as further members of `Identity`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from typing import Awaitable, Callable
+
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .. import tokens
+from ..errors import Unauthenticated
+
+
+class Identity(enum.Enum):
+    PUBLIC = "public"
+    TOKEN = "API token"
+
+
+def presented_token(headers: Headers) -> str | None:
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return credentials.strip() or None
+    if scheme == "basic":
+        try:
+            _, _, password = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return password or None
+    return None
+
+
+class Identify:
+    """Put the caller's proven identities (and the token's name) into the request state."""
+
+    def __init__(self, app: ASGIApp, db):
+        self.app, self.db = app, db
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            state = scope.setdefault("state", {})
+            token = presented_token(Headers(scope=scope))
+            name = tokens.verify(self.db, token) if token else None
+            state["identities"] = {Identity.PUBLIC} | ({Identity.TOKEN} if name else set())
+            state["token_name"] = name
+        await self.app(scope, receive, send)
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def route(path: str, endpoint: Endpoint, *, needs: Identity, methods: list[str] | None = None) -> Route:
+    """A route whose endpoint runs only for a caller proven to be `needs`."""
+
+    async def guarded(request: Request) -> Response:
+        if needs not in request.state.identities:
+            raise Unauthenticated(f"this needs a valid {needs.value} (Authorization: Bearer TOKEN, or HTTP Basic "
+                                  "with the token as password); create one with 'paladin token create'")
+        return await endpoint(request)
+
+    made = Route(path, guarded, methods=methods, name=endpoint.__name__)
+    made.needs = needs  # read by the route table (docs/api.md and its test)
+    return made
+
+
+def public_files(path: str, directory) -> Mount:
+    """Static files anyone may fetch: the web UI's scripts and styles, nothing of the owner's."""
+    made = Mount(path, StaticFiles(directory=directory), name="static")
+    made.needs = Identity.PUBLIC
+    return made

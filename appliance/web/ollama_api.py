@@ -1,0 +1,157 @@
+"""The Ollama-compatible API: the subset Home Assistant's integration and the `ollama` client use."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from ..errors import InvalidRequest, ServiceError
+from ..inference import prompts
+from ..inference.engine import Engine, Finished, Request as Generation
+from ..inference.llama import Sampling
+from .auth import Identity, route
+from .http import error_headers, field, read_json, status_of, unless_disconnected
+
+VERSION = "0.12.0"  # the Ollama API level this mirrors; clients gate features on it
+
+
+def error_response(err: ServiceError) -> JSONResponse:
+    return JSONResponse({"error": err.message}, status_code=status_of(err)[0], headers=error_headers(err))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _name(engine: Engine, body: dict) -> str:
+    name = field(body, "model", str, required=True)
+    engine.check_model(name)
+    return name
+
+
+def _options(body: dict) -> tuple[Sampling, int | None, tuple[str, ...]]:
+    options = field(body, "options", dict, {})
+    stop = field(options, "stop", list, [])
+    if not all(isinstance(s, str) for s in stop):
+        raise InvalidRequest("'options.stop' must be an array of strings", param="options.stop")
+    predict = field(options, "num_predict", int)
+    sampling = Sampling(temperature=field(options, "temperature", float, 0.8, low=0, high=2),
+                        top_p=field(options, "top_p", float, 0.9, low=0, high=1),
+                        top_k=field(options, "top_k", int, 40, low=0),
+                        seed=field(options, "seed", int))
+    return sampling, (predict if predict and predict > 0 else None), tuple(stop)
+
+
+def _details(engine: Engine) -> dict:
+    model = engine.model
+    return {"parent_model": "", "format": "gguf", "family": model.meta("general.architecture") or "",
+            "families": [model.meta("general.architecture") or ""],
+            "parameter_size": f"{model.parameters / 1e6:.0f}M",
+            "quantization_level": (model.meta("general.file_type") or "")}
+
+
+async def _respond(request: Request, engine: Engine, name: str, generation: Generation, stream: bool, chat: bool):
+    started = time.monotonic_ns()
+    _, events = await unless_disconnected(request, engine.begin(generation))
+
+    def piece(text: str) -> dict:
+        out = {"model": name, "created_at": _now()}
+        return out | ({"message": {"role": "assistant", "content": text}} if chat else {"response": text})
+
+    def final(done: Finished, text: str = "") -> dict:
+        total = time.monotonic_ns() - started
+        return piece(text) | {
+            "done": True, "done_reason": "length" if done.reason == "length" else "stop",
+            "total_duration": total, "load_duration": 0, "prompt_eval_count": done.prompt_tokens,
+            "prompt_eval_duration": 0, "eval_count": done.completion_tokens, "eval_duration": int(done.seconds * 1e9)}
+
+    if not stream:
+        async def collect():
+            parts = []
+            async for event in events:
+                if isinstance(event, Finished):
+                    return final(event, "".join(parts))
+                parts.append(event)
+        return JSONResponse(await unless_disconnected(request, collect()))
+
+    async def lines():
+        async for event in events:
+            line = final(event) if isinstance(event, Finished) else piece(event) | {"done": False}
+            yield json.dumps(line) + "\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+async def chat(request: Request):
+    engine: Engine = request.state.engine
+    body = await read_json(request)
+    name = _name(engine, body)
+    try:
+        messages = prompts.messages(body.get("messages"))
+    except prompts.PromptError as err:
+        raise InvalidRequest(str(err), param="messages") from None
+    sampling, limit, stop = _options(body)
+    generation = Generation(messages=messages, max_tokens=limit, stop=stop, sampling=sampling)
+    return await _respond(request, engine, name, generation, field(body, "stream", bool, True), chat=True)
+
+
+async def generate(request: Request):
+    engine: Engine = request.state.engine
+    body = await read_json(request)
+    name = _name(engine, body)
+    prompt = field(body, "prompt", str, "")
+    if not prompt:  # Ollama's way of asking to load a model: it is loaded already
+        return JSONResponse({"model": name, "created_at": _now(), "response": "", "done": True,
+                             "done_reason": "load"})
+    sampling, limit, stop = _options(body)
+    if field(body, "raw", bool, False):
+        generation = Generation(prompt=prompt, max_tokens=limit, stop=stop, sampling=sampling)
+    else:
+        system = field(body, "system", str)
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        generation = Generation(messages=messages, max_tokens=limit, stop=stop, sampling=sampling)
+    return await _respond(request, engine, name, generation, field(body, "stream", bool, True), chat=False)
+
+
+async def tags(request: Request):
+    engine: Engine = request.state.engine
+    if engine.model is None:
+        return JSONResponse({"models": []})
+    modified = datetime.fromtimestamp(engine.model.path.stat().st_mtime, timezone.utc).isoformat()
+    return JSONResponse({"models": [
+        {"name": f"{name}:latest", "model": f"{name}:latest", "modified_at": modified,
+         "size": engine.model.path.stat().st_size, "digest": "", "details": _details(engine)}
+        for name in engine.model_names()]})
+
+
+async def show(request: Request):
+    engine: Engine = request.state.engine
+    body = await read_json(request)
+    name = body.get("model") or body.get("name")
+    if not isinstance(name, str):
+        raise InvalidRequest("'model' is required", param="model")
+    engine.check_model(name)
+    model = engine.model
+    return JSONResponse({
+        "modelfile": "", "parameters": "", "template": engine.template.source, "details": _details(engine),
+        "model_info": {"general.architecture": model.meta("general.architecture"),
+                       "general.parameter_count": model.parameters,
+                       "context_length": model.n_ctx},
+        "capabilities": ["completion"], "modified_at": _now()})
+
+
+async def version(request: Request):
+    return JSONResponse({"version": VERSION})
+
+
+routes = [
+    route("/api/chat", chat, needs=Identity.TOKEN, methods=["POST"]),
+    route("/api/generate", generate, needs=Identity.TOKEN, methods=["POST"]),
+    route("/api/tags", tags, needs=Identity.TOKEN, methods=["GET"]),
+    route("/api/show", show, needs=Identity.TOKEN, methods=["POST"]),
+    route("/api/version", version, needs=Identity.TOKEN, methods=["GET"]),
+]

@@ -1,0 +1,55 @@
+"""`paladin serve`: the app under gunicorn, with exactly one worker holding the model.
+
+One worker because the model is the expensive part: a second worker would load
+a second copy.  Concurrency comes from the worker's event loop, and the
+engine's queue decides who generates next.
+"""
+
+from __future__ import annotations
+
+from gunicorn.app.base import BaseApplication
+from uvicorn_worker import UvicornWorker
+
+from .. import systemd
+from ..config import Config
+
+
+class Worker(UvicornWorker):
+    """uvicorn waits for open streams without limit unless told; stop them before gunicorn's SIGKILL."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config.timeout_graceful_shutdown = max(1, self.cfg.graceful_timeout - 2)
+
+
+class Server(BaseApplication):
+    def __init__(self, config: Config, model_path=None):
+        self.config, self.model_path = config, model_path
+        super().__init__()
+
+    def load_config(self) -> None:
+        host, port = self.config.listen_address()
+        settings = {
+            "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            "workers": 1,
+            "worker_class": "appliance.web.server.Worker",
+            "graceful_timeout": self.config.server.graceful_timeout,
+            "timeout": 60,
+            "keepalive": 5,
+            "accesslog": None,  # privacy: the box keeps no log of who asked what
+            "errorlog": "-",
+            "proc_name": "paladin",
+            "control_socket_disable": True,  # gunicorn's runtime control socket: not needed, not wanted
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from .app import create_app  # in the worker only: the arbiter never maps llama.cpp or numpy
+
+        return create_app(self.config, self.model_path)
+
+
+def serve(config: Config, model_path=None) -> None:
+    systemd.hide_from_gunicorn()
+    Server(config, model_path).run()

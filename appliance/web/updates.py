@@ -1,0 +1,91 @@
+"""The web side of updates: the updater's status, the owner's update settings, requests, bundles.
+
+The assistant runs unprivileged and cannot write a slot.  It hands the updater a request through the
+request channel (`appliance.channel`): install from the owner's configured repository, or from the
+bundle uploaded here.  The updater verifies everything with TUF and reports back in its state files.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from .. import channel, config as config_module, files
+from ..config import Config, ConfigError
+from ..errors import InvalidRequest, NoSpace, TooLarge
+from ..update import status as update_status
+from .auth import Identity, route
+from .http import field, read_json
+
+BUNDLE_PATH = "/update/bundle"
+BUNDLE_MAX_BYTES = 8 * 2**30
+SETTINGS = ("url", "automatic", "reboot")
+
+
+async def status(request: Request):
+    data = update_status.snapshot()
+    data["update"] = update_status.progress()
+    data["pending"] = channel.pending(request.state.config.data_path, "update")
+    return JSONResponse(data)
+
+
+async def settings(request: Request):
+    """Change the owner's update settings (`update.url`, `update.automatic`, `update.reboot`)."""
+    config: Config = request.state.config
+    body = await read_json(request)
+    changes = {key: body[key] for key in SETTINGS if key in body}
+    if set(body) - set(SETTINGS) or not changes:
+        raise InvalidRequest(f"send one or more of {', '.join(SETTINGS)}, and nothing else")
+    try:
+        saved = config_module.save_owner(config.data_path, {"update": changes})
+    except ConfigError as err:
+        raise InvalidRequest(str(err), param=next(iter(changes))) from None
+    return JSONResponse(config_module.to_dict(saved)["update"])
+
+
+async def start(request: Request):
+    body = await read_json(request)
+    source = field(body, "source", str, default="online")
+    if source not in ("online", "bundle"):
+        raise InvalidRequest("'source' is 'online' (the configured repository, update.url) or 'bundle' "
+                             f"(one uploaded to PUT {BUNDLE_PATH}), not {source!r}", param="source")
+    reboot = field(body, "reboot", bool)
+    channel.submit(request.state.config.data_path, channel.UpdateRequest(source=source, reboot=reboot))
+    return JSONResponse({"status": "requested", "source": source}, status_code=202)
+
+
+async def upload_bundle(request: Request):
+    """PUT the bundle file as the request body; installed with a reboot unless ?reboot=false."""
+    data_dir = request.state.config.data_path
+    bundle = channel.attachment(data_dir, "update", "bundle")
+    bundle.parent.mkdir(exist_ok=True)
+    length = request.headers.get("content-length")
+    free = shutil.disk_usage(bundle.parent).free
+    if length and length.isdigit() and int(length) * 3 > free:  # the bundle, its unpacked copy, the staging
+        raise NoSpace(f"not enough space for a {length}-byte bundle ({free} bytes free)")
+    partial = files.partial(bundle)
+    size = 0
+    try:
+        with partial.open("wb") as out:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > BUNDLE_MAX_BYTES:
+                    raise TooLarge(f"a bundle is at most {BUNDLE_MAX_BYTES} bytes")
+                out.write(chunk)
+        files.commit(partial, bundle)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    reboot = request.query_params.get("reboot", "true") != "false"
+    channel.submit(data_dir, channel.UpdateRequest(source="bundle", reboot=reboot))
+    return JSONResponse({"status": "requested", "source": "bundle", "bytes": size}, status_code=202)
+
+
+routes = [
+    route("/update", status, needs=Identity.TOKEN, methods=["GET"]),
+    route("/update", start, needs=Identity.TOKEN, methods=["POST"]),
+    route("/update/settings", settings, needs=Identity.TOKEN, methods=["PUT"]),
+    route(BUNDLE_PATH, upload_bundle, needs=Identity.TOKEN, methods=["PUT"]),
+]

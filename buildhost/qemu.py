@@ -1,0 +1,99 @@
+"""Booting an image in qemu on the build host: TCG (this host's KVM cannot run guests), UEFI firmware
+from Debian's packages, the box's web port forwarded to 127.0.0.1, and units passed in as systemd
+credentials."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+from appliance import facts
+
+from .debian import ensure_host_packages
+from .steps import StepError, say, step
+
+QEMU = {
+    "x86-64": {"qemu": "qemu-system-x86_64", "args": ["-machine", "q35", "-cpu", "max"],
+               "firmware": ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+               "packages": ["qemu-system-x86", "ovmf"]},
+    "arm64": {"qemu": "qemu-system-aarch64", "args": ["-machine", "virt", "-cpu", "max"],
+              "firmware": ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
+              "packages": ["qemu-system-arm", "qemu-efi-aarch64", "qemu-user-static"]},
+}
+
+# The box has no shell login and no token until its owner makes one.  For a VM, the host is the
+# owner: a unit passed in as a systemd credential (SMBIOS) makes an API token once the assistant
+# is up and prints it on the serial console.  Nothing of this is in the image.
+TOKEN_UNIT = """\
+[Unit]
+After=paladin.service
+
+[Service]
+Type=oneshot
+StandardOutput=journal+console
+ExecStart=/bin/sh -c 'echo "PALADIN-TOKEN $(runuser -u paladin -- paladin token create --name qemu | tail -n1)"'
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def credential_units(units: dict[str, str]) -> list[str]:
+    """qemu arguments that pass {name: text} to the guest's systemd as credentials: a unit ("x.service")
+    is installed and started, a drop-in ("x.service/name") is added to that unit."""
+    args, wants = [], []
+    for name, text in units.items():
+        unit, _, dropin = name.partition("/")
+        credential = f"systemd.unit-dropin.{unit}~{dropin}" if dropin else f"systemd.extra-unit.{unit}"
+        encoded = base64.b64encode(text.encode()).decode()
+        args += ["-smbios", f"type=11,value=io.systemd.credential.binary:{credential}={encoded}"]
+        wants += [] if dropin else [f"systemd.wants={unit}"]
+    return args + ["-smbios", f"type=11,value=io.systemd.stub.kernel-cmdline-extra={' '.join(wants)}"]
+
+
+def image_arch(image: Path) -> str:
+    """The architecture an image was built for, from its name (paladin_VERSION_ARCH.raw)."""
+    return next((arch for arch in facts.ARCHES if image.stem.endswith(f"_{arch}")), "x86-64")
+
+
+def ensure_qemu(arch: str) -> None:
+    """qemu and the UEFI firmware for `arch`, from Debian's packages."""
+    ensure_host_packages(QEMU[arch]["packages"])
+
+
+def qemu_argv(image: Path, arch: str, port: int, vars_copy: Path, units: dict[str, str] | None = None,
+              serial: Path | None = None) -> list[str]:
+    """qemu for `image` under TCG, UEFI, the box's port on 127.0.0.1:port.
+
+    `units` are started in the guest beside the one that prints an API token; the serial console goes
+    to the terminal, or to the file `serial`.
+    """
+    spec = QEMU[arch]
+    code, variables = spec["firmware"]
+    if not vars_copy.exists():
+        shutil.copy(variables, vars_copy)
+    console = ["-nographic"] if serial is None else ["-display", "none", "-serial", f"file:{serial}"]
+    return [spec["qemu"], *spec["args"], "-accel", "tcg", "-smp", "2", "-m", "2048", *console,
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+            "-drive", f"if=virtio,format=raw,file={image}",
+            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{facts.WEB_PORT}",
+            "-device", "virtio-net-pci,netdev=net0",
+            *credential_units({"paladin-token.service": TOKEN_UNIT} | (units or {}))]
+
+
+def boot(image: Path, arch: str, port: int) -> int:
+    if not image.is_file():
+        raise StepError(f"image {image} does not exist", "build one with ./build.py image (or ./build.py demo)")
+    with step("host packages"):
+        ensure_qemu(arch)
+    say(f"booting {image.name} under emulation (TCG: a minute or more); the box will answer at "
+        f"http://127.0.0.1:{port}/ and print an API token on the console as 'PALADIN-TOKEN pal_...'. "
+        "Quit qemu with Ctrl-a x.")
+    return subprocess.run(qemu_argv(image, arch, port, image.with_suffix(".efivars"))).returncode

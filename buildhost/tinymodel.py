@@ -1,0 +1,144 @@
+"""Generated GGUF models: real llama.cpp models made locally, for tests, benchmarks and demos.
+
+The weights are random but deterministic (a fixed seed), so text is noise but
+speed is real.  Two properties are built into the weights rather than left to
+chance, because tests and benchmarks rely on them:
+
+* Control and byte tokens are never generated.  Every token embedding carries
+  the constant 1.0 in dimension 0 and no layer writes to that dimension, so
+  after the final RMS norm that coordinate is always positive; the output rows
+  of the suppressed tokens are -1000 there and 0 elsewhere.  Their logits are
+  therefore hugely negative at every step: no end-of-sequence (lengths are
+  exactly `max_tokens`) and no partial UTF-8 sequences (streams never stall).
+* The vocabulary is a SentencePiece-style one with byte fallback, so any input
+  text tokenizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+SEED = 20261125
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Shape:
+    embedding: int
+    layers: int
+    feed_forward: int
+    vocab: int
+    dtype: type
+
+
+SIZES = {
+    "small": Shape(embedding=128, layers=4, feed_forward=384, vocab=1200, dtype=np.float32),    # ~6 MB
+    "medium": Shape(embedding=512, layers=8, feed_forward=1536, vocab=8000, dtype=np.float16),  # ~70 MB
+    "large": Shape(embedding=2048, layers=6, feed_forward=5632, vocab=12000, dtype=np.float16),  # ~620 MB
+}
+
+
+def vocabulary(size: int) -> tuple[list[str], list[float], list[int]]:
+    """Specials, 256 byte tokens, printable characters, then syllables with and without a word start."""
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256
+    pieces = ["\u2581"] + [c for c in string.printable if not c.isspace()]
+    syllables = [c + v for c, v in itertools.product("bdfghklmnprstvwyz", "aeiou")]
+    for word in itertools.chain(syllables, (a + b for a, b in itertools.product(syllables, repeat=2))):
+        pieces += ["\u2581" + word, word]
+    pieces = pieces[: size - len(tokens)]
+    if len(pieces) < size - len(tokens):
+        raise ValueError(f"vocabulary size {size} is larger than this generator makes")
+    scores = [0.0] * len(tokens) + [-float(i) for i in range(len(pieces))]
+    return tokens + pieces, scores, types + [gguf.TokenType.NORMAL] * len(pieces)
+
+
+def write(path: Path, size: str = "small", name: str | None = None) -> Path:
+    shape = SIZES[size]
+    rng = np.random.default_rng(SEED)
+    d, ff = shape.embedding, shape.feed_forward
+    heads = max(1, d // 64)
+    tokens, scores, types = vocabulary(shape.vocab)
+    suppressed = [i for i, t in enumerate(types) if t != gguf.TokenType.NORMAL]
+
+    def matrix(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols), dtype=np.float32) / np.sqrt(cols)).astype(shape.dtype)
+
+    def without_dim0(m: np.ndarray) -> np.ndarray:
+        m[0, :] = 0  # layers never write dimension 0 of the residual stream
+        return m
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")  # renamed at the end: no reader sees half a model
+    writer = gguf.GGUFWriter(str(partial), "llama")
+    writer.add_name(name or f"paladin-tiny-{size}")
+    writer.add_context_length(8192)
+    writer.add_embedding_length(d)
+    writer.add_block_count(shape.layers)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(heads)
+    writer.add_rope_dimension_count(d // heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if shape.dtype is np.float32 else gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+    embedding = matrix(shape.vocab, d)
+    embedding[:, 0] = 1.0
+    output = matrix(shape.vocab, d)
+    output[:, 0] = 0
+    output[suppressed, :] = 0
+    output[suppressed, 0] = -1000
+    writer.add_tensor("token_embd.weight", embedding)
+    for layer in range(shape.layers):
+        prefix = f"blk.{layer}."
+        writer.add_tensor(prefix + "attn_norm.weight", np.ones(d, dtype=np.float32))
+        writer.add_tensor(prefix + "attn_q.weight", matrix(d, d))
+        writer.add_tensor(prefix + "attn_k.weight", matrix(d, d))
+        writer.add_tensor(prefix + "attn_v.weight", matrix(d, d))
+        writer.add_tensor(prefix + "attn_output.weight", without_dim0(matrix(d, d)))
+        writer.add_tensor(prefix + "ffn_norm.weight", np.ones(d, dtype=np.float32))
+        writer.add_tensor(prefix + "ffn_gate.weight", matrix(ff, d))
+        writer.add_tensor(prefix + "ffn_up.weight", matrix(ff, d))
+        writer.add_tensor(prefix + "ffn_down.weight", without_dim0(matrix(d, ff)))
+    writer.add_tensor("output_norm.weight", np.ones(d, dtype=np.float32))
+    writer.add_tensor("output.weight", output)
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    partial.replace(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    top = argparse.ArgumentParser(prog="build.py tiny-model", description=__doc__.splitlines()[0])
+    top.add_argument("out", type=Path)
+    top.add_argument("--size", choices=list(SIZES), default="small", help="about 5 MB, 70 MB or 620 MB")
+    args = top.parse_args(argv)
+    print(write(args.out, args.size))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Stand-ins shaped like the real thing, for tests that need many of them quickly."""
+
+from __future__ import annotations
+
+import os
+import struct
+import uuid
+from pathlib import Path
+
+from appliance import facts
+
+
+def fake_image(out: Path, version: str, arch: str = "x86-64", machine: int = 0x8664, root_bytes: int = 300_000) -> Path:
+    """The files `build.py image` leaves for a release: small, but shaped like the real ones."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = facts.image_name(version, arch)
+    (out / f"{stem}.raw").write_bytes(b"disk")
+    with (out / f"{stem}.root-{arch}.{uuid.uuid4()}.raw").open("wb") as root:
+        root.write(os.urandom(min(root_bytes, 1 << 20)))
+        root.truncate(root_bytes)  # sparse beyond the first MiB: a large slot image costs nothing here
+    (out / f"{stem}.root-{arch}-verity.{uuid.uuid4()}.raw").write_bytes(b"v" * 4096)
+    pe = bytearray(512)
+    pe[:2] = b"MZ"
+    struct.pack_into("<I", pe, 0x3C, 0x80)
+    pe[0x80:0x84] = b"PE\0\0"
+    struct.pack_into("<H", pe, 0x84, machine)
+    (out / f"{stem}.efi").write_bytes(bytes(pe) + version.encode())
+    return out / f"{stem}.raw"

@@ -1,0 +1,42 @@
+"""The llama.cpp build runs on any x86-64 CPU: generate under an emulated CPU without AVX."""
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.emulated
+QEMU = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
+SCRIPT = """
+import asyncio, logging, pathlib, sys
+from appliance import config
+from appliance.inference import llama
+logging.basicConfig(level=logging.INFO)
+from appliance.inference.engine import Engine, Request
+from appliance.metrics import Metrics
+print(llama.load_backends())
+async def main():
+    engine = Engine(config.parse({"inference": {"threads": 1, "context_tokens": 128}}).inference, Metrics())
+    await engine.swap(pathlib.Path(sys.argv[1]))
+    _, events = await engine.begin(Request(prompt="hi", max_tokens=8))
+    n = [e async for e in events]
+    await engine.close()
+    print("finished", n[-1].completion_tokens)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or QEMU is None, reason="needs qemu-user on an x86-64 host")
+@pytest.mark.parametrize("cpu", ["Nehalem"])
+def test_generates_on_a_cpu_without_avx(cpu, tiny_model):
+    # The environment a box has: a host's OpenBLAS tuning (OPENBLAS_CORETYPE=Haswell) is an illegal
+    # instruction on the emulated CPU, which no box would ever be told.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENBLAS_")}
+    out = subprocess.run([QEMU, "-cpu", cpu, sys.executable, "-c", SCRIPT, tiny_model],
+                         capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "finished 8" in out.stdout
+    assert "libggml-cpu-sse42.so" in out.stderr  # the best variant for a CPU with SSE4.2 and no AVX

@@ -1,0 +1,182 @@
+"""The engine on real llama.cpp with generated models (milliseconds per test)."""
+
+import asyncio
+import re
+import shutil
+
+import pytest
+
+from appliance import config
+from appliance.errors import NotReady, PromptTooLong, QueueFull, ServiceError
+from appliance.inference.engine import Engine, Finished, Request, StopScanner
+from appliance.inference.llama import Sampling
+from appliance.metrics import Metrics
+from appliance.web.http import status_of
+
+pytestmark = pytest.mark.unit
+GREEDY = Sampling(temperature=0)
+
+
+def settings(**changes):
+    return config.parse({"inference": {"threads": 1, "context_tokens": 512} | changes}).inference
+
+
+async def started_engine(model, **changes) -> Engine:
+    engine = Engine(settings(**changes), Metrics())
+    await engine.swap(model)
+    return engine
+
+
+async def collect(events) -> tuple[str, Finished]:
+    parts = []
+    async for event in events:
+        if isinstance(event, Finished):
+            return "".join(parts), event
+        if isinstance(event, str):
+            parts.append(event)
+
+
+def test_generated_model_never_ends_early_and_streams_valid_text(tiny_model):
+    async def main():
+        engine = await started_engine(tiny_model)
+        started, events = await engine.begin(Request(prompt="hello", max_tokens=200, sampling=Sampling(seed=1)))
+        text, done = await collect(events)
+        await engine.close()
+        return started, text, done
+
+    started, text, done = asyncio.run(main())
+    assert (done.reason, done.completion_tokens) == ("length", 200)
+    assert started.prompt_tokens == done.prompt_tokens > 1
+    assert "\ufffd" not in text and len(text) >= 200  # no byte tokens: every piece is whole UTF-8
+
+
+def test_same_seed_same_text_and_prompt_cache_reused_across_turns(tiny_model):
+    async def main():
+        engine = await started_engine(tiny_model)
+        first_turn = [{"role": "user", "content": "tell me a story"}]
+        _, events = await engine.begin(Request(messages=first_turn, max_tokens=20, sampling=Sampling(seed=7)))
+        reply, _ = await collect(events)
+        second_turn = first_turn + [{"role": "assistant", "content": reply}, {"role": "user", "content": "more"}]
+        started, events = await engine.begin(Request(messages=second_turn, max_tokens=20, sampling=Sampling(seed=7)))
+        await collect(events)
+        _, events = await engine.begin(Request(messages=first_turn, max_tokens=20, sampling=Sampling(seed=7)))
+        again, _ = await collect(events)
+        await engine.close()
+        return reply, again, started
+
+    reply, again, started = asyncio.run(main())
+    assert reply == again
+    assert started.reused_tokens > 10  # the whole first turn came from the KV cache
+
+
+def test_stop_strings_are_found_across_token_boundaries():
+    scanner = StopScanner(("END",))
+    assert scanner.feed("abc E") == ("abc ", False)
+    assert scanner.feed("N") == ("", False)
+    assert scanner.feed("Dxyz") == ("", True)
+    scanner = StopScanner(("END",))
+    assert scanner.feed("EN") == ("", False)
+    assert scanner.feed("x") == ("ENx", False)
+
+
+def test_stop_string_ends_generation(tiny_model):
+    async def main():
+        engine = await started_engine(tiny_model)
+        _, events = await engine.begin(Request(prompt="x", max_tokens=50, sampling=GREEDY))
+        text, _ = await collect(events)
+        stop = text[10:13]
+        _, events = await engine.begin(Request(prompt="x", max_tokens=50, sampling=GREEDY, stop=(stop,)))
+        stopped, done = await collect(events)
+        await engine.close()
+        return text, stop, stopped, done
+
+    text, stop, stopped, done = asyncio.run(main())
+    assert done.reason == "stop"
+    assert stopped == text[:text.index(stop)]
+
+
+def test_queue_is_bounded_and_cancelling_frees_the_model(tiny_model):
+    async def main():
+        engine = await started_engine(tiny_model, queue_size=1)
+        _, running = await engine.begin(Request(prompt="a", max_tokens=400))
+        waiting = engine.submit(Request(prompt="b", max_tokens=5))
+        with pytest.raises(QueueFull) as full:
+            engine.submit(Request(prompt="c", max_tokens=5))
+        await anext(running)
+        await running.aclose()  # the client went away: generation must stop
+        text, done = await collect(engine.events(waiting))
+        await engine.close()
+        return full.value, done, engine.metrics
+
+    full, done, metrics = asyncio.run(main())
+    assert (status_of(full)[0], status_of(full)[2], full.retry_after) == (429, "queue_full", 2)
+    assert done.completion_tokens == 5
+    assert metrics.tokens_generated < 400 + 5  # the cancelled job stopped early
+
+
+def test_context_overflow_is_a_clear_client_error(tiny_model):
+    async def main():
+        engine = await started_engine(tiny_model, context_tokens=64)
+        try:
+            await engine.begin(Request(prompt="word " * 100, max_tokens=10))
+        finally:
+            await engine.close()
+
+    with pytest.raises(PromptTooLong) as err:
+        asyncio.run(main())
+    assert (status_of(err.value)[0], status_of(err.value)[2]) == (400, "context_length_exceeded")
+    assert re.fullmatch(r"this model's context is \d+ tokens, but the request needs \d+ "
+                        r"\(\d+ in the prompt, 10 to generate\)", err.value.message)
+
+
+def test_swap_fails_no_queued_or_inflight_request(tiny_model, tmp_path):
+    other = shutil.copy(tiny_model, tmp_path / "other-model.gguf")
+
+    async def main():
+        engine = await started_engine(tiny_model)
+        _, inflight = await engine.begin(Request(prompt="a", max_tokens=300))
+        queued = engine.submit(Request(prompt="b", max_tokens=10))
+        swap = asyncio.create_task(engine.swap(other))
+        results = await asyncio.gather(collect(inflight), collect(engine.events(queued)), swap)
+        after = engine.model_id
+        await engine.close()
+        return results, after
+
+    (first, second, _), after = asyncio.run(main())
+    assert (first[1].completion_tokens, second[1].completion_tokens) == (300, 10)
+    assert after == "other-model"
+
+
+def test_failed_swap_keeps_serving_the_old_model(tiny_model, tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 100)
+
+    async def main():
+        engine = await started_engine(tiny_model)
+        with pytest.raises(Exception, match="could not load"):
+            await engine.swap(broken)
+        _, events = await engine.begin(Request(prompt="a", max_tokens=3))
+        _, done = await collect(events)
+        state, model = engine.state, engine.model_id
+        await engine.close()
+        return state, model, done
+
+    state, model, done = asyncio.run(main())
+    assert (state, model, done.completion_tokens) == ("ready", "tiny", 3)
+
+
+def test_closing_tells_waiting_jobs_the_service_is_going_away(tiny_model):
+    async def main():
+        engine = await started_engine(tiny_model)
+        _, running = await engine.begin(Request(prompt="a", max_tokens=200))
+        waiting = engine.submit(Request(prompt="b", max_tokens=5))
+        closing = asyncio.create_task(engine.close())
+        done = await collect(running)
+        with pytest.raises(ServiceError) as err:
+            await collect(engine.events(waiting))
+        await closing
+        return done, err.value
+
+    (_, finished), error = asyncio.run(main())
+    assert finished.completion_tokens == 200  # the job in flight completes
+    assert isinstance(error, NotReady) and (status_of(error)[0], error.message) == (503, "the service is shutting down")

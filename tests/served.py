@@ -1,0 +1,79 @@
+"""The real service (`paladin serve`) as a child process, for the service tests and the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from buildhost.qemu import free_port
+
+PALADIN = Path(sys.executable).parent / "paladin"
+
+
+def create_token(data_dir: Path, name: str = "test") -> str:
+    out = subprocess.run([PALADIN, "token", "create", "--data-dir", data_dir, "--name", name],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+class Service:
+    """`paladin serve` as a child process, with a notify socket standing in for systemd's."""
+
+    def __init__(self, model: Path, data_dir: Path, extra_env: dict | None = None):
+        self.data_dir = data_dir
+        self.token = create_token(data_dir)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.notify_path = data_dir / "notify.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.messages: list[str] = []
+        threading.Thread(target=self._listen, daemon=True).start()  # drain it, as systemd does
+        self.log = (data_dir / "service.log").open("w+")
+        env = os.environ | {"NOTIFY_SOCKET": str(self.notify_path)} | (extra_env or {})
+        self.process = subprocess.Popen(
+            [PALADIN, "serve", "--model", model, "--data-dir", data_dir, "--listen", f"127.0.0.1:{self.port}",
+             "--config", data_dir / "none.yaml"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.wait_ready()
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def _listen(self) -> None:
+        while True:
+            data = self.notify.recv(4096)
+            if not data:  # shut down by stop()
+                return
+            self.messages += data.decode().splitlines()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.output()}")
+            if "READY=1" in self.messages:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"service not ready after {timeout} s:\n{self.output()}")
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60,
+                            **kwargs)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=60)
+        time.sleep(0.1)  # let the listener take the last datagrams
+        self.notify.shutdown(socket.SHUT_RDWR)
+        self.notify.close()
+        return code

@@ -1,0 +1,69 @@
+"""Where a file in image/, overlay/ or units/ must repeat a fact of appliance/facts.py, it agrees."""
+
+import configparser
+import re
+from pathlib import Path
+
+import pytest
+
+from appliance import channel, facts
+from buildhost import ROOT
+
+pytestmark = pytest.mark.unit
+
+
+def ini(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read_string(re.sub(r"^#.*$", "", path.read_text(), flags=re.M))
+    return parser
+
+
+def partitions(directory: Path) -> list[dict]:
+    return [dict(ini(p)["Partition"]) for p in sorted(directory.glob("*.conf"))]
+
+
+def test_first_boot_repart_matches_the_image_partitions_in_order():
+    built, grown = partitions(ROOT / "image/mkosi.repart"), partitions(ROOT / "overlay/usr/lib/repart.d")
+    assert [p["Type"] for p in built] == [p["Type"] for p in grown]
+    assert [p.name for p in sorted((ROOT / "image/mkosi.repart").glob("*.conf"))] == \
+        [p.name for p in sorted((ROOT / "overlay/usr/lib/repart.d").glob("*.conf"))]
+    assert built[-1]["Label"] == grown[-1]["Label"] == facts.DATA_LABEL
+
+
+def test_slot_labels_are_the_ones_the_updater_reads():
+    labels = [p.get("Label") for p in partitions(ROOT / "image/mkosi.repart")]
+    assert labels[1:5] == [facts.slot_label("%A", "root"), facts.slot_label("%A", "verity"),
+                           facts.EMPTY_SLOT, facts.EMPTY_SLOT]
+
+
+def test_sysupdate_transfers_use_the_release_names():
+    transfers = {p.stem: ini(p) for p in (ROOT / "overlay/usr/lib/paladin-update").glob("*/*.transfer")}
+    staging = str(facts.UPDATE_STATE / "staging")
+    for kind, name in (("root", "50-root"), ("verity", "60-verity")):
+        transfer = transfers[name]
+        assert transfer["Source"]["Path"] == staging
+        assert transfer["Source"]["MatchPattern"] == facts.target_name("x", kind, "@v", "@u").split("/")[1]
+        assert transfer["Target"]["MatchPattern"] == facts.slot_label("@v", kind)
+    uki = transfers["70-uki"]
+    assert uki["Source"]["MatchPattern"] == facts.target_name("x", "uki", "@v").split("/")[1]
+    assert uki["Target"]["MatchPattern"].split()[-1] == f"{facts.uki_name('@v')}.efi"
+
+
+def test_the_update_path_unit_watches_the_request_channel():
+    path_unit = ini(ROOT / "units/paladin-update.path")
+    assert path_unit["Path"]["PathExists"] == str(channel.inbox(Path(facts.DATA_DIR)) / "update.json")
+
+
+def test_image_id_home_and_architectures():
+    assert f"ImageId={facts.IMAGE_ID}" in (ROOT / "image/mkosi.conf").read_text()
+    assert str(facts.DATA_DIR) in (ROOT / "overlay/usr/lib/sysusers.d/paladin.conf").read_text()
+    matched = {ini(p)["Match"]["Architecture"] for p in (ROOT / "image/mkosi.conf.d").glob("*.conf")}
+    assert matched == set(facts.ARCHES)
+
+
+def test_versions_are_dotted_numbers():
+    assert facts.version_key("2026.11.26") == (2026, 11, 26)
+    for bad in ("1_2", "1+3", "v1", "", "1..2"):
+        with pytest.raises(ValueError, match="dotted numbers"):
+            facts.version_key(bad)

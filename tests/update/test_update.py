@@ -1,0 +1,220 @@
+"""Release signing and the box's verification, with real python-tuf over real HTTP and real bundles.
+
+The slot writing (systemd-sysupdate) and boot assessment run in qemu: tests/test_update_image.py.
+"""
+
+import hashlib
+import json
+import shutil
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from appliance.update import bundle as bundles, fetch as update, progress
+from buildhost import release
+from fakes import fake_image
+
+pytestmark = pytest.mark.unit
+ROOM = {"root": 1 << 20, "verity": 1 << 20}
+
+
+@pytest.fixture
+def keys(tmp_path):
+    release.keys_init(tmp_path / "keys")
+    return tmp_path / "keys"
+
+
+@pytest.fixture
+def repo(tmp_path, keys):
+    path = tmp_path / "repo"
+    images = tmp_path / "images"
+    images.mkdir()
+    repository = release.Repository(path, keys)
+    repository.release(fake_image(images, "2"))
+    return repository
+
+
+@pytest.fixture
+def served(repo):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(repo.path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def box(tmp_path, keys, monkeypatch):
+    """A box's update state directory trusting `keys`' root, as the image bakes it in."""
+    monkeypatch.setattr(update, "TRUSTED_ROOT", keys / "root.json")
+    state = tmp_path / "state"
+    state.mkdir()
+    return state
+
+
+def fetch(source, state, *, arch="x86-64", running="1", room=ROOM):
+    """What the updater fetches and verifies from `source` (a URL, a directory or a bundle file)."""
+    record = progress.Progress(state, source=str(source))
+    if Path(source).is_file():
+        with open(source, "rb") as bundle:
+            return update.verified_release(bundle, state, record, arch=arch, running=running, room=room)
+    return update.verified_release(source, state, record, arch=arch, running=running, room=room)
+
+
+def test_online_release_is_verified_and_staged(served, box, repo):
+    version, chosen = fetch(served, box)
+    assert version == "2" and set(chosen) == {"root", "verity", "uki"}
+    for info in chosen.values():
+        staged = box / "staging" / Path(info.path).name
+        assert hashlib.sha256(staged.read_bytes()).hexdigest() == info.hashes["sha256"]
+    assert json.loads((box / "status.json").read_text())["done"] == sum(i.length for i in chosen.values())
+
+
+def test_directory_and_bundle_sources(repo, box, tmp_path):
+    assert fetch(str(repo.path), box)[0] == "2"
+    bundle = repo.path / "bundles" / "paladin_2_x86-64.bundle"
+    second = tmp_path / "second"
+    second.mkdir()
+    assert fetch(str(bundle), second)[0] == "2"
+
+
+def test_each_release_is_one_bundle_with_its_own_targets(repo, tmp_path):
+    repo.release(fake_image(tmp_path / "images", "2026.11.26"))
+    with (repo.path / "bundles" / "paladin_2026.11.26_x86-64.bundle").open("rb") as bundle:
+        marker = bundles.open_bundle(bundle, tmp_path / "unpacked")
+    assert marker["version"] == "2026.11.26"
+    names = [p.name for p in (tmp_path / "unpacked/targets/x86-64").iterdir()]
+    assert len(names) == 3 and all("paladin_2026.11.26" in n for n in names)
+
+
+def refused(source, state, match, **kwargs):
+    with pytest.raises((progress.UpdateError, bundles.BundleError)) as err:
+        fetch(source, state, **kwargs)
+    assert match in str(err.value), str(err.value)
+    assert not any((state / "staging").glob("*")), "nothing unverified may stay staged"
+
+
+def stored_target(repo, kind):
+    return next(p for p in (repo.path / "targets/x86-64").iterdir() if f".{kind}." in p.name or
+                (kind == "uki" and p.name.endswith(".efi")))
+
+
+def test_tampered_target(served, box, repo):
+    path = stored_target(repo, "root")
+    data = bytearray(path.read_bytes())
+    data[100] ^= 1
+    path.write_bytes(bytes(data))
+    refused(served, box, "hash")
+
+
+def test_truncated_target(served, box, repo):
+    path = stored_target(repo, "root")
+    path.write_bytes(path.read_bytes()[:-10])
+    refused(served, box, "Length")
+
+
+def test_bad_signature(served, box, repo):
+    path = repo.metadata / "timestamp.json"
+    metadata = json.loads(path.read_text())
+    sig = metadata["signatures"][0]["sig"]
+    metadata["signatures"][0]["sig"] = ("0" if sig[0] != "0" else "1") + sig[1:]
+    path.write_text(json.dumps(metadata))
+    refused(served, box, "UnsignedMetadataError")
+
+
+def test_signed_by_an_unknown_key(tmp_path, box, monkeypatch):
+    other_keys = tmp_path / "other-keys"
+    release.keys_init(other_keys)
+    images = tmp_path / "other-images"
+    images.mkdir()
+    other = release.Repository(tmp_path / "other-repo", other_keys)
+    other.release(fake_image(images, "2"))
+    refused(str(other.path), box, "UnsignedMetadataError")
+
+
+def test_downgrade(served, box):
+    refused(served, box, "refusing a downgrade", running="3")
+
+
+def test_same_version_is_not_reinstalled(served, box):
+    refused(served, box, "already up to date", running="2")
+
+
+def test_expired_timestamp(served, box, repo):
+    repo.publish(expiry_days={"timestamp": -1})
+    refused(served, box, "ExpiredMetadataError")
+
+
+def test_wrong_arch(served, box):
+    refused(served, box, "no release for this box's architecture arm64 (it has: x86-64 2)", arch="arm64")
+
+
+def test_uki_for_another_arch(tmp_path, keys, box):
+    images = tmp_path / "arm-images"
+    images.mkdir()
+    repository = release.Repository(tmp_path / "mislabelled", keys)
+    repository.release(fake_image(images, "2", machine=0xAA64))  # an arm64 UKI published as x86-64
+    refused(str(repository.path), box, "UKI is built for arm64")
+
+
+def test_replayed_old_snapshot(served, box, repo, tmp_path):
+    old = tmp_path / "old-metadata"
+    shutil.copytree(repo.metadata, old)
+    repo.publish()  # a newer snapshot and timestamp, which the box then sees
+    fetch(served, box)
+    shutil.rmtree(repo.metadata)
+    shutil.copytree(old, repo.metadata)  # a mirror replays the older, still validly signed set
+    refused(served, box, "BadVersionNumberError")
+
+
+def test_target_larger_than_the_slot(served, box):
+    refused(served, box, "larger than the slot", room={"root": 1000, "verity": 1 << 20})
+
+
+@pytest.mark.parametrize("content", [b"", b"not a tar at all" * 100, None], ids=["empty", "junk", "tar-without-marker"])
+def test_not_a_bundle(box, tmp_path, content):
+    bundle = tmp_path / "upload.bundle"
+    if content is None:
+        import tarfile
+        with tarfile.open(bundle, "w") as tar:
+            tar.add(__file__, arcname="metadata/root.json")
+    else:
+        bundle.write_bytes(content)
+    refused(str(bundle), box, "not a PAL-adin update bundle")
+
+
+def test_bundle_with_a_path_escape(box, tmp_path, repo):
+    import io
+    import tarfile
+    bundle = tmp_path / "evil.bundle"
+    with tarfile.open(bundle, "w") as tar:
+        for name in (bundles.BUNDLE_MARKER, "../../etc/passwd"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+    refused(str(bundle), box, "unexpected member '../../etc/passwd'")
+
+
+def test_key_rotation_is_followed(served, box, repo, keys, tmp_path):
+    fetch(served, box)  # the box trusts root 1
+    release.keys_rotate(keys, "targets")
+    release.keys_rotate(keys, "root")
+    repo.release(fake_image(tmp_path / "images", "3"))
+    version, _ = fetch(served, box, running="2")
+    assert version == "3"
+    assert json.loads((box / "metadata/root.json").read_text())["signed"]["version"] == 3
+
+
+@pytest.mark.parametrize("damage", [b"", b'{"signed": '], ids=["empty", "torn"])
+def test_a_stored_root_torn_by_a_power_cut_falls_back_to_the_image_root(served, box, damage):
+    """ext4 can leave a renamed but unsynced file empty after a power cut; the box must still update."""
+    (box / "metadata").mkdir()
+    (box / "metadata/root.json").write_bytes(damage)
+    assert fetch(served, box)[0] == "2"

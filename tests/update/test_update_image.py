@@ -1,0 +1,253 @@
+"""Signed A/B updates on a booted box (qemu, TCG): online and bundle installs, refusals, automatic
+rollback of a version that fails its boot assessment, and power cuts in every phase.
+
+Three images are built (v1; v2; v3 whose assistant cannot start) and released with `build.py release`
+to a repository served over HTTP from the host (10.0.2.2 inside qemu).  Box A goes v1 -> refusals ->
+v2 (online) -> v3 -> back to v2 by itself.  Box B takes v2 from the bundle while its power is cut
+during the download, the write, the UKI install and the first boot.  Boots are few and shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import threading
+import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from buildhost import release
+from fakes import fake_image
+from vm import release as release_image
+from vm import (VM, conversation_intact, cut_first_boot, cut_power, partition_digest, request_update, update_status,
+                upload_bundle, wait_down, wait_update, write_conversation)
+
+pytestmark = pytest.mark.image
+SEED = int(os.environ.get("PALADIN_POWERCUT_SEED", time.time()))
+# Valid for the updater, fatal for the assistant: an unprivileged service cannot bind port 1.
+BROKEN_CONFIG = "data_dir: /var/lib/paladin\nserver:\n  listen: 0.0.0.0:1\n"
+
+
+class Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def world(build_image, release_keys, tmp_path_factory):
+    work = tmp_path_factory.mktemp("updates")
+    broken = work / "broken-tree/etc/paladin"
+    broken.mkdir(parents=True)
+    (broken / "paladin.yaml").write_text(BROKEN_CONFIG)
+    images = {"1": build_image("1"), "2": build_image("2"), "3": build_image("3", broken.parents[1])}
+    www = work / "www"
+    release_image(images["2"], www / "repo", release_keys)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(www)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(f"\npower-cut seed {SEED} (PALADIN_POWERCUT_SEED)")
+    yield {"images": images, "www": www, "repo": release.Repository(www / "repo", release_keys),
+           "keys": release_keys, "url": f"http://10.0.2.2:{server.server_address[1]}", "work": work,
+           "random": random.Random(SEED)}
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def box_a(world):
+    vm = VM(Path(world["images"]["1"]["image"]), world["work"] / "box-a")
+    vm.start()
+    vm.wait_health(version="1")
+    with vm.client() as client:
+        world["conversation_a"] = write_conversation(client)
+    yield vm
+    vm.close()
+
+
+def variants(world) -> dict[str, str]:
+    """Bad repositories, each next to the good one: {directory: the error the box must give}.
+
+    They are derived from the real repository in order, so their metadata versions only grow, as a
+    box that sees them one after another requires; the good repository ends up newest.
+    """
+    www, repo, work = world["www"], world["repo"], world["work"]
+    fakes = work / "fake-images"
+
+    def copy(name: str) -> Path:
+        shutil.copytree(repo.path, www / name, copy_function=os.link, ignore=shutil.ignore_patterns("bundles"))
+        return www / name
+
+    def published(name: str, change=None, expiry=None) -> None:
+        targets = repo.targets()
+        kept = dict(targets.signed.targets)
+        if change:
+            change(targets)
+        repo.publish(targets, expiry)
+        copy(name)
+        restored = repo.targets()
+        restored.signed.targets = kept
+        repo.publish(restored)
+
+    def only(version: str, arch: str = "x86-64", root_bytes: int = 4096):
+        def change(targets):
+            targets.signed.targets.clear()
+            image = fake_image(fakes / f"{version}-{arch}-{root_bytes}", version, arch, root_bytes=root_bytes)
+            staged = release.Repository(work / f"fake-repo-{version}-{arch}", world["keys"])
+            staged.release(image)
+            for name, info in staged.targets().signed.targets.items():
+                stored = f"{Path(name).parent}/{info.hashes['sha256']}.{Path(name).name}"
+                (repo.targets_dir / stored).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(staged.targets_dir / stored, repo.targets_dir / stored)
+                targets.signed.targets[name] = info
+        return change
+
+    expected = {}
+    bad = copy("bad-signature")
+    timestamp = json.loads((bad / "metadata/timestamp.json").read_text())
+    timestamp["signatures"][0]["sig"] = "00" * 64
+    (bad / "metadata/timestamp.json").unlink()
+    (bad / "metadata/timestamp.json").write_text(json.dumps(timestamp))
+    expected["bad-signature"] = "UnsignedMetadataError"
+
+    other_keys = work / "other-keys"
+    release.keys_init(other_keys)
+    release.Repository(www / "unknown-key", other_keys).release(fake_image(fakes / "unknown-key", "2"))
+    expected["unknown-key"] = "UnsignedMetadataError"
+
+    for name, damage in (("tampered", lambda b: b[:4096] + bytes([b[4096] ^ 1]) + b[4097:]),
+                         ("truncated", lambda b: b[:-4096])):
+        target = next((copy(name) / "targets/x86-64").glob("*.verity.raw.gz"))
+        data = target.read_bytes()
+        target.unlink()  # a hard link to the good repository's file
+        target.write_bytes(damage(data))
+    expected["tampered"] = "LengthOrHashMismatchError"
+    expected["truncated"] = "LengthOrHashMismatchError"
+
+    published("downgrade", only("0.9"))
+    expected["downgrade"] = "refusing a downgrade: the repository's newest release is 0.9, this box runs 1"
+    published("wrong-arch", only("2", "arm64"))
+    expected["wrong-arch"] = "no release for this box's architecture x86-64 (it has: arm64 2)"
+    published("too-large", only("2", root_bytes=1400 * 2**20))  # the slots hold 1280 MiB
+    expected["too-large"] = "larger than the slot"
+    published("expired", expiry={"timestamp": -1})
+    expected["expired"] = "ExpiredMetadataError"
+    return expected
+
+
+def test_refusals_leave_the_running_slot_untouched(world, box_a):
+    """Each bad source gets a specific error; slot A (root and verity) stays byte-identical."""
+    expected = variants(world)
+    before = partition_digest(box_a.disk, 2), partition_digest(box_a.disk, 3)
+    errors = {}
+    with box_a.client() as client:
+        for name, message in expected.items():
+            since = request_update(client, f"{world['url']}/{name}", reboot=False)
+            errors[name] = wait_update(client, since)["update"]
+        junk = world["work"] / "junk.bundle"
+        junk.write_bytes(os.urandom(100_000))
+        since = upload_bundle(client, junk, reboot=False)
+        errors["not-a-bundle"] = wait_update(client, since)["update"]
+        expected["not-a-bundle"] = "not a PAL-adin update bundle"
+        assert update_status(client)["running"] == "1"
+    for name, message in expected.items():
+        assert errors[name]["phase"] == "failed" and message in errors[name]["error"], (name, errors[name])
+    assert (partition_digest(box_a.disk, 2), partition_digest(box_a.disk, 3)) == before
+
+
+def wait_blessed(vm: VM, version: str, timeout: float = 600) -> dict:
+    """The status once `version` booted, passed its assessment and systemd-bless-boot marked it good."""
+    deadline = time.monotonic() + timeout
+    with vm.client() as client:
+        while time.monotonic() < deadline:
+            status = update_status(client)
+            if any(k["version"] == version and k["state"] == "good" for k in status.get("kernels", [])) and \
+                    status["running"] == version:
+                return status
+            time.sleep(3)
+    raise AssertionError(f"{version} was not marked good: {status}")
+
+
+def test_online_update_to_v2_keeps_v1_in_the_other_slot(world, box_a):
+    with box_a.client() as client:
+        since = request_update(client, f"{world['url']}/repo", reboot=True)
+        done = wait_update(client, since)
+        assert done["update"]["phase"] in ("installed", "rebooting"), done
+    assert box_a.wait_health(version="2")["status"] == "ok"
+    status = wait_blessed(box_a, "2")
+    labels = {s["label"]: s for s in status["slots"] if s["kind"] == "root"}
+    assert labels["paladin_2"]["booted"] and not labels["paladin_1"]["booted"]
+    assert {k["file"] for k in status["kernels"]} == {"paladin_1.efi", "paladin_2.efi"}
+    with box_a.client() as client:
+        assert conversation_intact(client, world["conversation_a"])
+
+
+def test_a_replayed_old_snapshot_is_refused(world, box_a):
+    """A new timestamp, but the snapshot it names replaced by the first, validly signed one."""
+    world["repo"].publish()  # a snapshot the box has not seen yet, so it must fetch it
+    replay = world["www"] / "replayed"
+    shutil.copytree(world["repo"].path, replay, copy_function=os.link, ignore=shutil.ignore_patterns("bundles"))
+    current = json.loads((replay / "metadata/timestamp.json").read_text())["signed"]["meta"]["snapshot.json"]
+    (replay / f"metadata/{current['version']}.snapshot.json").unlink()
+    shutil.copy(replay / "metadata/1.snapshot.json", replay / f"metadata/{current['version']}.snapshot.json")
+    with box_a.client() as client:
+        since = request_update(client, f"{world['url']}/replayed", reboot=False)
+        refused = wait_update(client, since)["update"]
+    assert refused["phase"] == "failed" and "BadVersionNumberError" in refused["error"], refused
+
+
+def test_a_v3_that_fails_its_health_check_rolls_back_to_v2(world, box_a):
+    release_image(world["images"]["3"], world["www"] / "repo", world["keys"])
+    with box_a.client() as client:
+        since = request_update(client, f"{world['url']}/repo", reboot=True)
+        wait_update(client, since)
+    wait_down(box_a)  # v2 going down for the reboot into v3
+    assert box_a.wait_health(version="2", timeout=1800)["status"] == "ok"
+    with box_a.client() as client:
+        status = update_status(client)
+    kernels = {k["version"]: k for k in status["kernels"]}
+    assert kernels["3"]["state"] == "bad" and kernels["3"]["tries_left"] == 0, status["kernels"]
+    assert kernels["2"]["state"] == "good"
+    failures = [a for a in status["attempts"] if a["version"] == "3"]
+    assert len(failures) == 3 and all(a["result"] == "failed" for a in failures), status["attempts"]
+    assert "paladin.service failed" in failures[-1]["reason"], failures
+    with box_a.client() as client:
+        assert conversation_intact(client, world["conversation_a"])
+
+
+# -- box B: the bundle path, with power cuts ---------------------------------------------
+
+def test_power_cuts_in_every_phase_then_the_bundle_installs_v2(world):
+    """A power cut in each phase; after each, the box boots a good version and the conversation is there."""
+    vm = VM(Path(world["images"]["1"]["image"]), world["work"] / "box-b")
+    bundle = world["www"] / "repo/bundles/paladin_2_x86-64.bundle"
+    cuts = []
+    try:
+        vm.start()
+        vm.wait_health(version="1")
+        with vm.client() as client:
+            conversation = write_conversation(client)
+        for phase in ("download", "write", "uki", "first boot"):
+            if phase == "first boot":
+                cuts.append(cut_first_boot(vm, bundle, world["random"]))
+            else:
+                cuts.append(cut_power(vm, bundle, phase, world["random"]))
+            if phase == "uki":
+                continue  # the next boot may be the new version's first: cut_first_boot decides
+            vm.start()
+            health = vm.wait_health()
+            with vm.client() as client:
+                assert conversation_intact(client, conversation), cuts
+        print(f"\npower cuts: {', '.join(cuts)}")
+        if health["version"] == "1":  # no cut came late enough for v2: install it from the bundle now
+            with vm.client() as client:
+                wait_update(client, upload_bundle(client, bundle, reboot=True))
+            vm.wait_health(version="2")
+        status = wait_blessed(vm, "2")
+        assert {s["label"] for s in status["slots"] if s["kind"] == "root"} == {"paladin_1", "paladin_2"}
+        with vm.client() as client:
+            assert conversation_intact(client, conversation)
+    finally:
+        vm.close()

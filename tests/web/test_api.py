@@ -1,0 +1,180 @@
+"""The HTTP API in-process (Starlette's test client, real llama.cpp on a generated model)."""
+
+import json
+
+import pytest
+from starlette.testclient import TestClient
+
+from appliance import channel, config, db as database, tokens
+from appliance.web.app import create_app
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def api(tiny_model, tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    cfg = config.parse({"data_dir": str(data), "server": {"max_body_bytes": 4096},
+                        "inference": {"threads": 1, "context_tokens": 256, "max_tokens": 16}})
+    token = tokens.create(database.connect(cfg.database_path), "test")
+    with TestClient(create_app(cfg, tiny_model), headers={"Authorization": f"Bearer {token}"}) as client:
+        client.data_dir = data
+        yield client
+
+
+def chat(api, **body):
+    return api.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]} | body)
+
+
+def test_health_is_public_and_names_the_model(api):
+    response = api.get("/health", headers={"Authorization": ""})
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok" and response.json()["model"] == "tiny"
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/api/tags", "/metrics", "/conversations"])
+def test_everything_else_needs_a_token(api, path):
+    response = api.get(path, headers={"Authorization": "Bearer pal_wrong"})
+    assert response.status_code == 401
+    assert "Basic" in response.headers["www-authenticate"]
+
+
+def test_chat_completion_with_usage_and_max_tokens(api):
+    body = chat(api, max_tokens=7, temperature=0).json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 7
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 7
+    assert chat(api, max_tokens=7, temperature=0).json()["choices"] == body["choices"]  # deterministic
+
+
+def test_seed_makes_sampling_repeatable(api):
+    a = chat(api, max_tokens=10, temperature=1.0, seed=42).json()["choices"][0]["message"]["content"]
+    b = chat(api, max_tokens=10, temperature=1.0, seed=42).json()["choices"][0]["message"]["content"]
+    assert a == b
+
+
+def test_streaming_chat_is_sse_ending_in_done(api):
+    with api.stream("POST", "/v1/chat/completions", json={
+            "model": "paladin", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 5,
+            "stream_options": {"include_usage": True}}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")) >= 1
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["usage"]["completion_tokens"] == 5
+
+
+def test_completions_and_stop(api):
+    body = api.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 30, "temperature": 0}).json()
+    text = body["choices"][0]["text"]
+    stopped = api.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 30, "temperature": 0,
+                                                "stop": [text[5:8]]}).json()["choices"][0]
+    assert stopped["text"] == text[:text.index(text[5:8])] and stopped["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("body, status, code", [
+    (b"{not json", 400, None),
+    (b'{"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}', 404, "model_not_found"),
+    (b'{"model": "tiny", "messages": []}', 400, "invalid_value"),
+    (b'{"model": "tiny", "messages": [{"role": "wizard", "content": "hi"}]}', 400, "invalid_value"),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}', 400, "invalid_value"),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "lots"}', 400, "invalid_value"),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "' + b"word " * 300 + b'"}]}', 400,
+     "context_length_exceeded"),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "' + b"x" * 5000 + b'"}]}', 413, "body_too_large"),
+])
+def test_bad_requests_get_specific_openai_errors(api, body, status, code):
+    response = api.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["message"] and error["code"] == code
+
+
+def test_models_lists_the_served_model_and_the_alias(api):
+    assert [m["id"] for m in api.get("/v1/models").json()["data"]] == ["tiny", "paladin"]
+
+
+def test_ollama_chat_streams_ndjson_by_default(api):
+    with api.stream("POST", "/api/chat", json={"model": "tiny:latest", "messages": [{"role": "user", "content": "hi"}],
+                                                "options": {"num_predict": 4}}) as response:
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert all(not line["done"] for line in lines[:-1])
+    assert lines[-1]["done"] and lines[-1]["eval_count"] == 4 and lines[-1]["done_reason"] == "length"
+
+
+def test_ollama_generate_tags_show_version_and_errors(api):
+    body = api.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False,
+                                           "options": {"num_predict": 3}}).json()
+    assert body["done"] and body["eval_count"] == 3 and body["response"]
+    assert api.get("/api/tags").json()["models"][0]["name"] == "tiny:latest"
+    assert api.post("/api/show", json={"model": "tiny"}).json()["details"]["format"] == "gguf"
+    assert api.get("/api/version").json()["version"]
+    missing = api.post("/api/chat", json={"model": "llama3", "messages": [{"role": "user", "content": "x"}]})
+    assert missing.status_code == 404 and "does not exist" in missing.json()["error"]
+
+
+def test_conversations_are_kept(api):
+    conversation = api.post("/conversations", json={"title": "First"}).json()
+    with api.stream("POST", f"/conversations/{conversation['id']}/messages", json={"content": "hello"}) as response:
+        events = [json.loads(line.removeprefix("data: ")) for line in response.iter_lines() if line]
+    reply = "".join(e.get("text", "") for e in events)
+    assert events[-1]["done"]
+    stored = api.get(f"/conversations/{conversation['id']}").json()["messages"]
+    assert [(m["role"], m["content"]) for m in stored] == [("user", "hello"), ("assistant", reply)]
+    assert api.delete(f"/conversations/{conversation['id']}").status_code == 204
+    assert api.get(f"/conversations/{conversation['id']}").status_code == 404
+
+
+def test_metrics_count_requests_and_tokens(api):
+    chat(api, max_tokens=2)
+    text = api.get("/metrics").text
+    assert 'paladin_requests_total{route="/v1/chat",status="200"}' in text
+    assert "paladin_model_loaded 1" in text
+    assert "paladin_tokens_generated_total" in text
+
+
+def test_ignore_eos_generates_exactly_max_tokens(api):
+    body = api.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 9, "ignore_eos": True}).json()
+    assert body["usage"]["completion_tokens"] == 9
+
+
+def test_an_update_request_is_handed_to_the_updater(api):
+    response = api.post("/update", json={"source": "online", "reboot": False})
+    assert response.status_code == 202
+    assert json.loads((api.data_dir / "requests/update.json").read_text()) == {"source": "online", "reboot": False}
+    assert api.get("/update").json()["pending"] is True
+    assert channel.take(api.data_dir, "update") == channel.UpdateRequest(source="online", reboot=False)
+
+
+def test_an_update_request_names_a_configured_source_never_a_url(api):
+    response = api.post("/update", json={"source": "http://10.0.0.2/repo"})
+    assert response.status_code == 400 and "the configured repository" in response.json()["error"]["message"]
+    assert not (api.data_dir / "requests/update.json").exists()
+
+
+def test_the_owner_sets_the_update_repository(api):
+    refused = api.put("/update/settings", json={"url": "ftp://x/repo"})
+    assert refused.status_code == 400
+    assert "update.url: 'ftp://x/repo' is not allowed" in refused.json()["error"]["message"]
+    saved = api.put("/update/settings", json={"url": "http://10.0.0.2/repo", "automatic": True})
+    assert saved.status_code == 200 and saved.json()["url"] == "http://10.0.0.2/repo"
+    owner = config.load(None, {"data_dir": str(api.data_dir)})
+    assert (owner.update.url, owner.update.automatic) == ("http://10.0.0.2/repo", True)
+    assert api.put("/update/settings", json={"command": "rm -rf /"}).status_code == 400
+
+
+def test_a_bundle_upload_streams_past_the_body_limit(api):
+    bundle = bytes(range(256)) * 40  # 10 KiB against the 4 KiB JSON body limit
+    response = api.put("/update/bundle?reboot=false", content=bundle)
+    assert response.status_code == 202 and response.json()["bytes"] == len(bundle)
+    assert (api.data_dir / "requests/update.bundle").read_bytes() == bundle
+    assert json.loads((api.data_dir / "requests/update.json").read_text()) == {"source": "bundle", "reboot": False}
+
+
+def test_the_inference_probe_is_only_for_the_box_itself(api):
+    response = api.get("/health?probe=1", headers={"Authorization": ""})
+    assert response.status_code == 403

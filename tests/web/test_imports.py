@@ -1,0 +1,27 @@
+"""The web worker runs unprivileged: once its app exists, nothing root-only is imported in it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+SCRIPT = """
+import json, sys
+from appliance import config
+from appliance.web.app import create_app
+create_app(config.parse({"data_dir": sys.argv[1]}))
+print(json.dumps(sorted(sys.modules)))
+"""
+# What the worker may take from the updater: its state files and the running version, nothing else.
+ALLOWED_FROM_UPDATE = {"appliance.update", "appliance.update.status"}
+
+
+def test_the_web_worker_imports_no_updater_no_tuf_and_no_host_code(tmp_path):
+    out = subprocess.run([sys.executable, "-c", SCRIPT, tmp_path], capture_output=True, text=True, check=True)
+    modules = set(json.loads(out.stdout))
+    assert "appliance.web.app" in modules and "appliance.inference.engine" in modules
+    assert {m for m in modules if m.startswith("appliance.update")} == ALLOWED_FROM_UPDATE
+    assert not {m for m in modules if m.split(".")[0] in ("tuf", "securesystemslib", "buildhost")}
