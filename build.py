@@ -33,6 +33,7 @@ import sys
 from pathlib import Path
 
 from appliance import facts
+from appliance.verbs import arg, parser, verb
 from buildhost import CACHE, ROOT
 from buildhost.image import BUILD_PACKAGES, build_image, check_version, default_keys, default_version
 from buildhost.qemu import QEMU, boot, image_arch
@@ -115,70 +116,37 @@ def cmd_tiny_model(args) -> int:
     return 0
 
 
-def _demo_args(p):
-    p.add_argument("--port", type=int, default=facts.WEB_PORT)
-
-
-def _test_args(p):
-    p.add_argument("pytest_args", nargs=argparse.REMAINDER)
-
-
-def _wheels_args(p):
-    p.add_argument("--json", action="store_true")
-
-
-def _image_args(p):
-    p.add_argument("--arch", choices=sorted(facts.ARCHES), default="x86-64")
-    p.add_argument("--version", default=default_version(), help="dotted numbers; default: the time")
-    p.add_argument("--keys", default=str(default_keys()), help="release signing keys (made if missing)")
-    p.add_argument("--extra-tree", help="a directory laid over the image's root (the owner's own files)")
-    p.add_argument("--model", help="GGUF model to put on the data partition")
-    p.add_argument("--out", default=str(ROOT / "out"))
-    p.add_argument("--json", action="store_true")
-
-
-def _keys_args(p):
-    p.add_argument("action", choices=["init", "rotate"])
-    p.add_argument("--role", choices=["root", "targets", "snapshot", "timestamp"], help="for rotate")
-    p.add_argument("--keys", default=str(default_keys()))
-
-
-def _release_args(p):
-    p.add_argument("--image", help="the image built by `build.py image` (paladin_V_ARCH.raw)")
-    p.add_argument("--repo", required=True, help="the repository directory (serve it with any web server)")
-    p.add_argument("--keys", default=str(default_keys()))
-    p.add_argument("--refresh", action="store_true", help="only re-sign snapshot and timestamp")
-
-
-def _boot_args(p):
-    p.add_argument("--image", required=True)
-    p.add_argument("--port", type=int, default=facts.WEB_PORT)
-    p.add_argument("--arch", choices=sorted(facts.ARCHES), help="default: from the image's name")
-
-
-def _tiny_model_args(p):
-    p.add_argument("out")
-    p.add_argument("--size", choices=["small", "medium", "large"], default="small",
-                   help="about 5 MB, 70 MB or 620 MB")
-
-
+KEYS = arg("--keys", default=str(default_keys()), help="release signing keys (default ~/.config/paladin/keys)")
 VERBS = {
-    "demo": (cmd_demo, "build the x86-64 image with a real small model and boot it", _demo_args),
-    "test": (cmd_test, "install what the tests need and run them", _test_args),
-    "image": (cmd_image, "build a flashable disk image", _image_args),
-    "boot": (cmd_boot, "boot an image in qemu", _boot_args),
-    "keys": (cmd_keys, "make or rotate the release signing keys (python-tuf, ed25519)", _keys_args),
-    "release": (cmd_release, "add a built image to a TUF update repository, and write a bundle", _release_args),
-    "wheels": (cmd_wheels, "build or find the llama-cpp-python wheel", _wheels_args),
-    "tiny-model": (cmd_tiny_model, "write a generated GGUF model for tests and demos", _tiny_model_args),
+    "demo": verb(cmd_demo, "build the x86-64 image with a real small model and boot it",
+                 arg("--port", type=int, default=facts.WEB_PORT)),
+    "test": verb(cmd_test, "install what the tests need and run them (arguments go to pytest)",
+                 arg("pytest_args", nargs=argparse.REMAINDER)),
+    "image": verb(cmd_image, "build a flashable disk image",
+                  arg("--arch", choices=sorted(facts.ARCHES), default="x86-64"),
+                  arg("--version", default=default_version(), help="dotted numbers; default: the time"),
+                  KEYS, arg("--extra-tree", help="a directory laid over the image's root (the owner's own files)"),
+                  arg("--model", help="GGUF model to put on the data partition"),
+                  arg("--out", default=str(ROOT / "out")), arg("--json", action="store_true")),
+    "boot": verb(cmd_boot, "boot an image in qemu",
+                 arg("--image", required=True), arg("--port", type=int, default=facts.WEB_PORT),
+                 arg("--arch", choices=sorted(facts.ARCHES), help="default: from the image's name")),
+    "keys": verb(cmd_keys, "make or rotate the release signing keys (python-tuf, ed25519)",
+                 arg("action", choices=["init", "rotate"]),
+                 arg("--role", choices=["root", "targets", "snapshot", "timestamp"], help="for rotate"), KEYS),
+    "release": verb(cmd_release, "add a built image to a TUF update repository, and write a bundle",
+                    arg("--image", help="the image built by `build.py image` (paladin_V_ARCH.raw)"),
+                    arg("--repo", required=True, help="the repository directory (serve it with any web server)"),
+                    KEYS, arg("--refresh", action="store_true", help="only re-sign snapshot and timestamp")),
+    "wheels": verb(cmd_wheels, "build or find the llama-cpp-python wheel", arg("--json", action="store_true")),
+    "tiny-model": verb(cmd_tiny_model, "write a generated GGUF model for tests and demos", arg("out"),
+                       arg("--size", choices=["small", "medium", "large"], default="small",
+                           help="about 5 MB, 70 MB or 620 MB")),
 }
 
 
 def main() -> int:
-    top = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = top.add_subparsers(dest="verb", required=True)
-    for name, (_, help, arguments) in VERBS.items():
-        arguments(sub.add_parser(name, help=help))
+    top = parser("build.py", __doc__, VERBS)
     # Everything after `test` belongs to pytest, options included (argparse's REMAINDER would stop at them).
     args, rest = top.parse_known_args()
     if rest and args.verb != "test":
@@ -187,7 +155,7 @@ def main() -> int:
         args.pytest_args = [*rest, *args.pytest_args]
     CACHE.mkdir(parents=True, exist_ok=True)
     try:
-        return VERBS[args.verb][0](args)
+        return VERBS[args.verb].run(args)
     except StepError as err:
         print(f"build.py: {err}", file=sys.stderr)
         if err.hint:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from . import config as config_module, db as database, store, tokens
 from .config import ConfigError
+from .verbs import arg, parser, verb
 
 
 def _load(args) -> config_module.Config:
@@ -68,54 +68,29 @@ def cmd_config(args, config) -> None:
         print(json.dumps(config_module.to_dict(config), indent=2))
 
 
-def _serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="GGUF model to serve (overrides the configured one)")
-    p.add_argument("--listen", help="HOST:PORT to bind (overrides server.listen)")
-
-
-def _token_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["create", "revoke", "list"])
-    p.add_argument("--name", default="default")
-
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["list", "download", "import"])
-    p.add_argument("target", nargs="?", help="tier name (download) or file path (import)")
-
-
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["show", "schema", "docs"],
-                   help="the effective configuration, its JSON Schema, or its reference as Markdown")
-
-
 VERBS = {
-    "serve": (cmd_serve, "run the assistant service in the foreground", _serve_args),
-    "token": (cmd_token, "manage API tokens", _token_args),
-    "model": (cmd_model, "list, download or import models", _model_args),
-    "config": (cmd_config, "show the effective configuration, its JSON Schema or its reference", _config_args),
+    "serve": verb(cmd_serve, "run the assistant service in the foreground",
+                  arg("--model", help="GGUF model to serve (overrides the configured one)"),
+                  arg("--listen", help="HOST:PORT to bind (overrides server.listen)")),
+    "token": verb(cmd_token, "manage API tokens",
+                  arg("action", choices=["create", "revoke", "list"]), arg("--name", default="default")),
+    "model": verb(cmd_model, "list, download or import models", arg("action", choices=["list", "download", "import"]),
+                  arg("target", nargs="?", help="tier name (download) or file path (import)")),
+    "config": verb(cmd_config, "show the effective configuration, its JSON Schema or its reference",
+                   arg("action", choices=["show", "schema", "docs"])),
 }
-
-
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="paladin", description=__doc__)
-    sub = top.add_subparsers(dest="command", required=True)
-    for name, (handler, help, arguments) in VERBS.items():
-        p = sub.add_parser(name, help=help)
-        p.set_defaults(handler=handler)
-        p.add_argument("--config", help=f"system configuration file (default {config_module.SYSTEM_CONFIG})")
-        p.add_argument("--data-dir", help="data directory (overrides data_dir)")
-        arguments(p)
-    return top
+COMMON = (arg("--config", help=f"system configuration file (default {config_module.SYSTEM_CONFIG})"),
+          arg("--data-dir", help="data directory (overrides data_dir)"))
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parser().parse_args(argv)
+    args = parser("paladin", __doc__, VERBS, COMMON).parse_args(argv)
     if getattr(args, "action", None) in ("download", "import") and not args.target:
         raise SystemExit(f"paladin: model {args.action} needs a target")
     try:
         config = _load(args)
-        args.handler(args, config)
+        VERBS[args.verb].run(args, config)
     except ConfigError as err:
         raise SystemExit(f"paladin: configuration error: {err}") from None
     except (store.StoreError, database.DatabaseError) as err:

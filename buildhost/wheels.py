@@ -125,7 +125,7 @@ def run_in_venv(module: str, *argv) -> None:
     """Run a host module that needs the venv's packages (python-tuf, numpy, gguf): `python -m buildhost.M`."""
     python = ensure_venv()
     if subprocess.run([python, "-c", "import tuf, gguf, appliance"], capture_output=True).returncode:
-        install(python, "")
+        install(python, "host")
     run([python, "-m", f"buildhost.{module}", *argv], cwd=ROOT, hint="the message above says what is wrong")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import json
@@ -10,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .. import command, config as config_module
+from ..verbs import arg, parser, verb
 from .assess import assess, attempt, boot_failed
 from .install import install, run_service
 from .progress import UpdateError, write_json
@@ -75,40 +75,27 @@ def cmd_boot_failed(args) -> None:
     boot_failed()  # needs no configuration: it must work when the configuration is what broke
 
 
-def _status_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--save", action="store_true", help="write it where the web UI reads it")
-
-
-def _install_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="an http(s) repository URL, a repository directory or a bundle file")
-    p.add_argument("--reboot", action="store_true", help="reboot into the new version when installed")
-
-
-# verb: (handler, help, arguments, whether the web UI's snapshot is refreshed afterwards)
 VERBS = {
-    "status": (cmd_status, "slots, versions, which is booted and good, the last attempts", _status_args, False),
-    "install": (cmd_install, "verify and install the newest release from a URL, directory or bundle",
-                _install_args, True),
-    "run": (cmd_run, "paladin-update.service: handle the web UI's request or the automatic update", None, True),
-    "assess": (cmd_assess, "paladin-health.service: check that this boot's assistant answers", None, True),
-    "boot-failed": (cmd_boot_failed, "record a failed assessment and reboot while tries are left", None, True),
+    "status": verb(cmd_status, "slots, versions, which is booted and good, the last attempts",
+                   arg("--json", action="store_true"),
+                   arg("--save", action="store_true", help="write it where the web UI reads it")),
+    "install": verb(cmd_install, "verify and install the newest release from a URL, directory or bundle",
+                    arg("source", help="an http(s) repository URL, a repository directory or a bundle file"),
+                    arg("--reboot", action="store_true", help="reboot into the new version when installed")),
+    "run": verb(cmd_run, "paladin-update.service: handle the web UI's request or the automatic update"),
+    "assess": verb(cmd_assess, "paladin-health.service: check that this boot's assistant answers"),
+    "boot-failed": verb(cmd_boot_failed, "record a failed assessment and reboot while tries are left"),
 }
+# Whatever these did, the web UI must see the state they left.
+SNAPSHOT_AFTER = ("install", "run", "assess", "boot-failed")
 
 
 def main(argv: list[str] | None = None) -> None:
-    top = argparse.ArgumentParser(prog="paladin-update", description=__doc__)
-    sub = top.add_subparsers(dest="verb", required=True)
-    for name, (handler, help, arguments, _) in VERBS.items():
-        p = sub.add_parser(name, help=help)
-        if arguments:
-            arguments(p)
-    args = top.parse_args(argv)
-    handler, _, _, snapshot_after = VERBS[args.verb]
+    args = parser("paladin-update", __doc__, VERBS).parse_args(argv)
     try:
-        if snapshot_after:
-            atexit.register(save_snapshot)  # whatever happened, the web UI sees the state it left
-        handler(args)
+        if args.verb in SNAPSHOT_AFTER:
+            atexit.register(save_snapshot)
+        VERBS[args.verb].run(args)
     except (UpdateError, config_module.ConfigError, command.CommandError, OSError) as err:
         print(f"paladin-update: {err}", file=sys.stderr)
         raise SystemExit(1) from None
