@@ -15,6 +15,7 @@
                                     re-sign snapshot and timestamp (at least every 14 days)
     ./build.py boot --image FILE [--port P]
                                     boot an image in qemu; the box's web port is 127.0.0.1:P
+    ./build.py bench NAME [ARGS]     run a benchmark of tests/bench/ (run, image, update, powercut)
     ./build.py tiny-model OUT [--size S]
                                     write a generated GGUF model (random weights, real speed)
 
@@ -61,6 +62,12 @@ def cmd_test(args) -> int:
     say("running the tests")
     code = subprocess.run([python, "-m", "pytest", *args.pytest_args], cwd=ROOT).returncode
     return 1 if code == 5 else code  # 5 = no test ran: that is a failure, not a pass
+
+
+def cmd_bench(args) -> int:
+    """A benchmark of tests/bench/, with everything it needs installed first (as for the tests)."""
+    python = prepare("test", TEST_PACKAGES)
+    return subprocess.run([python, "-m", f"tests.bench.{args.name}", *args.bench_args], cwd=ROOT).returncode
 
 
 def cmd_wheels(args) -> int:
@@ -116,6 +123,7 @@ def cmd_tiny_model(args) -> int:
     return 0
 
 
+BENCHMARKS = sorted(p.stem for p in (ROOT / "tests/bench").glob("*.py"))
 KEYS = arg("--keys", default=str(default_keys()), help="release signing keys (default ~/.config/paladin/keys)")
 VERBS = {
     "demo": verb(cmd_demo, "build the x86-64 image with a real small model and boot it",
@@ -138,6 +146,8 @@ VERBS = {
                     arg("--image", help="the image built by `build.py image` (paladin_V_ARCH.raw)"),
                     arg("--repo", required=True, help="the repository directory (serve it with any web server)"),
                     KEYS, arg("--refresh", action="store_true", help="only re-sign snapshot and timestamp")),
+    "bench": verb(cmd_bench, "run a benchmark (tests/bench/NAME.py; arguments go to it), installing what it needs",
+                  arg("name", choices=BENCHMARKS), arg("bench_args", nargs=argparse.REMAINDER)),
     "wheels": verb(cmd_wheels, "build or find the llama-cpp-python wheel", arg("--json", action="store_true")),
     "tiny-model": verb(cmd_tiny_model, "write a generated GGUF model for tests and demos", arg("out"),
                        arg("--size", choices=["small", "medium", "large"], default="small",
@@ -147,12 +157,14 @@ VERBS = {
 
 def main() -> int:
     top = parser("build.py", __doc__, VERBS)
-    # Everything after `test` belongs to pytest, options included (argparse's REMAINDER would stop at them).
+    # Everything after `test` belongs to pytest and after `bench NAME` to the benchmark, options included
+    # (argparse's REMAINDER stops at an option that comes first).
     args, rest = top.parse_known_args()
-    if rest and args.verb != "test":
+    passed_on = {"test": "pytest_args", "bench": "bench_args"}.get(args.verb)
+    if rest and passed_on is None:
         top.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.verb == "test":
-        args.pytest_args = [*rest, *args.pytest_args]
+    if passed_on:
+        setattr(args, passed_on, [*rest, *getattr(args, passed_on)])
     CACHE.mkdir(parents=True, exist_ok=True)
     try:
         return VERBS[args.verb].run(args)

@@ -66,8 +66,8 @@ def _new_key(keys: Path, role: str) -> CryptoSigner:
 
 
 def _save_root(keys: Path, root: Metadata) -> None:
-    _write(root, keys / f"{root.signed.version}.root.json")
-    shutil.copy(keys / f"{root.signed.version}.root.json", keys / "root.json")
+    for name in (f"{root.signed.version}.root.json", "root.json"):
+        _write(root, keys / name)
 
 
 def keys_init(keys: Path) -> None:
@@ -172,7 +172,7 @@ class Repository:
         self.metadata.mkdir(parents=True, exist_ok=True)
         for root in self.keys.glob("*.root.json"):
             if root.name[0].isdigit():
-                shutil.copy(root, self.metadata / root.name)
+                files.write(self.metadata / root.name, root.read_bytes())
         if targets is not None:
             targets.signed.expires = _expiry("targets", expiry_days)
             targets.signatures.clear()

@@ -1,8 +1,8 @@
 """Image benchmarks, each against a baseline measured in the same run (x86-64, qemu under TCG).
 
-    .venv/bin/python -m tests.bench.image [--arch x86-64|arm64] [--json FILE]
+    ./build.py bench image [--arch x86-64|arm64] [--json FILE]
 
-(after `./build.py test` has made .venv; it installs qemu and the firmware of the architecture itself)
+(build.py installs what it needs first; the boot installs qemu and the firmware of the architecture)
 
 For arm64 (built through qemu-user, booted under TCG on an x86-64 host) it measures the build and
 boot to /health 200 only.

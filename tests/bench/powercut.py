@@ -1,6 +1,6 @@
 """The long power-cut run: N random power cuts during an update (x86-64, qemu under TCG).
 
-    .venv/bin/python -m tests.bench.powercut [--points 20] [--seed S] [--json FILE]
+    ./build.py bench powercut [--points 20] [--seed S] [--json FILE]
 
 Builds v1 and v2 with fresh signing keys, releases v2 (a bundle), then for each point installs the
 bundle on a box running v1 (with a conversation written on it) and kills qemu at a random moment of one

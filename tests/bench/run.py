@@ -1,6 +1,6 @@
 """Service benchmarks, each against a baseline measured in the same run.
 
-    .venv/bin/python -m tests.bench.run [--quick] [--json FILE]
+    ./build.py bench run [--quick] [--json FILE]
 
 * streaming generation speed through the service (HTTP, SSE) divided by a bare
   llama.cpp decode loop through its C API, same model, threads and prompt,

@@ -1,6 +1,6 @@
 """Update benchmarks (x86-64, qemu under TCG), each against a baseline measured in the same run.
 
-    .venv/bin/python -m tests.bench.update [--json FILE]
+    ./build.py bench update [--json FILE]
 
 * apply time: paladin-update's write + verify + UKI phases for a downloaded release, divided by a
   raw `dd` (conv=fsync) of the same uncompressed root image onto the same slot of the same virtual
