@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
-from . import config as config_module, db as database, store, tokens
+from . import config as config_module, db as database, logs, store, tokens
 from .config import ConfigError
 from .verbs import arg, parser, verb
 
@@ -84,7 +83,7 @@ COMMON = (arg("--config", help=f"system configuration file (default {config_modu
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logs.setup()
     args = parser("paladin", __doc__, VERBS, COMMON).parse_args(argv)
     if getattr(args, "action", None) in ("download", "import") and not args.target:
         raise SystemExit(f"paladin: model {args.action} needs a target")

@@ -6,6 +6,8 @@ import secrets
 import sqlite3
 import time
 
+from .db import transaction
+
 
 def create(db: sqlite3.Connection, title: str) -> dict:
     now = time.time()
@@ -28,13 +30,17 @@ def get(db: sqlite3.Connection, conversation_id: str) -> dict | None:
     return dict(row) | {"messages": [dict(m) for m in messages]}
 
 
-def add_message(db: sqlite3.Connection, conversation_id: str, role: str, content: str) -> None:
+def add_message(db: sqlite3.Connection, conversation_id: str, role: str, content: str) -> bool:
+    """Store a message; False (and nothing written) when the conversation was deleted meanwhile."""
     now = time.time()
-    db.execute("BEGIN")
-    db.execute("INSERT INTO messages (conversation, role, content, created) VALUES (?, ?, ?, ?)",
-               (conversation_id, role, content, now))
-    db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
-    db.execute("COMMIT")
+    try:
+        with transaction(db):
+            db.execute("INSERT INTO messages (conversation, role, content, created) VALUES (?, ?, ?, ?)",
+                       (conversation_id, role, content, now))
+            db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
+    except sqlite3.IntegrityError:  # the conversation is gone (FOREIGN KEY constraint failed)
+        return False
+    return True
 
 
 def delete(db: sqlite3.Connection, conversation_id: str) -> bool:

@@ -5,6 +5,11 @@ from __future__ import annotations
 from collections import Counter
 
 
+def _label(value: str) -> str:
+    """A label value as the exposition format escapes it: no line or quote can break out."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class Metrics:
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, int]] = Counter()
@@ -28,7 +33,7 @@ class Metrics:
             "# HELP paladin_requests_total HTTP requests by route and status.",
             "# TYPE paladin_requests_total counter",
         ]
-        lines += [f'paladin_requests_total{{route="{route}",status="{status}"}} {n}'
+        lines += [f'paladin_requests_total{{route="{_label(route)}",status="{status}"}} {n}'
                   for (route, status), n in sorted(self.requests.items())]
         for name, kind, value, help in (
             ("queue_depth", "gauge", self.queue_depth, "Requests waiting for the model."),

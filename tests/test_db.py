@@ -53,3 +53,20 @@ def test_a_newer_database_without_a_snapshot_is_a_clear_error(tmp_path):
     conn.close()
     with pytest.raises(database.DatabaseError, match="no snapshot"):
         database.connect(path)
+
+
+def test_a_failed_write_rolls_back_and_the_connection_stays_usable(tmp_path):
+    """A reply stored after its conversation was deleted: refused, and later writes still work."""
+    conn = database.connect(tmp_path / "paladin.db")
+    gone = conversations.create(conn, "deleted while its reply streams")["id"]
+    conversations.delete(conn, gone)
+    assert conversations.add_message(conn, gone, "assistant", "too late") is False
+    assert not conn.in_transaction
+    kept = conversations.create(conn, "next")["id"]
+    assert conversations.add_message(conn, kept, "user", "still works")
+    assert conversations.get(conn, kept)["messages"][0]["content"] == "still works"
+
+
+def test_commits_are_durable_when_they_return(tmp_path):
+    conn = database.connect(tmp_path / "paladin.db")
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL

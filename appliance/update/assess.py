@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -51,6 +52,12 @@ def assess(config: config_module.Config, state: Path = STATE, deadline: float = 
         if health.get("status") == "ok":
             try:
                 probe = _get(f"{base}/health?probe=1")
+            except urllib.error.HTTPError as err:
+                reason = f"one-token inference failed: HTTP {err.code}"
+                if err.code in (429, 503):  # busy or still loading: ask again until the deadline
+                    time.sleep(2)
+                    continue
+                break
             except (OSError, ValueError) as err:
                 reason = f"one-token inference failed: {err}"
                 break

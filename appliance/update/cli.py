@@ -5,16 +5,18 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import sys
+import logging
 from pathlib import Path
 
-from .. import command, config as config_module
+from .. import command, config as config_module, logs
 from ..verbs import arg, parser, verb
 from .assess import assess, attempt, boot_failed
 from .install import install, run_service
 from .progress import UpdateError, write_json
 from .slots import kernels, machine_arch, slots
 from .status import STATE, progress, read_state, running_version
+
+log = logging.getLogger("paladin-update")
 
 
 def status(state: Path = STATE) -> dict:
@@ -92,10 +94,11 @@ SNAPSHOT_AFTER = ("install", "run", "assess", "boot-failed")
 
 def main(argv: list[str] | None = None) -> None:
     args = parser("paladin-update", __doc__, VERBS).parse_args(argv)
+    logs.setup()
     try:
         if args.verb in SNAPSHOT_AFTER:
             atexit.register(save_snapshot)
         VERBS[args.verb].run(args)
     except (UpdateError, config_module.ConfigError, command.CommandError, OSError) as err:
-        print(f"paladin-update: {err}", file=sys.stderr)
+        log.error("%s", err)
         raise SystemExit(1) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 
@@ -21,7 +22,7 @@ from ..inference.llama import ModelError
 from ..metrics import Metrics
 from ..update import status as update_status
 from . import chat, ollama_api, openai_api, updates
-from .auth import Identify, Identity, route
+from .auth import ROUTE_KEY, Identify, Identity, route
 from .http import BodyLimit, openai_error
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,14 @@ async def handle_service_error(request: Request, err: ServiceError):
     return error_response(request.url.path, err)
 
 
-LOOPBACK = ("127.0.0.1", "::1")
+def from_the_box(host: str | None) -> bool:
+    """A loopback peer, also as IPv6 sees IPv4 on a dual-stack socket (::ffff:127.0.0.1)."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 async def probe(engine: Engine) -> dict:
@@ -58,7 +66,7 @@ async def health(request: Request):
     status = engine.status()
     if request.query_params.get("probe"):
         # Inference on an unauthenticated route: only for the box itself (the boot assessment).
-        if request.client is None or request.client.host not in LOOPBACK:
+        if request.client is None or not from_the_box(request.client.host):
             return JSONResponse({"error": "the inference probe is only served to the box itself"}, status_code=403)
         if engine.state != "ready":
             return JSONResponse({"probe": "failed", "reason": engine.reason}, status_code=503)
@@ -94,8 +102,9 @@ class CountRequests:
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            route = "/".join(scope["path"].split("/")[:3]) or "/"  # bounded label set: no ids
-            self.metrics.request(route, status)
+            # The matched route's template (auth.ROUTE_KEY): a closed set of labels, whatever paths a
+            # client makes up; everything that reached no route counts under one label.
+            self.metrics.request(scope.get(ROUTE_KEY, "unmatched"), status)
 
 
 def routes() -> list:

@@ -28,6 +28,10 @@ from .. import tokens
 from ..errors import Unauthenticated
 
 
+# Where a route leaves its template in the ASGI scope, for labels from a closed set (metrics).
+ROUTE_KEY = "paladin.route"
+
+
 class Identity(enum.Enum):
     PUBLIC = "public"
     TOKEN = "API token"
@@ -70,6 +74,7 @@ def route(path: str, endpoint: Endpoint, *, needs: Identity, methods: list[str] 
     """A route whose endpoint runs only for a caller proven to be `needs`."""
 
     async def guarded(request: Request) -> Response:
+        request.scope[ROUTE_KEY] = path
         if needs not in request.state.identities:
             raise Unauthenticated(f"this needs a valid {needs.value} (Authorization: Bearer TOKEN, or HTTP Basic "
                                   "with the token as password); create one with 'paladin token create'")
@@ -82,6 +87,12 @@ def route(path: str, endpoint: Endpoint, *, needs: Identity, methods: list[str] 
 
 def public_files(path: str, directory) -> Mount:
     """Static files anyone may fetch: the web UI's scripts and styles, nothing of the owner's."""
-    made = Mount(path, StaticFiles(directory=directory), name="static")
+    files = StaticFiles(directory=directory)
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        scope[ROUTE_KEY] = path
+        await files(scope, receive, send)
+
+    made = Mount(path, app=serve, name="static")
     made.needs = Identity.PUBLIC
     return made

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from starlette.requests import Request
@@ -16,6 +17,7 @@ from ..inference.engine import Finished, Request as Generation
 from .auth import Identity, public_files, route
 from .http import field, read_json, unless_disconnected
 
+log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 
@@ -71,7 +73,9 @@ async def send(request: Request):
                     parts.append(event)
                     yield f"data: {json.dumps({'text': event})}\n\n"
         finally:
-            conversations.add_message(db, conversation["id"], "assistant", "".join(parts))
+            if not conversations.add_message(db, conversation["id"], "assistant", "".join(parts)):
+                log.info("conversation %s was deleted while its reply streamed; the reply is dropped",
+                         conversation["id"])
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

@@ -52,8 +52,10 @@ async def read_json(request: Request) -> dict:
     body = await request.body()
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InvalidRequest(f"the request body is not valid JSON: {err}") from None
+    except ValueError as err:  # also UTF-8 errors, and an integer longer than Python converts (4300 digits)
+        raise InvalidRequest(f"the request body is not valid JSON: {str(err)[:200]}") from None
+    except RecursionError:
+        raise InvalidRequest("the request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return data

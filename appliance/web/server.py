@@ -7,11 +7,21 @@ engine's queue decides who generates next.
 
 from __future__ import annotations
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from uvicorn_worker import UvicornWorker
 
-from .. import systemd
+from .. import logs, systemd
 from ..config import Config
+
+
+class Logger(glogging.Logger):
+    """gunicorn's own lines (arbiter and worker) with journald priorities, like the service's."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(logs.formatter())
 
 
 class Worker(UvicornWorker):
@@ -38,6 +48,7 @@ class Server(BaseApplication):
             "keepalive": 5,
             "accesslog": None,  # privacy: the box keeps no log of who asked what
             "errorlog": "-",
+            "logger_class": "appliance.web.server.Logger",
             "proc_name": "paladin",
             "control_socket_disable": True,  # gunicorn's runtime control socket: not needed, not wanted
         }

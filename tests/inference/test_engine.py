@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from appliance import config
-from appliance.errors import NotReady, PromptTooLong, QueueFull, ServiceError
+from appliance.errors import InvalidRequest, NotReady, PromptTooLong, QueueFull, ServiceError
 from appliance.inference.engine import Engine, Finished, Request, StopScanner
 from appliance.inference.llama import Sampling
 from appliance.metrics import Metrics
@@ -77,6 +77,26 @@ def test_stop_strings_are_found_across_token_boundaries():
     scanner = StopScanner(("END",))
     assert scanner.feed("EN") == ("", False)
     assert scanner.feed("x") == ("ENx", False)
+
+
+def test_stop_scanner_backs_off_within_a_partial_match():
+    scanner = StopScanner(("aab", "xyz"))
+    assert [scanner.feed(piece) for piece in ("aa", "a", "b")] == [("", False), ("a", False), ("", True)]
+    scanner = StopScanner(("abcd", "bc"))
+    assert scanner.feed("abc") == ("a", True)  # the first stop string to appear ends the text
+
+
+def test_stop_strings_are_bounded(tiny_model):
+    async def main():
+        engine = await started_engine(tiny_model)
+        try:
+            engine.submit(Request(prompt="x", max_tokens=4, stop=("a" * 400_000,)))
+        finally:
+            await engine.close()
+
+    with pytest.raises(InvalidRequest, match="at most 16 stop strings of at most 256 characters") as err:
+        asyncio.run(main())
+    assert err.value.param == "stop"
 
 
 def test_stop_string_ends_generation(tiny_model):

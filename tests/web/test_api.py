@@ -6,7 +6,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from appliance import channel, config, db as database, tokens
-from appliance.web.app import create_app
+from appliance.web.app import create_app, from_the_box
 
 pytestmark = pytest.mark.unit
 
@@ -129,12 +129,49 @@ def test_conversations_are_kept(api):
     assert api.get(f"/conversations/{conversation['id']}").status_code == 404
 
 
+def test_a_conversation_deleted_while_its_reply_streams_breaks_nothing(api):
+    conversation = api.post("/conversations", json={"title": "doomed"}).json()
+    with api.stream("POST", f"/conversations/{conversation['id']}/messages", json={"content": "hello"}) as response:
+        lines = response.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        assert api.delete(f"/conversations/{conversation['id']}").status_code == 204
+        list(lines)
+    after = api.post("/conversations", json={"title": "after"}).json()
+    with api.stream("POST", f"/conversations/{after['id']}/messages", json={"content": "hi"}) as response:
+        assert response.status_code == 200 and list(response.iter_lines())
+    assert [m["role"] for m in api.get(f"/conversations/{after['id']}").json()["messages"]] == ["user", "assistant"]
+
+
 def test_metrics_count_requests_and_tokens(api):
     chat(api, max_tokens=2)
     text = api.get("/metrics").text
-    assert 'paladin_requests_total{route="/v1/chat",status="200"}' in text
+    assert 'paladin_requests_total{route="/v1/chat/completions",status="200"}' in text
     assert "paladin_model_loaded 1" in text
     assert "paladin_tokens_generated_total" in text
+
+
+def test_metrics_labels_are_route_templates_whatever_the_paths(api):
+    """Made-up paths, ids and injected quotes and newlines add no label and no line."""
+    before = api.get("/metrics").text.count("\n")
+    for n in range(200):
+        api.get(f"/nothing/{n}", headers={"Authorization": ""})
+        api.get(f'/conversations/{n}%22%0Afake_metric 1', headers={"Authorization": ""})
+    text = api.get("/metrics").text
+    assert text.count("\n") <= before + 3  # at most the new label sets: unmatched/404, {id}/401, /metrics
+    assert 'route="unmatched",status="404"' in text and 'route="/conversations/{id}",status="401"' in text
+    assert "fake_metric" not in text
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b'{"max_tokens": ' + b"9" * 5000 + b"}",
+                                  b'{"model": "\xff"}'], ids=["nested", "long-number", "bad-utf8"])
+def test_hostile_json_is_a_400_not_a_500(tmp_path, body):
+    cfg = config.parse({"data_dir": str(tmp_path)})  # the default body limit (1 MiB) lets these through
+    token = tokens.create(database.connect(cfg.database_path), "test")
+    with TestClient(create_app(cfg), headers={"Authorization": f"Bearer {token}"}) as client:
+        for path in ("/v1/chat/completions", "/api/chat"):
+            response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+            assert response.status_code == 400, response.text
+            assert "not valid JSON" in response.text or "nested too deeply" in response.text
 
 
 def test_ignore_eos_generates_exactly_max_tokens(api):
@@ -173,6 +210,13 @@ def test_a_bundle_upload_streams_past_the_body_limit(api):
     assert response.status_code == 202 and response.json()["bytes"] == len(bundle)
     assert (api.data_dir / "requests/update.bundle").read_bytes() == bundle
     assert json.loads((api.data_dir / "requests/update.json").read_text()) == {"source": "bundle", "reboot": False}
+
+
+@pytest.mark.parametrize("host, ok", [("127.0.0.1", True), ("::1", True), ("::ffff:127.0.0.1", True),
+                                      ("127.0.0.2", True), ("10.0.0.2", False), ("::ffff:10.0.0.2", False),
+                                      ("testclient", False), (None, False)])
+def test_the_box_itself_includes_loopback_on_a_dual_stack_socket(host, ok):
+    assert from_the_box(host) is ok
 
 
 def test_the_inference_probe_is_only_for_the_box_itself(api):
