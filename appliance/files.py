@@ -8,7 +8,12 @@ promise that a rename without it is on disk).
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+
+# Kept free on the data partition, whatever a download or an upload wants: the database, the journal
+# and the updater's state must always be writable.
+RESERVE_BYTES = 64 * 2**20
 
 
 def partial(path: Path) -> Path:
@@ -45,3 +50,12 @@ def write(path: Path, data: bytes, mode: int = 0o644) -> Path:
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
+
+
+def shortfall(directory: Path, needed: int) -> str | None:
+    """Why `needed` more bytes may not be written under `directory`, or None when they may."""
+    free = shutil.disk_usage(directory).free
+    if needed + RESERVE_BYTES <= free:
+        return None
+    return (f"not enough space on the data partition: {needed} bytes needed, {free} free "
+            f"({RESERVE_BYTES // 2**20} MiB are kept for the database)")

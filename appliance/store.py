@@ -8,7 +8,6 @@ are checked against the pinned SHA-256, and only then renamed into place.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -99,9 +98,8 @@ def _commit(part: Path, digest: str, expected: str | None, dest: Path) -> Path:
 
 
 def _ensure_space(directory: Path, needed: int) -> None:
-    free = shutil.disk_usage(directory).free
-    if free < needed:
-        raise StoreError(f"not enough space on the data partition: {needed} bytes needed, {free} free")
+    if problem := files.shortfall(directory, needed):
+        raise StoreError(problem)
 
 
 def download(url: str, sha256: str, models: Path, name: str, progress: Progress | None = None,

@@ -27,6 +27,13 @@ def attempt(state: Path, result: str, reason: str) -> dict:
     return record
 
 
+def failed_versions(state: Path = STATE) -> frozenset[str]:
+    """Versions whose boots on this box failed their assessment and never passed it."""
+    attempts = read_state(state / "attempts.json", [])
+    good = {a.get("version") for a in attempts if a.get("result") == "good"}
+    return frozenset(a.get("version") for a in attempts if a.get("result") == "failed") - good
+
+
 def _get(url: str, timeout: float = 60) -> dict:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read())

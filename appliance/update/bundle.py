@@ -27,15 +27,47 @@ BUNDLE_MARKER = "paladin-bundle.json"
 BUNDLE_FORMAT = 1
 # Far above any real release (three targets and their metadata); a bound keeps a hostile file small.
 BUNDLE_MAX_MEMBERS = 256
+BLOCK = 512
+EXTENDED_HEADERS = (b"x", b"g", b"L", b"K")  # pax and GNU long-name records
+EXTENDED_MAX_BYTES = 64 * 1024  # our names are short; a real record is a few hundred bytes
 
 
 class BundleError(ValueError):
     """An uploaded file is not a usable bundle; the message says why."""
 
 
+def _walk_headers(bundle: BinaryIO) -> None:
+    """Read the raw tar headers before tarfile does: tarfile would read a pax or GNU long-name record
+    into memory whole, as root, whatever size its header claims; here no record is read at all, and
+    the count and sizes are bounded first."""
+    bundle.seek(0)
+    for _ in range(2 * BUNDLE_MAX_MEMBERS + 1):  # a member may bring one extended header
+        header = bundle.read(BLOCK)
+        if header == bytes(BLOCK):
+            bundle.seek(0)
+            return
+        if len(header) < BLOCK:
+            raise BundleError("not a PAL-adin update bundle (a truncated tar archive)")
+        field = header[124:136]
+        try:  # octal, or base-256 (GNU) for members of 8 GiB and more
+            size = int.from_bytes(field[1:], "big") if field[0] & 0x80 else int(field.rstrip(b"\0 ") or b"0", 8)
+        except ValueError:
+            raise BundleError("not a PAL-adin update bundle (a damaged tar header)") from None
+        if header[156:157] in EXTENDED_HEADERS and size > EXTENDED_MAX_BYTES:
+            raise BundleError(f"not a PAL-adin update bundle (a {size}-byte extended tar header)")
+        bundle.seek(-(-size // BLOCK) * BLOCK, 1)
+    raise BundleError(f"not a PAL-adin update bundle (more than {BUNDLE_MAX_MEMBERS} files)")
+
+
+def unpacked_size(bundle: BinaryIO) -> int:
+    """What unpacking `bundle` writes, at most: its own size (a tar stores members uncompressed)."""
+    return bundle.seek(0, 2)
+
+
 def open_bundle(bundle: BinaryIO, dest: Path) -> dict:
     """Unpack the open file `bundle` into the empty directory `dest`, refusing anything but plain files
     in metadata/ and targets/; returns the bundle's marker."""
+    _walk_headers(bundle)
     try:
         tar = tarfile.open(fileobj=bundle, mode="r:")
     except (tarfile.TarError, OSError) as err:

@@ -12,14 +12,18 @@ file).  Nothing but the updater's state directory is written.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import shutil
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import urllib3
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
@@ -34,15 +38,38 @@ TRUSTED_ROOT = Path(facts.TRUSTED_ROOT)
 Source = str | BinaryIO  # a URL or a repository directory, or an open bundle file
 
 
+# A mirror must keep up this average once a transfer is GRACE_SECONDS old (curl's --speed-limit):
+# the socket timeout alone lets a server that sends a byte every few seconds stall the box forever.
+MIN_BYTES_PER_SECOND = 4096
+GRACE_SECONDS = 30
+
+
 class CountingFetcher(Urllib3Fetcher):
     def __init__(self, progress: Progress):
-        super().__init__(app_user_agent="paladin-update")
+        super().__init__(socket_timeout=30, app_user_agent="paladin-update")
         self.progress = progress
 
     def _fetch(self, url: str) -> Iterator[bytes]:
+        started, received = time.monotonic(), 0
         for chunk in super()._fetch(url):
+            received += len(chunk)
             self.progress.add(len(chunk))
+            elapsed = time.monotonic() - started
+            if elapsed > GRACE_SECONDS and received < MIN_BYTES_PER_SECOND * elapsed:
+                raise tuf_errors.DownloadError(f"{url} arrives at {received / elapsed:.0f} bytes/s, below the "
+                                               f"{MIN_BYTES_PER_SECOND} bytes/s a mirror must keep up; try again later")
             yield chunk
+
+    def _chunks(self, response) -> Iterator[bytes]:
+        """Each piece as it arrives (read1), not a fixed-size chunk that a dripping server could take
+        days to fill before the speed check above ever runs."""
+        try:
+            while data := response.read1(self.chunk_size):
+                yield data
+        except urllib3.exceptions.HTTPError as err:
+            raise tuf_errors.SlowRetrievalError(f"the transfer broke off: {err}") from None
+        finally:
+            response.release_conn()
 
 
 class DirectoryFetcher(FetcherInterface):
@@ -91,8 +118,40 @@ def _updater(source: str, state: Path, progress: Progress) -> Updater:
                    fetcher=fetcher, config=UpdaterConfig(app_user_agent="paladin-update"))
 
 
-def choose(targets: Targets, arch: str, running: str) -> tuple[str, dict[str, TargetFile]]:
-    """The newest complete release for `arch`; refuses other architectures and downgrades."""
+def _judge_as_of_its_timestamp(updater: Updater, timestamp: Path) -> None:
+    """An offline bundle is judged as of the moment its own signed timestamp expired, if that is past.
+
+    A person may carry a bundle to the box months after its release; the timestamp role's 14 days
+    are there to notice a frozen mirror, which a file in the owner's hand is not.  Everything else
+    still holds: every signature and threshold, the root chain, hashes and lengths, metadata
+    versions (never older than what the box trusts) and release versions (only forward).  A forged
+    expiry cannot move the moment: the timestamp's signature is checked before any expiry is.
+    docs/updates.md's threat model says what this gives up.  python-tuf has no public setting for
+    its reference time; tuf is pinned below 7 and tests/update/test_update.py covers both sides.
+    """
+    try:
+        expires = Metadata.from_file(str(timestamp)).signed.expires
+    except (OSError, ValueError, tuf_errors.RepositoryError):
+        return  # refresh() reports what is wrong with it
+    moment = expires - datetime.timedelta(seconds=1)
+    trusted = updater._trusted_set
+    trusted.reference_time = min(trusted.reference_time, moment)
+
+
+@dataclass(frozen=True)
+class Box:
+    """What this box can take: its architecture, the running version, the sizes of the slots an
+    update may write, and releases it will not take again (they failed their boot assessment)."""
+    arch: str
+    running: str
+    room: dict[str, int]
+    failed: frozenset[str] = frozenset()
+
+
+def choose(targets: Targets, box: Box) -> tuple[str, dict[str, TargetFile]]:
+    """The newest complete release for the box; refuses other architectures, downgrades and a
+    release that already failed here."""
+    arch, running = box.arch, box.running
     releases_by_arch: dict[str, dict[str, dict[str, TargetFile]]] = {}
     for info in targets.targets.values():
         custom = info.custom.get("paladin")
@@ -112,6 +171,9 @@ def choose(targets: Targets, arch: str, running: str) -> tuple[str, dict[str, Ta
                           f"this box runs {running}")
     if version == running:
         raise UpdateError(f"already up to date: {running} is the newest release")
+    if version in box.failed:
+        raise UpdateError(f"release {version} failed its boot assessment on this box; waiting for a newer one "
+                          f"(install it by hand to try it again)")
     missing = set(facts.KINDS) - set(mine[version])
     if missing:
         raise UpdateError(f"release {version} is incomplete: no {', '.join(sorted(missing))} target")
@@ -134,21 +196,23 @@ def _refusals(staging: Path) -> Iterator[None]:
         raise
 
 
-def verified_release(source: Source, state: Path, progress: Progress, *, arch: str, running: str,
-                     room: dict[str, int]) -> tuple[str, dict[str, TargetFile]]:
+def verified_release(source: Source, state: Path, progress: Progress, box: Box) -> tuple[str, dict[str, TargetFile]]:
     """Refresh the metadata from `source`, choose the release and download its targets into the staging
     directory, each checked by python-tuf; nothing else on the box is written."""
     with _refusals(state / "staging"):
-        return _verified_release(source, state, progress, arch=arch, running=running, room=room)
+        return _verified_release(source, state, progress, box)
 
 
-def _verified_release(source: Source, state: Path, progress: Progress, *, arch: str, running: str,
-                      room: dict[str, int]) -> tuple[str, dict[str, TargetFile]]:
+def _verified_release(source: Source, state: Path, progress: Progress, box: Box) -> tuple[str, dict[str, TargetFile]]:
     staging = state / "staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     (state / "tmp").mkdir(exist_ok=True)
-    if not isinstance(source, str):
+    offline = not isinstance(source, str)
+    if offline:
+        # unpacked, then staged (with python-tuf's temporary copy): before a byte is written
+        if problem := files.shortfall(state, 3 * bundle.unpacked_size(source)):
+            raise UpdateError(problem)
         unpacked = state / "bundle"
         shutil.rmtree(unpacked, ignore_errors=True)
         unpacked.mkdir()
@@ -158,27 +222,28 @@ def _verified_release(source: Source, state: Path, progress: Progress, *, arch: 
     elif not source.startswith(("http://", "https://")) and not (Path(source) / "metadata").is_dir():
         raise UpdateError(f"{source} is neither an update repository (no metadata/) nor a bundle file")
     updater = _updater(source, state, progress)
+    if offline:
+        _judge_as_of_its_timestamp(updater, Path(source) / "metadata/timestamp.json")
     updater.refresh()
     os.sync()  # python-tuf renames its metadata files without fsync: make the new versions (rollback
     # protection) durable before anything else happens
     targets = Metadata[Targets].from_file(str(state / "metadata/targets.json")).signed
-    version, chosen = choose(targets, arch, running)
+    version, chosen = choose(targets, box)
     progress.set(version=version)
     for kind in ("root", "verity"):
         need = chosen[kind].custom["paladin"]["raw_length"]
-        if need > room[kind]:
+        if need > box.room[kind]:
             raise UpdateError(f"release {version}'s {kind} image ({need} bytes) is larger than the slot "
-                              f"({room[kind]} bytes)")
+                              f"({box.room[kind]} bytes)")
     total = sum(info.length for info in chosen.values())
-    free = shutil.disk_usage(staging).free
-    if total * 2 > free:  # python-tuf keeps a verified temporary copy while writing the staged file
-        raise UpdateError(f"not enough space on the data partition: {total * 2} bytes needed, {free} free")
+    if problem := files.shortfall(staging, total * 2):  # python-tuf writes a temporary copy, then the staged file
+        raise UpdateError(problem)
     progress.set(phase="download", done=0, total=total)
     for info in chosen.values():
         updater.download_target(info, str(staging / Path(info.path).name))
     progress.set()
     uki = staging / Path(chosen["uki"].path).name
-    if (uki_arch := pe_arch(uki)) != arch:
+    if (uki_arch := pe_arch(uki)) != box.arch:
         raise UpdateError(f"release {version}'s UKI is built for {uki_arch or 'no known architecture'}, "
-                          f"this box is {arch}")
+                          f"this box is {box.arch}")
     return version, chosen

@@ -14,18 +14,20 @@ from pathlib import Path
 
 from .. import channel, command, config as config_module
 from . import bundle
-from .fetch import Source, verified_release
+from .assess import failed_versions
+from .fetch import Box, Source, verified_release
 from .progress import Progress, UpdateError
 from .slots import check_slot, empty_slot, esp, kernels, machine_arch, room, sha256_prefix, sysupdate
 from .status import STATE, running_version
 
 
-def install(source: Source, *, state: Path = STATE, reboot: bool = False) -> str:
-    """Verify and install the newest release from `source` (URL, directory or open bundle); returns its version."""
+def install(source: Source, *, state: Path = STATE, reboot: bool = False, retry_failed: bool = True) -> str:
+    """Verify and install the newest release from `source` (URL, directory or open bundle); returns its
+    version.  Without `retry_failed`, a release that failed its boot assessment here is not taken again."""
     label = source if isinstance(source, str) else "bundle"
     progress = Progress(state, source=label, phase="metadata")
     try:
-        version = _install(source, state, progress)
+        version = _install(source, state, progress, frozenset() if retry_failed else failed_versions(state))
     except (UpdateError, bundle.BundleError, command.CommandError, OSError) as err:
         progress.set(phase="failed", error=str(err))
         raise UpdateError(str(err)) from None
@@ -38,10 +40,9 @@ def install(source: Source, *, state: Path = STATE, reboot: bool = False) -> str
     return version
 
 
-def _install(source: Source, state: Path, progress: Progress) -> str:
+def _install(source: Source, state: Path, progress: Progress, failed: frozenset[str]) -> str:
     arch, running = machine_arch(), running_version()
-    version, chosen = verified_release(source, state, progress, arch=arch, running=running,
-                                       room=room(arch, running))
+    version, chosen = verified_release(source, state, progress, Box(arch, running, room(arch, running), failed))
     progress.set(phase="write")
     sysupdate("slot.d", version)
     progress.set(phase="verify")
@@ -74,7 +75,8 @@ def run_service(config: config_module.Config, state: Path = STATE) -> None:
     except channel.RequestError as err:
         Progress(state, phase="failed", error=f"refused the web UI's request: {err}")
         raise UpdateError(f"refused the web UI's request: {err}") from None
-    if request is None:
+    automatic = request is None
+    if automatic:
         if not (config.update.automatic and config.update.url):
             print("automatic updates are off (update.automatic); nothing to do")
             return
@@ -84,7 +86,7 @@ def run_service(config: config_module.Config, state: Path = STATE) -> None:
         if not config.update.url:
             Progress(state, phase="failed", error="no update repository is configured (update.url)")
             raise UpdateError("no update repository is configured: set update.url, or upload a bundle")
-        install(config.update.url, state=state, reboot=reboot)
+        install(config.update.url, state=state, reboot=reboot, retry_failed=not automatic)
         return
     uploaded = channel.attachment(data_dir, "update", "bundle")
     try:

@@ -7,8 +7,6 @@ bundle uploaded here.  The updater verifies everything with TUF and reports back
 
 from __future__ import annotations
 
-import shutil
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -21,6 +19,7 @@ from .http import field, read_json
 
 BUNDLE_PATH = "/update/bundle"
 BUNDLE_MAX_BYTES = 8 * 2**30
+SPACE_FACTOR = 4
 SETTINGS = ("url", "automatic", "reboot")
 
 
@@ -62,9 +61,10 @@ async def upload_bundle(request: Request):
     bundle = channel.attachment(data_dir, "update", "bundle")
     bundle.parent.mkdir(exist_ok=True)
     length = request.headers.get("content-length")
-    free = shutil.disk_usage(bundle.parent).free
-    if length and length.isdigit() and int(length) * 3 > free:  # the bundle, its unpacked copy, the staging
-        raise NoSpace(f"not enough space for a {length}-byte bundle ({free} bytes free)")
+    # The upload, then the updater's unpacked copy and its staged copy (with python-tuf's temporary one).
+    expected = int(length) if length and length.isdigit() else 0
+    if problem := files.shortfall(bundle.parent, SPACE_FACTOR * expected):
+        raise NoSpace(f"{problem}; the bundle needs {SPACE_FACTOR} times its size while it installs")
     partial = files.partial(bundle)
     size = 0
     try:
@@ -73,6 +73,8 @@ async def upload_bundle(request: Request):
                 size += len(chunk)
                 if size > BUNDLE_MAX_BYTES:
                     raise TooLarge(f"a bundle is at most {BUNDLE_MAX_BYTES} bytes")
+                if size > expected and (problem := files.shortfall(bundle.parent, len(chunk))):
+                    raise NoSpace(problem)  # no or a wrong Content-Length: never fill the partition
                 out.write(chunk)
         files.commit(partial, bundle)
     except BaseException:

@@ -5,15 +5,19 @@ The slot writing (systemd-sysupdate) and boot assessment run in qemu: tests/test
 
 import hashlib
 import json
+import os
+import subprocess
 import shutil
 import threading
+import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from appliance.update import bundle as bundles, fetch as update, progress
+from appliance import files
+from appliance.update import assess, bundle as bundles, fetch as update, progress
 from buildhost import release
 from fakes import fake_image
 
@@ -59,13 +63,14 @@ def box(tmp_path, keys, monkeypatch):
     return state
 
 
-def fetch(source, state, *, arch="x86-64", running="1", room=ROOM):
+def fetch(source, state, *, arch="x86-64", running="1", room=ROOM, failed=frozenset()):
     """What the updater fetches and verifies from `source` (a URL, a directory or a bundle file)."""
     record = progress.Progress(state, source=str(source))
+    box = update.Box(arch, running, room, failed)
     if Path(source).is_file():
         with open(source, "rb") as bundle:
-            return update.verified_release(bundle, state, record, arch=arch, running=running, room=room)
-    return update.verified_release(source, state, record, arch=arch, running=running, room=room)
+            return update.verified_release(bundle, state, record, box)
+    return update.verified_release(source, state, record, box)
 
 
 def test_online_release_is_verified_and_staged(served, box, repo):
@@ -152,6 +157,27 @@ def test_expired_timestamp(served, box, repo):
     refused(served, box, "ExpiredMetadataError")
 
 
+def test_an_offline_bundle_stays_installable_after_its_timestamp_expired(repo, box, tmp_path):
+    """Carried to the box long after release: judged as of its own timestamp's expiry."""
+    bundle = repo.release(fake_image(tmp_path / "images", "3"), expiry_days={"timestamp": -30, "snapshot": -29})
+    assert fetch(str(bundle), box)[0] == "3"
+
+
+def test_an_offline_bundle_is_still_judged_as_of_its_timestamp(repo, box, tmp_path):
+    """Metadata that had expired when the bundle's own timestamp was still valid is refused."""
+    bundle = repo.release(fake_image(tmp_path / "images", "3"), expiry_days={"timestamp": -1, "targets": -2})
+    refused(str(bundle), box, "ExpiredMetadataError")
+
+
+def test_the_daily_check_does_not_take_a_release_that_failed_here_again(served, box):
+    (box / "attempts.json").write_text(json.dumps([
+        {"version": "2", "result": "failed", "reason": "paladin.service failed"},
+        {"version": "1", "result": "failed", "reason": "a power cut"}, {"version": "1", "result": "good"}]))
+    assert assess.failed_versions(box) == {"2"}
+    refused(served, box, "release 2 failed its boot assessment on this box", failed=assess.failed_versions(box))
+    assert fetch(served, box)[0] == "2"  # asked for by hand, it is tried again
+
+
 def test_wrong_arch(served, box):
     refused(served, box, "no release for this box's architecture arm64 (it has: x86-64 2)", arch="arm64")
 
@@ -218,3 +244,60 @@ def test_a_stored_root_torn_by_a_power_cut_falls_back_to_the_image_root(served, 
     (box / "metadata").mkdir()
     (box / "metadata/root.json").write_bytes(damage)
     assert fetch(served, box)[0] == "2"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
+def test_a_bundle_larger_than_the_free_space_is_refused_before_unpacking(repo, keys, tmp_path, monkeypatch):
+    monkeypatch.setattr(update, "TRUSTED_ROOT", keys / "root.json")
+    state = tmp_path / "small"
+    state.mkdir()
+    bundle = repo.path / "bundles" / "paladin_2_x86-64.bundle"
+    room = files.RESERVE_BYTES + 2 * bundle.stat().st_size  # unpacking and staging need three times its size
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={room}", "tmpfs", state], check=True)
+    try:
+        refused(str(bundle), state, "not enough space on the data partition")
+        assert sorted(p.name for p in state.iterdir()) == ["status.json", "tmp"]  # nothing unpacked or staged
+    finally:
+        subprocess.run(["umount", "-l", state], check=True)
+
+
+def test_an_oversized_extended_tar_header_is_refused_unread(box, tmp_path):
+    import io
+    import tarfile
+    bundle = tmp_path / "pax.bundle"
+    with tarfile.open(bundle, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(bundles.BUNDLE_MARKER)
+        info.size, info.pax_headers = 2, {"comment": "x" * 200_000}
+        tar.addfile(info, io.BytesIO(b"{}"))
+    refused(str(bundle), box, "extended tar header")
+
+
+class Drip(SimpleHTTPRequestHandler):
+    """A mirror that answers, then sends one byte every 0.2 s."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        try:
+            for _ in range(100):
+                self.wfile.write(b"{")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the box hung up, as it should
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_mirror_that_drips_is_cut_off(box, monkeypatch):
+    monkeypatch.setattr(update, "GRACE_SECONDS", 1)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        refused(f"http://127.0.0.1:{server.server_address[1]}", box, "bytes/s a mirror must keep up")
+        assert time.monotonic() - started < 10  # not the 20 s the drip would take, nor forever
+    finally:
+        server.shutdown()

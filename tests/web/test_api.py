@@ -6,6 +6,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from appliance import channel, config, db as database, tokens
+from appliance.web import updates
 from appliance.web.app import create_app, from_the_box
 
 pytestmark = pytest.mark.unit
@@ -217,6 +218,13 @@ def test_a_bundle_upload_streams_past_the_body_limit(api):
                                       ("testclient", False), (None, False)])
 def test_the_box_itself_includes_loopback_on_a_dual_stack_socket(host, ok):
     assert from_the_box(host) is ok
+
+
+def test_a_refused_upload_leaves_nothing_behind(api, monkeypatch):
+    monkeypatch.setattr(updates, "BUNDLE_MAX_BYTES", 4096)
+    response = api.put("/update/bundle", content=(b"x" * 1024 for _ in range(10)))
+    assert response.status_code == 413
+    assert not channel.attachment(api.data_dir, "update", "bundle.partial").exists()
 
 
 def test_the_inference_probe_is_only_for_the_box_itself(api):
