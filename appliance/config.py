@@ -58,6 +58,11 @@ class ServerConfig:
                                   minimum=1024, maximum=64 * 1_048_576)
     graceful_timeout: int = setting(20, "Seconds in-flight streams get to finish on shutdown.",
                                     minimum=1, maximum=600)
+    header_seconds: int = setting(10, "Seconds a client has to send a request's headers (and, once more, "
+                                      "its body) before the box hangs up: slow clients cannot hold connections.",
+                                  minimum=1, maximum=300)
+    max_connections: int = setting(128, "Open connections and requests at once; beyond them the box "
+                                        "answers 503 at once.", minimum=8, maximum=4096)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,10 @@ class Unauthenticated(ServiceError):
     """The caller did not prove the identity the route requires."""
 
 
+class TooSlow(ServiceError):
+    """The client did not send its request body in time."""
+
+
 class TooLarge(ServiceError):
     """The request body is larger than the route accepts."""
 

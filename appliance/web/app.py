@@ -143,7 +143,8 @@ def create_app(config: Config, model_path=None) -> Starlette:
         routes=routes(),
         middleware=[
             Middleware(CountRequests, metrics=metrics),
-            Middleware(BodyLimit, limit=config.server.max_body_bytes, error=error_response,
+            Middleware(BodyLimit, limit=config.server.max_body_bytes, seconds=config.server.header_seconds,
+                       error=error_response,
                        streamed=(updates.BUNDLE_PATH,)),
             Middleware(Identify, db=db),
         ],

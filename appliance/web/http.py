@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import errors
-from ..errors import InvalidRequest, ServiceError, TooLarge
+from ..errors import InvalidRequest, ServiceError, TooLarge, TooSlow
 
 # Each domain error as HTTP: status, OpenAI's error type and code.  The most specific class wins.
 STATUS: dict[type[ServiceError], tuple[int, str, str | None]] = {
@@ -21,6 +21,7 @@ STATUS: dict[type[ServiceError], tuple[int, str, str | None]] = {
     errors.Unauthenticated: (401, "authentication_error", "invalid_api_key"),
     errors.NotFound: (404, "invalid_request_error", "not_found"),
     errors.UnknownModel: (404, "invalid_request_error", "model_not_found"),
+    errors.TooSlow: (408, "invalid_request_error", "request_timeout"),
     errors.TooLarge: (413, "invalid_request_error", "body_too_large"),
     errors.QueueFull: (429, "rate_limit_error", "queue_full"),
     errors.GenerationFailed: (500, "server_error", None),
@@ -101,14 +102,15 @@ async def unless_disconnected(request: Request, work: Awaitable) -> Any:
 
 
 class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413, before a handler buffers them.
+    """Refuse request bodies over `limit` bytes with 413, and bodies not complete `seconds` after the
+    first read with 408, before a handler buffers them.
 
     Paths in `streamed` are exempt: their handlers stream the body to disk and bound it themselves.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, error: Callable[[str, ServiceError], JSONResponse],
+    def __init__(self, app: ASGIApp, limit: int, seconds: float, error: Callable[[str, ServiceError], JSONResponse],
                  streamed: tuple[str, ...] = ()):
-        self.app, self.limit, self.error, self.streamed = app, limit, error, streamed
+        self.app, self.limit, self.seconds, self.error, self.streamed = app, limit, seconds, error, streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.streamed:
@@ -117,14 +119,21 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await self.error(scope["path"], too_large)(scope, receive, send)
-        seen = 0
+        seen, complete, deadline = 0, False, None
 
         async def limited() -> dict:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete, deadline
+            if complete:  # later reads wait for a disconnect, for as long as a response streams
+                return await receive()
+            deadline = deadline or asyncio.get_running_loop().time() + self.seconds
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except asyncio.TimeoutError:
+                raise TooSlow(f"the request body did not arrive within {self.seconds} seconds") from None
             seen += len(message.get("body", b""))
             if seen > self.limit:
                 raise too_large
+            complete = message["type"] != "http.request" or not message.get("more_body")
             return message
 
         await self.app(scope, limited, send)

@@ -7,8 +7,11 @@ engine's queue decides who generates next.
 
 from __future__ import annotations
 
+import functools
+
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from .. import logs, systemd
@@ -24,12 +27,51 @@ class Logger(glogging.Logger):
             handler.setFormatter(logs.formatter())
 
 
+class Protocol(HttpToolsProtocol):
+    """Hang up on a client that has not sent a request's headers `header_seconds` after connecting or
+    after starting the request (slowloris: uvicorn would wait for ever); idle keep-alive connections
+    are uvicorn's own `timeout_keep_alive`."""
+
+    def __init__(self, *args, header_seconds: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.header_seconds, self.header_timer = header_seconds, None
+
+    def _arm(self) -> None:
+        self._disarm()
+        self.header_timer = self.loop.call_later(self.header_seconds, self.transport.close)
+
+    def _disarm(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
 class Worker(UvicornWorker):
-    """uvicorn waits for open streams without limit unless told; stop them before gunicorn's SIGKILL."""
+    """uvicorn with the box's limits: a deadline for headers, a bound on connections, and open streams
+    stopped before gunicorn's SIGKILL (uvicorn would wait for them without limit)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        server = self.app.config.server  # the box's Config, from Server below
         self.config.timeout_graceful_shutdown = max(1, self.cfg.graceful_timeout - 2)
+        self.config.http = functools.partial(Protocol, header_seconds=server.header_seconds)
+        self.config.limit_concurrency = server.max_connections
 
 
 class Server(BaseApplication):

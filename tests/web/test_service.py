@@ -1,6 +1,7 @@
 """The real service: `paladin serve` (gunicorn + uvicorn worker + llama.cpp) driven by real clients."""
 
 import base64
+import socket
 import concurrent.futures
 import threading
 import time
@@ -106,7 +107,8 @@ def test_sigterm_lets_an_open_stream_finish_then_exits_cleanly(tiny_model, tmp_p
         started = time.monotonic()
         c.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 200, "ignore_eos": True})
         per_second = 200 / (time.monotonic() - started)
-    tokens = max(300, int(per_second * (config.Config().server.graceful_timeout - 2) / 3))
+    grace = config.Config().server.graceful_timeout - 2
+    tokens = max(300, min(4000, int(per_second * grace / 3)))  # 4000: within the 4096-token context
 
     def read_stream():
         with running.client() as c, c.stream("POST", "/v1/completions", json={
@@ -156,3 +158,32 @@ def test_the_boot_assessment_probe_generates_one_token(service):
     with service.client() as client:
         probe = client.get("/health?probe=1", headers={"Authorization": ""}).json()
     assert probe["probe"] == "ok" and probe["tokens"] == 1
+
+
+def test_slow_idle_and_too_many_clients_are_cut_off_and_others_served(tiny_model, tmp_path):
+    (tmp_path / "config.yaml").write_text("server:\n  header_seconds: 2\n  max_connections: 16\n")
+    running = Service(tiny_model, tmp_path)
+    idle = []
+    try:
+        for n in range(20):  # half say nothing, half never finish their headers (slowloris)
+            idle.append(socket.create_connection(("127.0.0.1", running.port)))
+            idle[-1].sendall(b"GET /health HTTP/1.1\r\nHost: box\r\n" if n % 2 else b"")
+        time.sleep(0.5)
+        with running.client() as c:
+            assert c.get("/health").status_code == 503  # over max_connections: refused at once, no hang
+        time.sleep(3)  # past header_seconds
+        for s in idle:
+            s.settimeout(5)
+            assert s.recv(4096) == b"", "the box hangs up on a client that sends no request"
+        with running.client() as c:
+            assert c.get("/health").status_code == 200
+            with socket.create_connection(("127.0.0.1", running.port)) as slow:  # headers, then a trickle
+                slow.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: box\r\nContent-Type: application/json\r\n"
+                             b"Authorization: Bearer " + running.token.encode() + b"\r\nContent-Length: 100\r\n\r\n{")
+                slow.settimeout(10)
+                assert slow.recv(4096).startswith(b"HTTP/1.1 408")
+            assert c.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2}).status_code == 200
+    finally:
+        for s in idle:
+            s.close()
+        running.stop()
