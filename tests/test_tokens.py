@@ -36,3 +36,7 @@ def test_migrations_record_the_schema_and_refuse_a_newer_database(tmp_path):
     db.execute("PRAGMA user_version = 99")
     with pytest.raises(database.DatabaseError, match="schema 99, newer than"):
         database.connect(tmp_path / "p.db")
+
+
+def test_a_non_ascii_basic_credential_is_no_token():
+    assert presented_token(Headers({"authorization": "Basic \xff=="})) is None

@@ -13,7 +13,6 @@ the owner's browser session and the one-time setup code as further members of `I
 from __future__ import annotations
 
 import base64
-import binascii
 import enum
 from typing import Awaitable, Callable
 
@@ -45,7 +44,7 @@ def presented_token(headers: Headers) -> str | None:
     if scheme == "basic":
         try:
             _, _, password = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8 once decoded
             return None
         return password or None
     return None
