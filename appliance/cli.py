@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import config as config_module, db as database, logs, store, tokens
 from .config import ConfigError
+from .errors import ServiceError
 from .verbs import arg, parser, verb
 
 
@@ -92,5 +93,5 @@ def main(argv: list[str] | None = None) -> None:
         VERBS[args.verb].run(args, config)
     except ConfigError as err:
         raise SystemExit(f"paladin: configuration error: {err}") from None
-    except (store.StoreError, database.DatabaseError) as err:
+    except (store.StoreError, database.DatabaseError, ServiceError) as err:
         raise SystemExit(f"paladin: {err}") from None

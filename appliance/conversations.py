@@ -12,8 +12,9 @@ from .db import transaction
 def create(db: sqlite3.Connection, title: str) -> dict:
     now = time.time()
     conversation = {"id": secrets.token_hex(8), "title": title[:200] or "New chat", "created": now, "updated": now}
-    db.execute("INSERT INTO conversations (id, title, created, updated) VALUES (:id, :title, :created, :updated)",
-               conversation)
+    with transaction(db):
+        db.execute("INSERT INTO conversations (id, title, created, updated) VALUES (:id, :title, :created, :updated)",
+                   conversation)
     return conversation
 
 
@@ -44,4 +45,5 @@ def add_message(db: sqlite3.Connection, conversation_id: str, role: str, content
 
 
 def delete(db: sqlite3.Connection, conversation_id: str) -> bool:
-    return db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount > 0
+    with transaction(db):
+        return db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount > 0

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import files
+from .errors import NoSpace
 
 MIGRATIONS = [
     """
@@ -109,13 +110,20 @@ def _open(path: Path) -> sqlite3.Connection:
 def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """Commit what the block wrote, or roll all of it back if the block raises (the connection is
     never left inside a transaction, which would fail every later write)."""
-    db.execute("BEGIN IMMEDIATE")
     try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    except sqlite3.OperationalError as err:
+        if err.sqlite_errorcode == sqlite3.SQLITE_FULL:
+            raise NoSpace("the data partition is full: nothing was saved; free space (delete a model or "
+                          "old conversations) and try again") from None
         raise
-    db.execute("COMMIT")
 
 
 def migrate(db: sqlite3.Connection) -> int:

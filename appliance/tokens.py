@@ -12,6 +12,8 @@ import secrets
 import sqlite3
 import time
 
+from .db import transaction
+
 PREFIX = "pal_"
 
 
@@ -21,13 +23,15 @@ def _hash(token: str) -> bytes:
 
 def create(db: sqlite3.Connection, name: str) -> str:
     token = PREFIX + secrets.token_urlsafe(32)
-    db.execute("INSERT INTO api_tokens (name, hash, created) VALUES (?, ?, ?)", (name, _hash(token), time.time()))
+    with transaction(db):
+        db.execute("INSERT INTO api_tokens (name, hash, created) VALUES (?, ?, ?)", (name, _hash(token), time.time()))
     return token
 
 
 def revoke(db: sqlite3.Connection, name: str) -> int:
-    return db.execute("UPDATE api_tokens SET revoked = ? WHERE name = ? AND revoked IS NULL",
-                      (time.time(), name)).rowcount
+    with transaction(db):
+        return db.execute("UPDATE api_tokens SET revoked = ? WHERE name = ? AND revoked IS NULL",
+                          (time.time(), name)).rowcount
 
 
 def listing(db: sqlite3.Connection) -> list[dict]:

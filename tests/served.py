@@ -34,6 +34,7 @@ class Service:
         self.url = f"http://127.0.0.1:{self.port}"
         self.notify_path = data_dir / "notify.sock"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify_path.unlink(missing_ok=True)  # left by a service killed before on this data directory
         self.notify.bind(str(self.notify_path))
         self.messages: list[str] = []
         threading.Thread(target=self._listen, daemon=True).start()  # drain it, as systemd does

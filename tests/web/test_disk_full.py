@@ -49,3 +49,30 @@ def test_a_bundle_without_a_length_stops_before_the_reserve(small):
     conversation = small.post("/conversations", json={"title": "still writable"})
     assert conversation.status_code == 201
     assert small.get("/health").json()["status"] == "ok"
+
+
+def fill(directory):
+    filler = directory / "filler"
+    with filler.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_partition_refuses_chats_clearly_and_keeps_what_was_saved(small):
+    kept = small.post("/conversations", json={"title": "before"}).json()
+    filler = fill(small.data_dir)
+    refused = small.post("/conversations", json={"title": "x" * 100})
+    for n in range(50):  # SQLite may still fit a row or two into free pages of its file
+        if refused.status_code != 201:
+            break
+        refused = small.post("/conversations", json={"title": "x" * 100 + str(n)})
+    assert refused.status_code == 507 and "the data partition is full" in refused.json()["error"]["message"]
+    assert small.get("/health").json()["status"] == "ok"
+    assert small.get(f"/conversations/{kept['id']}").status_code == 200
+    filler.unlink()
+    assert small.post("/conversations", json={"title": "after"}).status_code == 201
