@@ -1,12 +1,14 @@
 """Model downloads over real HTTP from a local server: resume, verification, no half files."""
 
 import hashlib
+import os
+import subprocess
 import http.server
 import threading
 
 import pytest
 
-from appliance import store
+from appliance import files, store
 from appliance.store import StoreError
 
 pytestmark = pytest.mark.unit
@@ -101,3 +103,17 @@ def test_the_real_smollm2_file_matches_its_catalog_pin(smollm2_model):
     tier = store.catalog()[0]
     assert hashlib.sha256(smollm2_model.read_bytes()).hexdigest() == tier.sha256
     assert smollm2_model.stat().st_size == tier.size
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
+def test_a_download_that_cannot_fit_writes_nothing(server, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    # room for the model, but not for the model and the 64 MiB kept for the database
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={files.RESERVE_BYTES}", "tmpfs", models], check=True)
+    try:
+        with pytest.raises(StoreError, match="not enough space on the data partition"):
+            store.download(server, DIGEST, models, "m.gguf")
+        assert not (models / "m.gguf").exists() and not any((models / ".partial").iterdir())
+    finally:
+        subprocess.run(["umount", "-l", models], check=True)
