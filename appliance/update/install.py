@@ -8,7 +8,6 @@ The next boot is assessed (`assess`).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
 
@@ -66,6 +65,12 @@ def _install(source: Source, state: Path, progress: Progress, failed: frozenset[
     return version
 
 
+def _refused(state: Path, message: str) -> UpdateError:
+    """A request refused before any attempt began, recorded where the web UI looks."""
+    Progress(state, phase="failed", error=message)
+    return UpdateError(message)
+
+
 def run_service(config: config_module.Config, state: Path = STATE) -> None:
     """paladin-update.service: the web UI's request (untrusted: validated by the channel), or, from
     the daily timer, the configured automatic update."""
@@ -73,8 +78,7 @@ def run_service(config: config_module.Config, state: Path = STATE) -> None:
     try:
         request = channel.take(data_dir, "update")
     except channel.RequestError as err:
-        Progress(state, phase="failed", error=f"refused the web UI's request: {err}")
-        raise UpdateError(f"refused the web UI's request: {err}") from None
+        raise _refused(state, f"refused the web UI's request: {err}") from None
     automatic = request is None
     if automatic:
         if not (config.update.automatic and config.update.url):
@@ -84,18 +88,15 @@ def run_service(config: config_module.Config, state: Path = STATE) -> None:
     reboot = config.update.reboot if request.reboot is None else request.reboot
     if request.source == "online":
         if not config.update.url:
-            Progress(state, phase="failed", error="no update repository is configured (update.url)")
-            raise UpdateError("no update repository is configured: set update.url, or upload a bundle")
+            raise _refused(state, "no update repository is configured: set update.url, or upload a bundle")
         install(config.update.url, state=state, reboot=reboot, retry_failed=not automatic)
         return
-    uploaded = channel.attachment(data_dir, "update", "bundle")
     try:
-        with contextlib.ExitStack() as stack:
-            try:
-                source = stack.enter_context(channel.open_attachment(data_dir, "update", "bundle"))
-            except channel.RequestError as err:
-                Progress(state, phase="failed", error=str(err))
-                raise UpdateError(str(err)) from None
-            install(source, state=state, reboot=reboot)
+        try:
+            uploaded = channel.open_attachment(data_dir, "update", "bundle")
+        except channel.RequestError as err:
+            raise _refused(state, str(err)) from None
+        with uploaded:
+            install(uploaded, state=state, reboot=reboot)
     finally:
-        uploaded.unlink(missing_ok=True)
+        channel.attachment(data_dir, "update", "bundle").unlink(missing_ok=True)
