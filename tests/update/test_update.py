@@ -4,10 +4,12 @@ The slot writing (systemd-sysupdate) and boot assessment run in qemu: tests/test
 """
 
 import hashlib
+import io
 import json
 import os
-import subprocess
 import shutil
+import subprocess
+import tarfile
 import threading
 import time
 from functools import partial
@@ -208,7 +210,6 @@ def test_target_larger_than_the_slot(served, box):
 def test_not_a_bundle(box, tmp_path, content):
     bundle = tmp_path / "upload.bundle"
     if content is None:
-        import tarfile
         with tarfile.open(bundle, "w") as tar:
             tar.add(__file__, arcname="metadata/root.json")
     else:
@@ -217,8 +218,6 @@ def test_not_a_bundle(box, tmp_path, content):
 
 
 def test_bundle_with_a_path_escape(box, tmp_path, repo):
-    import io
-    import tarfile
     bundle = tmp_path / "evil.bundle"
     with tarfile.open(bundle, "w") as tar:
         for name in (bundles.BUNDLE_MARKER, "../../etc/passwd"):
@@ -262,8 +261,6 @@ def test_a_bundle_larger_than_the_free_space_is_refused_before_unpacking(repo, k
 
 
 def test_an_oversized_extended_tar_header_is_refused_unread(box, tmp_path):
-    import io
-    import tarfile
     bundle = tmp_path / "pax.bundle"
     with tarfile.open(bundle, "w", format=tarfile.PAX_FORMAT) as tar:
         info = tarfile.TarInfo(bundles.BUNDLE_MARKER)
