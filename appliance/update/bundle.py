@@ -40,6 +40,7 @@ def _walk_headers(bundle: BinaryIO) -> None:
     """Read the raw tar headers before tarfile does: tarfile would read a pax or GNU long-name record
     into memory whole, as root, whatever size its header claims; here no record is read at all, and
     the count and sizes are bounded first."""
+    end = bundle.seek(0, 2)
     bundle.seek(0)
     for _ in range(2 * BUNDLE_MAX_MEMBERS + 1):  # a member may bring one extended header
         header = bundle.read(BLOCK)
@@ -55,7 +56,10 @@ def _walk_headers(bundle: BinaryIO) -> None:
             raise BundleError("not a PAL-adin update bundle (a damaged tar header)") from None
         if header[156:157] in EXTENDED_HEADERS and size > EXTENDED_MAX_BYTES:
             raise BundleError(f"not a PAL-adin update bundle (a {size}-byte extended tar header)")
-        bundle.seek(-(-size // BLOCK) * BLOCK, 1)
+        skip = -(-size // BLOCK) * BLOCK
+        if skip > end - bundle.tell():  # also a size no seek could take (seen: a random base-256 field)
+            raise BundleError("not a PAL-adin update bundle (a truncated tar archive)")
+        bundle.seek(skip, 1)
     raise BundleError(f"not a PAL-adin update bundle (more than {BUNDLE_MAX_MEMBERS} files)")
 
 

@@ -30,6 +30,9 @@ def install(source: Source, *, state: Path = STATE, reboot: bool = False, retry_
     except (UpdateError, bundle.BundleError, command.CommandError, OSError) as err:
         progress.set(phase="failed", error=str(err))
         raise UpdateError(str(err)) from None
+    except Exception as err:  # a defect, but the web UI must still see the attempt end rather than wait
+        progress.set(phase="failed", error=f"internal error ({type(err).__name__}: {err}); see the journal")
+        raise
     finally:
         shutil.rmtree(state / "bundle", ignore_errors=True)
     progress.set(phase="installed", version=version)
