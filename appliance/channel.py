@@ -92,23 +92,35 @@ def parse(kind: type, raw: object):
     return kind(**raw)
 
 
+def _open_plain(path: Path):
+    """`path` opened for reading as it is: never through a link, never a FIFO or a device; raises
+    FileNotFoundError when it is missing, RequestError when it is not a plain file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as err:  # a symbolic link (ELOOP) or worse: nothing the worker may hand over
+        raise RequestError(f"{path} is not a plain file ({err.strerror})") from None
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise RequestError(f"{path} is not a plain file")
+    return f
+
+
 def take(data_dir: Path, helper: str):
     """The helper's pending request, removed from the inbox (so its path unit does not fire again),
     validated; None when there is none."""
     path = inbox(data_dir) / f"{helper}.json"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with _open_plain(path) as f:
+            raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         return None
-    except OSError as err:  # a symbolic link (ELOOP) or worse: not a request the worker may make
+    finally:
         path.unlink(missing_ok=True)
-        raise RequestError(f"{path} is not a plain file ({err.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
-        raw = f.read(MAX_BYTES + 1) if regular else b""
-    path.unlink()
-    if not regular or len(raw) > MAX_BYTES:
-        raise RequestError(f"{path} is not a plain file of at most {MAX_BYTES} bytes")
+    if len(raw) > MAX_BYTES:
+        raise RequestError(f"{path} is not a request of at most {MAX_BYTES} bytes")
     try:
         decoded = json.loads(raw)
     except ValueError:
@@ -118,15 +130,7 @@ def take(data_dir: Path, helper: str):
 
 def open_attachment(data_dir: Path, helper: str, name: str):
     """A file the worker attached to its request, opened for reading as it is (never through a link)."""
-    path = attachment(data_dir, helper, name)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        return _open_plain(attachment(data_dir, helper, name))
     except FileNotFoundError:
         raise RequestError(f"no {name} was uploaded") from None
-    except OSError as err:
-        raise RequestError(f"{path} is not a plain file ({err.strerror})") from None
-    f = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-        f.close()
-        raise RequestError(f"{path} is not a plain file")
-    return f
