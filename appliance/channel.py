@@ -5,7 +5,8 @@ carries a file, `<helper>.<name>` beside it); a path unit starts the helper, whi
 out of the directory and validates it against the helper's closed schema before acting.  A request
 names choices, never a URL, a path or a command: the update request says "the owner's configured
 repository" or "the uploaded bundle", and the helper resolves those itself.  The worker is not
-trusted: everything it wrote is read with O_NOFOLLOW, bounded, and refused unless it fits exactly.
+trusted: everything it wrote is read without following links (files.open_beneath), bounded, and
+refused unless it fits exactly.
 
 Privilege-free and small: both the worker and the helpers import it.
 """
@@ -14,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import stat
 import types
 import typing
 from dataclasses import dataclass
@@ -92,20 +91,12 @@ def parse(kind: type, raw: object):
     return kind(**raw)
 
 
-def _open_plain(path: Path):
-    """`path` opened for reading as it is: never through a link, never a FIFO or a device; raises
-    FileNotFoundError when it is missing, RequestError when it is not a plain file."""
+def _open(data_dir: Path, name: str):
+    """A file the worker left in the inbox, opened as it is (never through a link, never a FIFO)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise
-    except OSError as err:  # a symbolic link (ELOOP) or worse: nothing the worker may hand over
-        raise RequestError(f"{path} is not a plain file ({err.strerror})") from None
-    f = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-        f.close()
-        raise RequestError(f"{path} is not a plain file")
-    return f
+        return files.open_beneath(Path(data_dir), f"{DIRECTORY}/{name}")
+    except files.NotPlain as err:
+        raise RequestError(str(err)) from None
 
 
 def take(data_dir: Path, helper: str):
@@ -113,12 +104,12 @@ def take(data_dir: Path, helper: str):
     validated; None when there is none."""
     path = inbox(data_dir) / f"{helper}.json"
     try:
-        with _open_plain(path) as f:
+        with _open(data_dir, path.name) as f:
             raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         return None
     finally:
-        path.unlink(missing_ok=True)
+        files.remove_beneath(Path(data_dir), f"{DIRECTORY}/{path.name}")
     if len(raw) > MAX_BYTES:
         raise RequestError(f"{path} is not a request of at most {MAX_BYTES} bytes")
     try:
@@ -128,9 +119,13 @@ def take(data_dir: Path, helper: str):
     return parse(HELPERS[helper], decoded)
 
 
+def remove_attachment(data_dir: Path, helper: str, name: str) -> None:
+    files.remove_beneath(Path(data_dir), f"{DIRECTORY}/{helper}.{name}")
+
+
 def open_attachment(data_dir: Path, helper: str, name: str):
     """A file the worker attached to its request, opened for reading as it is (never through a link)."""
     try:
-        return _open_plain(attachment(data_dir, helper, name))
+        return _open(data_dir, attachment(data_dir, helper, name).name)
     except FileNotFoundError:
         raise RequestError(f"no {name} was uploaded") from None

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
+import stat
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 # Kept free on the data partition, whatever a download or an upload wants: the database, the journal
 # and the updater's state must always be writable.
@@ -59,3 +61,67 @@ def shortfall(directory: Path, needed: int) -> str | None:
         return None
     return (f"not enough space on the data partition: {needed} bytes needed, {free} free "
             f"({RESERVE_BYTES // 2**20} MiB are kept for the database)")
+
+
+class NotPlain(OSError):
+    """What a less trusted process left is not a plain file reachable without links."""
+
+
+def _parent_beneath(top: Path, relative: str | Path) -> tuple[int, str]:
+    """An open descriptor of `top/relative`'s directory, reached without following any link below
+    `top`, and the last component's name."""
+    parts = PurePosixPath(relative).parts
+    if not parts or any(part in ("/", ".", "..") for part in parts):
+        raise NotPlain(f"{relative} is not a path below {top}")
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            below = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = below
+    except FileNotFoundError:
+        os.close(fd)
+        raise
+    except OSError as err:  # a link where a directory should be (ELOOP, ENOTDIR)
+        os.close(fd)
+        raise NotPlain(f"{top / relative}: {err.strerror} on the way") from None
+    return fd, parts[-1]
+
+
+def open_beneath(top: Path, relative: str | Path) -> BinaryIO:
+    """`top/relative` opened for reading, where everything below `top` may have been written by a less
+    trusted process: no component may be a symbolic link (the walk goes directory by directory with
+    O_NOFOLLOW, so a link swapped in cannot lead a root helper elsewhere) and the file must be a
+    plain one, never a FIFO that blocks or a device that never ends.  FileNotFoundError when it is
+    missing, NotPlain otherwise."""
+    fd, name = _parent_beneath(top, relative)
+    try:
+        opened = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    except FileNotFoundError:
+        raise
+    except OSError as err:  # a link (ELOOP) or worse
+        raise NotPlain(f"{top / relative} is not a plain file ({err.strerror})") from None
+    finally:
+        os.close(fd)
+    f = os.fdopen(opened, "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise NotPlain(f"{top / relative} is not a plain file")
+    return f
+
+
+def remove_beneath(top: Path, relative: str | Path) -> None:
+    """Delete the file or tree `top/relative` that a less trusted process wrote, following no link on
+    the way to it or inside it (shutil.rmtree with a directory descriptor never does)."""
+    try:
+        fd, name = _parent_beneath(top, relative)
+    except FileNotFoundError:
+        return
+    try:
+        os.unlink(name, dir_fd=fd)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        shutil.rmtree(name, dir_fd=fd, ignore_errors=True)
+    finally:
+        os.close(fd)

@@ -18,7 +18,8 @@ from buildhost.qemu import ensure_qemu, free_port, image_arch, qemu_argv
 BOOT_TIMEOUT = 900
 # The updater and the boot assessment say what they do on the console, so a failing test shows it.
 CONSOLE_DROPINS = {f"{unit}/console.conf": "[Service]\nStandardOutput=journal+console\nStandardError=journal+console\n"
-                   for unit in ("paladin-update.service", "paladin-health.service", "paladin-boot-failed.service")}
+                   for unit in ("paladin-update.service", "paladin-update-fetch.service", "paladin-health.service",
+                                "paladin-boot-failed.service")}
 
 
 def run_build(*argv) -> str:

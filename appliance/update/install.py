@@ -1,40 +1,63 @@
 """Installing a verified release, and the request the web UI or the daily timer makes.
 
-The release is fetched and verified (`fetch`), systemd-sysupdate writes the root and verity slots that
-are not running (it never touches the booted version), the written partitions are read back against
-the signed SHA-256 of the uncompressed bytes, and only then is the UKI installed, with 3 boot tries.
-The next boot is assessed (`assess`).
+The release is fetched and checked unprivileged (`fetch.fetch_release`, in paladin-update-fetch.service
+when the web UI or the timer asks), checked again by root from what the fetcher left
+(`fetch.verified_release`), systemd-sysupdate writes the root and verity slots that are not running
+(it never touches the booted version), the written partitions are read back against the signed
+SHA-256 of the uncompressed bytes, and only then is the UKI installed, with 3 boot tries.  The next
+boot is assessed (`assess`).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
-from .. import channel, command, config as config_module
+from .. import channel, command, config as config_module, files
 from . import bundle
 from .assess import failed_versions
-from .fetch import Box, Source, verified_release
+from .fetch import Box, Job, Source, fetch_release, trust, verified_release
 from .progress import Progress, UpdateError
 from .slots import check_slot, empty_slot, esp, kernels, machine_arch, room, sha256_prefix, sysupdate
-from .status import STATE, running_version
+from .status import STATE, fetch_dir, running_version
+
+FETCH_UNIT = "paladin-update-fetch.service"
+# Fetching leaves a mirror of the release; this gets it there (box, progress, trusted metadata).
+Fetch = Callable[[Box, Progress, Path], Path]
 
 
 def install(source: Source, *, state: Path = STATE, reboot: bool = False, retry_failed: bool = True) -> str:
     """Verify and install the newest release from `source` (URL, directory or open bundle); returns its
-    version.  Without `retry_failed`, a release that failed its boot assessment here is not taken again."""
-    label = source if isinstance(source, str) else "bundle"
+    version.  Both halves run in this process: the root user named the source at the console."""
+    work = state / "fetch"
+
+    def fetched(box: Box, progress: Progress, trusted: Path) -> Path:
+        fetch_release(source, work, trusted, progress, box)
+        return work / "mirror"
+
+    try:
+        return _attempt(state, source if isinstance(source, str) else "bundle", fetched,
+                        offline=not isinstance(source, str), reboot=reboot, retry_failed=retry_failed)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _attempt(state: Path, label: str, fetched: Fetch, *, offline: bool, reboot: bool, retry_failed: bool) -> str:
+    """One update attempt, recorded in status.json from start to end.  Without `retry_failed`, a
+    release that failed its boot assessment here is not taken again."""
     progress = Progress(state, source=label, phase="metadata")
     try:
-        version = _install(source, state, progress, frozenset() if retry_failed else failed_versions(state))
+        arch, running = machine_arch(), running_version()
+        box = Box(arch, running, room(arch, running), frozenset() if retry_failed else failed_versions(state))
+        version = _install(fetched(box, progress, trust(state)), state, progress, box, offline)
     except (UpdateError, bundle.BundleError, command.CommandError, OSError) as err:
         progress.set(phase="failed", error=str(err))
         raise UpdateError(str(err)) from None
     except Exception as err:  # a defect, but the web UI must still see the attempt end rather than wait
         progress.set(phase="failed", error=f"internal error ({type(err).__name__}: {err}); see the journal")
         raise
-    finally:
-        shutil.rmtree(state / "bundle", ignore_errors=True)
     progress.set(phase="installed", version=version)
     if reboot:
         progress.set(phase="rebooting")
@@ -42,9 +65,9 @@ def install(source: Source, *, state: Path = STATE, reboot: bool = False, retry_
     return version
 
 
-def _install(source: Source, state: Path, progress: Progress, failed: frozenset[str]) -> str:
-    arch, running = machine_arch(), running_version()
-    version, chosen = verified_release(source, state, progress, Box(arch, running, room(arch, running), failed))
+def _install(mirror: Path, state: Path, progress: Progress, box: Box, offline: bool) -> str:
+    version, chosen = verified_release(mirror, state, progress, box, offline=offline)
+    arch = box.arch
     progress.set(phase="write")
     sysupdate("slot.d", version)
     progress.set(phase="verify")
@@ -74,6 +97,34 @@ def _refused(state: Path, message: str) -> UpdateError:
     return UpdateError(message)
 
 
+def _fetcher_error(data_dir: Path) -> str:
+    """Why the unprivileged fetcher gave up, from its status file: untrusted text, so bounded and
+    stripped to printable characters before it reaches the web UI."""
+    try:
+        with files.open_beneath(data_dir, "update/status.json") as f:
+            error = json.loads(f.read(64 * 1024)).get("error")
+    except (OSError, ValueError, AttributeError):
+        error = None
+    if not isinstance(error, str) or not error:
+        return f"fetching the release failed; see journalctl -u {FETCH_UNIT}"
+    return "".join(c for c in error[:1000] if c.isprintable())
+
+
+def _by_the_fetcher(state: Path, source: str, data_dir: Path) -> Fetch:
+    """Fetching as paladin-update-fetch.service does it: unprivileged, told what to do in `job.json`."""
+
+    def fetched(box: Box, progress: Progress, trusted: Path) -> Path:
+        Job(source, str(data_dir), box).save(state)
+        progress.set(phase="fetch")
+        try:
+            command.run(["systemctl", "start", FETCH_UNIT])
+        except command.CommandError:
+            raise UpdateError(_fetcher_error(data_dir)) from None
+        return fetch_dir(data_dir) / "mirror"
+
+    return fetched
+
+
 def run_service(config: config_module.Config, state: Path = STATE) -> None:
     """paladin-update.service: the web UI's request (untrusted: validated by the channel), or, from
     the daily timer, the configured automatic update."""
@@ -92,14 +143,16 @@ def run_service(config: config_module.Config, state: Path = STATE) -> None:
     if request.source == "online":
         if not config.update.url:
             raise _refused(state, "no update repository is configured: set update.url, or upload a bundle")
-        install(config.update.url, state=state, reboot=reboot, retry_failed=not automatic)
-        return
-    try:
+        source = config.update.url
+    else:
         try:
-            uploaded = channel.open_attachment(data_dir, "update", "bundle")
+            channel.open_attachment(data_dir, "update", "bundle").close()
         except channel.RequestError as err:
             raise _refused(state, str(err)) from None
-        with uploaded:
-            install(uploaded, state=state, reboot=reboot)
+        source = "bundle"
+    try:
+        _attempt(state, source, _by_the_fetcher(state, source, data_dir), offline=source == "bundle",
+                 reboot=reboot, retry_failed=not automatic)
     finally:
-        channel.attachment(data_dir, "update", "bundle").unlink(missing_ok=True)
+        channel.remove_attachment(data_dir, "update", "bundle")
+        files.remove_beneath(data_dir, "update/mirror")

@@ -36,9 +36,25 @@ def read_state(path: Path, default):
         return default
 
 
-def progress(state: Path = STATE) -> dict:
-    """The current or last update attempt (status.json)."""
-    return read_state(state / "status.json", {"phase": "idle"})
+FETCH_PHASES = ("metadata", "unpack", "download")
+
+
+def fetch_dir(data_dir: Path) -> Path:
+    """Where the unprivileged fetcher works, as the assistant's user, in its data directory."""
+    return Path(data_dir) / "update"
+
+
+def progress(state: Path = STATE, data_dir: Path | None = None) -> dict:
+    """The current or last update attempt (status.json); while the fetcher runs, with its phase and
+    byte counts (the worker shows them to the owner; nothing privileged reads them)."""
+    current = read_state(state / "status.json", {"phase": "idle"})
+    if current.get("phase") == "fetch" and data_dir is not None:
+        fetcher = read_state(fetch_dir(data_dir) / "status.json", {})
+        # Only its working phases: how the attempt ends (and why) is root's to say.
+        if isinstance(fetcher, dict) and fetcher.get("phase") in FETCH_PHASES and \
+                fetcher.get("time", 0) >= current.get("time", 0):
+            current |= {key: fetcher[key] for key in ("phase", "done", "total", "version") if key in fetcher}
+    return current
 
 
 def snapshot(state: Path = STATE) -> dict:

@@ -25,7 +25,7 @@ SETTINGS = ("url", "automatic", "reboot")
 
 async def status(request: Request):
     data = update_status.snapshot()
-    data["update"] = update_status.progress()
+    data["update"] = update_status.progress(data_dir=request.state.config.data_path)
     data["pending"] = channel.pending(request.state.config.data_path, "update")
     return JSONResponse(data)
 

@@ -12,7 +12,6 @@ import subprocess
 import tarfile
 import threading
 import time
-from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -28,52 +27,18 @@ pytestmark = pytest.mark.unit
 ROOM = {"root": 1 << 20, "verity": 1 << 20}
 
 
-@pytest.fixture
-def keys(tmp_path):
-    release.keys_init(tmp_path / "keys")
-    return tmp_path / "keys"
-
-
-@pytest.fixture
-def repo(tmp_path, keys):
-    path = tmp_path / "repo"
-    images = tmp_path / "images"
-    images.mkdir()
-    repository = release.Repository(path, keys)
-    repository.release(fake_image(images, "2"))
-    return repository
-
-
-@pytest.fixture
-def served(repo):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(repo.path)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def box(tmp_path, keys, monkeypatch):
-    """A box's update state directory trusting `keys`' root, as the image bakes it in."""
-    monkeypatch.setattr(update, "TRUSTED_ROOT", keys / "root.json")
-    state = tmp_path / "state"
-    state.mkdir()
-    return state
-
-
 def fetch(source, state, *, arch="x86-64", running="1", room=ROOM, failed=frozenset()):
-    """What the updater fetches and verifies from `source` (a URL, a directory or a bundle file)."""
+    """What the updater fetches from `source` (a URL, a directory or a bundle file) and then verifies
+    again from the fetcher's mirror, as the two halves do on the box."""
     record = progress.Progress(state, source=str(source))
     box = update.Box(arch, running, room, failed)
-    if Path(source).is_file():
+    work, trusted, offline = state / "fetch", update.trust(state), Path(source).is_file()
+    if offline:
         with open(source, "rb") as bundle:
-            return update.verified_release(bundle, state, record, box)
-    return update.verified_release(source, state, record, box)
+            update.fetch_release(bundle, work, trusted, record, box)
+    else:
+        update.fetch_release(source, work, trusted, record, box)
+    return update.verified_release(work / "mirror", state, record, box, offline=offline)
 
 
 def test_online_release_is_verified_and_staged(served, box, repo):
@@ -107,6 +72,7 @@ def refused(source, state, match, **kwargs):
         fetch(source, state, **kwargs)
     assert match in str(err.value), str(err.value)
     assert not any((state / "staging").glob("*")), "nothing unverified may stay staged"
+    assert not any((state / "fetch").glob("*/targets/*")), "nor mirrored"
 
 
 def stored_target(repo, kind):
@@ -198,6 +164,7 @@ def test_replayed_old_snapshot(served, box, repo, tmp_path):
     shutil.copytree(repo.metadata, old)
     repo.publish()  # a newer snapshot and timestamp, which the box then sees
     fetch(served, box)
+    shutil.rmtree(box / "staging")  # as install() does once the release is written
     shutil.rmtree(repo.metadata)
     shutil.copytree(old, repo.metadata)  # a mirror replays the older, still validly signed set
     refused(served, box, "BadVersionNumberError")
@@ -256,7 +223,7 @@ def test_a_bundle_larger_than_the_free_space_is_refused_before_unpacking(repo, k
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={room}", "tmpfs", state], check=True)
     try:
         refused(str(bundle), state, "not enough space on the data partition")
-        assert sorted(p.name for p in state.iterdir()) == ["status.json", "tmp"]  # nothing unpacked or staged
+        assert not [p for p in state.rglob("*") if p.name in ("bundle", "mirror", "staging")]  # nothing unpacked
     finally:
         subprocess.run(["umount", "-l", state], check=True)
 
