@@ -63,18 +63,31 @@ class ServerConfig:
                                   minimum=1, maximum=300)
     max_connections: int = setting(128, "Open connections and requests at once; beyond them the box "
                                         "answers 503 at once.", minimum=8, maximum=4096)
+    requests_per_second: int = setting(20, "Requests one client address may send per second, on average; "
+                                           "beyond it (and its burst) the box answers 429 with Retry-After. "
+                                           "0: no limit.", minimum=0, maximum=10000)
+    request_burst: int = setting(60, "Requests one client address may send at once before "
+                                     "requests_per_second applies.", minimum=1, maximum=100000)
+    auth_failures_per_minute: int = setting(10, "Wrong API tokens one client address may present per minute "
+                                                "(all at once, then one every 60/N seconds); beyond them its "
+                                                "requests that need a token get 429, even with the right one. "
+                                                "0: no limit.", minimum=0, maximum=1000)
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    model: str = setting("", "Model to serve: a GGUF path, or a catalog tier name found in the "
-                             "model store; empty serves the store's active model, if any.")
+    model: str = setting("", "Model to serve: a GGUF path, the file name of a GGUF in the model store, or a "
+                             "catalog tier name found there; empty serves the store's active model, if any.")
     threads: int = setting(0, "Generation threads; 0 means one per physical core.",
                            minimum=0, maximum=256)
     context_tokens: int = setting(4096, "Context window per conversation, in tokens.",
                                   minimum=64, maximum=131072)
     max_tokens: int = setting(1024, "Tokens generated when a request names no limit.",
                               minimum=1, maximum=131072)
+    cpu_variant: str = setting("", "llama.cpp CPU backend to use (haswell, skylakex, icelake, ...); empty: the "
+                                   "best this CPU reports.  Only for a host that reports instructions it "
+                                   "then faults on (the service dies with SIGILL).",
+                               pattern=r"^[a-z0-9_]{0,32}$", allowed="a variant name such as haswell")
     queue_size: int = setting(16, "Requests that may wait for the model; beyond it the API answers 429.",
                               minimum=1, maximum=1024)
 

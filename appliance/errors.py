@@ -44,6 +44,15 @@ class TooLarge(ServiceError):
     """The request body is larger than the route accepts."""
 
 
+class TooManyRequests(ServiceError):
+    """One client address sent more requests, or more wrong tokens, than the box takes from it; retry
+    after `retry_after` seconds."""
+
+
+class ModelUnusable(ServiceError):
+    """The model the request chose could not be loaded; the engine went back to the one it served."""
+
+
 class QueueFull(ServiceError):
     """Too many requests wait for the model; retry after `retry_after` seconds."""
 

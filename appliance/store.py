@@ -7,7 +7,9 @@ are checked against the pinned SHA-256, and only then renamed into place.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -49,19 +51,36 @@ def tier_of(path: str | Path | None) -> str | None:
     return next((t.name for t in catalog() if t.file == name), None)
 
 
+def tier_named(name: str) -> Tier | None:
+    return next((t for t in catalog() if t.name == name), None)
+
+
+def installed(models: Path) -> dict[str, int]:
+    """The GGUF files in the store, file name to size in bytes, by name: regular files only (a link could
+    point anywhere; downloads in progress live in `.partial/`)."""
+    if not models.is_dir():
+        return {}
+    entries = sorted(os.scandir(models), key=lambda entry: entry.name)
+    return {e.name: e.stat(follow_symlinks=False).st_size for e in entries
+            if e.name.endswith(".gguf") and not e.name.startswith(".") and e.is_file(follow_symlinks=False)}
+
+
 def configured_model(config: Config) -> Path | None:
-    """The model to serve: `inference.model` as a path or tier name, else the first GGUF in the store."""
+    """The model to serve: `inference.model` as a path, a file name in the store or a tier name, else the
+    first GGUF in the store."""
     choice = config.inference.model
     if "/" in choice:
         return Path(choice)
+    if choice.endswith(".gguf"):
+        return config.models_path / choice
     if choice:
-        tier = next((t for t in catalog() if t.name == choice), None)
+        tier = tier_named(choice)
         if tier is None:
-            raise StoreError(f"inference.model: {choice!r} is neither a path nor a catalog tier "
-                             f"(tiers: {', '.join(t.name for t in catalog())})")
+            raise StoreError(f"inference.model: {choice!r} is neither a path, a .gguf file name nor a catalog "
+                             f"tier (tiers: {', '.join(t.name for t in catalog())})")
         return config.models_path / tier.file
-    present = sorted(config.models_path.glob("*.gguf"))
-    return present[0] if present else None
+    present = installed(config.models_path)
+    return config.models_path / next(iter(present)) if present else None
 
 
 def _partial(models: Path, name: str) -> Path:
@@ -79,8 +98,14 @@ def _sha256_of(path: Path) -> "hashlib._Hash":
 
 
 def _pump(read, out, digest, done: int, total: int, progress: Progress | None) -> int:
-    """Copy chunks from `read` to `out`, hashing and reporting as they pass; return the bytes done."""
+    """Copy chunks from `read` to `out`, hashing and reporting as they pass; return the bytes done.
+    Past the announced `total` (a server that sent no or a wrong length) each chunk checks free space
+    first: the partial file is then deleted rather than let eat into the database's reserve."""
     while chunk := read(CHUNK):
+        if done + len(chunk) > total and (problem := files.shortfall(Path(out.name).parent, len(chunk))):
+            out.close()
+            Path(out.name).unlink()
+            raise StoreError(f"{problem}; more arrived than announced, and the partial file was deleted")
         out.write(chunk)
         digest.update(chunk)
         done += len(chunk)
@@ -128,6 +153,10 @@ def download(url: str, sha256: str, models: Path, name: str, progress: Progress 
             with part.open("ab" if have else "wb") as f:
                 have = _pump(response.read, f, digest, have, total, progress)
         except OSError as err:
+            if err.errno == errno.ENOSPC:  # something else filled the partition: give the database its room back
+                part.unlink(missing_ok=True)
+                raise StoreError(f"download of {url} stopped: the data partition is full; the partial file was "
+                                 "deleted; free space and download again") from None
             raise StoreError(f"download of {url} interrupted at {part.stat().st_size} of {total} bytes ({err}); "
                              "run it again to resume") from None
     if have < total:
@@ -136,7 +165,7 @@ def download(url: str, sha256: str, models: Path, name: str, progress: Progress 
 
 
 def download_tier(tier_name: str, models: Path, progress: Progress | None = None) -> Path:
-    tier = next((t for t in catalog() if t.name == tier_name), None)
+    tier = tier_named(tier_name)
     if tier is None:
         raise StoreError(f"no tier {tier_name!r} in the catalog (tiers: {', '.join(t.name for t in catalog())})")
     return download(tier.url, tier.sha256, models, tier.file, progress, tier.size)

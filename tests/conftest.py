@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from buildhost import ROOT, tinymodel
 from buildhost.wheels import smollm2
-from served import Service
+from served import UNLIMITED, Service
 from vm import build_image as build_one, run_build
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return tinymodel.write(tmp_path_factory.mktemp("models") / "tiny.gguf", "small")
+
+
+@pytest.fixture(scope="session")
+def other_model(tmp_path_factory) -> Path:
+    """A second generated model under another name, for swaps."""
+    return tinymodel.write(tmp_path_factory.mktemp("models") / "other.gguf", "small", name="paladin-other")
+
+
+@pytest.fixture
+def two_models(tmp_path, tiny_model, other_model) -> Path:
+    """A data directory whose model store holds tiny.gguf and other.gguf."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for model in (tiny_model, other_model):
+        shutil.copy(model, models / model.name)
+    return tmp_path
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +63,7 @@ def build_image(tmp_path_factory, tiny_model, release_keys):
 
 @pytest.fixture(scope="session")
 def service(tiny_model, tmp_path_factory):
-    running = Service(tiny_model, tmp_path_factory.mktemp("service"), {"WATCHDOG_USEC": "400000"})
+    # The fuzzing and the queue tests send hundreds of requests and wrong tokens from 127.0.0.1 on purpose.
+    running = Service(tiny_model, tmp_path_factory.mktemp("service"), {"WATCHDOG_USEC": "400000"}, UNLIMITED)
     yield running
     running.stop()

@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 from buildhost.qemu import free_port
 
 PALADIN = Path(sys.executable).parent / "paladin"
+# For tests and benchmarks that send many requests from 127.0.0.1 on purpose: they measure something else.
+UNLIMITED = {"server": {"requests_per_second": 0, "auth_failures_per_minute": 0}}
 
 
 def create_token(data_dir: Path, name: str = "test") -> str:
@@ -25,10 +28,14 @@ def create_token(data_dir: Path, name: str = "test") -> str:
 
 
 class Service:
-    """`paladin serve` as a child process, with a notify socket standing in for systemd's."""
+    """`paladin serve` as a child process, with a notify socket standing in for systemd's.
 
-    def __init__(self, model: Path, data_dir: Path, extra_env: dict | None = None):
+    `model` None serves the configured one; `config`, when given, becomes the owner's config.yaml."""
+
+    def __init__(self, model: Path | None, data_dir: Path, extra_env: dict | None = None, config: dict | None = None):
         self.data_dir = data_dir
+        if config is not None:
+            (data_dir / "config.yaml").write_text(yaml.safe_dump(config))
         self.token = create_token(data_dir)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -41,8 +48,8 @@ class Service:
         self.log = (data_dir / "service.log").open("w+")
         env = os.environ | {"NOTIFY_SOCKET": str(self.notify_path)} | (extra_env or {})
         self.process = subprocess.Popen(
-            [PALADIN, "serve", "--model", model, "--data-dir", data_dir, "--listen", f"127.0.0.1:{self.port}",
-             "--config", data_dir / "none.yaml"],
+            [PALADIN, "serve", *(["--model", model] if model else []), "--data-dir", data_dir,
+             "--listen", f"127.0.0.1:{self.port}", "--config", data_dir / "none.yaml"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_ready()
 

@@ -2,13 +2,15 @@
 
 import hashlib
 import os
+import shutil
 import subprocess
 import http.server
 import threading
+from pathlib import Path
 
 import pytest
 
-from appliance import files, store
+from appliance import config, files, store
 from appliance.store import StoreError
 
 pytestmark = pytest.mark.unit
@@ -99,6 +101,29 @@ def test_catalog_pins_every_tier():
     assert store.tier_of("/x/SmolLM2-135M-Instruct.Q4_1.gguf") == "smollm2-135m"
 
 
+def test_the_store_lists_its_gguf_files_and_serves_a_choice_by_path_file_name_or_tier(tmp_path):
+    cfg = config.parse({"data_dir": str(tmp_path)})
+    assert store.installed(cfg.models_path) == {} and store.configured_model(cfg) is None
+    models = cfg.models_path
+    (models / ".partial").mkdir(parents=True)
+    (models / ".partial/c.gguf.part").write_bytes(b"GGUF")
+    (models / "b.gguf").write_bytes(b"GGUF1")
+    (models / "a.gguf").write_bytes(b"GGUF")
+    (models / "notes.txt").write_text("hello")
+    (models / ".hidden.gguf").write_bytes(b"GGUF")
+    (models / "link.gguf").symlink_to(tmp_path / "elsewhere.gguf")
+    assert store.installed(models) == {"a.gguf": 4, "b.gguf": 5}
+    assert store.configured_model(cfg) == models / "a.gguf"
+
+    def choosing(model):
+        return store.configured_model(config.parse({"data_dir": str(tmp_path), "inference": {"model": model}}))
+    assert choosing("b.gguf") == models / "b.gguf"
+    assert choosing("/srv/x.gguf") == Path("/srv/x.gguf")
+    assert choosing("smollm2-135m") == models / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with pytest.raises(StoreError, match="neither a path, a .gguf file name nor a catalog tier"):
+        choosing("llama3")
+
+
 def test_the_real_smollm2_file_matches_its_catalog_pin(smollm2_model):
     tier = store.catalog()[0]
     assert hashlib.sha256(smollm2_model.read_bytes()).hexdigest() == tier.sha256
@@ -116,4 +141,38 @@ def test_a_download_that_cannot_fit_writes_nothing(server, tmp_path):
             store.download(server, DIGEST, models, "m.gguf")
         assert not (models / "m.gguf").exists() and not any((models / ".partial").iterdir())
     finally:
+        subprocess.run(["umount", "-l", models], check=True)
+
+
+class Unannounced(http.server.BaseHTTPRequestHandler):
+    """Sends a body with no Content-Length, 1 MiB at a time, until the client hangs up."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        try:
+            for _ in range(512):
+                self.wfile.write(b"G" * 2**20)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
+def test_a_download_longer_than_announced_stops_before_the_reserve(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={files.RESERVE_BYTES + 8 * 2**20}", "tmpfs", models],
+                   check=True)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unannounced)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(StoreError, match="more arrived than announced, and the partial file was deleted"):
+            store.download(f"http://127.0.0.1:{httpd.server_address[1]}/m.gguf", DIGEST, models, "m.gguf")
+        assert not any(models.rglob("m.gguf*"))
+        assert shutil.disk_usage(models).free > files.RESERVE_BYTES
+    finally:
+        httpd.shutdown()
         subprocess.run(["umount", "-l", models], check=True)

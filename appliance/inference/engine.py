@@ -5,10 +5,14 @@ parallel sequences, so one thread owns the model and runs jobs one at a time in
 arrival order (FIFO is the fairness rule).  The event loop only admits jobs and
 relays their tokens.
 
-Model swaps (`Engine.swap`, used by the resource watchdog) are queued ahead of
-waiting jobs but never interrupt one: the in-flight job finishes on the old
-model, every waiting job then runs on the new one.  No request fails because of
-a swap; if the new model cannot be loaded, the old one is loaded again.
+Model swaps (`Engine.swap`: the owner's choice, the resource watchdog) are queued
+ahead of waiting jobs but never interrupt one: the in-flight job finishes on the
+old model, every waiting job then runs on the new one.  No request fails because
+of a swap: while one runs, requests naming the alias wait for it; if the new
+model cannot be loaded, the old one is loaded again.
+
+The event loop never touches the llama.cpp handles, which the inference thread
+frees during a swap: it reads `Engine.served`, a snapshot taken at load time.
 """
 
 from __future__ import annotations
@@ -30,11 +34,9 @@ from ..errors import (GenerationFailed, InvalidRequest, NotReady, PromptTooLong,
 from ..metrics import Metrics
 from .llama import Model, ModelError, Sampler, Sampling
 from .prompts import ChatTemplate, PromptError
+from .stops import MAX_STOP_CHARS, MAX_STOPS, StopScanner
 
 log = logging.getLogger(__name__)
-# Far beyond any real stop sequence (chat templates use a few characters); a bound keeps a request
-# from making the only engine scan megabytes per token.
-MAX_STOPS, MAX_STOP_CHARS = 16, 256
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Request:
 class Started:
     prompt_tokens: int
     reused_tokens: int
+    model: str  # the id of the model the job runs on (a request for the alias may meet a swap)
 
 
 @dataclass(frozen=True)
@@ -76,54 +79,24 @@ class Job:
         self.cancelled.set()
 
 
-def _failure(stop: str) -> list[int]:
-    """Knuth-Morris-Pratt: for each prefix of `stop`, the length of its longest proper border."""
-    table, k = [0] * len(stop), 0
-    for i in range(1, len(stop)):
-        while k and stop[i] != stop[k]:
-            k = table[k - 1]
-        if stop[i] == stop[k]:
-            k += 1
-        table[i] = k
-    return table
-
-
-class StopScanner:
-    """Finds stop strings across token boundaries, holding back only what could still start one.
-
-    One automaton per stop string (KMP), fed each character once: the cost per token is linear in
-    its text, whatever was generated before and however long the stop strings are.
-    """
-
-    def __init__(self, stops: tuple[str, ...]):
-        self.stops = [s for s in stops if s]
-        self.tables = [_failure(s) for s in self.stops]
-        self.matched = [0] * len(self.stops)  # per stop: how much of it the text now ends with
-        self.held = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        for i, char in enumerate(text):
-            for n, stop in enumerate(self.stops):
-                k = self.matched[n]
-                while k and stop[k] != char:
-                    k = self.tables[n][k - 1]
-                k = k + 1 if stop[k] == char else 0
-                if k == len(stop):
-                    emitted = self.held + text[:i + 1]
-                    self.held = ""
-                    return emitted[:len(emitted) - len(stop)], True
-                self.matched[n] = k
-        buf = self.held + text
-        keep = max(self.matched, default=0)
-        self.held = buf[len(buf) - keep:] if keep else ""
-        return buf[:len(buf) - keep], False
-
-
 @dataclass(order=True)
 class _Item:
     priority: int
     seq: int
     work: object = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Served:
+    """The loaded model as request handlers may see it."""
+    id: str
+    path: Path
+    size_bytes: int
+    context_tokens: int
+    parameters: int
+    architecture: str
+    file_type: str
+    template: str
 
 
 @dataclass
@@ -142,8 +115,8 @@ class Engine:
         self.threads = settings.threads or config_module.default_threads()
         self.state = "no_model"
         self.reason = "no model is configured"
-        self.model: Model | None = None
-        self.model_id: str | None = None
+        self.served: Served | None = None
+        self.model: Model | None = None  # the inference thread's alone, like the template
         self.template: ChatTemplate | None = None
         self._queue: queue.PriorityQueue[_Item] = queue.PriorityQueue()
         self._seq = itertools.count()
@@ -158,23 +131,43 @@ class Engine:
         """Serve the model at `path` from the next job on (None unloads); raises ModelError if it fails."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        if self.model is None and path is not None:
+        if self.served is None and path is not None:
             self.state, self.reason = "loading", f"loading {path.name}"
         self._queue.put(_Item(self.SWAP, next(self._seq), _Swap(path, done, loop)))
         await done
 
-    ALIAS = "paladin"  # whatever model the box serves now; stays valid across watchdog swaps
+    ALIAS = "paladin"  # whatever model the box serves now; stays valid across swaps
+
+    @property
+    def model_id(self) -> str | None:
+        served = self.served
+        return served.id if served else None
 
     def model_names(self) -> list[str]:
-        return [self.model_id, self.ALIAS] if self.model_id else []
+        served = self.served
+        return [served.id, self.ALIAS] if served else []
 
     def check_model(self, name: str) -> None:
-        """Refuse, rather than silently serve the default for, a model this box does not serve."""
-        if self.state != "ready":
+        """Refuse, rather than silently serve the default for, a model this box does not serve.
+
+        During a swap the alias is accepted (the job waits for the swap and runs on whatever it loads)
+        and other names are asked to come back.  The inference thread sets the state before it clears
+        `served` and sets `served` before the state, so reading `served` first never mistakes a swap
+        for a missing model."""
+        served = self.served
+        wanted = name.removesuffix(":latest")
+        if served is not None and wanted in (served.id, self.ALIAS):
+            return
+        swapping = self.state == "swapping" or (served is None and self.state == "ready")
+        if swapping and wanted == self.ALIAS:
+            return
+        if swapping:
+            raise NotReady(f"the box is switching models; retry shortly, or name the model '{self.ALIAS}' to be "
+                           "served by whichever model is loaded", retry_after=5)
+        if served is None:
             raise NotReady(f"the model is not ready: {self.reason}", retry_after=5)
-        if name.removesuffix(":latest") not in self.model_names():
-            raise UnknownModel(f"the model '{name}' does not exist on this box; it serves "
-                               f"{' and '.join(repr(n) for n in self.model_names())}", param="model")
+        raise UnknownModel(f"the model '{name}' does not exist on this box; it serves '{served.id}' and "
+                           f"'{self.ALIAS}'", param="model")
 
     async def begin(self, request: Request) -> tuple[Started, AsyncIterator[object]]:
         """Queue a job and wait until it starts; errors (queue full, prompt too long) raise here."""
@@ -185,7 +178,7 @@ class Engine:
         if len(request.stop) > MAX_STOPS or any(len(stop) > MAX_STOP_CHARS for stop in request.stop):
             raise InvalidRequest(f"at most {MAX_STOPS} stop strings of at most {MAX_STOP_CHARS} characters each",
                                  param="stop")
-        if self.state != "ready":
+        if self.state not in ("ready", "swapping"):
             raise NotReady(f"the model is not ready: {self.reason}", retry_after=5)
         with self._lock:
             if self._waiting >= self.settings.queue_size:
@@ -216,9 +209,10 @@ class Engine:
         await asyncio.to_thread(self._thread.join)
 
     def status(self) -> dict:
-        status = {"state": self.state, "reason": self.reason, "model": self.model_id, "threads": self.threads}
-        if self.model is not None:
-            status.update(path=str(self.model.path), context_tokens=self.model.n_ctx, size_bytes=self.model.size_bytes)
+        served = self.served
+        status = {"state": self.state, "reason": self.reason, "model": served and served.id, "threads": self.threads}
+        if served is not None:
+            status.update(path=str(served.path), context_tokens=served.context_tokens, size_bytes=served.size_bytes)
         return status
 
     # -- worker side -----------------------------------------------------
@@ -260,20 +254,29 @@ class Engine:
                 work.loop.call_soon_threadsafe(work.done.cancel)
 
     def _unload(self) -> None:
+        self.served = None  # first: requests see a swap (check_model), never a model being freed
         if self.model is not None:
             self.model.close()
-        self.model = self.model_id = self.template = None
+        self.model = self.template = None
 
     def _load(self, path: Path) -> None:
-        model = Model(path, threads=self.threads, context_tokens=self.settings.context_tokens)
+        model = Model(path, threads=self.threads, context_tokens=self.settings.context_tokens,
+                      cpu_variant=self.settings.cpu_variant)
         self.template = ChatTemplate(model.meta("tokenizer.chat_template"),
                                      model.special_text("bos"), model.special_text("eos"))
-        self.model, self.model_id = model, model_id(path)
-        self.state, self.reason = "ready", "serving " + self.model_id
+        self.model = model
+        self.served = Served(id=model_id(path), path=model.path, size_bytes=model.size_bytes,
+                             context_tokens=model.n_ctx, parameters=model.parameters,
+                             architecture=model.meta("general.architecture") or "",
+                             file_type=model.meta("general.file_type") or "", template=self.template.source)
+        self.state, self.reason = "ready", "serving " + self.served.id
         self.metrics.model_loaded = 1
 
     def _swap(self, swap: _Swap) -> None:
-        previous = self.model.path if self.model else None
+        previous = self.served.path if self.served else None
+        if previous is not None:
+            self.state, self.reason = "swapping", f"switching from {previous.name} to " + (
+                swap.path.name if swap.path else "no model")
         self._unload()  # before loading: a swap down the ladder happens when memory is short
         self.metrics.model_loaded = 0
         error = None
@@ -285,10 +288,12 @@ class Engine:
         except ModelError as err:
             error = err
             log.error("%s", err)
+            self.state, self.reason = "failed", str(err)
             if previous is not None:
-                self._load(previous)
-            else:
-                self.state, self.reason = "failed", str(err)
+                try:
+                    self._load(previous)
+                except ModelError as again:  # its file went away meanwhile: the engine lives on without one
+                    log.error("%s", again)
 
         def resolve() -> None:
             if not swap.done.done():
@@ -313,7 +318,7 @@ class Engine:
         start = time.monotonic()
         tokens = self._prompt_tokens(request)
         reused = model.prefill(tokens, job.cancelled.is_set)
-        job.emit(Started(len(tokens), reused))
+        job.emit(Started(len(tokens), reused, self.served.id))
         limit = request.max_tokens or min(self.settings.max_tokens, model.n_ctx - len(tokens))
         stops = request.stop + (tuple(self.template.stop_strings()) if request.messages is not None else ())
         scanner = StopScanner(stops)

@@ -34,21 +34,28 @@ class ModelError(RuntimeError):
     """A model file could not be loaded or used."""
 
 
-def load_backends() -> list[str]:
+def load_backends(variant: str = "") -> list[str]:
     """Load ggml's backend plugins (the CPU variants) once; return the devices found (logged with the variant).
 
     The wheel is built with GGML_BACKEND_DL so that one binary carries a CPU
     backend per instruction-set level, picked at run time for the CPU at hand.
     llama-cpp-python never loads those plugins itself.  libggml must be the
     instance libllama already uses, hence the look-up by soname with NOLOAD.
+    A named `variant` (inference.cpu_variant) is loaded instead of the best one: a
+    hypervisor can report instructions it then faults on (AMX on one Xeon VM).
     """
     global _backends
     if _backends is None:
         llama_cpp.llama_log_set(_forward_log, None)
         ggml = ctypes.CDLL("libggml.so.0", mode=os.RTLD_NOLOAD | ctypes.RTLD_GLOBAL)
         ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
-        for directory in plugin_dirs():
-            ggml.ggml_backend_load_all_from_path(str(directory).encode())
+        ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
+        ggml.ggml_backend_load.restype = ctypes.c_void_p
+        if variant:
+            ggml.ggml_backend_load(str(_variant_file(variant)).encode())
+        else:
+            for directory in plugin_dirs():
+                ggml.ggml_backend_load_all_from_path(str(directory).encode())
         ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
         ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
         ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
@@ -60,6 +67,14 @@ def load_backends() -> list[str]:
         _backends = [ggml.ggml_backend_dev_description(ggml.ggml_backend_dev_get(i)).decode() for i in range(count)]
         llama_cpp.llama_backend_init()
     return _backends
+
+
+def _variant_file(variant: str) -> Path:
+    found = {path.stem.removeprefix("libggml-cpu-"): path for d in plugin_dirs() for path in d.glob("libggml-cpu-*.so")}
+    if variant not in found:
+        raise ModelError(f"inference.cpu_variant: this build has no CPU variant {variant!r}; "
+                         f"it has {', '.join(sorted(found))}")
+    return found[variant]
 
 
 def plugin_dirs() -> list[Path]:
@@ -100,8 +115,8 @@ class Sampler:
 class Model:
     """A GGUF model with one context whose KV cache holds `self.cached` (sequence 0)."""
 
-    def __init__(self, path: Path, *, threads: int, context_tokens: int, batch: int = 512):
-        load_backends()
+    def __init__(self, path: Path, *, threads: int, context_tokens: int, batch: int = 512, cpu_variant: str = ""):
+        load_backends(cpu_variant)
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such model file")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import time
 
@@ -21,9 +20,10 @@ from ..inference.engine import Engine, Finished, Request as Generation
 from ..inference.llama import ModelError
 from ..metrics import Metrics
 from ..update import status as update_status
-from . import chat, ollama_api, openai_api, updates
+from . import chat, models, ollama_api, openai_api, updates
 from .auth import ROUTE_KEY, Identify, Identity, route
-from .http import BodyLimit, openai_error
+from .http import BodyLimit, openai_error, peer_address
+from .ratelimit import Buckets, RateLimit
 
 log = logging.getLogger(__name__)
 # The release this software belongs to (IMAGE_VERSION of the image; "0" outside one).
@@ -41,12 +41,8 @@ async def handle_service_error(request: Request, err: ServiceError):
 
 def from_the_box(host: str | None) -> bool:
     """A loopback peer, also as IPv6 sees IPv4 on a dual-stack socket (::ffff:127.0.0.1)."""
-    try:
-        address = ipaddress.ip_address(host or "")
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return (mapped or address).is_loopback
+    address = peer_address(host)
+    return address is not None and address.is_loopback
 
 
 async def probe(engine: Engine) -> dict:
@@ -110,7 +106,7 @@ class CountRequests:
 def routes() -> list:
     return [route("/health", health, needs=Identity.PUBLIC, methods=["GET"]),
             route("/metrics", metrics_page, needs=Identity.TOKEN, methods=["GET"]),
-            *openai_api.routes, *ollama_api.routes, *chat.routes, *updates.routes]
+            *openai_api.routes, *ollama_api.routes, *chat.routes, *models.routes, *updates.routes]
 
 
 def create_app(config: Config, model_path=None) -> Starlette:
@@ -139,14 +135,18 @@ def create_app(config: Config, model_path=None) -> Starlette:
                 heartbeat.cancel()
             await engine.close()
 
+    server = config.server
     return Starlette(
         routes=routes(),
         middleware=[
             Middleware(CountRequests, metrics=metrics),
-            Middleware(BodyLimit, limit=config.server.max_body_bytes, seconds=config.server.header_seconds,
+            Middleware(RateLimit, buckets=Buckets(server.requests_per_second, server.request_burst),
+                       error=error_response),
+            Middleware(BodyLimit, limit=server.max_body_bytes, seconds=server.header_seconds,
                        error=error_response,
                        streamed=(updates.BUNDLE_PATH,)),
-            Middleware(Identify, db=db),
+            Middleware(Identify, db=db,
+                       failures=Buckets(server.auth_failures_per_minute / 60, server.auth_failures_per_minute)),
         ],
         exception_handlers={ServiceError: handle_service_error},
         lifespan=lifespan,

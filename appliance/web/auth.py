@@ -8,13 +8,17 @@ every route with its identity, so a new route cannot be public by accident.
 
 Identities: PUBLIC (anyone on the network) and TOKEN (a live API token).  The first-boot wizard adds
 the owner's browser session and the one-time setup code as further members of `Identity`.
+
+Guessing: every wrong token takes one from its client's bucket of failures (`ratelimit.Buckets`); while
+the bucket is empty, the client's tokens are not even checked, and routes that need one answer 429
+instead of 401, so a right token found by guessing is worth nothing until the bucket refills.
 """
 
 from __future__ import annotations
 
 import base64
 import enum
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -24,7 +28,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import tokens
-from ..errors import Unauthenticated
+from ..errors import TooManyRequests, Unauthenticated
+from .http import client_of
+
+if TYPE_CHECKING:  # ratelimit labels its refusals with ROUTE_KEY, from here
+    from .ratelimit import Buckets
 
 
 # Where a route leaves its template in the ASGI scope, for labels from a closed set (metrics).
@@ -51,18 +59,24 @@ def presented_token(headers: Headers) -> str | None:
 
 
 class Identify:
-    """Put the caller's proven identities (and the token's name) into the request state."""
+    """Put the caller's proven identities (and the token's name) into the request state, and the seconds
+    its tokens go unchecked after too many wrong ones (`locked_out`, 0 for everyone else)."""
 
-    def __init__(self, app: ASGIApp, db):
-        self.app, self.db = app, db
+    def __init__(self, app: ASGIApp, db, failures: Buckets):
+        self.app, self.db, self.failures = app, db, failures
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             state = scope.setdefault("state", {})
             token = presented_token(Headers(scope=scope))
-            name = tokens.verify(self.db, token) if token else None
+            name, locked_out, client = None, 0, client_of(scope)
+            if token and not (locked_out := self.failures.wait(client)):
+                name = tokens.verify(self.db, token)
+                if name is None:
+                    self.failures.take(client)
             state["identities"] = {Identity.PUBLIC} | ({Identity.TOKEN} if name else set())
             state["token_name"] = name
+            state["locked_out"] = locked_out
         await self.app(scope, receive, send)
 
 
@@ -75,6 +89,10 @@ def route(path: str, endpoint: Endpoint, *, needs: Identity, methods: list[str] 
     async def guarded(request: Request) -> Response:
         request.scope[ROUTE_KEY] = path
         if needs not in request.state.identities:
+            if seconds := request.state.locked_out:
+                raise TooManyRequests(f"too many wrong tokens from this address: its tokens are not checked for "
+                                      f"{seconds} s (Retry-After); then send a live one ('paladin token list' "
+                                      "names them)", retry_after=seconds)
             raise Unauthenticated(f"this needs a valid {needs.value} (Authorization: Bearer TOKEN, or HTTP Basic "
                                   "with the token as password); create one with 'paladin token create'")
         return await endpoint(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 from typing import Any, Awaitable, Callable
 
@@ -23,6 +24,8 @@ STATUS: dict[type[ServiceError], tuple[int, str, str | None]] = {
     errors.UnknownModel: (404, "invalid_request_error", "model_not_found"),
     errors.TooSlow: (408, "invalid_request_error", "request_timeout"),
     errors.TooLarge: (413, "invalid_request_error", "body_too_large"),
+    errors.ModelUnusable: (422, "invalid_request_error", "model_unusable"),
+    errors.TooManyRequests: (429, "rate_limit_error", "rate_limit_exceeded"),
     errors.QueueFull: (429, "rate_limit_error", "queue_full"),
     errors.GenerationFailed: (500, "server_error", None),
     errors.NotReady: (503, "server_error", "unavailable"),
@@ -47,6 +50,23 @@ def openai_error(err: ServiceError) -> JSONResponse:
     code = code if code != "invalid_value" or err.param else None
     return JSONResponse({"error": {"message": err.message, "type": kind, "param": err.param, "code": code}},
                         status_code=status, headers=error_headers(err))
+
+
+def peer_address(host: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The peer's IP address, an IPv4 one on a dual-stack socket (::ffff:a.b.c.d) as plain IPv4; None for
+    anything that is not an address (a Unix socket, the in-process test client)."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return None
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def client_of(scope: Scope) -> str:
+    """Who is asking, as the per-client limits count: the peer's address, else whatever the server named."""
+    host = scope["client"][0] if scope.get("client") else ""
+    address = peer_address(host)
+    return str(address) if address else host
 
 
 async def read_json(request: Request) -> dict:

@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from ..errors import InvalidRequest, ServiceError
+from ..errors import InvalidRequest, NotReady, ServiceError
 from ..inference import prompts
-from ..inference.engine import Engine, Finished, Request as Generation
+from ..inference.engine import Engine, Finished, Request as Generation, Served
 from ..inference.llama import Sampling
 from .auth import Identity, route
 from .http import error_headers, field, read_json, status_of, unless_disconnected
@@ -46,12 +46,9 @@ def _options(body: dict) -> tuple[Sampling, int | None, tuple[str, ...]]:
     return sampling, (predict if predict and predict > 0 else None), tuple(stop)
 
 
-def _details(engine: Engine) -> dict:
-    model = engine.model
-    return {"parent_model": "", "format": "gguf", "family": model.meta("general.architecture") or "",
-            "families": [model.meta("general.architecture") or ""],
-            "parameter_size": f"{model.parameters / 1e6:.0f}M",
-            "quantization_level": (model.meta("general.file_type") or "")}
+def _details(served: Served) -> dict:
+    return {"parent_model": "", "format": "gguf", "family": served.architecture, "families": [served.architecture],
+            "parameter_size": f"{served.parameters / 1e6:.0f}M", "quantization_level": served.file_type}
 
 
 async def _respond(request: Request, engine: Engine, name: str, generation: Generation, stream: bool, chat: bool):
@@ -119,13 +116,15 @@ async def generate(request: Request):
 
 async def tags(request: Request):
     engine: Engine = request.state.engine
-    if engine.model is None:
+    served = engine.served
+    if served is None:
         return JSONResponse({"models": []})
-    modified = datetime.fromtimestamp(engine.model.path.stat().st_mtime, timezone.utc).isoformat()
+    file = served.path.stat()
+    modified = datetime.fromtimestamp(file.st_mtime, timezone.utc).isoformat()
     return JSONResponse({"models": [
         {"name": f"{name}:latest", "model": f"{name}:latest", "modified_at": modified,
-         "size": engine.model.path.stat().st_size, "digest": "", "details": _details(engine)}
-        for name in engine.model_names()]})
+         "size": file.st_size, "digest": "", "details": _details(served)}
+        for name in (served.id, engine.ALIAS)]})
 
 
 async def show(request: Request):
@@ -135,12 +134,14 @@ async def show(request: Request):
     if not isinstance(name, str):
         raise InvalidRequest("'model' is required", param="model")
     engine.check_model(name)
-    model = engine.model
+    served = engine.served
+    if served is None:  # the alias, asked during a swap
+        raise NotReady("the box is switching models; ask again in a few seconds", retry_after=5)
     return JSONResponse({
-        "modelfile": "", "parameters": "", "template": engine.template.source, "details": _details(engine),
-        "model_info": {"general.architecture": model.meta("general.architecture"),
-                       "general.parameter_count": model.parameters,
-                       "context_length": model.n_ctx},
+        "modelfile": "", "parameters": "", "template": served.template, "details": _details(served),
+        "model_info": {"general.architecture": served.architecture or None,
+                       "general.parameter_count": served.parameters,
+                       "context_length": served.context_tokens},
         "capabilities": ["completion"], "modified_at": _now()})
 
 

@@ -60,8 +60,6 @@ async def _complete(request: Request, *, chat: bool):
     stream = field(body, "stream", bool, False)
     include_usage = bool(field(body, "stream_options", dict, {}).get("include_usage"))
     kind = "chat.completion" if chat else "text_completion"
-    base = {"id": ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12), "created": int(time.time()),
-            "model": engine.model_id, "system_fingerprint": "paladin"}
 
     def choice(text: str, finish: str | None, delta: bool) -> dict:
         if not chat:
@@ -69,7 +67,9 @@ async def _complete(request: Request, *, chat: bool):
         message = {"role": "assistant", "content": text} if not delta else ({"content": text} if text else {})
         return {"index": 0, ("delta" if delta else "message"): message, "logprobs": None, "finish_reason": finish}
 
-    _, events = await unless_disconnected(request, engine.begin(generation))
+    started, events = await unless_disconnected(request, engine.begin(generation))
+    base = {"id": ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12), "created": int(time.time()),
+            "model": started.model, "system_fingerprint": "paladin"}
     if not stream:
         async def collect() -> tuple[str, Finished]:
             parts = []

@@ -1,6 +1,6 @@
 """Service benchmarks, each against a baseline measured in the same run.
 
-    ./build.py bench run [--quick] [--json FILE]
+    ./build.py bench run [--quick] [--json FILE] [--cpu-variant NAME]
 
 * streaming generation speed through the service (HTTP, SSE) divided by a bare
   llama.cpp decode loop through its C API, same model, threads and prompt,
@@ -34,15 +34,16 @@ from appliance.inference.llama import load_backends
 from buildhost import tinymodel
 from buildhost.qemu import free_port
 from buildhost.wheels import smollm2
-from tests.served import Service
+from tests.served import UNLIMITED, Service
 
 THREADS = config.default_threads()
 CONTEXT = 2048
+CPU_VARIANT = ""  # --cpu-variant: inference.cpu_variant for both sides
 
 
 def direct(model: Path, prompt: str, n: int) -> dict:
     """llama.cpp alone: tokenize, prefill, then a greedy sample/decode loop through the C API."""
-    load_backends()
+    load_backends(CPU_VARIANT)
     m = llama_cpp.llama_model_load_from_file(str(model).encode(), llama_cpp.llama_model_default_params())
     params = llama_cpp.llama_context_default_params()
     params.n_ctx, params.n_threads, params.n_threads_batch, params.no_perf = CONTEXT, THREADS, THREADS, True
@@ -92,9 +93,9 @@ def streamed(service: Service, prompt: str, n: int) -> dict:
 
 def start_service(model: Path, data: Path) -> Service:
     data.mkdir(parents=True, exist_ok=True)
-    (data / "config.yaml").write_text(
-        f"inference:\n  threads: {THREADS}\n  context_tokens: {CONTEXT}\n  queue_size: 64\n")
-    return Service(model, data)
+    # Unlimited: 32 clients on 127.0.0.1 are one address to the per-client limit, which is not what is measured.
+    return Service(model, data, config=UNLIMITED | {
+        "inference": {"threads": THREADS, "context_tokens": CONTEXT, "queue_size": 64, "cpu_variant": CPU_VARIANT}})
 
 
 def speed(label: str, model: Path, lengths: list[int], reps: int, work: Path, results: dict) -> None:
@@ -181,7 +182,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="SmolLM2 only, 128 tokens")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--reps", type=int, default=5, help="runs per measurement on SmolLM2 (medians)")
+    parser.add_argument("--cpu-variant", default="", help="a llama.cpp CPU variant instead of the best one "
+                                                           "(inference.cpu_variant), for both sides")
     args = parser.parse_args()
+    global CPU_VARIANT
+    CPU_VARIANT = args.cpu_variant
     results: dict = {"threads": THREADS}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -1,4 +1,5 @@
-"""The llama.cpp build runs on any x86-64 CPU: generate under an emulated CPU without AVX."""
+"""The llama.cpp build runs on any x86-64 CPU: generate under an emulated CPU without AVX, and with
+the variant the owner names (inference.cpu_variant) instead of the best one."""
 
 import os
 import platform
@@ -8,7 +9,9 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.emulated
+from appliance.inference import llama
+
+X86 = pytest.mark.skipif(platform.machine() != "x86_64", reason="the x86-64 wheel's variants")
 QEMU = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
 SCRIPT = """
 import asyncio, logging, pathlib, sys
@@ -17,9 +20,9 @@ from appliance.inference import llama
 logging.basicConfig(level=logging.INFO)
 from appliance.inference.engine import Engine, Request
 from appliance.metrics import Metrics
-print(llama.load_backends())
 async def main():
-    engine = Engine(config.parse({"inference": {"threads": 1, "context_tokens": 128}}).inference, Metrics())
+    settings = {"threads": 1, "context_tokens": 128, "cpu_variant": sys.argv[2] if len(sys.argv) > 2 else ""}
+    engine = Engine(config.parse({"inference": settings}).inference, Metrics())
     await engine.swap(pathlib.Path(sys.argv[1]))
     _, events = await engine.begin(Request(prompt="hi", max_tokens=8))
     n = [e async for e in events]
@@ -29,6 +32,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.emulated
 @pytest.mark.skipif(platform.machine() != "x86_64" or QEMU is None, reason="needs qemu-user on an x86-64 host")
 @pytest.mark.parametrize("cpu", ["Nehalem"])
 def test_generates_on_a_cpu_without_avx(cpu, tiny_model):
@@ -40,3 +44,20 @@ def test_generates_on_a_cpu_without_avx(cpu, tiny_model):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "finished 8" in out.stdout
     assert "libggml-cpu-sse42.so" in out.stderr  # the best variant for a CPU with SSE4.2 and no AVX
+
+
+@pytest.mark.service
+@X86
+def test_a_named_variant_is_used_instead_of_the_best(tiny_model):
+    out = subprocess.run([sys.executable, "-c", SCRIPT, tiny_model, "x64"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "finished 8" in out.stdout and "libggml-cpu-x64.so" in out.stderr
+    assert out.stderr.count("loaded CPU backend from") == 1
+
+
+@pytest.mark.unit
+@X86
+def test_a_variant_this_build_lacks_is_a_clear_error():
+    with pytest.raises(llama.ModelError, match="no CPU variant 'pentium'; it has .*sse42"):
+        llama._variant_file("pentium")

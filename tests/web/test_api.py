@@ -15,7 +15,8 @@ pytestmark = pytest.mark.unit
 @pytest.fixture(scope="module")
 def api(tiny_model, tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
-    cfg = config.parse({"data_dir": str(data), "server": {"max_body_bytes": 4096},
+    # Unlimited rate: the module's tests send hundreds of requests as one client, at once.
+    cfg = config.parse({"data_dir": str(data), "server": {"max_body_bytes": 4096, "requests_per_second": 0},
                         "inference": {"threads": 1, "context_tokens": 256, "max_tokens": 16}})
     token = tokens.create(database.connect(cfg.database_path), "test")
     with TestClient(create_app(cfg, tiny_model), headers={"Authorization": f"Bearer {token}"}) as client:

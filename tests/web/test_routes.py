@@ -28,6 +28,8 @@ POST   /conversations                token
 GET    /conversations/{id}           token
 DELETE /conversations/{id}           token
 POST   /conversations/{id}/messages  token
+GET    /models                       token
+PUT    /models/default               token
 GET    /update                       token
 POST   /update                       token
 PUT    /update/settings              token
