@@ -28,7 +28,7 @@ import shutil
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -305,6 +305,21 @@ def _check_uki(uki: Path, version: str, box: Box) -> None:
                           f"this box is {box.arch}")
 
 
+def _download(updater: Updater, version: str, chosen: dict[str, TargetFile], box: Box, progress: Progress,
+              directory: Path, place: Callable[[TargetFile], Path]) -> None:
+    """The chosen targets where `place` puts them in `directory`, each checked by python-tuf, and the UKI's
+    architecture; refused before a byte is written unless twice their size fits there (python-tuf
+    writes a temporary copy, then the file)."""
+    total = sum(info.length for info in chosen.values())
+    if problem := files.shortfall(directory, total * 2):
+        raise UpdateError(problem)
+    progress.set(done=0, total=total)
+    for info in chosen.values():
+        updater.download_target(info, str(place(info)))
+    progress.set()
+    _check_uki(place(chosen["uki"]), version, box)
+
+
 def _mirrored(info: TargetFile) -> Path:
     """Where a target lies in the mirror: by its path, which the root side's client asks for."""
     path = Path(info.path)
@@ -350,15 +365,8 @@ def _fetch_release(source: Source, work: Path, trusted: Path, progress: Progress
     updater = _updater(source, metadata, Recording(inner, base, mirror / "metadata"))
     progress.set(phase="metadata")
     version, chosen = _refresh(updater, metadata, box, unpacked if offline else None)
-    progress.set(version=version)
-    total = sum(info.length for info in chosen.values())
-    if problem := files.shortfall(work, total * 2):  # python-tuf writes a temporary copy, then the mirrored file
-        raise UpdateError(problem)
-    progress.set(phase="download", done=0, total=total)
-    for info in chosen.values():
-        updater.download_target(info, str(mirror / _mirrored(info)))
-    progress.set()
-    _check_uki(mirror / _mirrored(chosen["uki"]), version, box)
+    progress.set(version=version, phase="download")
+    _download(updater, version, chosen, box, progress, work, lambda info: mirror / _mirrored(info))
     return version
 
 
@@ -370,16 +378,10 @@ def verified_release(mirror: Path, state: Path, progress: Progress, box: Box, *,
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         (state / "tmp").mkdir(exist_ok=True)
-        trust(state)
+        _trust_root(state / "metadata")
         progress.set(phase="check")
         updater = _updater(mirror.as_uri(), state / "metadata", DirectoryFetcher(progress, mirror),
                            prefix_targets_with_hash=False)
-        version, chosen = _refresh(updater, state / "metadata", box,
-                                   mirror if offline else None)
-        total = sum(info.length for info in chosen.values())
-        if problem := files.shortfall(staging, total * 2):
-            raise UpdateError(problem)
-        for info in chosen.values():
-            updater.download_target(info, str(staging / Path(info.path).name))
-        _check_uki(staging / Path(chosen["uki"].path).name, version, box)
+        version, chosen = _refresh(updater, state / "metadata", box, mirror if offline else None)
+        _download(updater, version, chosen, box, progress, staging, lambda info: staging / Path(info.path).name)
         return version, chosen
