@@ -37,14 +37,14 @@ from appliance import facts
 from appliance.verbs import arg, parser, verb
 from buildhost import CACHE, ROOT
 from buildhost.image import BUILD_PACKAGES, build_image, check_version, default_keys, default_version
-from buildhost.qemu import QEMU, boot, image_arch
+from buildhost.qemu import LAN_PACKAGES, QEMU, boot, image_arch
 from buildhost.steps import StepError, existing_file, say, step
 from buildhost.wheels import LLAMA_CMAKE_ARGS, ensure_venv, llama_wheel, prepare, run_in_venv, smollm2
 from buildhost.debian import ensure_host_packages
 
 TEST_PACKAGES = BUILD_PACKAGES + ["gpgv", "debian-archive-keyring", "xz-utils", "zstd", "apt", "fdisk",
                                   *QEMU["x86-64"]["packages"], "qemu-user-static", "chromium", "systemd",
-                                  "mtools"]
+                                  "mtools", *LAN_PACKAGES]
 
 
 def cmd_demo(args) -> int:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import sys
 from pathlib import Path
 
-from . import config as config_module, db as database, logs, store, tokens
+from . import command, config as config_module, db as database, facts, firstboot, logs, store, tokens
 from .config import ConfigError
 from .errors import ServiceError
 from .verbs import arg, parser, verb
@@ -16,15 +18,61 @@ def _load(args) -> config_module.Config:
     overrides: dict = {}
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = str(Path(args.data_dir).resolve())
-    if getattr(args, "listen", None):
-        overrides.setdefault("server", {})["listen"] = args.listen
+    for key in ("listen", "https", "redirect"):
+        if getattr(args, key, None) is not None:
+            overrides.setdefault("server", {})[key] = getattr(args, key)
     return config_module.load(Path(args.config) if args.config else config_module.SYSTEM_CONFIG, overrides)
 
 
 def cmd_serve(args, config) -> None:
     from .web.server import serve  # gunicorn only where it is needed
 
+    firstboot.prepare(config)  # where no first-boot unit ran (a developer's machine): the same secrets
     serve(config, Path(args.model).resolve() if args.model else store.configured_model(config))
+
+
+def _on_the_box(config) -> bool:
+    """Root on the box's console: the data directory belongs to the service's user."""
+    try:
+        return os.geteuid() == 0 and config.data_path.stat().st_uid == pwd.getpwnam(facts.SERVICE_USER).pw_uid
+    except (KeyError, FileNotFoundError):
+        return False
+
+
+def _as_service_user(verb: list[str], config) -> bool:
+    """Run `paladin VERB` again as the service's user when started as root on the box's console (what it
+    writes to the data partition must stay the service's); False elsewhere, to run it here."""
+    if not _on_the_box(config):
+        return False
+    print(command.run(["runuser", "-u", facts.SERVICE_USER, "--", sys.argv[0], *verb, "--data-dir", config.data_dir]),
+          end="")
+    return True
+
+
+def cmd_firstboot(args, config) -> None:
+    firstboot.prepare(config)
+    firstboot.announce(config)
+
+
+def cmd_setup(args, config) -> None:
+    if not _as_service_user(["setup", "reset"], config):
+        firstboot.prepare(config, new_code=True)
+        firstboot.announce(config)
+
+
+def cmd_factory_reset(args, config) -> None:
+    if not args.yes:
+        raise SystemExit("paladin: factory-reset deletes the owner's account, conversations, tokens, settings and "
+                         "this box's keys (models stay); run it again with --yes to do it")
+    if _on_the_box(config):  # the service must not hold the database while it goes
+        command.run(["systemctl", "stop", "paladin.service"])
+        try:
+            _as_service_user(["factory-reset", "--yes"], config)
+        finally:
+            command.run(["systemctl", "start", "paladin.service"])
+        return
+    firstboot.factory_reset(config)
+    cmd_firstboot(args, config)
 
 
 def cmd_token(args, config) -> None:
@@ -64,6 +112,13 @@ def cmd_config(args, config) -> None:
         print(json.dumps(config_module.json_schema(), indent=2))
     elif args.action == "docs":
         print(config_module.markdown(), end="")
+    elif args.action == "get":
+        value = config_module.to_dict(config)
+        for part in (args.key or "").split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise SystemExit(f"paladin: config get: no key {args.key!r} ('paladin config show' lists them)")
+            value = value[part]
+        print(json.dumps(value))
     else:
         print(json.dumps(config_module.to_dict(config), indent=2))
 
@@ -71,13 +126,22 @@ def cmd_config(args, config) -> None:
 VERBS = {
     "serve": verb(cmd_serve, "run the assistant service in the foreground",
                   arg("--model", help="GGUF model to serve (overrides the configured one)"),
-                  arg("--listen", help="HOST:PORT to bind (overrides server.listen)")),
+                  arg("--listen", help="plain-HTTP API listener HOST:PORT, '' for none (overrides server.listen)"),
+                  arg("--https", help="HTTPS listener HOST:PORT, '' for none (overrides server.https)"),
+                  arg("--redirect", help="redirect listener HOST:PORT, '' for none (overrides server.redirect)")),
+    "firstboot": verb(cmd_firstboot, "make the device's missing secrets and setup code; show how to reach the box"),
+    "setup": verb(cmd_setup, "on the box's console: a new setup code, unlocking the wizard after wrong codes",
+                  arg("action", choices=["reset"])),
+    "factory-reset": verb(cmd_factory_reset, "on the box's console: delete the owner's account and data and the "
+                                             "box's keys, so the setup wizard runs again (models stay)",
+                          arg("--yes", action="store_true", help="really do it")),
     "token": verb(cmd_token, "manage API tokens",
                   arg("action", choices=["create", "revoke", "list"]), arg("--name", default="default")),
     "model": verb(cmd_model, "list, download or import models", arg("action", choices=["list", "download", "import"]),
                   arg("target", nargs="?", help="tier name (download) or file path (import)")),
-    "config": verb(cmd_config, "show the effective configuration, its JSON Schema or its reference",
-                   arg("action", choices=["show", "schema", "docs"])),
+    "config": verb(cmd_config, "show the effective configuration (or one key of it), its JSON Schema or its reference",
+                   arg("action", choices=["show", "get", "schema", "docs"]),
+                   arg("key", nargs="?", help="with get: a dotted key, e.g. device.time_sync")),
 }
 COMMON = (arg("--config", help=f"system configuration file (default {config_module.SYSTEM_CONFIG})"),
           arg("--data-dir", help="data directory (overrides data_dir)"))

@@ -43,17 +43,33 @@ def section(cls: type) -> Any:
     return field(default_factory=cls)
 
 
-LISTEN_PATTERN = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):[0-9]{1,5}$"
+LISTEN_PATTERN = r"^(|(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):[0-9]{1,5})$"
+LISTEN_ALLOWED = "HOST:PORT, e.g. 0.0.0.0:443, or empty for none"
 
 
 def _port_problem(listen: str) -> str | None:
-    return None if 0 < int(listen.rpartition(":")[2]) < 65536 else "has no valid port (allowed: 1 to 65535)"
+    return None if not listen or 0 < int(listen.rpartition(":")[2]) < 65536 else "has no valid port (allowed: 1 to 65535)"
+
+
+def listener(default: str, help: str) -> Any:
+    return setting(default, help, pattern=LISTEN_PATTERN, allowed=LISTEN_ALLOWED, check=_port_problem)
+
+
+def _split(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    listen: str = setting(f"0.0.0.0:{facts.WEB_PORT}", "Address the assistant's HTTP server binds, HOST:PORT.",
-                          pattern=LISTEN_PATTERN, allowed="HOST:PORT, e.g. 127.0.0.1:8080", check=_port_problem)
+    https: str = listener(f"0.0.0.0:{facts.HTTPS_PORT}", "HTTPS listener, HOST:PORT: the web UI, the setup wizard "
+                                                          "and both APIs, with the box's own certificate.")
+    redirect: str = listener(f"0.0.0.0:{facts.REDIRECT_PORT}", "Plain-HTTP listener that only redirects to HTTPS "
+                                                               "(what a browser tries first).")
+    listen: str = listener(f"0.0.0.0:{facts.WEB_PORT}", "Plain-HTTP listener for LAN API clients that cannot do "
+                                                        "TLS: the OpenAI and Ollama APIs with a token, and /health; "
+                                                        "web pages there redirect to HTTPS.  Empty turns it off "
+                                                        "(tokens then never cross the LAN in clear text).")
     max_body_bytes: int = setting(1_048_576, "Largest accepted request body.",
                                   minimum=1024, maximum=64 * 1_048_576)
     graceful_timeout: int = setting(20, "Seconds in-flight streams get to finish on shutdown.",
@@ -72,6 +88,33 @@ class ServerConfig:
                                                 "(all at once, then one every 60/N seconds); beyond them its "
                                                 "requests that need a token get 429, even with the right one. "
                                                 "0: no limit.", minimum=0, maximum=1000)
+
+
+    session_hours: int = setting(168, "Hours an owner's browser session lasts without use before the owner logs "
+                                      "in again.", minimum=1, maximum=8760)
+    setup_attempts: int = setting(10, "Wrong setup codes, from all clients together, before the setup wizard locks "
+                                      "until the box is restarted or 'paladin setup reset' is run on its console.",
+                                  minimum=3, maximum=1000)
+
+
+def _timezone_problem(name: str) -> str | None:
+    return None if name in timezones() else "is not a time zone this box knows (allowed: e.g. Europe/Berlin, UTC)"
+
+
+def timezones() -> frozenset[str]:
+    import zoneinfo
+
+    return frozenset(zoneinfo.available_timezones()) | {"UTC"}
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    name: str = setting("PAL-adin", "The box's name as its owner chose it in the setup wizard (shown in the web UI "
+                                    "and the browser's title); it still answers as paladin.local.",
+                        pattern=r"^[\w][\w .'-]{0,39}$", allowed="1 to 40 letters, digits, spaces, . ' -")
+    timezone: str = setting("UTC", "Time zone the web UI shows times in.", check=_timezone_problem)
+    time_sync: bool = setting(True, "Set the clock from network time servers (NTP).  Off keeps the box silent, but "
+                                    "a clock that drifts far makes TLS and signed updates fail.")
 
 
 @dataclass(frozen=True)
@@ -104,6 +147,7 @@ class UpdateConfig:
 class Config:
     data_dir: str = setting(str(facts.DATA_DIR), "Writable state: database, models, owner config.",
                             pattern=r"^/", allowed="an absolute path")
+    device: DeviceConfig = section(DeviceConfig)
     server: ServerConfig = section(ServerConfig)
     inference: InferenceConfig = section(InferenceConfig)
     update: UpdateConfig = section(UpdateConfig)
@@ -120,9 +164,11 @@ class Config:
     def database_path(self) -> Path:
         return self.data_path / "paladin.db"
 
-    def listen_address(self) -> tuple[str, int]:
-        host, _, port = self.server.listen.rpartition(":")
-        return host.strip("[]"), int(port)
+    def listeners(self) -> dict[str, tuple[str, int]]:
+        """The server's listeners that are on, by kind: https, redirect, listen (plain API)."""
+        server = self.server
+        return {kind: _split(value) for kind, value in
+                (("https", server.https), ("redirect", server.redirect), ("listen", server.listen)) if value}
 
 
 def _check(path: str, f: dataclasses.Field, kind: type, value: Any, source: str) -> Any:
@@ -207,6 +253,19 @@ def save_owner(data_dir: Path, changes: dict) -> Config:
     checked = _merge(Config(), merged, str(owner_file))
     files.write(owner_file, yaml.safe_dump(merged, sort_keys=True).encode(), mode=0o600)
     return checked
+
+
+class Live:
+    """The running service's configuration: the one it started with, and the owner's changes since, each
+    saved durably first (`save_owner`) and then applied."""
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def save(self, changes: dict) -> Config:
+        save_owner(self.config.data_path, changes)
+        self.config = _merge(self.config, changes, "the owner's change")
+        return self.config
 
 
 def to_dict(config: Config) -> dict:

@@ -45,6 +45,26 @@ MIGRATIONS = [
     );
     CREATE INDEX messages_by_conversation ON messages(conversation, id);
     """,
+    # The box's owner (one), browser sessions (stored as hashes, like tokens) and the setup wizard's state.
+    """
+    CREATE TABLE owner (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        name TEXT NOT NULL,
+        password TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE sessions (
+        hash BLOB PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('setup', 'owner')),
+        created REAL NOT NULL,
+        seen REAL NOT NULL
+    );
+    CREATE TABLE setup (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    ALTER TABLE api_tokens ADD COLUMN last_used REAL;
+    """,
 ]
 
 

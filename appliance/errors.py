@@ -32,8 +32,21 @@ class UnknownModel(NotFound):
     """The request names a model this box does not serve."""
 
 
+class Conflict(ServiceError):
+    """The request clashes with what the box is doing or holds: a model download already running, an
+    upload to the same file, a name already taken."""
+
+
 class Unauthenticated(ServiceError):
     """The caller did not prove the identity the route requires."""
+
+
+class Forbidden(ServiceError):
+    """The caller is known, but this request is not one it may make (a stale or forged page)."""
+
+
+class Locked(ServiceError):
+    """The setup wizard refuses more codes until someone at the box resets it."""
 
 
 class TooSlow(ServiceError):

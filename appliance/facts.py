@@ -11,7 +11,10 @@ import re
 from pathlib import PurePosixPath as P
 
 IMAGE_ID = "paladin"
-WEB_PORT = 8080  # the assistant's HTTP port inside the box
+WEB_PORT = 8080  # the assistant's plain-HTTP API port inside the box
+HTTPS_PORT = 443  # the web UI and both APIs
+REDIRECT_PORT = 80  # plain HTTP, redirects to HTTPS
+MDNS_NAME = "paladin.local"
 
 # The image architectures: the kernel's machine name, Debian's name, the UKI's PE machine type, and
 # the GPT partition types of the root and verity slots (Discoverable Partitions Specification).
@@ -64,7 +67,8 @@ def target_name(arch: str, kind: str, version: str, uuid: str = "") -> str:
     return f"{arch}/{IMAGE_ID}_{version}_{uuid}.{kind}.raw.gz"
 
 
-# Paths on the box.
+# Paths and users on the box.
+SERVICE_USER = "paladin"
 DATA_DIR = P("/var/lib/paladin")
 MODELS_DIR = DATA_DIR / "models"
 UPDATE_STATE = P("/var/lib/paladin-update")

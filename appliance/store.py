@@ -21,7 +21,8 @@ import yaml
 from . import files
 from .config import Config
 
-CATALOG = Path(__file__).with_name("catalog.yaml")
+# PALADIN_CATALOG names another ladder: tests point it at tiers served from 127.0.0.1.
+CATALOG = Path(os.environ.get("PALADIN_CATALOG") or Path(__file__).with_name("catalog.yaml"))
 CHUNK = 1 << 20
 
 Progress = Callable[[int, int], None]
@@ -53,6 +54,11 @@ def tier_of(path: str | Path | None) -> str | None:
 
 def tier_named(name: str) -> Tier | None:
     return next((t for t in catalog() if t.name == name), None)
+
+
+def tier_with_file(file: str) -> Tier | None:
+    """The tier whose file is named `file`: a copy of it from elsewhere must match its pin."""
+    return next((t for t in catalog() if t.file == file), None)
 
 
 def installed(models: Path) -> dict[str, int]:

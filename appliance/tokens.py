@@ -6,6 +6,7 @@ stretching needed) and a stolen database does not reveal usable tokens.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -13,8 +14,10 @@ import sqlite3
 import time
 
 from .db import transaction
+from .errors import NoSpace
 
 PREFIX = "pal_"
+LAST_USED_EVERY = 60  # seconds: "last used" is shown to the minute; a write per API request would cost more
 
 
 def _hash(token: str) -> bytes:
@@ -35,7 +38,11 @@ def revoke(db: sqlite3.Connection, name: str) -> int:
 
 
 def listing(db: sqlite3.Connection) -> list[dict]:
-    return [dict(row) for row in db.execute("SELECT id, name, created, revoked FROM api_tokens ORDER BY id")]
+    return [dict(row) for row in db.execute("SELECT id, name, created, revoked, last_used FROM api_tokens ORDER BY id")]
+
+
+def live_names(db: sqlite3.Connection) -> set[str]:
+    return {row["name"] for row in db.execute("SELECT name FROM api_tokens WHERE revoked IS NULL")}
 
 
 def verify(db: sqlite3.Connection, token: str) -> str | None:
@@ -46,7 +53,13 @@ def verify(db: sqlite3.Connection, token: str) -> str | None:
     """
     digest = _hash(token)
     match = None
-    for row in db.execute("SELECT name, hash FROM api_tokens WHERE revoked IS NULL"):
+    for row in db.execute("SELECT id, name, hash, last_used FROM api_tokens WHERE revoked IS NULL"):
         if hmac.compare_digest(row["hash"], digest):
-            match = row["name"]
-    return match
+            match = row
+    if match is None:
+        return None
+    now = time.time()
+    if now - (match["last_used"] or 0) > LAST_USED_EVERY:
+        with contextlib.suppress(NoSpace), transaction(db):  # a full disk must not lock the owner's clients out
+            db.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (now, match["id"]))
+    return match["name"]

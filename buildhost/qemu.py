@@ -1,10 +1,11 @@
 """Booting an image in qemu on the build host: TCG (this host's KVM cannot run guests), UEFI firmware
-from Debian's packages, the box's web port forwarded to 127.0.0.1, and units passed in as systemd
+from Debian's packages, the box's ports forwarded to 127.0.0.1, and units passed in as systemd
 credentials."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -23,6 +24,8 @@ QEMU = {
               "firmware": ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
               "packages": ["qemu-system-arm", "qemu-efi-aarch64", "qemu-user-static"]},
 }
+# What the image tests' LAN of network namespaces needs (tests/lan.py): ip, and dnsmasq without its service.
+LAN_PACKAGES = ["iproute2", "dnsmasq-base"]
 
 # The box has no shell login and no token until its owner makes one.  For a VM, the host is the
 # owner: a unit passed in as a systemd credential (SMBIOS) makes an API token once the assistant
@@ -39,9 +42,16 @@ ExecStart=/bin/sh -c 'echo "PALADIN-TOKEN $(runuser -u paladin -- paladin token 
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports on 127.0.0.1 (held open together, so the kernel cannot hand one out twice)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def credential_units(units: dict[str, str]) -> list[str]:
@@ -67,9 +77,9 @@ def ensure_qemu(arch: str) -> None:
     ensure_host_packages(QEMU[arch]["packages"])
 
 
-def qemu_argv(image: Path, arch: str, port: int, vars_copy: Path, units: dict[str, str] | None = None,
+def qemu_argv(image: Path, arch: str, forwards: dict[int, int], vars_copy: Path, units: dict[str, str] | None = None,
               serial: Path | None = None) -> list[str]:
-    """qemu for `image` under TCG, UEFI, the box's port on 127.0.0.1:port.
+    """qemu for `image` under TCG, UEFI, each of the box's ports in `forwards` ({box: host}) on 127.0.0.1:host.
 
     `units` are started in the guest beside the one that prints an API token; the serial console goes
     to the terminal, or to the file `serial`.
@@ -83,7 +93,8 @@ def qemu_argv(image: Path, arch: str, port: int, vars_copy: Path, units: dict[st
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
             "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
             "-drive", f"if=virtio,format=raw,file={image}",
-            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{facts.WEB_PORT}",
+            "-netdev", ",".join(["user,id=net0", *(f"hostfwd=tcp:127.0.0.1:{host}-:{box}"
+                                                   for box, host in forwards.items())]),
             "-device", "virtio-net-pci,netdev=net0",
             *credential_units({"paladin-token.service": TOKEN_UNIT} | (units or {}))]
 
@@ -93,7 +104,10 @@ def boot(image: Path, arch: str, port: int) -> int:
         raise StepError(f"image {image} does not exist", "build one with ./build.py image (or ./build.py demo)")
     with step("host packages"):
         ensure_qemu(arch)
-    say(f"booting {image.name} under emulation (TCG: a minute or more); the box will answer at "
-        f"http://127.0.0.1:{port}/ and print an API token on the console as 'PALADIN-TOKEN pal_...'. "
-        "Quit qemu with Ctrl-a x.")
-    return subprocess.run(qemu_argv(image, arch, port, image.with_suffix(".efivars"))).returncode
+    https, redirect = free_ports(2)
+    say(f"booting {image.name} under emulation (TCG: a minute or more). Then open https://127.0.0.1:{https}/ "
+        "(the box's own certificate: its SHA-256 is on the console) and type the 'Setup code' the console "
+        f"shows; the API answers at http://127.0.0.1:{port}/ too, and the console prints an API token for it "
+        "('PALADIN-TOKEN pal_...'). Quit qemu with Ctrl-a x.")
+    forwards = {facts.WEB_PORT: port, facts.HTTPS_PORT: https, facts.REDIRECT_PORT: redirect}
+    return subprocess.run(qemu_argv(image, arch, forwards, image.with_suffix(".efivars"))).returncode

@@ -21,6 +21,15 @@ PALADIN = Path(sys.executable).parent / "paladin"
 UNLIMITED = {"server": {"requests_per_second": 0, "auth_failures_per_minute": 0}}
 
 
+def serve_argv(data_dir: Path, port: int, https_port: int | None = None, model: Path | None = None,
+               redirect_port: int | None = None) -> list:
+    """`paladin serve` on 127.0.0.1 only: the plain API on `port`, HTTPS on `https_port` and the redirect to it
+    on `redirect_port` (None: none; ports 443 and 80 are the box's)."""
+    return [PALADIN, "serve", *(["--model", model] if model else []), "--data-dir", data_dir,
+            "--listen", f"127.0.0.1:{port}", "--https", f"127.0.0.1:{https_port}" if https_port else "",
+            "--redirect", f"127.0.0.1:{redirect_port}" if redirect_port else "", "--config", data_dir / "none.yaml"]
+
+
 def create_token(data_dir: Path, name: str = "test") -> str:
     out = subprocess.run([PALADIN, "token", "create", "--data-dir", data_dir, "--name", name],
                          capture_output=True, text=True, check=True)
@@ -32,13 +41,15 @@ class Service:
 
     `model` None serves the configured one; `config`, when given, becomes the owner's config.yaml."""
 
-    def __init__(self, model: Path | None, data_dir: Path, extra_env: dict | None = None, config: dict | None = None):
+    def __init__(self, model: Path | None, data_dir: Path, extra_env: dict | None = None, config: dict | None = None,
+                 redirect_port: int | None = None):
         self.data_dir = data_dir
         if config is not None:
             (data_dir / "config.yaml").write_text(yaml.safe_dump(config))
         self.token = create_token(data_dir)
-        self.port = free_port()
+        self.port, self.https_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.https_url = f"https://127.0.0.1:{self.https_port}"
         self.notify_path = data_dir / "notify.sock"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify_path.unlink(missing_ok=True)  # left by a service killed before on this data directory
@@ -48,8 +59,7 @@ class Service:
         self.log = (data_dir / "service.log").open("w+")
         env = os.environ | {"NOTIFY_SOCKET": str(self.notify_path)} | (extra_env or {})
         self.process = subprocess.Popen(
-            [PALADIN, "serve", *(["--model", model] if model else []), "--data-dir", data_dir,
-             "--listen", f"127.0.0.1:{self.port}", "--config", data_dir / "none.yaml"],
+            serve_argv(data_dir, self.port, self.https_port, model, redirect_port),
             env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_ready()
 

@@ -13,7 +13,8 @@ def test_defaults_are_valid_and_complete():
     c = config.load(None)
     assert c.server.listen == "0.0.0.0:8080"
     assert c.inference.queue_size == 16
-    assert c.listen_address() == ("0.0.0.0", 8080)
+    assert c.listeners() == {"https": ("0.0.0.0", 443), "redirect": ("0.0.0.0", 80), "listen": ("0.0.0.0", 8080)}
+    assert config.load(None, {"server": {"listen": "", "redirect": ""}}).listeners() == {"https": ("0.0.0.0", 443)}
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -22,7 +23,9 @@ def test_defaults_are_valid_and_complete():
     ({"inference": {"threads": -1}}, "inference.threads: -1 is out of range (allowed: 0 to 256)"),
     ({"inference": {"queue_size": "many"}}, "inference.queue_size: 'many' is not an integer"),
     ({"inference": {"queue_size": True}}, "inference.queue_size: True is not an integer"),
-    ({"inferense": {}}, "inferense: unknown key (known: data_dir, server, inference, update)"),
+    ({"inferense": {}}, "inferense: unknown key (known: data_dir, device, server, inference, update)"),
+    ({"device": {"timezone": "Mars/Olympus"}}, "device.timezone: 'Mars/Olympus' is not a time zone this box knows"),
+    ({"device": {"name": "<script>"}}, "device.name: '<script>' is not allowed"),
     ({"data_dir": "relative/path"}, "data_dir: 'relative/path' is not allowed (allowed: an absolute path)"),
     ({"server": 3}, "server: expected a mapping"),
 ])

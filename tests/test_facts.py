@@ -67,3 +67,14 @@ def test_versions_are_dotted_numbers():
     for bad in ("1_2", "1+3", "v1", "", "1..2"):
         with pytest.raises(ValueError, match="dotted numbers"):
             facts.version_key(bad)
+
+
+def test_the_box_advertises_the_https_port_and_its_console_shows_the_first_boot_notice():
+    from appliance import firstboot
+
+    advertised = re.search(r"<port>(\d+)</port>", (ROOT / "overlay/etc/avahi/services/paladin.service").read_text())
+    assert int(advertised.group(1)) == facts.HTTPS_PORT
+    issue = ROOT / "overlay/etc/issue.d/50-paladin.issue"
+    assert issue.is_symlink() and Path(issue.readlink()) == firstboot.ISSUE
+    unit = ini(ROOT / "units/paladin-firstboot.service")["Service"]
+    assert Path("/run", unit["RuntimeDirectory"]) == firstboot.ISSUE.parent

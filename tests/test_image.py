@@ -14,7 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from appliance import facts
+from lan import BOX_ADDRESS, Lan
 from vm import VM
+from wizard import CHROMIUM, Shots, browser_page, chat, run_setup
 
 pytestmark = pytest.mark.image
 
@@ -24,6 +27,7 @@ VERITY_X86_64 = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5"
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 LINUX_GENERIC = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 GROW_BY = 2 << 30
+LAPTOP = "10.77.7.10/24"  # a host on the box's LAN (tests/lan.py)
 
 # Injected as a systemd credential, so the product image carries no test code: once the assistant and
 # the token unit (buildhost.qemu.TOKEN_UNIT) are done, report which host-only modules the box's venv
@@ -39,6 +43,8 @@ StandardOutput=journal+console
 ExecStart=/usr/lib/paladin/bin/python -c 'import importlib.util as u, sys; \
 print("PALADIN-HOST-CODE", *[m for m in sys.argv[1:] if u.find_spec(m.split(".")[0]) and u.find_spec(m)])' \
 {" ".join(HOST_ONLY)}
+ExecStart=/bin/sh -c 'echo "PALADIN-ISSUE $(grep -c "Setup code: ...." /etc/issue.d/50-paladin.issue)"'
+ExecStart=/bin/sh -c 'echo "PALADIN-TIMESYNC $(systemctl is-active systemd-timesyncd)"'
 ExecStart=/bin/sh -c 'echo "PALADIN-CHECK var_bytes=$(findmnt -bno SIZE /var) failed=$(systemctl --failed --no-legend --plain | cut -d" " -f1 | tr "\\n" " ")"'
 """
 
@@ -52,9 +58,17 @@ def image(build_image) -> dict:
 
 
 @pytest.fixture(scope="session")
-def box(image, tmp_path_factory):
-    """The image booted once (on a copy grown by 2 GiB, as a bigger USB stick would be)."""
-    vm = VM(Path(image["image"]), tmp_path_factory.mktemp("boot"), GROW_BY, {"paladin-check.service": CHECK_UNIT})
+def lan(tmp_path_factory):
+    """A LAN of network namespaces for the box's second NIC (tests/lan.py); gone after the session."""
+    with Lan(tmp_path_factory.mktemp("lan")) as made:
+        yield made
+
+
+@pytest.fixture(scope="session")
+def box(image, lan, tmp_path_factory):
+    """The image booted once (on a copy grown by 2 GiB, as a bigger USB stick would be), on `lan` too."""
+    vm = VM(Path(image["image"]), tmp_path_factory.mktemp("boot"), GROW_BY, {"paladin-check.service": CHECK_UNIT},
+            lan=lan)
     started = time.monotonic()
     vm.start()
     try:
@@ -66,11 +80,19 @@ def box(image, tmp_path_factory):
         checks = {"token": vm.token(),
                   "var_bytes": re.search(r"PALADIN-CHECK var_bytes=(\d+)", text).group(1),
                   "failed": re.search(r"PALADIN-CHECK .* failed=(.*?)\s*$", text, re.M).group(1),
-                  "host_code": re.search(r"PALADIN-HOST-CODE(.*?)\s*$", text, re.M).group(1).split()}
+                  "host_code": re.search(r"PALADIN-HOST-CODE(.*?)\s*$", text, re.M).group(1).split(),
+                  "issue": re.search(r"PALADIN-ISSUE (\d+)", text).group(1),
+                  "timesync": re.search(r"PALADIN-TIMESYNC (\S+)", text).group(1)}
         print(f"\nboot to /health 200: {boot_seconds:.0f} s under TCG")
         yield {"url": vm.url, "health": health, "boot_seconds": boot_seconds, "checks": checks, "vm": vm}
     finally:
         vm.close()
+
+
+@pytest.fixture(scope="session")
+def seen_on_the_lan(box, lan) -> dict:
+    """What a laptop on the box's LAN sees over mDNS, from its own network namespace."""
+    return lan.mdns(lan.add_host("laptop", LAPTOP), facts.MDNS_NAME, "_https._tcp.local.")
 
 
 def test_partition_table_has_esp_two_verity_root_slots_and_data(image):
@@ -127,3 +149,45 @@ def test_data_partition_grew_to_fill_the_disk(box, image):
 def test_no_host_code_is_in_the_image(box):
     """Release signing, the generated models and the build pipeline never leave the build host."""
     assert box["checks"]["host_code"] == []
+
+
+def test_box_answers_as_paladin_local_with_its_lan_address(lan, seen_on_the_lan):
+    """The name resolves, over mDNS from another host, to the address the LAN's DHCP server gave the box."""
+    assert seen_on_the_lan["addresses"] == [BOX_ADDRESS], lan.dhcp_log()[-3000:]
+
+
+def test_box_advertises_https_and_nothing_else(seen_on_the_lan):
+    assert seen_on_the_lan["types"] == ["_https._tcp.local."]
+    assert seen_on_the_lan["services"] == {
+        "PAL-adin on paladin._https._tcp.local.": {"port": facts.HTTPS_PORT, "server": f"{facts.MDNS_NAME}.",
+                                                   "addresses": [BOX_ADDRESS]}}
+
+
+def test_the_console_shows_the_setup_code_and_the_certificates_fingerprint(box):
+    console = box["vm"].console()
+    assert re.search(r"Setup code: [A-Z0-9]{4}-[A-Z0-9]{4}-[A-Z0-9]{4}", console)
+    assert re.search(r"Certificate SHA-256: ([0-9A-F]{2}:){31}[0-9A-F]{2}", console)
+    assert box["checks"]["issue"] == "1"  # and the getty's issue file shows it above the login prompt
+
+
+def test_network_time_runs_as_the_owner_chose_by_default(box):
+    assert box["checks"]["timesync"] == "active"
+
+
+def test_box_redirects_plain_http_to_https(box):
+    vm = box["vm"]
+    moved = httpx.get(vm.redirect_url + "/", headers={"Host": "paladin.local"})
+    assert moved.status_code == 308 and moved.headers["location"] == "https://paladin.local/"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (./build.py test installs it)")
+def test_a_new_owner_finishes_setup_in_a_browser_and_chats(box):
+    """Last in this file: it makes the box the owner's (the API token the tests use keeps working)."""
+    vm = box["vm"]
+    with browser_page() as page:
+        seconds = run_setup(page, vm.https_url, vm.setup_code(), Shots(None))
+        print(f"\nwizard finished {seconds:.0f} s after the first page was asked for (TCG)")
+        # The generated model writes until its token limit, minutes under TCG: a streaming reply is the proof.
+        assert chat(page, "Hello box", whole=False)
+    locked = httpx.get(vm.https_url + "/setup", verify=False, follow_redirects=False)
+    assert locked.status_code == 303 and locked.headers["location"] == "/"  # for good, for everyone

@@ -13,7 +13,8 @@ import httpx
 
 from appliance import facts
 from buildhost import ROOT
-from buildhost.qemu import ensure_qemu, free_port, image_arch, qemu_argv
+from buildhost.qemu import ensure_qemu, free_ports, image_arch, qemu_argv
+from lan import Lan
 
 BOOT_TIMEOUT = 900
 # The updater and the boot assessment say what they do on the console, so a failing test shows it.
@@ -46,18 +47,27 @@ class BootFailed(AssertionError):
 
 
 class VM:
-    """One disk, booted as often as a test needs; each boot's serial console goes to its own file."""
+    """One disk, booted as often as a test needs; each boot's serial console goes to its own file.
 
-    def __init__(self, image: Path, work: Path, grow_by: int = 2 << 30, units: dict[str, str] | None = None):
+    The box's ports are on 127.0.0.1: `url` (the assistant's plain API), `https_url` and `redirect_url`
+    (port 80).  With a `lan`, the box has a second NIC on that LAN (tests/lan.py).
+    """
+
+    def __init__(self, image: Path, work: Path, grow_by: int = 2 << 30, units: dict[str, str] | None = None,
+                 lan: Lan | None = None):
         work.mkdir(parents=True, exist_ok=True)
         self.arch = image_arch(image)
         ensure_qemu(self.arch)  # qemu and the UEFI firmware of the image's architecture
-        self.work, self.disk, self.port = work, work / "disk.raw", free_port()
+        self.work, self.disk, self.lan = work, work / "disk.raw", lan
         subprocess.run(["cp", "--sparse=always", image, self.disk], check=True)
         with self.disk.open("r+b") as f:
             f.truncate(self.disk.stat().st_size + grow_by)
         self.units = CONSOLE_DROPINS | (units or {})
-        self.url = f"http://127.0.0.1:{self.port}"
+        web, https, redirect = free_ports(3)
+        self.forwards = {facts.WEB_PORT: web, facts.HTTPS_PORT: https, facts.REDIRECT_PORT: redirect}
+        self.url = f"http://127.0.0.1:{web}"
+        self.https_url = f"https://127.0.0.1:{https}"
+        self.redirect_url = f"http://127.0.0.1:{redirect}"
         self.qemu: subprocess.Popen | None = None
         self.boots = 0
         self.serial = work / "serial-0.log"
@@ -65,8 +75,11 @@ class VM:
     def start(self) -> None:
         self.boots += 1
         self.serial = self.work / f"serial-{self.boots}.log"
-        argv = qemu_argv(self.disk, self.arch, self.port, self.work / "efivars.fd", self.units, serial=self.serial)
-        self.qemu = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        argv = qemu_argv(self.disk, self.arch, self.forwards, self.work / "efivars.fd", self.units, serial=self.serial)
+        tap: tuple[int, ...] = ()
+        if self.lan:
+            argv, tap = argv + self.lan.qemu_args(), (self.lan.tap,)
+        self.qemu = subprocess.Popen(argv, pass_fds=tap, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def kill(self) -> None:
         """A power cut: qemu dies at once, nothing is flushed or shut down."""
@@ -97,14 +110,22 @@ class VM:
             time.sleep(2)
         self.fail(f"no /health 200{f' from version {version}' if version else ''} after {timeout:.0f} s")
 
-    def token(self) -> str:
-        """The API token the credential unit printed on this boot's console (buildhost.qemu.TOKEN_UNIT)."""
-        deadline = time.monotonic() + 300
+    def printed(self, pattern: str, what: str, timeout: float = 300) -> str:
+        """The last match of `pattern`'s group on this boot's console, once there is one."""
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if found := re.findall(r"PALADIN-TOKEN (pal_\S+)", self.console()):
+            if found := re.findall(pattern, self.console()):
                 return found[-1]
             time.sleep(1)
-        self.fail("no API token on the console")
+        self.fail(f"no {what} on the console after {timeout:.0f} s")
+
+    def token(self) -> str:
+        """The API token the credential unit printed on this boot's console (buildhost.qemu.TOKEN_UNIT)."""
+        return self.printed(r"PALADIN-TOKEN (pal_\S+)", "API token")
+
+    def setup_code(self) -> str:
+        """The setup code the first-boot unit printed on this boot's console (`Setup code: 7K4M-PQ9X-2HDT`)."""
+        return self.printed(r"Setup code: (\S+)", "setup code")
 
     def client(self, timeout: float = 120) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {self.token()}"})

@@ -13,16 +13,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import db as database, store, systemd
+from .. import config as config_module, db as database, device, store, systemd
 from ..config import Config
 from ..errors import ServiceError
 from ..inference.engine import Engine, Finished, Request as Generation
 from ..inference.llama import ModelError
 from ..metrics import Metrics
 from ..update import status as update_status
-from . import chat, models, ollama_api, openai_api, updates
+from . import account, chat, models, ollama_api, openai_api, setup, updates
 from .auth import ROUTE_KEY, Identify, Identity, route
 from .http import BodyLimit, openai_error, peer_address
+from .listeners import Listeners
 from .ratelimit import Buckets, RateLimit
 
 log = logging.getLogger(__name__)
@@ -106,13 +107,19 @@ class CountRequests:
 def routes() -> list:
     return [route("/health", health, needs=Identity.PUBLIC, methods=["GET"]),
             route("/metrics", metrics_page, needs=Identity.TOKEN, methods=["GET"]),
-            *openai_api.routes, *ollama_api.routes, *chat.routes, *models.routes, *updates.routes]
+            *openai_api.routes, *ollama_api.routes, *chat.routes, *models.routes, *updates.routes,
+            *setup.routes, *account.routes]
 
 
 def create_app(config: Config, model_path=None) -> Starlette:
     """The app for `config`, serving the model at `model_path`, loaded at start (None: no model yet)."""
     db = database.connect(config.database_path)
     metrics = Metrics()
+    live = config_module.Live(config)
+    server = config.server
+    # Wrong tokens, passwords and setup codes all count against their client's one bucket.
+    failures = Buckets(server.auth_failures_per_minute / 60, server.auth_failures_per_minute)
+    session_key = device.ensure(config.data_path).session_key()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -128,25 +135,25 @@ def create_app(config: Config, model_path=None) -> Starlette:
         systemd.notify("READY=1", f"STATUS={engine.reason}")
         log.info("ready: %s", engine.reason)
         try:
-            yield {"engine": engine, "db": db, "metrics": metrics, "config": config}
+            yield {"engine": engine, "db": db, "metrics": metrics, "config": config, "downloads": models.Downloads(),
+                   "live": live, "failures": failures, "session_key": session_key}
         finally:
             systemd.notify("STOPPING=1", "STATUS=shutting down")
             if heartbeat:
                 heartbeat.cancel()
             await engine.close()
 
-    server = config.server
     return Starlette(
         routes=routes(),
         middleware=[
             Middleware(CountRequests, metrics=metrics),
+            Middleware(Listeners, live=live),
             Middleware(RateLimit, buckets=Buckets(server.requests_per_second, server.request_burst),
                        error=error_response),
             Middleware(BodyLimit, limit=server.max_body_bytes, seconds=server.header_seconds,
                        error=error_response,
-                       streamed=(updates.BUNDLE_PATH,)),
-            Middleware(Identify, db=db,
-                       failures=Buckets(server.auth_failures_per_minute / 60, server.auth_failures_per_minute)),
+                       streamed=(updates.BUNDLE_PATH, models.UPLOAD_PATH)),
+            Middleware(Identify, db=db, failures=failures, session_seconds=server.session_hours * 3600),
         ],
         exception_handlers={ServiceError: handle_service_error},
         lifespan=lifespan,

@@ -4,26 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.templating import Jinja2Templates
 
 from .. import conversations
 from ..errors import InvalidRequest, NotFound
 from ..inference import prompts
 from ..inference.engine import Finished, Request as Generation
-from .auth import Identity, public_files, route
+from .auth import Identity, page, public_files, route
 from .http import field, read_json, unless_disconnected
+from .pages import HERE, render
 
 log = logging.getLogger(__name__)
-HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=HERE / "templates")
 
 
-async def page(request: Request):
-    return templates.TemplateResponse(request, "chat.html", {"model": request.state.engine.model_id})
+async def chat_page(request: Request):
+    return render(request, "chat.html", {"model": request.state.engine.model_id})
 
 
 def _conversation(request: Request) -> dict:
@@ -80,14 +77,15 @@ async def send(request: Request):
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-# The page and its files are public (they hold nothing of the owner's); everything it shows comes
-# from routes that need a token.
+# The page is the owner's; its scripts and styles are public (they hold nothing of the owner's).  The
+# conversations are the owner's too, and the API tokens the owner made may read and add to them.
+OWNER = (Identity.OWNER, Identity.TOKEN)
 routes = [
-    route("/", page, needs=Identity.PUBLIC, methods=["GET"]),
+    page("/", chat_page),
     public_files("/static", HERE / "static"),
-    route("/conversations", listing, needs=Identity.TOKEN, methods=["GET"]),
-    route("/conversations", create, needs=Identity.TOKEN, methods=["POST"]),
-    route("/conversations/{id}", show, needs=Identity.TOKEN, methods=["GET"]),
-    route("/conversations/{id}", delete, needs=Identity.TOKEN, methods=["DELETE"]),
-    route("/conversations/{id}/messages", send, needs=Identity.TOKEN, methods=["POST"]),
+    route("/conversations", listing, needs=OWNER, methods=["GET"]),
+    route("/conversations", create, needs=OWNER, methods=["POST"]),
+    route("/conversations/{id}", show, needs=OWNER, methods=["GET"]),
+    route("/conversations/{id}", delete, needs=OWNER, methods=["DELETE"]),
+    route("/conversations/{id}/messages", send, needs=OWNER, methods=["POST"]),
 ]

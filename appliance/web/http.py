@@ -1,18 +1,24 @@
-"""HTTP plumbing shared by the API modules: JSON bodies, errors, disconnects, limits."""
+"""HTTP plumbing shared by the API modules: JSON bodies, errors, disconnects, limits, streamed uploads."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
+import hashlib
 import ipaddress
 import json
-from typing import Any, Awaitable, Callable
+import os
+import urllib.parse
+from pathlib import Path
+from typing import Any, Awaitable, BinaryIO, Callable, NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import errors
-from ..errors import InvalidRequest, ServiceError, TooLarge, TooSlow
+from .. import errors, files
+from ..errors import Conflict, InvalidRequest, NoSpace, ServiceError, TooLarge, TooSlow
 
 # Each domain error as HTTP: status, OpenAI's error type and code.  The most specific class wins.
 STATUS: dict[type[ServiceError], tuple[int, str, str | None]] = {
@@ -20,9 +26,12 @@ STATUS: dict[type[ServiceError], tuple[int, str, str | None]] = {
     errors.InvalidRequest: (400, "invalid_request_error", "invalid_value"),
     errors.PromptTooLong: (400, "invalid_request_error", "context_length_exceeded"),
     errors.Unauthenticated: (401, "authentication_error", "invalid_api_key"),
+    errors.Forbidden: (403, "permission_error", "csrf"),
+    errors.Locked: (423, "permission_error", "locked"),
     errors.NotFound: (404, "invalid_request_error", "not_found"),
     errors.UnknownModel: (404, "invalid_request_error", "model_not_found"),
     errors.TooSlow: (408, "invalid_request_error", "request_timeout"),
+    errors.Conflict: (409, "invalid_request_error", "conflict"),
     errors.TooLarge: (413, "invalid_request_error", "body_too_large"),
     errors.ModelUnusable: (422, "invalid_request_error", "model_unusable"),
     errors.TooManyRequests: (429, "rate_limit_error", "rate_limit_exceeded"),
@@ -82,6 +91,19 @@ async def read_json(request: Request) -> dict:
     return data
 
 
+MAX_FORM_FIELDS = 32
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """An HTML form's fields (application/x-www-form-urlencoded; the body is bounded by BodyLimit)."""
+    try:
+        pairs = urllib.parse.parse_qsl((await request.body()).decode(), keep_blank_values=True,
+                                       max_num_fields=MAX_FORM_FIELDS)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("the form could not be read: reload the page and send it again") from None
+    return dict(pairs)
+
+
 def field(data: dict, name: str, kind: type | tuple, default: Any = None, *, required: bool = False,
           low: float | None = None, high: float | None = None) -> Any:
     """One validated field of a JSON body; errors name the field and what it must be."""
@@ -119,6 +141,111 @@ async def unless_disconnected(request: Request, work: Awaitable) -> Any:
         task.cancel()
         raise asyncio.CancelledError("client disconnected")
     return task.result()
+
+
+class Received(NamedTuple):
+    size: int
+    sha256: str
+
+
+def _claim(partial: Path, busy: str) -> BinaryIO:
+    """`partial` opened empty for one upload, locked against a second one to the same file.  The lock dies
+    with its process, so an upload killed mid-way blocks nobody; the file is emptied only once it is sure
+    to be the one locked (another upload may rename its own into place between this open and this lock)."""
+    out = os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644), "wb")
+    try:
+        fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        ours = os.path.samestat(os.fstat(out.fileno()), os.stat(partial, follow_symlinks=False))
+    except (BlockingIOError, FileNotFoundError):
+        ours = False
+    if not ours:
+        out.close()
+        raise Conflict(busy)
+    out.truncate(0)
+    return out
+
+
+def _write(out: BinaryIO, digest: "hashlib._Hash", chunk: bytes) -> None:
+    out.write(chunk)
+    digest.update(chunk)
+
+
+async def _pour(request: Request, out: BinaryIO, directory: Path, *, what: str, max_bytes: int, expected: int,
+                magic: bytes) -> tuple[int, "hashlib._Hash"]:
+    """The body into `out` (a file in `directory`), hashed on the way; its size and digest."""
+    idle = request.state.config.server.header_seconds
+    not_it = (f"what arrived is not {what} (it does not begin with {magic.decode()!r}); nothing was kept: "
+              "check the file and send it again")
+    digest, size, head = hashlib.sha256(), 0, b""
+    chunks = request.stream()
+    while True:
+        try:
+            async with asyncio.timeout(idle):  # a stalled client would hold the file and its lock for ever
+                chunk = await anext(chunks, None)
+        except TimeoutError:
+            raise TooSlow(f"nothing arrived for {idle} seconds; nothing was kept, send {what} again") from None
+        if chunk is None:
+            break
+        size += len(chunk)
+        if size > max_bytes:
+            raise TooLarge(f"{what} is at most {max_bytes} bytes")
+        if size > expected and (problem := files.shortfall(directory, len(chunk))):
+            raise NoSpace(f"{problem}; more arrived than announced, nothing was kept")
+        if len(head) < len(magic):  # refused on its first bytes, not after gigabytes
+            head = (head + chunk)[:len(magic)]
+            if not magic.startswith(head):
+                raise InvalidRequest(not_it)
+        # Off the event loop: writing gigabytes to an SD card stalls in the kernel now and then.
+        await asyncio.to_thread(_write, out, digest, chunk)
+    if head != magic:
+        raise InvalidRequest(not_it)
+    return size, digest
+
+
+async def receive_file(request: Request, dest: Path, *, what: str, max_bytes: int, space_factor: int = 1,
+                       magic: bytes = b"", sha256: str | None = None) -> Received:
+    """Stream the request body into `dest`, never whole in memory, and put it in place (durably, replacing
+    what was there) only once all of it is in and checked; a refused or cut-short upload leaves nothing.
+
+    `what` names the file in error messages ("a bundle").  Bounds: at most `max_bytes`; before a byte is
+    written `space_factor` times the announced length must fit beside files.RESERVE_BYTES, and each
+    byte past the announced length is checked as it comes, so no or a wrong Content-Length never fills the
+    partition; a pause of `server.header_seconds` ends it; the body must begin with `magic` and, when
+    `sha256` pins it, hash to that.  A second upload to `dest` while one runs is a Conflict.
+    """
+    length = request.headers.get("content-length", "")
+    # More digits than any disk has bytes is no announcement (and int() refuses 4300 digits).
+    expected = int(length) if length.isdigit() and len(length) <= 18 else 0
+    if expected > max_bytes:
+        raise TooLarge(f"{what} is at most {max_bytes} bytes, this one has {expected}")
+    if problem := files.shortfall(dest.parent, space_factor * expected):
+        factor = f"; {what} needs {space_factor} times its size there" if space_factor > 1 else ""
+        raise NoSpace(f"{problem}{factor}. Free space on the box and send it again")
+    partial = files.partial(dest)
+    out = _claim(partial, f"{dest.name} is being uploaded already; wait for that upload to end")
+    try:
+        try:
+            size, digest = await _pour(request, out, dest.parent, what=what, max_bytes=max_bytes,
+                                       expected=expected, magic=magic)
+            out.flush()
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            raise NoSpace("the data partition filled up during the upload (something else wrote to it too); "
+                          "nothing was kept. Free space on the box and send it again") from None
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise InvalidRequest(f"{dest.name} must have SHA-256 {sha256} (its pin), what arrived has "
+                                 f"{digest.hexdigest()}: a different or damaged file. Nothing was kept; send an "
+                                 "intact copy, or a different file under another name")
+    except BaseException:
+        partial.unlink(missing_ok=True)  # still ours: unlinked before the lock goes
+        out.close()
+        raise
+    try:
+        await asyncio.to_thread(files.commit, partial, dest)  # fsync'ing gigabytes takes seconds
+    finally:
+        out.close()
+    return Received(size, digest.hexdigest())
 
 
 class BodyLimit:

@@ -1,43 +1,167 @@
-"""The owner's models: what the store holds, and which one the box serves from now on.
+"""The owner's models: the catalog against this box's memory, downloads and uploads into the store, and
+which model the box serves from now on.
 
 A choice is made in two steps, in this order: the engine swaps to the model (`Engine.swap`: queued
 ahead of waiting jobs, the job in flight finishes first, the old model comes back if the new one does
 not load), and only then is it saved as `inference.model` in the owner's configuration, durably, so
 the next start serves it.  A choice that failed is never saved; one that is saved is served.
+
+A download runs in a thread of its own (`Downloads`, one per app, one download at a time), so the event
+loop never waits on the network or the disk; the page polls GET /models/download.  An upload streams
+the request body into the store (`http.receive_file`) and is checked against the catalog's pin when the
+catalog knows its file name.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .. import config as config_module, store
+from .. import store
 from ..config import Config
-from ..errors import InvalidRequest, ModelUnusable, UnknownModel
+from ..errors import Conflict, InvalidRequest, ModelUnusable, UnknownModel
 from ..inference.engine import Engine, model_id
 from ..inference.llama import ModelError
+from ..store import StoreError, Tier
 from .auth import Identity, route
-from .http import field, read_json
+from .http import field, read_json, receive_file
 
 MAX_NAME_BYTES = 255  # one file name on ext4
+UPLOAD_PATH = "/models/upload"
+# What Debian, systemd, the journal and this service (Python, gunicorn, Starlette) need beside a tier's own
+# `ram`, which counts only its weights and context: a tier that fits without it drives the box into swap.
+RAM_HEADROOM = 512 * 2**20
+# Beyond any GGUF a small box could load (a 70B model at 4 bits is about 40 GiB): the cap that ends a
+# client's stream when the disk is larger still.
+MODEL_MAX_BYTES = 64 * 2**30
+
+
+class Downloads:
+    """The box's one model download at a time, and how far it got (GET /models/download)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # the download's thread reports while the event loop reads
+        self._status = {"state": "idle", "tier": None, "done": 0, "total": 0, "error": None}
+
+    def status(self) -> dict:
+        with self._lock:
+            return dict(self._status)
+
+    def start(self, tier: Tier, models: Path) -> bool:
+        """Fetch `tier` into `models` in a thread of its own; False when its file is installed already."""
+        with self._lock:
+            if self._status["state"] == "downloading":
+                raise Conflict(f"'{self._status['tier']}' is downloading ({self._status['done']} of "
+                               f"{self._status['total']} bytes); wait until GET /models/download says it is "
+                               "done or failed, then start the next one", param="tier")
+            if (size := store.installed(models).get(tier.file)) is not None:
+                self._status = {"state": "done", "tier": tier.name, "done": size, "total": size, "error": None}
+                return False
+            self._status = {"state": "downloading", "tier": tier.name, "done": 0, "total": tier.size, "error": None}
+        threading.Thread(target=self._run, args=(tier, models), name="download", daemon=True).start()
+        return True
+
+    def _progress(self, done: int, total: int) -> None:
+        with self._lock:
+            self._status.update(done=done, total=total)
+
+    def _run(self, tier: Tier, models: Path) -> None:
+        outcome = {"state": "failed", "error": "the download stopped on an unexpected error (the service log "
+                                               "says which); start it again to resume"}
+        try:
+            size = store.download_tier(tier.name, models, self._progress).stat().st_size
+            outcome = {"state": "done", "done": size, "total": size}
+        except StoreError as err:
+            outcome["error"] = str(err)
+        finally:  # whatever happened, the box must not report "downloading" for ever
+            with self._lock:
+                self._status.update(outcome)
+
+
+def installed(request: Request) -> list[dict]:
+    config: Config = request.state.config
+    served = request.state.engine.served
+    return [{"name": name, "id": model_id(Path(name)), "size": size, "tier": store.tier_of(name),
+             "served": served is not None and served.path == config.models_path / name}
+            for name, size in store.installed(config.models_path).items()]
+
+
+def total_ram() -> int:
+    """This box's memory, from sysconf: the service's sandbox (ProcSubset=pid) hides /proc/meminfo."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def catalog_fit(request: Request) -> dict:
+    """The tiers, and whether each fits this box's memory with the headroom the rest of the box needs."""
+    present = store.installed(request.state.config.models_path)
+    box = total_ram()
+    return {"box_ram": box, "headroom": RAM_HEADROOM, "tiers": [
+        {"name": t.name, "file": t.file, "size": t.size, "ram": t.ram, "needs": t.ram + RAM_HEADROOM,
+         "fits": t.ram + RAM_HEADROOM <= box, "installed": t.file in present} for t in store.catalog()]}
+
+
+def overview(request: Request) -> dict:
+    """What a page about the box's models shows: the installed ones, and the catalog against this box."""
+    fit = catalog_fit(request)
+    return {"installed": installed(request), "catalog": fit["tiers"], "ram": fit["box_ram"]}
 
 
 async def listing(request: Request):
+    return JSONResponse({"models": installed(request)})
+
+
+async def catalog(request: Request):
+    return JSONResponse(catalog_fit(request))
+
+
+async def download_status(request: Request):
+    return JSONResponse(request.state.downloads.status())
+
+
+async def download(request: Request):
+    """POST {"tier": NAME}: fetch a catalog tier in the background (202), or nothing when it is there (200)."""
+    name = field(await read_json(request), "tier", str, required=True)
+    tier = store.tier_named(name)
+    if tier is None:
+        raise UnknownModel(f"{name[:80]!r} is not a tier of the catalog; choose one of "
+                           f"{', '.join(t.name for t in store.catalog())} (GET /models/catalog)", param="tier")
+    downloads: Downloads = request.state.downloads
+    started = downloads.start(tier, request.state.config.models_path)
+    return JSONResponse(downloads.status(), status_code=202 if started else 200)
+
+
+def _bare_gguf(name: str) -> bool:
+    """A GGUF named by its bare file name: no directories, not hidden, printable, one ext4 name long."""
+    return (name.isprintable() and len(name.encode()) <= MAX_NAME_BYTES and name.endswith(".gguf")
+            and not name.startswith(".") and not any(c in name for c in "/\\"))
+
+
+async def upload(request: Request):
+    """PUT ?name=FILE.gguf with the file as the body: a model from the owner's computer into the store."""
     config: Config = request.state.config
-    served = request.state.engine.served
-    return JSONResponse({"models": [
-        {"name": name, "id": model_id(Path(name)), "size": size, "tier": store.tier_of(name),
-         "served": served is not None and served.path == config.models_path / name}
-        for name, size in store.installed(config.models_path).items()]})
+    name = request.query_params.get("name", "")
+    if not _bare_gguf(name):
+        raise InvalidRequest("?name= is the model's file name: ending in .gguf, without directories, not starting "
+                             f"with a dot, at most {MAX_NAME_BYTES} bytes", param="name")
+    if name in store.installed(config.models_path):
+        raise Conflict(f"'{name}' is installed already; choose it (PUT /models/default), or upload this file "
+                       "under another name", param="name")
+    tier = store.tier_with_file(name)
+    config.models_path.mkdir(parents=True, exist_ok=True)
+    received = await receive_file(request, config.models_path / name, what="a GGUF model", magic=b"GGUF",
+                                  max_bytes=MODEL_MAX_BYTES, sha256=tier.sha256 if tier else None)
+    return JSONResponse({"name": name, "id": model_id(Path(name)), "size": received.size,
+                         "sha256": received.sha256, "tier": tier.name if tier else None}, status_code=201)
 
 
 def _chosen(config: Config, name: str) -> Path:
     """The store's file for `name`: a catalog tier's, or an installed GGUF named by its bare file name."""
     tier = store.tier_named(name)
-    if tier is None and (len(name.encode()) > MAX_NAME_BYTES or not name.endswith(".gguf")
-                         or name.startswith(".") or any(c in name for c in "/\\\0")):
+    if tier is None and not _bare_gguf(name):
         raise InvalidRequest("'model' is a catalog tier or the file name of an installed .gguf model, without "
                              f"directories, at most {MAX_NAME_BYTES} bytes; GET /models lists them", param="model")
     file = tier.file if tier else name
@@ -47,11 +171,10 @@ def _chosen(config: Config, name: str) -> Path:
     return config.models_path / file
 
 
-async def choose(request: Request):
-    """PUT {"model": NAME}: serve NAME from the next request on, and after restarts."""
+async def serve(request: Request, name: str) -> Path:
+    """Serve the installed model `name` from the next request on, and after restarts."""
     config: Config = request.state.config
     engine: Engine = request.state.engine
-    name = field(await read_json(request), "model", str, required=True)
     path = _chosen(config, name)
     try:
         await engine.swap(path)
@@ -62,11 +185,24 @@ async def choose(request: Request):
                             "install this one again", param="model") from None
     # Swaps finish in the order they were asked for and nothing is awaited between a swap and its save,
     # so when owners' choices cross, the file names the one the engine switched to last.
-    config_module.save_owner(config.data_path, {"inference": {"model": name}})
+    request.state.live.save({"inference": {"model": name}})
+    return path
+
+
+async def choose(request: Request):
+    """PUT {"model": NAME}: serve NAME from the next request on, and after restarts."""
+    name = field(await read_json(request), "model", str, required=True)
+    path = await serve(request, name)
     return JSONResponse({"model": model_id(path), "choice": name})
 
 
+# The owner's, from the browser or with a token; during setup, the wizard's model step uses them too.
+MANAGERS = (Identity.OWNER, Identity.TOKEN, Identity.SETUP)
 routes = [
-    route("/models", listing, needs=Identity.TOKEN, methods=["GET"]),
-    route("/models/default", choose, needs=Identity.TOKEN, methods=["PUT"]),
+    route("/models", listing, needs=MANAGERS, methods=["GET"]),
+    route("/models/default", choose, needs=MANAGERS, methods=["PUT"]),
+    route("/models/catalog", catalog, needs=MANAGERS, methods=["GET"]),
+    route("/models/download", download_status, needs=MANAGERS, methods=["GET"]),
+    route("/models/download", download, needs=MANAGERS, methods=["POST"]),
+    route(UPLOAD_PATH, upload, needs=MANAGERS, methods=["PUT"]),
 ]

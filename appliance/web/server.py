@@ -7,15 +7,23 @@ engine's queue decides who generates next.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import socket
+import ssl
+import sys
+
+import uvicorn
 
 from gunicorn import glogging
+from gunicorn.arbiter import Arbiter
 from gunicorn.app.base import BaseApplication
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
-from .. import logs, systemd
+from .. import device, logs, systemd
 from ..config import Config
+from .listeners import LISTENER_KEY
 
 
 class Logger(glogging.Logger):
@@ -28,13 +36,17 @@ class Logger(glogging.Logger):
 
 
 class Protocol(HttpToolsProtocol):
-    """Hang up on a client that has not sent a request's headers `header_seconds` after connecting or
-    after starting the request (slowloris: uvicorn would wait for ever); idle keep-alive connections
-    are uvicorn's own `timeout_keep_alive`."""
+    """One connection, told which listener accepted it (the redirect, the plain API or HTTPS).
 
-    def __init__(self, *args, header_seconds: float, **kwargs):
+    Hang up on a client that has not sent a request's headers `header_seconds` after connecting or
+    after starting the request (slowloris: uvicorn would wait for ever); idle keep-alive connections
+    are uvicorn's own `timeout_keep_alive`.
+    """
+
+    def __init__(self, *args, header_seconds: float, kinds: dict[int, str], **kwargs):
         super().__init__(*args, **kwargs)
-        self.header_seconds, self.header_timer = header_seconds, None
+        self.header_seconds, self.kinds = header_seconds, kinds
+        self.header_timer, self.kind = None, "listen"
 
     def _arm(self) -> None:
         self._disarm()
@@ -47,10 +59,12 @@ class Protocol(HttpToolsProtocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self.kind = self.kinds.get(self.server[1] if self.server else None, "listen")
         self._arm()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope[LISTENER_KEY] = self.kind
         self._arm()
 
     def on_headers_complete(self) -> None:
@@ -62,16 +76,65 @@ class Protocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
+def tls_context(config: Config) -> ssl.SSLContext:
+    """The box's own key and certificate (made on its first boot: appliance.device), TLS 1.2 and up."""
+    made = device.secrets_of(config.data_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(made.tls_certificate, made.tls_key)
+    return context
+
+
+class Listening(uvicorn.Server):
+    """uvicorn's server with TLS on the HTTPS sockets only: uvicorn puts TLS on every socket or on none,
+    and the box serves HTTPS, the redirect and the plain API side by side from one worker (one copy of
+    the model)."""
+
+    def __init__(self, config: uvicorn.Config, tls_sockets: list[socket.socket], tls: ssl.SSLContext | None,
+                 handshake_seconds: float):
+        super().__init__(config)
+        self.tls_sockets, self.tls, self.handshake_seconds = tls_sockets, tls, handshake_seconds
+
+    def _connection(self, _loop=None) -> Protocol:
+        return self.config.http_protocol_class(config=self.config, server_state=self.server_state,
+                                               app_state=self.lifespan.state, _loop=_loop)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)  # the lifespan, then the plain sockets
+        if self.should_exit:
+            return
+        loop = asyncio.get_running_loop()
+        for sock in self.tls_sockets:
+            self.servers.append(await loop.create_server(self._connection, sock=sock, ssl=self.tls,
+                                                         ssl_handshake_timeout=self.handshake_seconds,
+                                                         backlog=self.config.backlog))
+
+
 class Worker(UvicornWorker):
-    """uvicorn with the box's limits: a deadline for headers, a bound on connections, and open streams
-    stopped before gunicorn's SIGKILL (uvicorn would wait for them without limit)."""
+    """uvicorn with the box's listeners and limits: TLS on the HTTPS port, a deadline for headers, a bound
+    on connections, and open streams stopped before gunicorn's SIGKILL (uvicorn would wait for them
+    without limit)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        server = self.app.config.server  # the box's Config, from Server below
+        box = self.app.config  # the box's Config, from Server below
+        server = box.server
         self.config.timeout_graceful_shutdown = max(1, self.cfg.graceful_timeout - 2)
-        self.config.http = functools.partial(Protocol, header_seconds=server.header_seconds)
+        self.config.http = functools.partial(Protocol, header_seconds=server.header_seconds,
+                                             kinds={port: kind for kind, (_, port) in box.listeners().items()})
         self.config.limit_concurrency = server.max_connections
+        self.https_port = box.listeners().get("https", (None, None))[1]
+        self.tls = tls_context(box) if self.https_port else None
+
+    async def _serve(self) -> None:
+        """uvicorn_worker's, with the HTTPS sockets handed over apart from the others."""
+        self.config.app = self.wsgi
+        tls = [s for s in self.sockets if s.getsockname()[1] == self.https_port]
+        server = Listening(self.config, tls, self.tls, self.app.config.server.header_seconds)
+        self._install_sigquit_handler()
+        await server.serve(sockets=[s for s in self.sockets if s not in tls])
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
 class Server(BaseApplication):
@@ -80,9 +143,9 @@ class Server(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
-        host, port = self.config.listen_address()
         settings = {
-            "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                     for host, port in self.config.listeners().values()],
             "workers": 1,
             "worker_class": "appliance.web.server.Worker",
             "graceful_timeout": self.config.server.graceful_timeout,

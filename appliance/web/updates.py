@@ -10,12 +10,12 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .. import channel, config as config_module, files
-from ..config import Config, ConfigError
-from ..errors import InvalidRequest, NoSpace, TooLarge
+from .. import channel, config as config_module
+from ..config import ConfigError
+from ..errors import InvalidRequest
 from ..update import status as update_status
 from .auth import Identity, route
-from .http import field, read_json
+from .http import field, read_json, receive_file
 
 BUNDLE_PATH = "/update/bundle"
 BUNDLE_MAX_BYTES = 8 * 2**30
@@ -32,13 +32,12 @@ async def status(request: Request):
 
 async def settings(request: Request):
     """Change the owner's update settings (`update.url`, `update.automatic`, `update.reboot`)."""
-    config: Config = request.state.config
     body = await read_json(request)
     changes = {key: body[key] for key in SETTINGS if key in body}
     if set(body) - set(SETTINGS) or not changes:
         raise InvalidRequest(f"send one or more of {', '.join(SETTINGS)}, and nothing else")
     try:
-        saved = config_module.save_owner(config.data_path, {"update": changes})
+        saved = request.state.live.save({"update": changes})
     except ConfigError as err:
         raise InvalidRequest(str(err), param=next(iter(changes))) from None
     return JSONResponse(config_module.to_dict(saved)["update"])
@@ -60,34 +59,18 @@ async def upload_bundle(request: Request):
     data_dir = request.state.config.data_path
     bundle = channel.attachment(data_dir, "update", "bundle")
     bundle.parent.mkdir(exist_ok=True)
-    length = request.headers.get("content-length")
     # The upload, then the updater's unpacked copy and its staged copy (with python-tuf's temporary one).
-    expected = int(length) if length and length.isdigit() else 0
-    if problem := files.shortfall(bundle.parent, SPACE_FACTOR * expected):
-        raise NoSpace(f"{problem}; the bundle needs {SPACE_FACTOR} times its size while it installs")
-    partial = files.partial(bundle)
-    size = 0
-    try:
-        with partial.open("wb") as out:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > BUNDLE_MAX_BYTES:
-                    raise TooLarge(f"a bundle is at most {BUNDLE_MAX_BYTES} bytes")
-                if size > expected and (problem := files.shortfall(bundle.parent, len(chunk))):
-                    raise NoSpace(problem)  # no or a wrong Content-Length: never fill the partition
-                out.write(chunk)
-        files.commit(partial, bundle)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    received = await receive_file(request, bundle, what="a bundle", max_bytes=BUNDLE_MAX_BYTES,
+                                  space_factor=SPACE_FACTOR)
     reboot = request.query_params.get("reboot", "true") != "false"
     channel.submit(data_dir, channel.UpdateRequest(source="bundle", reboot=reboot))
-    return JSONResponse({"status": "requested", "source": "bundle", "bytes": size}, status_code=202)
+    return JSONResponse({"status": "requested", "source": "bundle", "bytes": received.size}, status_code=202)
 
 
+OWNER = (Identity.OWNER, Identity.TOKEN)
 routes = [
-    route("/update", status, needs=Identity.TOKEN, methods=["GET"]),
-    route("/update", start, needs=Identity.TOKEN, methods=["POST"]),
-    route("/update/settings", settings, needs=Identity.TOKEN, methods=["PUT"]),
-    route(BUNDLE_PATH, upload_bundle, needs=Identity.TOKEN, methods=["PUT"]),
+    route("/update", status, needs=OWNER, methods=["GET"]),
+    route("/update", start, needs=OWNER, methods=["POST"]),
+    route("/update/settings", settings, needs=OWNER, methods=["PUT"]),
+    route(BUNDLE_PATH, upload_bundle, needs=OWNER, methods=["PUT"]),
 ]

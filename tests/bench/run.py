@@ -20,7 +20,6 @@ import http.client
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from appliance.inference.llama import load_backends
 from buildhost import tinymodel
 from buildhost.qemu import free_port
 from buildhost.wheels import smollm2
-from tests.served import UNLIMITED, Service
+from tests.served import UNLIMITED, Service, serve_argv
 
 THREADS = config.default_threads()
 CONTEXT = 2048
@@ -156,9 +155,7 @@ def memory(work: Path, results: dict) -> None:
     data = work / "nomodel"
     data.mkdir()
     port = free_port()
-    process = subprocess.Popen([Path(sys.executable).parent / "paladin", "serve", "--data-dir", data,
-                                "--listen", f"127.0.0.1:{port}", "--config", data / "none.yaml"],
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(serve_argv(data, port), stderr=subprocess.DEVNULL)
     try:
         for _ in range(200):
             try:

@@ -29,8 +29,8 @@ from vm import (VM, conversation_intact, cut_first_boot, cut_power, partition_di
 
 pytestmark = pytest.mark.image
 SEED = int(os.environ.get("PALADIN_POWERCUT_SEED", time.time()))
-# Valid for the updater, fatal for the assistant: an unprivileged service cannot bind port 1.
-BROKEN_CONFIG = "data_dir: /var/lib/paladin\nserver:\n  listen: 0.0.0.0:1\n"
+# Valid for the updater, fatal for the assistant: no listener can bind an address the box does not have.
+BROKEN_CONFIG = "data_dir: /var/lib/paladin\nserver:\n  listen: 192.0.2.1:8080\n"
 
 
 class Quiet(SimpleHTTPRequestHandler):

@@ -1,31 +1,72 @@
-"""The chat page in real headless Chromium against the real service."""
+"""The whole first-boot story in real headless Chromium against the real service: the setup wizard (a
+wrong code, a reload, a catalog download with its progress bar), a chat, an API token made, used and
+revoked, logging out and in.  PALADIN_SCREENSHOTS=DIR keeps each step's screenshots (docs/screenshots)."""
 
+import hashlib
+import os
 import shutil
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+import threading
 
+import httpx
 import pytest
+import yaml
 
-pytestmark = pytest.mark.browser
-CHROMIUM = shutil.which("chromium")
+from appliance import device
+from served import Service
+from wizard import CHROMIUM, Shots, browser_page, chat, log_out_and_in, make_token, revoke_token, run_setup
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (./build.py test installs it)")]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (./build.py test installs it)")
-def test_chat_in_the_browser_streams_and_keeps_the_conversation(service):
-    from playwright.sync_api import expect, sync_playwright
+class Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        page = browser.new_page()
-        page.goto(service.url + "/")
-        page.fill("#token", service.token)
-        page.click("#login button")
-        page.fill("#prompt", "Hello from the browser")
-        page.click("#send")
-        reply = page.locator("#messages li.assistant[data-done=true]")
-        expect(reply).to_have_count(1, timeout=60_000)
-        assert reply.inner_text().strip()
+
+@pytest.fixture
+def fresh_box(tiny_model, other_model, tmp_path):
+    """A box before its setup: the tiny model in its store, and a catalog tier served from 127.0.0.1."""
+    www = tmp_path / "www"
+    www.mkdir()
+    shutil.copy(other_model, www / "helper.gguf")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(www)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump({"tiers": [{
+        "name": "helper", "file": "helper.gguf", "size": other_model.stat().st_size, "ram": 64 * 2**20,
+        "url": f"http://127.0.0.1:{httpd.server_address[1]}/helper.gguf",
+        "sha256": hashlib.sha256(other_model.read_bytes()).hexdigest()}]}))
+    data = tmp_path / "data"
+    (data / "models").mkdir(parents=True)
+    shutil.copy(tiny_model, data / "models" / "tiny.gguf")
+    service = Service(None, data, {"PALADIN_CATALOG": str(catalog)})
+    yield service
+    service.stop()
+    httpd.shutdown()
+
+
+def test_a_new_owner_sets_the_box_up_chats_and_manages_tokens(fresh_box):
+    from playwright.sync_api import expect
+
+    shots = Shots(Path(os.environ["PALADIN_SCREENSHOTS"]) if os.environ.get("PALADIN_SCREENSHOTS") else None)
+    base = fresh_box.https_url
+    code = device.secrets_of(fresh_box.data_dir).setup_code()
+    with browser_page() as page:
+        seconds = run_setup(page, base, code, shots, download="helper")
+        print(f"\nwizard finished {seconds:.1f} s after /health was ready (local service, headless Chromium)")
+        assert chat(page, "Hello from the browser")
+        shots(page, "7-chat")
         page.reload()
         page.locator("#conversations li", has_text="Hello from the browser").click()
         expect(page.locator("#messages li")).to_have_count(2)
-        browser.close()
+        token = make_token(page, base, "Home Assistant", shots)
+        api = httpx.Client(base_url=fresh_box.url, headers={"Authorization": f"Bearer {token}"})
+        assert api.get("/api/tags").status_code == 200
+        revoke_token(page, "Home Assistant")
+        assert api.get("/api/tags").status_code == 401
+        log_out_and_in(page, base, shots)
+    assert device.secrets_of(fresh_box.data_dir).setup_code() is None

@@ -1,14 +1,18 @@
 """A small data partition (a tmpfs of its own): uploads that do not fit are refused with 507 before
 or while they are written, nothing half-written stays, and the service goes on answering."""
 
+import asyncio
 import os
 import subprocess
 
 import pytest
+from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from appliance import config, db as database, files, tokens
+from appliance.errors import NoSpace
 from appliance.web.app import create_app
+from appliance.web.http import receive_file
 
 pytestmark = [pytest.mark.unit,
               pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")]
@@ -77,3 +81,34 @@ def test_a_full_partition_refuses_chats_clearly_and_keeps_what_was_saved(small):
     assert small.get(f"/conversations/{kept['id']}").status_code == 200
     filler.unlink()
     assert small.post("/conversations", json={"title": "after"}).status_code == 201
+
+
+def test_a_model_upload_that_cannot_fit_is_refused_before_or_while_it_is_written(small):
+    models = small.data_dir / "models"
+    announced = small.put("/models/upload?name=big.gguf", content=b"GGUF" + bytes(40 * 2**20))
+    assert announced.status_code == 507 and "kept for the database" in announced.json()["error"]["message"]
+    unannounced = small.put("/models/upload?name=big.gguf", content=(b"GGUF" + bytes(2**20 - 4) for _ in range(64)))
+    assert unannounced.status_code == 507 and "more arrived than announced" in unannounced.json()["error"]["message"]
+    assert not any(models.glob("big.gguf*"))
+    assert os.statvfs(small.data_dir).f_bavail * os.statvfs(small.data_dir).f_frsize >= files.RESERVE_BYTES
+    assert small.get("/health").json()["status"] == "ok"
+
+
+def test_an_upload_stops_cleanly_when_something_else_fills_the_partition(small):
+    """Within its announced length an upload does not check each piece: the disk filling up under it (a
+    download at the same time) ends it with 507 and nothing kept, not a server error."""
+    dest = small.data_dir / "models" / "big.gguf"
+    dest.parent.mkdir(exist_ok=True)
+    pieces, filler = [b"GGUF" + bytes(2**20), bytes(2**20)], []
+
+    async def receive():
+        if len(pieces) == 1:  # the first piece is written: now something else takes all the room
+            filler.append(fill(small.data_dir))
+        return {"type": "http.request", "body": pieces.pop(0), "more_body": bool(pieces)}
+
+    scope = {"type": "http", "method": "PUT", "path": "/models/upload", "query_string": b"",
+             "headers": [(b"content-length", str(30 * 2**20).encode())], "state": {"config": config.parse({})}}
+    with pytest.raises(NoSpace, match="filled up during the upload"):
+        asyncio.run(receive_file(Request(scope, receive), dest, what="a GGUF model", max_bytes=2**30, magic=b"GGUF"))
+    assert filler and not any(dest.parent.glob("big.gguf*"))
+    filler[0].unlink()

@@ -1,13 +1,25 @@
-"""The owner's choice of model: in-process against real llama.cpp, then the real service across swaps
-and a restart."""
+"""The owner's models: choices, uploads and refusals in-process against real llama.cpp; then the real
+service across swaps and a restart, and with a catalog of tiers served from 127.0.0.1 (downloads, their
+progress and failures, uploads past the body limit, pins, a stalled upload)."""
 
+import fcntl
+import hashlib
+import http.client
+import http.server
+import json
 import queue
+import socket
 import threading
+import time
+from pathlib import Path
 
+import psutil
 import pytest
+import yaml
 from starlette.testclient import TestClient
 
-from appliance import config, db as database, store, tokens
+from appliance import config, db as database, files, store, tokens
+from appliance.web import models
 from appliance.web.app import create_app
 from served import UNLIMITED, Service
 
@@ -118,3 +130,199 @@ def test_the_alias_is_served_across_swaps_and_the_choice_after_a_restart(two_mod
             assert reply.status_code == 200 and reply.json()["model"] == "other"
     finally:
         restarted.stop()
+
+
+@pytest.mark.unit
+def test_no_download_has_run_and_an_unknown_tier_is_refused_naming_the_tiers(owner):
+    assert owner.get("/models/download").json() == {"state": "idle", "tier": None, "done": 0, "total": 0,
+                                                    "error": None}
+    refused = owner.post("/models/download", json={"tier": "llama3"})
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+    assert all(tier.name in refused.json()["error"]["message"] for tier in store.catalog())
+    assert owner.post("/models/download", json={"tier": 7}).status_code == 400
+    assert owner.get("/models/download").json()["state"] == "idle"
+
+
+def left_in(models: Path, name: str) -> list[str]:
+    return sorted(p.name for p in models.iterdir() if p.name.startswith(name))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("query, status, says", [
+    ("", 400, "?name= is the model's file name"), ("?name=../up.gguf", 400, "without directories"),
+    ("?name=up.bin", 400, "ending in .gguf"), ("?name=.up.gguf", 400, "not starting with a dot"),
+    ("?name=" + "x" * 300 + ".gguf", 400, "at most 255 bytes"), ("?name=up%00.gguf", 400, "?name="),
+    ("?name=tiny.gguf", 409, "'tiny.gguf' is installed already")])
+def test_an_upload_under_a_bad_or_taken_name_is_refused(owner, query, status, says):
+    refused = owner.put("/models/upload" + query, content=(owner.config.models_path / "tiny.gguf").read_bytes())
+    assert refused.status_code == status and says in refused.json()["error"]["message"]
+    assert refused.json()["error"]["param"] == "name"
+    assert sorted(store.installed(owner.config.models_path)) == ["other.gguf", "tiny.gguf"]
+
+
+@pytest.mark.unit
+def test_an_upload_that_is_not_a_gguf_is_refused_and_nothing_is_left(owner):
+    refused = owner.put("/models/upload?name=notes.gguf", content=b"GGML" + bytes(8192))
+    assert refused.status_code == 400 and "is not a GGUF model" in refused.json()["error"]["message"]
+    assert left_in(owner.config.models_path, "notes") == []
+    assert owner.put("/models/upload?name=notes.gguf", content=b"GG").status_code == 400  # shorter than the magic
+    assert left_in(owner.config.models_path, "notes") == []
+
+
+@pytest.mark.unit
+def test_an_upload_over_the_cap_is_refused_and_nothing_is_left(owner, monkeypatch):
+    monkeypatch.setattr(models, "MODEL_MAX_BYTES", 4096)
+    announced = owner.put("/models/upload?name=big.gguf", content=b"GGUF" + bytes(8192))
+    unannounced = owner.put("/models/upload?name=big.gguf", content=(b"GGUF" + bytes(1020) for _ in range(8)))
+    assert announced.status_code == unannounced.status_code == 413
+    assert left_in(owner.config.models_path, "big") == []
+
+
+@pytest.mark.unit
+def test_a_second_upload_to_the_same_file_is_refused_and_leaves_the_first_alone(owner):
+    first = files.partial(owner.config.models_path / "up.gguf")
+    with first.open("wb") as held:  # the first upload's partial file, under its lock
+        held.write(b"GGUF first")
+        fcntl.flock(held, fcntl.LOCK_EX)
+        refused = owner.put("/models/upload?name=up.gguf", content=b"GGUF second")
+    assert refused.status_code == 409 and "being uploaded already" in refused.json()["error"]["message"]
+    assert first.read_bytes() == b"GGUF first" and "up.gguf" not in store.installed(owner.config.models_path)
+
+
+# A catalog served from 127.0.0.1 (PALADIN_CATALOG), for the real service: one tier whose server holds back
+# all but its first HELD bytes until the test opens `GATE`, one pinned to a hash no file has, one no box fits.
+HELD = 2 * 2**20
+GATE = threading.Event()
+
+
+class Tiers(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        if self.path == "/gated.gguf":
+            self.wfile.write(self.body[:HELD])
+            self.wfile.flush()
+            GATE.wait(60)
+            self.wfile.write(self.body[HELD:])
+        else:
+            self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def box(tiny_model, tmp_path_factory):
+    """The real service with a catalog of local tiers; header_seconds 2 so that a stalled upload ends soon."""
+    Tiers.body = tiny_model.read_bytes()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Tiers)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    pin = hashlib.sha256(Tiers.body).hexdigest()
+    tiers = [{"name": name, "file": f"{name}.gguf", "size": len(Tiers.body), "ram": ram, "url": f"{url}/{name}.gguf",
+              "sha256": sha256} for name, ram, sha256 in
+             [("gated", 64 * 2**20, pin), ("corrupt", 64 * 2**20, "0" * 64), ("huge", 2**50, pin)]]
+    data = tmp_path_factory.mktemp("box")
+    catalog = data / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump({"tiers": tiers}))
+    running = Service(tiny_model, data, {"PALADIN_CATALOG": str(catalog)},
+                      {"server": UNLIMITED["server"] | {"header_seconds": 2}})
+    running.models = data / "models"
+    yield running
+    GATE.set()
+    running.stop()
+    httpd.shutdown()
+
+
+def polled(client, until, seconds: float = 60) -> dict:
+    deadline = time.monotonic() + seconds
+    while not until(status := client.get("/models/download").json()):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
+    return status
+
+
+@pytest.mark.service
+def test_the_catalog_says_what_fits_this_box(box):
+    with box.client() as c:
+        listed = c.get("/models/catalog").json()
+    assert listed["box_ram"] == psutil.virtual_memory().total and listed["headroom"] == models.RAM_HEADROOM
+    assert [(t["name"], t["fits"], t["needs"]) for t in listed["tiers"]] == [
+        ("gated", True, 64 * 2**20 + models.RAM_HEADROOM), ("corrupt", True, 64 * 2**20 + models.RAM_HEADROOM),
+        ("huge", False, 2**50 + models.RAM_HEADROOM)]
+    assert [t["installed"] for t in listed["tiers"]] == [(box.models / t["file"]).is_file() for t in listed["tiers"]]
+    assert [(t["file"], t["size"], t["ram"]) for t in listed["tiers"]] == [
+        ("gated.gguf", len(Tiers.body), 64 * 2**20), ("corrupt.gguf", len(Tiers.body), 64 * 2**20),
+        ("huge.gguf", len(Tiers.body), 2**50)]
+
+
+@pytest.mark.service
+def test_a_download_reports_its_progress_until_installed_and_one_runs_at_a_time(box):
+    size = len(Tiers.body)
+    try:
+        with box.client() as c:
+            started = c.post("/models/download", json={"tier": "gated"})
+            assert started.status_code == 202 and started.json()["state"] == "downloading"
+            second = c.post("/models/download", json={"tier": "corrupt"})
+            assert second.status_code == 409 and "'gated' is downloading" in second.json()["error"]["message"]
+            midway = polled(c, lambda status: status["done"] == HELD)
+            assert midway == {"state": "downloading", "tier": "gated", "done": HELD, "total": size, "error": None}
+            assert "gated.gguf" not in store.installed(box.models)
+            GATE.set()
+            assert polled(c, lambda status: status["state"] != "downloading") == {
+                "state": "done", "tier": "gated", "done": size, "total": size, "error": None}
+            assert {"name": "gated.gguf", "id": "gated", "size": size, "tier": "gated", "served": False} in \
+                c.get("/models").json()["models"]
+            again = c.post("/models/download", json={"tier": "gated"})  # installed: nothing to fetch
+            assert again.status_code == 200 and again.json()["state"] == "done"
+    finally:
+        GATE.set()
+    assert (box.models / "gated.gguf").read_bytes() == Tiers.body
+
+
+@pytest.mark.service
+def test_a_download_that_fails_its_pin_is_reported_and_installs_nothing(box):
+    with box.client() as c:
+        assert c.post("/models/download", json={"tier": "corrupt"}).status_code == 202
+        failed = polled(c, lambda status: status["state"] != "downloading")
+    assert failed["state"] == "failed" and failed["tier"] == "corrupt"
+    assert "SHA-256 mismatch" in failed["error"] and "nothing was installed" in failed["error"]
+    assert "corrupt.gguf" not in store.installed(box.models) and not any((box.models / ".partial").iterdir())
+
+
+@pytest.mark.service
+def test_an_upload_streams_past_the_body_limit_and_answers_its_sha256(box):
+    with box.client() as c:
+        uploaded = c.put("/models/upload?name=uploaded.gguf", content=Tiers.body)  # ~6 MB against 1 MiB
+        assert uploaded.status_code == 201 and uploaded.json() == {
+            "name": "uploaded.gguf", "id": "uploaded", "size": len(Tiers.body),
+            "sha256": hashlib.sha256(Tiers.body).hexdigest(), "tier": None}
+        assert "uploaded.gguf" in [m["name"] for m in c.get("/models").json()["models"]]
+        assert c.put("/models/default", json={"model": "uploaded.gguf"}).json()["model"] == "uploaded"
+    assert (box.models / "uploaded.gguf").read_bytes() == Tiers.body
+
+
+@pytest.mark.service
+def test_an_upload_of_a_file_the_catalog_pins_must_match_the_pin(box, other_model):
+    with box.client() as c:
+        refused = c.put("/models/upload?name=huge.gguf", content=other_model.read_bytes())
+        assert refused.status_code == 400 and "huge.gguf must have SHA-256" in refused.json()["error"]["message"]
+        assert left_in(box.models, "huge") == []
+        pinned = c.put("/models/upload?name=huge.gguf", content=Tiers.body)
+        assert pinned.status_code == 201 and pinned.json()["tier"] == "huge"
+
+
+@pytest.mark.service
+def test_a_stalled_upload_is_cut_off_leaving_nothing_and_the_name_free(box):
+    with socket.create_connection(("127.0.0.1", box.port), timeout=30) as s:
+        s.sendall(f"PUT /models/upload?name=stalled.gguf HTTP/1.1\r\nHost: box\r\nAuthorization: Bearer {box.token}"
+                  "\r\nContent-Length: 1000000\r\n\r\nGGUF".encode())
+        answer = http.client.HTTPResponse(s)  # read while nothing more is sent, longer than header_seconds
+        answer.begin()
+        assert answer.status == 408 and "nothing arrived for 2 seconds" in json.loads(answer.read())["error"]["message"]
+    assert left_in(box.models, "stalled") == []
+    with box.client() as c:
+        assert c.put("/models/upload?name=stalled.gguf", content=Tiers.body).status_code == 201

@@ -7,13 +7,17 @@ from appliance.web.app import routes
 from appliance.web.auth import Identity
 
 pytestmark = pytest.mark.unit
-PUBLIC, TOKEN = Identity.PUBLIC, Identity.TOKEN
+IDENTITIES = {"public": Identity.PUBLIC, "token": Identity.TOKEN, "owner": Identity.OWNER, "setup": Identity.SETUP}
 
-# The table docs/api.md describes.  Adding a route means adding it here, with the identity it needs.
+# The table docs/api.md describes.  Adding a route means adding it here, with the identities it accepts
+# (comma-separated: any one of them will do).
 EXPECTED = """
 GET    /health                       public
-GET    /                             public
 GET    /static                       public
+GET    /setup                        public
+POST   /setup/code                   public
+GET    /login                        public
+POST   /login                        public
 GET    /metrics                      token
 POST   /v1/chat/completions          token
 POST   /v1/completions               token
@@ -23,30 +27,44 @@ POST   /api/generate                 token
 GET    /api/tags                     token
 POST   /api/show                     token
 GET    /api/version                  token
-GET    /conversations                token
-POST   /conversations                token
-GET    /conversations/{id}           token
-DELETE /conversations/{id}           token
-POST   /conversations/{id}/messages  token
-GET    /models                       token
-PUT    /models/default               token
-GET    /update                       token
-POST   /update                       token
-PUT    /update/settings              token
-PUT    /update/bundle                token
+GET    /                             owner
+GET    /conversations                owner,token
+POST   /conversations                owner,token
+GET    /conversations/{id}           owner,token
+DELETE /conversations/{id}           owner,token
+POST   /conversations/{id}/messages  owner,token
+GET    /models                       owner,token,setup
+PUT    /models/default               owner,token,setup
+GET    /models/catalog               owner,token,setup
+GET    /models/download              owner,token,setup
+POST   /models/download              owner,token,setup
+PUT    /models/upload                owner,token,setup
+GET    /update                       owner,token
+POST   /update                       owner,token
+PUT    /update/settings              owner,token
+PUT    /update/bundle                owner,token
+POST   /setup/owner                  setup
+POST   /setup/device                 setup
+POST   /setup/model                  setup
+POST   /setup/privacy                setup
+POST   /setup/finish                 setup
+POST   /logout                       owner
+GET    /tokens                       owner
+POST   /tokens                       owner
+POST   /tokens/revoke                owner
 """
-IDENTITIES = {"public": PUBLIC, "token": TOKEN}
 
 
 def expected() -> dict:
     rows = (line.split() for line in EXPECTED.strip().splitlines())
-    return {(path, method): IDENTITIES[needs] for method, path, needs in rows}
+    return {(path, method): frozenset(IDENTITIES[n] for n in needs.split(",")) for method, path, needs in rows}
 
 
 def table() -> dict:
     found = {}
     for route in routes():
-        assert hasattr(route, "needs"), f"{route.path} declares no identity (use auth.route or auth.public_files)"
+        assert hasattr(route, "needs"), f"{route.path} declares no identity (use auth.route, auth.page or " \
+                                        "auth.public_files)"
         methods = {"GET"} if isinstance(route, Mount) else route.methods - {"HEAD"}
         for method in methods:
             assert (route.path, method) not in found, f"{method} {route.path} is declared twice"
@@ -58,5 +76,8 @@ def test_every_route_declares_its_identity_and_the_table_is_complete():
     assert table() == expected()
 
 
-def test_public_routes_are_only_the_health_check_and_the_page_shell():
-    assert sorted(path for (path, _), needs in table().items() if needs is PUBLIC) == ["/", "/health", "/static"]
+def test_public_routes_are_the_health_check_static_files_and_the_ways_in():
+    """Only what a stranger needs: whether the box is up, the pages' scripts, the setup code's form (locked
+    for good once setup is finished) and the login form."""
+    public = sorted({path for (path, _), needs in table().items() if needs == {Identity.PUBLIC}})
+    assert public == ["/health", "/login", "/setup", "/setup/code", "/static"]

@@ -14,7 +14,7 @@ import pytest
 
 from appliance import config
 from buildhost.qemu import free_port
-from served import PALADIN, Service
+from served import PALADIN, Service, serve_argv
 
 pytestmark = pytest.mark.service
 
@@ -139,8 +139,7 @@ def test_bad_config_fails_at_start_with_key_value_and_allowed(tiny_model, tmp_pa
 def test_health_reports_no_model_when_started_without_one(tmp_path):
     import subprocess
     port = free_port()
-    process = subprocess.Popen([PALADIN, "serve", "--data-dir", tmp_path, "--listen", f"127.0.0.1:{port}",
-                                "--config", tmp_path / "none.yaml"], stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(serve_argv(tmp_path, port), stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
             try:

@@ -1,23 +1,21 @@
-// The chat page: conversations live on the box; the API token stays in this browser only.
+// The chat page: conversations live on the box; the owner's session cookie authenticates, and every
+// change carries the page's CSRF token.
 const $ = (id) => document.getElementById(id);
+const csrf = document.querySelector('meta[name="csrf"]').content;
 let current = null;
-
-function token() { return localStorage.getItem("paladin-token"); }
 
 async function api(path, options = {}) {
   const response = await fetch(path, {
     ...options,
-    headers: { "Authorization": "Bearer " + token(), "Content-Type": "application/json" },
+    headers: { "X-CSRF-Token": csrf, "Content-Type": "application/json" },
   });
-  if (response.status === 401) { localStorage.removeItem("paladin-token"); showLogin(); throw new Error("token refused"); }
+  if (response.status === 401) { location.assign("/login?next=/"); throw new Error("logged out"); }
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
     throw new Error(body.error ? body.error.message : response.statusText);
   }
   return response;
 }
-
-function showLogin() { $("login").hidden = false; $("chat").hidden = true; }
 
 function addMessage(role, text) {
   const item = document.createElement("li");
@@ -73,11 +71,6 @@ async function send(text) {
   await loadList();
 }
 
-$("login").onsubmit = async (e) => {
-  e.preventDefault();
-  localStorage.setItem("paladin-token", $("token").value.trim());
-  await start();
-};
 $("composer").onsubmit = async (e) => {
   e.preventDefault();
   const text = $("prompt").value.trim();
@@ -88,12 +81,4 @@ $("composer").onsubmit = async (e) => {
 };
 $("new").onclick = () => { current = null; $("messages").replaceChildren(); loadList(); };
 
-async function start() {
-  if (!token()) return showLogin();
-  try {
-    await loadList();
-    $("login").hidden = true;
-    $("chat").hidden = false;
-  } catch (err) { $("error").textContent = err.message; }
-}
-start();
+loadList().catch((err) => { $("error").textContent = err.message; });

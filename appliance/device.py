@@ -1,0 +1,128 @@
+"""The device's own secrets, made on its first boot and never in an image: the TLS key and certificate,
+the session signing key and the one-time setup code.
+
+Each file is written whole or not at all (`files.write`), and only when it is missing, so `ensure` can be
+interrupted anywhere and run again: two boxes flashed from one image, or two first boots of one image,
+share nothing.  The key is written before the certificate that names it, so a certificate never outlives
+its key.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import secrets
+import socket
+from pathlib import Path
+
+import psutil
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from . import facts, files
+
+# No letters or digits that read alike on a screen (0/O, 1/I/L, 2/Z, 5/S, 8/B): 12 symbols of these 24
+# give 55 bits, far beyond what the wizard's attempt limit lets anyone guess.
+CODE_ALPHABET = "3467ACDEFGHJKMNPQRTUVWXY"
+CODE_GROUPS, CODE_GROUP_LENGTH = 3, 4
+# A box may boot with its clock far off (no RTC, no time sync yet): the certificate is valid from a date
+# before any box was made, for twenty years.
+NOT_BEFORE = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
+VALID_FOR = datetime.timedelta(days=20 * 365)
+
+
+class Secrets:
+    """Where the device's secrets are, under `directory` (the data partition's `device/`)."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.tls_key, self.tls_certificate = directory / "tls-key.pem", directory / "tls-cert.pem"
+        self.session_key_file, self.setup_code_file = directory / "session.key", directory / "setup-code"
+
+    def session_key(self) -> bytes:
+        return self.session_key_file.read_bytes()
+
+    def setup_code(self) -> str | None:
+        """The code that opens the setup wizard, or None once setup is finished."""
+        try:
+            return self.setup_code_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def fingerprint(self) -> str:
+        """The certificate's SHA-256 fingerprint as browsers show it (AB:CD:...)."""
+        cert = x509.load_pem_x509_certificate(self.tls_certificate.read_bytes())
+        return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def secrets_of(data_dir: Path) -> Secrets:
+    return Secrets(Path(data_dir) / "device")
+
+
+def new_setup_code() -> str:
+    groups = ("".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_GROUP_LENGTH)) for _ in range(CODE_GROUPS))
+    return "-".join(groups)
+
+
+def normalise_code(typed: str) -> str:
+    """What a person typed, as the code is stored: case, spaces and dashes do not matter."""
+    letters = "".join(c for c in typed.upper() if c.isalnum())[:CODE_GROUPS * CODE_GROUP_LENGTH * 2]
+    return "-".join(letters[i:i + CODE_GROUP_LENGTH] for i in range(0, len(letters), CODE_GROUP_LENGTH))
+
+
+def addresses() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The box's addresses on its networks (not loopback), IPv4 first."""
+    found = set()
+    for entries in psutil.net_if_addrs().values():
+        for entry in entries:
+            if entry.family in (socket.AF_INET, socket.AF_INET6):
+                address = ipaddress.ip_address(entry.address.split("%")[0])
+                if not address.is_loopback:
+                    found.add(address)
+    return sorted(found, key=lambda a: (a.version, a.is_link_local, int(a)))
+
+
+def _certificate(key: ec.EllipticCurvePrivateKey, names: list[str], ips: list) -> bytes:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, facts.MDNS_NAME),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "PAL-adin (this box's own certificate)")])
+    san = x509.SubjectAlternativeName([x509.DNSName(n) for n in names] + [x509.IPAddress(a) for a in ips])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOT_BEFORE).not_valid_after(NOT_BEFORE + VALID_FOR)
+            .add_extension(san, critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def ensure(data_dir: Path, hostname: str | None = None) -> Secrets:
+    """Make whatever of the device's secrets is missing; never replace one that exists."""
+    made = secrets_of(data_dir)
+    made.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not made.tls_key.exists():
+        made.tls_certificate.unlink(missing_ok=True)  # one left from an earlier key would not match
+        key = ec.generate_private_key(ec.SECP256R1())
+        files.write(made.tls_key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()), mode=0o600)
+    if not made.tls_certificate.exists():
+        key = serialization.load_pem_private_key(made.tls_key.read_bytes(), password=None)
+        host = (hostname or socket.gethostname()).split(".")[0]
+        names = sorted({facts.MDNS_NAME, f"{host}.local", host, "localhost"})
+        ips = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"), *addresses()]
+        files.write(made.tls_certificate, _certificate(key, names, ips), mode=0o644)
+    if not made.session_key_file.exists():
+        files.write(made.session_key_file, secrets.token_bytes(32), mode=0o600)
+    return made
+
+
+def new_code(made: Secrets) -> str:
+    code = new_setup_code()
+    files.write(made.setup_code_file, code.encode(), mode=0o600)
+    return code
+
+
+def forget_code(made: Secrets) -> None:
+    made.setup_code_file.unlink(missing_ok=True)

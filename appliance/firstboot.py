@@ -1,0 +1,75 @@
+"""First boot, and every boot after it: the device's secrets, the setup code while the box has no owner,
+and what the console tells a person in front of the box (`paladin firstboot`, paladin-firstboot.service).
+
+The console text goes to the getty's issue file (/etc/issue.d/50-paladin.issue links to ISSUE), so it
+is on an HDMI screen and on the serial console above the login prompt, and to the journal.  The
+setup code is shown only until the wizard finishes.  Too many wrong codes lock the wizard; restarting
+the box (or `paladin setup reset` on its console) makes a new code, so only someone at the box can
+unlock it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from . import db as database, device, facts, files, owner
+from . import config as config_module
+from .config import Config
+
+log = logging.getLogger(__name__)
+ISSUE = Path("/run/paladin-console/issue")
+
+
+def prepare(config: Config, *, new_code: bool = False) -> device.Secrets:
+    """Make the device's missing secrets and, while setup is unfinished, a setup code if there is none, the
+    wizard is locked, or `new_code` asks for one."""
+    made = device.ensure(config.data_path)
+    db = database.connect(config.database_path)
+    try:
+        if owner.finished(db):
+            device.forget_code(made)
+        elif new_code or made.setup_code() is None or owner.failures(db) >= config.server.setup_attempts:
+            device.new_code(made)
+            owner.clear_failures(db)
+    finally:
+        db.close()
+    return made
+
+
+def lines(config: Config, made: device.Secrets, addresses: list[str]) -> list[str]:
+    https = config.listeners().get("https")
+    port = "" if not https or https[1] == 443 else f":{https[1]}"
+    code = made.setup_code()
+    text = ["PAL-adin, your private assistant" + (f" ({config.device.name})" if code is None else ""),
+            f"  Open https://{facts.MDNS_NAME}{port}" + "".join(f"  or  https://{a}{port}" for a in addresses)]
+    if code:
+        text.append(f"  Setup code: {code}")
+    text.append(f"  Certificate SHA-256: {made.fingerprint()}")
+    text.append("  (your browser will warn about this certificate once: check that it shows this fingerprint)")
+    return text
+
+
+def announce(config: Config, issue: Path = ISSUE) -> None:
+    """Tell the console and the journal how to reach the box (and, before setup, its code)."""
+    made = device.secrets_of(config.data_path)
+    now = [str(a) if a.version == 4 else f"[{a}]" for a in device.addresses() if not a.is_link_local]
+    for line in lines(config, made, now):
+        print(line, flush=True)
+    if issue.parent.is_dir():
+        # agetty fills in \4 with the box's IPv4 address when it draws the prompt (DHCP may come later).
+        text = "\n".join(lines(config, made, ["\\4"]))
+        files.write(issue, (text + "\n\n").encode(), mode=0o644)
+
+
+def factory_reset(config: Config) -> None:
+    """Back to a box fresh from its image: the owner, their sessions, tokens, conversations and settings,
+    and the device's secrets are deleted (the next `prepare` makes new ones); downloaded models stay."""
+    data = config.data_path
+    doomed = [data / config_module.OWNER_CONFIG_NAME, *data.glob(config.database_path.name + "*")]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    secrets = device.secrets_of(data).directory
+    for path in secrets.glob("*") if secrets.is_dir() else ():
+        path.unlink()
+    log.warning("factory reset: the owner's account, data, settings and this box's keys were deleted")

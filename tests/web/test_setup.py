@@ -1,0 +1,207 @@
+"""The setup wizard, the owner's login and the tokens page, in-process over (test) HTTPS; then the real
+service's listeners: TLS with the box's own certificate, the redirect port, the plain API port."""
+
+import re
+import ssl
+import socket
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from appliance import config, db as database, device, firstboot, owner
+from appliance.web.app import create_app
+from buildhost.qemu import free_port
+from served import Service
+
+PASSWORD = "correct horse battery"
+ALERT = re.compile(r'role="alert"[^>]*>([^<]*)')
+
+
+def alert(response) -> str:
+    found = ALERT.search(response.text)
+    return found.group(1) if found else ""
+
+
+def csrf_of(response) -> str:
+    return re.search(r'name="csrf" (?:value|content)="([^"]+)"', response.text).group(1)
+
+
+def step_of(response) -> str:
+    return re.search(r'aria-current="step">([^<]*)', response.text).group(1)
+
+
+@pytest.fixture
+def box(two_models):
+    cfg = config.parse({"data_dir": str(two_models), "inference": {"threads": 1, "context_tokens": 256},
+                        "server": {"setup_attempts": 3}})
+    code = firstboot.prepare(cfg).setup_code()
+    with TestClient(create_app(cfg, cfg.models_path / "tiny.gguf"), base_url="https://paladin.local") as client:
+        client.cfg, client.code = cfg, code
+        yield client
+
+
+def through_setup(client, *, until: str = "finish") -> str:
+    """Walk the wizard as a person would, up to the step `until`; the page's CSRF token."""
+    page = client.post("/setup/code", data={"code": client.code})
+    csrf = csrf_of(page)
+    steps = [("owner", {"name": "Ada", "password": PASSWORD, "password2": PASSWORD}),
+             ("device", {"name": "Kitchen box", "timezone": "Europe/Berlin"}),
+             ("model", {"model": "tiny.gguf"}), ("privacy", {"time_sync": "on"}), ("finish", {})]
+    for name, form in steps:
+        if name == until:
+            break
+        page = client.post(f"/setup/{name}", data={"csrf": csrf, **form})
+        assert page.status_code == 200, page.text
+    return csrf
+
+
+@pytest.mark.unit
+def test_before_setup_every_page_leads_to_the_wizard(box):
+    for path in ("/", "/tokens", "/login"):
+        assert box.get(path, follow_redirects=False).headers["location"] == "/setup"
+    page = box.get("/setup")
+    assert step_of(page) == "Setup code" and 'action="/setup/code"' in page.text
+    assert box.post("/setup/owner", data={"name": "Eve"}).status_code == 401  # not without the code
+    through_setup(box, until="device")  # an account exists, but it counts only once setup is finished
+    login = box.post("/login", data={"name": "Ada", "password": PASSWORD}, follow_redirects=False)
+    assert login.headers["location"] == "/setup" and "__Host-paladin" not in login.headers.get("set-cookie", "")
+
+
+@pytest.mark.unit
+def test_wrong_codes_count_down_and_lock_the_wizard_until_the_box_restarts(box):
+    said = alert(box.post("/setup/code", data={"code": "AAAA-BBBB-CCCC"}))
+    assert "not the setup code" in said and "2 tries left" in said
+    box.post("/setup/code", data={"code": "AAAA-BBBB-CCCD"})
+    locked = box.post("/setup/code", data={"code": "AAAA-BBBB-CCCE"})
+    assert locked.status_code == 423 and "paladin setup reset" in locked.text
+    assert box.post("/setup/code", data={"code": box.code}).status_code == 423  # even the right one, now
+    fresh = firstboot.prepare(box.cfg)  # what a restart does
+    assert fresh.setup_code() != box.code
+    assert box.post("/setup/code", data={"code": fresh.setup_code()}, follow_redirects=False).status_code == 303
+
+
+@pytest.mark.unit
+def test_the_code_is_typed_loosely_and_every_step_survives_a_reload(box):
+    page = box.post("/setup/code", data={"code": f" {box.code.lower().replace('-', ' ')} "})
+    assert step_of(page) == "Your account"
+    cookie = box.cookies.get("__Host-paladin")
+    assert cookie and re.search(r"Secure; |HttpOnly", str(page.history[0].headers["set-cookie"]))
+    csrf = csrf_of(page)
+    refused = box.post("/setup/owner", data={"csrf": csrf, "name": "Ada", "password": "short", "password2": "short"})
+    assert refused.status_code == 400 and "at least 12 characters" in alert(refused)
+    assert "differ" in alert(box.post("/setup/owner", data={"csrf": csrf, "name": "Ada", "password": PASSWORD,
+                                                           "password2": PASSWORD + "!"}))
+    box.post("/setup/owner", data={"csrf": csrf, "name": "Ada", "password": PASSWORD, "password2": PASSWORD})
+    assert step_of(box.get("/setup")) == "This box"  # a reload, or the same session after a reboot
+    assert 'value="Ada"' in box.get("/setup?step=owner").text  # back to a step already done
+    bad = box.post("/setup/device", data={"csrf": csrf, "name": "Kitchen", "timezone": "Mars/Olympus"})
+    assert bad.status_code == 400 and "not a time zone" in alert(bad)
+    assert step_of(box.post("/setup/device", data={"csrf": csrf, "name": "Kitchen", "timezone": "UTC"})) == "Model"
+
+
+@pytest.mark.unit
+def test_state_changes_need_the_pages_csrf_token(box):
+    csrf = through_setup(box, until="owner")
+    form = {"name": "Ada", "password": PASSWORD, "password2": PASSWORD}
+    for headers, data in (({}, form), ({}, {**form, "csrf": "0" * 64}), ({"X-CSRF-Token": "nope"}, form)):
+        refused = box.post("/setup/owner", data=data, headers=headers)
+        assert refused.status_code == 403 and "reload it" in refused.json()["error"]["message"]
+    assert owner.account(database.connect(box.cfg.database_path)) is None
+    assert box.post("/setup/owner", data=form, headers={"X-CSRF-Token": csrf}).status_code == 200
+
+
+@pytest.mark.unit
+def test_the_model_step_offers_the_store_and_the_catalog_with_a_fit_check(box):
+    through_setup(box, until="model")
+    page = box.get("/setup")
+    assert step_of(page) == "Model" and 'value="tiny.gguf"' in page.text and 'value="other.gguf"' in page.text
+    assert "smollm2-135m" in page.text and "GiB</strong> of memory" in page.text
+    csrf = csrf_of(page)
+    refused = box.post("/setup/model", data={"csrf": csrf, "model": "missing.gguf"})
+    assert refused.status_code == 400 and "not installed" in alert(refused)
+    assert step_of(box.post("/setup/model", data={"csrf": csrf, "model": "other.gguf"})) == "Privacy"
+    assert box.get("/health").json()["model"] == "other"
+
+
+@pytest.mark.unit
+def test_finishing_locks_the_wizard_for_good_and_logs_the_owner_in(box):
+    csrf = through_setup(box)
+    chat = box.post("/setup/finish", data={"csrf": csrf})
+    assert chat.url.path == "/" and "Kitchen box" in chat.text
+    saved = config.load(None, {"data_dir": box.cfg.data_dir})
+    assert (saved.device.name, saved.device.timezone, saved.device.time_sync, saved.update.automatic,
+            saved.inference.model) == ("Kitchen box", "Europe/Berlin", True, False, "tiny.gguf")
+    assert device.secrets_of(box.cfg.data_path).setup_code() is None
+    assert box.get("/setup", follow_redirects=False).headers["location"] == "/"
+    assert box.post("/setup/code", data={"code": box.code}, follow_redirects=False).headers["location"] == "/login"
+    assert box.post("/setup/owner", data={"csrf": csrf_of(chat), "name": "Eve", "password": PASSWORD,
+                                          "password2": PASSWORD}).status_code == 401
+
+
+@pytest.mark.unit
+def test_login_logout_and_tokens_made_and_revoked_in_the_browser(box):
+    csrf = through_setup(box)
+    csrf = csrf_of(box.post("/setup/finish", data={"csrf": csrf}))
+    made = box.post("/tokens", data={"csrf": csrf, "name": "Home Assistant"})
+    assert made.status_code == 201
+    token = re.search(r'id="new-token">([^<]+)', made.text).group(1)
+    assert "exists" in alert(box.post("/tokens", data={"csrf": csrf, "name": "Home Assistant"}))
+    api = {"Authorization": f"Bearer {token}"}
+    assert box.get("/v1/models", headers=api).status_code == 200
+    listed = box.get("/tokens").text
+    assert "Home Assistant" in listed and token not in listed  # shown once only
+    box.post("/tokens/revoke", data={"csrf": csrf, "name": "Home Assistant"})
+    assert box.get("/v1/models", headers=api).status_code == 401
+    assert box.post("/logout", data={"csrf": csrf}).url.path == "/login"
+    assert box.get("/", follow_redirects=False).headers["location"] == "/login?next=/"
+    wrong = box.post("/login", data={"name": "Ada", "password": PASSWORD + "x"})
+    assert wrong.status_code == 401 and "wrong" in alert(wrong)
+    elsewhere = box.post("/login", data={"name": "Ada", "password": PASSWORD, "next": "//evil.example/"})
+    assert str(elsewhere.url) == "https://paladin.local/"  # never sent to another site
+
+
+@pytest.mark.unit
+def test_wrong_passwords_are_rate_limited_per_client(two_models):
+    cfg = config.parse({"data_dir": str(two_models), "server": {"auth_failures_per_minute": 2}})
+    with TestClient(create_app(cfg), base_url="https://paladin.local") as box:
+        db = database.connect(cfg.database_path)
+        owner.set_account(db, "Ada", PASSWORD)
+        owner.finish(db)
+        statuses = [box.post("/login", data={"name": "Ada", "password": "wrong"}).status_code for _ in range(3)]
+        assert statuses == [401, 401, 429]
+        assert box.post("/login", data={"name": "Ada", "password": PASSWORD}).status_code == 429
+
+
+@pytest.mark.service
+def test_the_real_service_speaks_tls_redirects_and_keeps_pages_off_plain_http(tiny_model, tmp_path):
+    redirect = free_port()
+    service = Service(tiny_model, tmp_path, redirect_port=redirect)
+    try:
+        made = device.secrets_of(tmp_path)
+        context = ssl.create_default_context(cafile=made.tls_certificate)  # trust exactly this box
+        context.check_hostname = False  # it is reached as 127.0.0.1 here, named paladin.local in its cert
+        with socket.create_connection(("127.0.0.1", service.https_port)) as raw, \
+                context.wrap_socket(raw, server_hostname="paladin.local") as tls:
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        with httpx.Client(verify=context) as https:
+            assert https.get(service.https_url + "/health").json()["status"] == "ok"
+            assert https.get(service.https_url + "/", follow_redirects=False).headers["location"] == "/setup"
+        moved = httpx.post(f"http://127.0.0.1:{redirect}/v1/models?x=1", headers={"Host": "paladin.local"})
+        assert moved.status_code == 308
+        assert moved.headers["location"] == f"https://paladin.local:{service.https_port}/v1/models?x=1"
+        hostile = httpx.get(f"http://127.0.0.1:{redirect}/", headers={"Host": "evil.example/x?"})
+        assert hostile.headers["location"].startswith("https://paladin.local:")
+        plain = httpx.get(service.url + "/setup", headers={"Host": "box.lan"})
+        assert plain.status_code == 308 and plain.headers["location"].startswith("https://box.lan:")
+        assert service.client().get("/v1/models").status_code == 200  # the API on the plain port stays
+        with socket.create_connection(("127.0.0.1", service.https_port)) as raw:
+            raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # plain HTTP to the TLS port: hung up on
+            raw.settimeout(30)
+            try:
+                answer = raw.recv(100)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b""
+    finally:
+        service.stop()
