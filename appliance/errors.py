@@ -45,10 +45,6 @@ class Forbidden(ServiceError):
     """The caller is known, but this request is not one it may make (a stale or forged page)."""
 
 
-class Locked(ServiceError):
-    """The setup wizard refuses more codes until someone at the box resets it."""
-
-
 class TooSlow(ServiceError):
     """The client did not send its request body in time."""
 

@@ -29,7 +29,7 @@ def prepare(config: Config, *, new_code: bool = False) -> device.Secrets:
     try:
         if owner.finished(db):
             device.forget_code(made)
-        elif new_code or made.setup_code() is None or owner.failures(db) >= config.server.setup_attempts:
+        elif new_code or made.setup_code() is None or owner.locked(db, config.server.setup_attempts):
             device.new_code(made)
             owner.clear_failures(db)
     finally:

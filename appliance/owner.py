@@ -103,9 +103,10 @@ def step(db: sqlite3.Connection) -> str:
     return "done" if finished(db) else _get(db, "step") or STEPS[0]
 
 
-def reached(db: sqlite3.Connection, name: str) -> bool:
+def reached(db: sqlite3.Connection) -> tuple[str, ...]:
+    """The steps a person may open: every one up to the current step."""
     current = step(db)
-    return current == "done" or STEPS.index(name) <= STEPS.index(current)
+    return STEPS if current == "done" else STEPS[:STEPS.index(current) + 1]
 
 
 def complete(db: sqlite3.Connection, name: str) -> None:
@@ -129,6 +130,11 @@ def count_failure(db: sqlite3.Connection) -> int:
         count = failures(db) + 1
         db.execute("INSERT OR REPLACE INTO setup (key, value) VALUES ('failures', ?)", (str(count),))
     return count
+
+
+def locked(db: sqlite3.Connection, attempts: int) -> bool:
+    """Whether `attempts` wrong setup codes have been typed since the last new code."""
+    return failures(db) >= attempts
 
 
 def clear_failures(db: sqlite3.Connection) -> None:

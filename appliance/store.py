@@ -48,8 +48,8 @@ def catalog(path: Path = CATALOG) -> list[Tier]:
 
 
 def tier_of(path: str | Path | None) -> str | None:
-    name = Path(path).name if path else None
-    return next((t.name for t in catalog() if t.file == name), None)
+    tier = tier_with_file(Path(path).name) if path else None
+    return tier.name if tier else None
 
 
 def tier_named(name: str) -> Tier | None:
@@ -185,7 +185,8 @@ def import_file(source: Path, models: Path, progress: Progress | None = None) ->
         if f.read(4) != b"GGUF":
             raise StoreError(f"{source}: not a GGUF model file")
     models.mkdir(parents=True, exist_ok=True)
-    expected = next((t.sha256 for t in catalog() if t.file == source.name), None)
+    pinned = tier_with_file(source.name)
+    expected = pinned.sha256 if pinned else None
     total = source.stat().st_size
     _ensure_space(models, total)
     part, digest = _partial(models, source.name), hashlib.sha256()

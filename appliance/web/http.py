@@ -27,7 +27,6 @@ STATUS: dict[type[ServiceError], tuple[int, str, str | None]] = {
     errors.PromptTooLong: (400, "invalid_request_error", "context_length_exceeded"),
     errors.Unauthenticated: (401, "authentication_error", "invalid_api_key"),
     errors.Forbidden: (403, "permission_error", "csrf"),
-    errors.Locked: (423, "permission_error", "locked"),
     errors.NotFound: (404, "invalid_request_error", "not_found"),
     errors.UnknownModel: (404, "invalid_request_error", "model_not_found"),
     errors.TooSlow: (408, "invalid_request_error", "request_timeout"),

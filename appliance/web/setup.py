@@ -30,7 +30,7 @@ TITLES = {"code": "Setup code", "owner": "Your account", "device": "This box", "
 
 def _context(request: Request, step: str, **extra) -> dict:
     db, config = request.state.db, request.state.config
-    reached = [s for s in owner.STEPS if owner.reached(db, s)] if Identity.SETUP in request.state.identities else []
+    reached = owner.reached(db) if Identity.SETUP in request.state.identities else ()
     return {"step": step, "titles": TITLES, "reached": reached, "config": config, **extra}
 
 
@@ -57,11 +57,11 @@ async def wizard(request: Request):
     if Identity.SETUP not in request.state.identities:
         return _step_page(request, "code", locked=_locked(request))
     asked = request.query_params.get("step", "")
-    return _step_page(request, asked if asked in owner.STEPS[1:] and owner.reached(db, asked) else owner.step(db))
+    return _step_page(request, asked if asked in owner.reached(db)[1:] else owner.step(db))
 
 
 def _locked(request: Request) -> bool:
-    return owner.failures(request.state.db) >= request.state.config.server.setup_attempts
+    return owner.locked(request.state.db, request.state.config.server.setup_attempts)
 
 
 async def code(request: Request):
@@ -138,7 +138,7 @@ async def privacy(request: Request):
 
 async def finish(request: Request):
     db = request.state.db
-    if not owner.reached(db, "summary") or owner.account(db) is None:
+    if "summary" not in owner.reached(db) or owner.account(db) is None:
         return RedirectResponse("/setup", status_code=303)
     if request.state.engine.model_id is None:
         return _step_page(request, "summary", 409, error="No model is loaded yet: go back to the Model step and "
@@ -147,7 +147,7 @@ async def finish(request: Request):
     sessions.promote(db, request.state.session)
     sessions.end_all(db, "setup")
     config = request.state.config
-    firstboot.prepare(config)  # forgets the setup code
+    device.forget_code(device.secrets_of(config.data_path))
     try:
         firstboot.announce(config)
     except OSError as err:
