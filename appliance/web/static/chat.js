@@ -82,3 +82,6 @@ $("composer").onsubmit = async (e) => {
 $("new").onclick = () => { current = null; $("messages").replaceChildren(); loadList(); };
 
 loadList().catch((err) => { $("error").textContent = err.message; });
+// Send is enabled only now: on a slow box a click before this script ran would post the form natively
+// (a reload to "/?") and lose the message.
+$("send").disabled = false;
