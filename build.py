@@ -44,7 +44,7 @@ from buildhost.debian import ensure_host_packages
 
 TEST_PACKAGES = BUILD_PACKAGES + ["gpgv", "debian-archive-keyring", "xz-utils", "zstd", "apt", "fdisk",
                                   *QEMU["x86-64"]["packages"], "qemu-user-static", "chromium", "systemd",
-                                  "mtools", *LAN_PACKAGES]
+                                  "mtools", "nftables", *LAN_PACKAGES]
 
 
 def cmd_demo(args) -> int:

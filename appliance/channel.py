@@ -34,8 +34,17 @@ class UpdateRequest:
     reboot: bool | None = None
 
 
-# helper name -> its request type; adding a helper (firewall, restore) adds a line and a path unit.
-HELPERS: dict[str, type] = {"update": UpdateRequest}
+@dataclass(frozen=True)
+class FirewallRequest:
+    """paladin-firewall: the owner's firewall settings, whole (each value is validated as config.FirewallConfig)."""
+    lan: str
+    privacy: bool
+    ssh: bool
+    ssh_key: str
+
+
+# helper name -> its request type; adding a helper (restore) adds a line and a path unit.
+HELPERS: dict[str, type] = {"update": UpdateRequest, "firewall": FirewallRequest}
 
 
 class RequestError(ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pwd
@@ -113,12 +114,13 @@ def cmd_config(args, config) -> None:
     elif args.action == "docs":
         print(config_module.markdown(), end="")
     elif args.action == "get":
-        value = config_module.to_dict(config)
+        value = config
         for part in (args.key or "").split("."):
-            if not isinstance(value, dict) or part not in value:
+            # Fields and the derived values (network_time), never methods or private names.
+            if part.startswith("_") or callable(getattr(value, part, None)) or not hasattr(value, part):
                 raise SystemExit(f"paladin: config get: no key {args.key!r} ('paladin config show' lists them)")
-            value = value[part]
-        print(json.dumps(value))
+            value = getattr(value, part)
+        print(json.dumps(config_module.to_dict(value) if dataclasses.is_dataclass(value) else value))
     else:
         print(json.dumps(config_module.to_dict(config), indent=2))
 
@@ -141,7 +143,7 @@ VERBS = {
                   arg("target", nargs="?", help="tier name (download) or file path (import)")),
     "config": verb(cmd_config, "show the effective configuration (or one key of it), its JSON Schema or its reference",
                    arg("action", choices=["show", "get", "schema", "docs"]),
-                   arg("key", nargs="?", help="with get: a dotted key, e.g. device.time_sync")),
+                   arg("key", nargs="?", help="with get: a dotted key, e.g. device.time_sync, or network_time")),
 }
 COMMON = (arg("--config", help=f"system configuration file (default {config_module.SYSTEM_CONFIG})"),
           arg("--data-dir", help="data directory (overrides data_dir)"))

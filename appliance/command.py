@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import subprocess
 
-
 class CommandError(RuntimeError):
     """A tool failed; the message names the tool, its exit status and what it said."""
 
 
-def run(argv: list, *, check: bool = True) -> str:
+def run(argv: list, *, check: bool = True, stdin: str | None = None, timeout: float | None = None) -> str:
+    """`argv`'s output; `timeout` is for tools that must answer quickly (the long ones, such as writing a slot
+    or waiting for a unit, are bounded by their unit's own timeout)."""
     try:
-        done = subprocess.run([str(a) for a in argv], capture_output=True, text=True)
+        done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, input=stdin, timeout=timeout)
     except FileNotFoundError:
         raise CommandError(f"{argv[0]} is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise CommandError(f"{argv[0]} did not finish in {timeout:.0f} s") from None
     if check and done.returncode:
         said = (done.stderr or done.stdout).strip().splitlines()[-3:]
         raise CommandError(f"{argv[0]} failed (exit {done.returncode}): {' / '.join(said) or 'no output'}")

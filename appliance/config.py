@@ -22,9 +22,11 @@ import psutil
 import yaml
 
 from . import facts, files
+from .firewall.values import lan_problem, ssh_key_problem
 
 SYSTEM_CONFIG = Path(facts.SYSTEM_CONFIG)
 OWNER_CONFIG_NAME = "config.yaml"
+FIREWALL_SETTINGS = Path(facts.FIREWALL_STATE) / "settings.yaml"
 
 
 class ConfigError(ValueError):
@@ -143,6 +145,29 @@ class UpdateConfig:
     reboot: bool = setting(True, "Reboot into a new release as soon as it is installed.")
 
 
+DEFAULT_LAN = "10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 169.254.0.0/16 fc00::/7 fe80::/10"
+@dataclass(frozen=True)
+class FirewallConfig:
+    """What the box lets in and out.  The owner's changes come only through the firewall helper (root), which
+    keeps them in /var/lib/paladin-firewall/settings.yaml; the owner's config.yaml cannot set these."""
+    lan: str = setting(DEFAULT_LAN, "Address ranges (CIDR, space-separated) that count as the LAN: only they reach "
+                                    "the web ports, mDNS and SSH.", check=lan_problem)
+    privacy: bool = setting(False, "Privacy mode: the box sends nothing but DHCP, mDNS answers, DNS and update "
+                                   "checks (update.url); network time is off (the clock may drift).")
+    ssh: bool = setting(False, "SSH for the owner, as root, with firewall.ssh_key only (no passwords), from the "
+                               "LAN only.")
+    ssh_key: str = setting("", "The owner's OpenSSH public key (one line, e.g. 'ssh-ed25519 AAAA... me@laptop').",
+                           pattern=r"^[\x20-\x7e]{0,2048}$", allowed="one line of printable ASCII",
+                           check=ssh_key_problem)
+    connections_per_second: int = setting(20, "New connections one address may open to the box's ports per second, "
+                                              "on average; beyond it (and its burst) they are dropped.",
+                                          minimum=1, maximum=10000)
+    connection_burst: int = setting(60, "New connections one address may open at once before "
+                                        "connections_per_second applies.", minimum=1, maximum=100000)
+    logged_drops_per_minute: int = setting(10, "Dropped packets logged to the journal per minute (the rest are "
+                                               "only counted); 0: none.", minimum=0, maximum=6000)
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: str = setting(str(facts.DATA_DIR), "Writable state: database, models, owner config.",
@@ -151,6 +176,12 @@ class Config:
     server: ServerConfig = section(ServerConfig)
     inference: InferenceConfig = section(InferenceConfig)
     update: UpdateConfig = section(UpdateConfig)
+    firewall: FirewallConfig = section(FirewallConfig)
+
+    @property
+    def network_time(self) -> bool:
+        """systemd-timesyncd runs: the owner's choice, and never in privacy mode."""
+        return self.device.time_sync and not self.firewall.privacy
 
     @property
     def data_path(self) -> Path:
@@ -216,8 +247,10 @@ def _read_yaml(path: Path) -> dict:
     return raw if raw is not None else {}
 
 
-def load(system_file: Path | None = SYSTEM_CONFIG, overrides: dict | None = None) -> Config:
-    """Defaults, then the system file, then the owner's file on the data partition, then overrides.
+def load(system_file: Path | None = SYSTEM_CONFIG, overrides: dict | None = None,
+         firewall_file: Path = FIREWALL_SETTINGS) -> Config:
+    """Defaults, then the system file, the firewall helper's settings, the owner's file on the data
+    partition, then overrides.
 
     `overrides` (from the command line) are applied first to find the data
     directory and again last so that they win.
@@ -225,11 +258,18 @@ def load(system_file: Path | None = SYSTEM_CONFIG, overrides: dict | None = None
     config = Config()
     if system_file is not None and system_file.exists():
         config = _merge(config, _read_yaml(system_file), str(system_file))
+    if firewall_file.exists():
+        config = _merge(config, {"firewall": _read_yaml(firewall_file)}, str(firewall_file))
     overrides = overrides or {}
     config = _merge(config, overrides, "command line")
     owner_file = config.data_path / OWNER_CONFIG_NAME
     if owner_file.exists():
-        config = _merge(config, _read_yaml(owner_file), str(owner_file))
+        owner = _read_yaml(owner_file)
+        if isinstance(owner, dict) and "firewall" in owner:
+            # The assistant writes this file: what reaches the box, and SSH as root, is the helper's to change.
+            raise ConfigError(f"{owner_file}: firewall: not allowed here (the firewall helper keeps these "
+                              f"settings in {firewall_file})")
+        config = _merge(config, owner, str(owner_file))
         config = _merge(config, overrides, "command line")
     return config
 

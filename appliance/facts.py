@@ -15,6 +15,8 @@ WEB_PORT = 8080  # the assistant's plain-HTTP API port inside the box
 HTTPS_PORT = 443  # the web UI and both APIs
 REDIRECT_PORT = 80  # plain HTTP, redirects to HTTPS
 MDNS_NAME = "paladin.local"
+SSH_PORT = 22  # only when the owner turns SSH on
+MDNS_PORT = 5353
 
 # The image architectures: the kernel's machine name, Debian's name, the UKI's PE machine type, and
 # the GPT partition types of the root and verity slots (Discoverable Partitions Specification).
@@ -75,3 +77,6 @@ UPDATE_STATE = P("/var/lib/paladin-update")
 UPDATE_DEFINITIONS = P("/usr/lib/paladin-update")
 TRUSTED_ROOT = UPDATE_DEFINITIONS / "root.json"
 SYSTEM_CONFIG = P("/etc/paladin/paladin.yaml")
+# Root's: the owner's firewall and SSH settings (only the firewall helper writes them), the last ruleset
+# that loaded, the helper's last outcome, SSH's host keys and authorized key.
+FIREWALL_STATE = P("/var/lib/paladin-firewall")

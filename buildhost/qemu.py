@@ -25,7 +25,10 @@ QEMU = {
               "packages": ["qemu-system-arm", "qemu-efi-aarch64", "qemu-user-static"]},
 }
 # What the image tests' LAN of network namespaces needs (tests/lan.py): ip, and dnsmasq without its service.
-LAN_PACKAGES = ["iproute2", "dnsmasq-base"]
+# The box's user-mode NIC (its way out, and the host's port forwards): qemu's default address, named.
+USER_NIC_MAC = "52:54:00:12:34:56"
+# The test LAN (tests/lan.py) and what its hosts look at the box with.
+LAN_PACKAGES = ["iproute2", "dnsmasq-base", "nmap", "openssh-client", "procps", "iputils-ping"]
 
 # The box has no shell login and no token until its owner makes one.  For a VM, the host is the
 # owner: a unit passed in as a systemd credential (SMBIOS) makes an API token once the assistant
@@ -54,16 +57,21 @@ def free_ports(count: int) -> list[int]:
         return [s.getsockname()[1] for s in sockets]
 
 
+UNIT_SUFFIXES = (".service", ".path", ".timer", ".socket")
+
+
 def credential_units(units: dict[str, str]) -> list[str]:
     """qemu arguments that pass {name: text} to the guest's systemd as credentials: a unit ("x.service")
-    is installed and started, a drop-in ("x.service/name") is added to that unit."""
+    is installed and started, a drop-in ("x.service/name") is added to that unit, anything else ("x.sh")
+    is a plain system credential a unit can import (ImportCredential=)."""
     args, wants = [], []
     for name, text in units.items():
         unit, _, dropin = name.partition("/")
-        credential = f"systemd.unit-dropin.{unit}~{dropin}" if dropin else f"systemd.extra-unit.{unit}"
+        credential = (f"systemd.unit-dropin.{unit}~{dropin}" if dropin else f"systemd.extra-unit.{unit}"
+                      if unit.endswith(UNIT_SUFFIXES) else name)
         encoded = base64.b64encode(text.encode()).decode()
         args += ["-smbios", f"type=11,value=io.systemd.credential.binary:{credential}={encoded}"]
-        wants += [] if dropin else [f"systemd.wants={unit}"]
+        wants += [f"systemd.wants={unit}"] if unit.endswith(UNIT_SUFFIXES) and not dropin else []
     return args + ["-smbios", f"type=11,value=io.systemd.stub.kernel-cmdline-extra={' '.join(wants)}"]
 
 
@@ -95,7 +103,7 @@ def qemu_argv(image: Path, arch: str, forwards: dict[int, int], vars_copy: Path,
             "-drive", f"if=virtio,format=raw,file={image}",
             "-netdev", ",".join(["user,id=net0", *(f"hostfwd=tcp:127.0.0.1:{host}-:{box}"
                                                    for box, host in forwards.items())]),
-            "-device", "virtio-net-pci,netdev=net0",
+            "-device", f"virtio-net-pci,netdev=net0,mac={USER_NIC_MAC}",
             *credential_units({"paladin-token.service": TOKEN_UNIT} | (units or {}))]
 
 

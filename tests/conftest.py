@@ -12,6 +12,9 @@ from buildhost.wheels import smollm2
 from served import UNLIMITED, Service
 from vm import build_image as build_one, run_build
 
+# The image tests' one booted box (image, lan, box, laptop, outsider).
+pytest_plugins = ["booted"]
+
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:

@@ -4,9 +4,13 @@ DHCP server, and hosts beside it that reach the box as a laptop on the owner's n
     netns paladin-PID-lan    br0 10.77.7.1/24 with dnsmasq (DHCP only) on it; tap0, the box's NIC, in br0
     netns paladin-PID-NAME   eth0 with the address add_host() gives it; its veth peer NAME in br0
 
+The LAN's namespace also routes to one network that is not the LAN (OUTSIDE, a documentation range):
+br0 carries its gateway address too, and DHCP gives the box a route to it (option 121), so a host there
+reaches the box as a stranger beyond a router would, and the box's answers find their way back.
+
 Every link and address lives in namespaces made here and named after this process, and they are gone
 after close(): nothing touches the host's own network.  A host on the bridge may have an address outside
-the LAN's subnet (add_host("wan", "10.77.8.10/24")): same wire, another network, as a firewall test needs.
+the LAN's subnet: same wire, another network, as a firewall test needs.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ DHCP_RANGE = "10.77.7.100,10.77.7.199,10m"
 # The box's NIC has a fixed MAC and dnsmasq a fixed lease for it, so a test knows the address DHCP gave.
 BOX_MAC = "52:54:00:4c:41:4e"
 BOX_ADDRESS = "10.77.7.50"
+OUTSIDE = "198.51.100.0/24"  # TEST-NET-2: never an address anyone owns
+OUTSIDE_GATEWAY = "198.51.100.1"
 MDNS_PROBE = Path(__file__).with_name("mdns_probe.py")
 
 # qemu runs in the host's namespace (its user-mode NIC forwards the box's ports to the host's 127.0.0.1),
@@ -77,8 +83,9 @@ class Lan:
     def _build(self) -> None:
         self._add_netns(self.netns)
         for command in (["link", "add", "br0", "type", "bridge"], ["addr", "add", SERVER, "dev", "br0"],
-                        ["link", "set", "br0", "up"]):
+                        ["addr", "add", f"{OUTSIDE_GATEWAY}/24", "dev", "br0"], ["link", "set", "br0", "up"]):
             run_in(self.netns, ["ip", *command])
+        run_in(self.netns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
         parent, child = socket.socketpair()
         with parent, child:
             run_in(self.netns, [sys.executable, "-c", TAP_OPENER, child.fileno()], pass_fds=(child.fileno(),))
@@ -91,6 +98,7 @@ class Lan:
                  f"--dhcp-host={BOX_MAC},{BOX_ADDRESS}", "--dhcp-authoritative",
                  # No router and no DNS server: the box's way out stays qemu's user-mode NIC.
                  "--dhcp-option=option:router", "--dhcp-option=option:dns-server",
+                 f"--dhcp-option=option:classless-static-route,{OUTSIDE},{SERVER.partition('/')[0]}",
                  f"--dhcp-leasefile={self.work / 'dnsmasq.leases'}", f"--pid-file={self.work / 'dnsmasq.pid'}",
                  "--log-facility=-", "--log-dhcp"], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -104,14 +112,17 @@ class Lan:
         self.namespaces.append(netns)
         run_in(netns, ["ip", "link", "set", "lo", "up"])
 
-    def add_host(self, name: str, address: str) -> str:
-        """A host on the bridge in its own namespace, with `address` (CIDR) on its eth0; its namespace's name."""
+    def add_host(self, name: str, address: str, gateway: str | None = None) -> str:
+        """A host on the bridge in its own namespace, with `address` (CIDR) on its eth0 (and a default route via
+        `gateway`); its namespace's name."""
         netns = f"{self.prefix}-{name}"
         self._add_netns(netns)
         run_in(self.netns, ["ip", "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", netns])
         run_in(self.netns, ["ip", "link", "set", name, "master", "br0", "up"])
         run_in(netns, ["ip", "addr", "add", address, "dev", "eth0"])
         run_in(netns, ["ip", "link", "set", "eth0", "up"])
+        if gateway:
+            run_in(netns, ["ip", "route", "add", "default", "via", gateway])
         self.hosts[netns] = address.partition("/")[0]
         return netns
 

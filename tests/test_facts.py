@@ -50,9 +50,19 @@ def test_sysupdate_transfers_use_the_release_names():
     assert uki["Target"]["MatchPattern"].split()[-1] == f"{facts.uki_name('@v')}.efi"
 
 
-def test_the_update_path_unit_watches_the_request_channel():
-    path_unit = ini(ROOT / "units/paladin-update.path")
-    assert path_unit["Path"]["PathExists"] == str(channel.inbox(Path(facts.DATA_DIR)) / "update.json")
+@pytest.mark.parametrize("helper", sorted(channel.HELPERS))
+def test_each_helpers_path_unit_watches_the_request_channel(helper):
+    unit = "paladin-update.path" if helper == "update" else f"paladin-{helper}-request.path"
+    assert ini(ROOT / "units" / unit)["Path"]["PathExists"] == str(channel.inbox(Path(facts.DATA_DIR)) / f"{helper}.json")
+
+
+def test_the_firewall_state_is_where_sshd_and_its_unit_look():
+    state = str(facts.FIREWALL_STATE)
+    sshd = (ROOT / "overlay/etc/ssh/sshd_config.d/50-paladin.conf").read_text()
+    assert f"AuthorizedKeysFile {state}/ssh/authorized_keys" in sshd and f"HostKey {state}/ssh/" in sshd
+    assert f"ConditionPathExists={state}/ssh/authorized_keys" in \
+        (ROOT / "overlay/usr/lib/systemd/system/ssh.service.d/paladin.conf").read_text()
+    assert f"StateDirectory={Path(state).name}" in (ROOT / "units/paladin-firewall.service").read_text()
 
 
 def test_image_id_home_and_architectures():

@@ -1,6 +1,7 @@
 """The x86-64 disk image: built by build.py with mkosi, booted in qemu (TCG), checked from outside and inside.
 
-One build and one boot serve every check: under TCG a boot takes minutes.
+One build and one boot (tests/booted.py) serve every check here and in tests/test_image_network.py: under
+TCG a boot takes minutes.
 """
 
 from __future__ import annotations
@@ -8,91 +9,27 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from appliance import facts
-from lan import BOX_ADDRESS, Lan
-from vm import VM
+from booted import GROW_BY, VERSION
+from lan import BOX_ADDRESS
 from wizard import CHROMIUM, Shots, browser_page, chat, run_setup
 
 pytestmark = pytest.mark.image
 
-VERSION = "1"
 ROOT_X86_64 = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
 VERITY_X86_64 = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5"
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 LINUX_GENERIC = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
-GROW_BY = 2 << 30
-LAPTOP = "10.77.7.10/24"  # a host on the box's LAN (tests/lan.py)
-
-# Injected as a systemd credential, so the product image carries no test code: once the assistant and
-# the token unit (buildhost.qemu.TOKEN_UNIT) are done, report which host-only modules the box's venv
-# can import (none may), failed units and the size of /var on the console.
-HOST_ONLY = ("buildhost", "buildhost.release", "buildhost.tinymodel", "appliance.release", "appliance.tinymodel")
-CHECK_UNIT = f"""\
-[Unit]
-After=paladin.service paladin-token.service
-
-[Service]
-Type=oneshot
-StandardOutput=journal+console
-ExecStart=/usr/lib/paladin/bin/python -c 'import importlib.util as u, sys; \
-print("PALADIN-HOST-CODE", *[m for m in sys.argv[1:] if u.find_spec(m.split(".")[0]) and u.find_spec(m)])' \
-{" ".join(HOST_ONLY)}
-ExecStart=/bin/sh -c 'echo "PALADIN-ISSUE $(grep -c "Setup code: ...." /etc/issue.d/50-paladin.issue)"'
-ExecStart=/bin/sh -c 'echo "PALADIN-TIMESYNC $(systemctl is-active systemd-timesyncd)"'
-ExecStart=/bin/sh -c 'echo "PALADIN-CHECK var_bytes=$(findmnt -bno SIZE /var) failed=$(systemctl --failed --no-legend --plain | cut -d" " -f1 | tr "\\n" " ")"'
-"""
-
 
 @pytest.fixture(scope="session")
-def image(build_image) -> dict:
-    report = build_image(VERSION)
-    print(f"\nimage: {report['raw_bytes'] / 2**20:.0f} MiB raw, {report['compressed_bytes'] / 2**20:.0f} MiB zstd, "
-          f"mkosi build {report['build_seconds']} s")
-    return report
-
-
-@pytest.fixture(scope="session")
-def lan(tmp_path_factory):
-    """A LAN of network namespaces for the box's second NIC (tests/lan.py); gone after the session."""
-    with Lan(tmp_path_factory.mktemp("lan")) as made:
-        yield made
-
-
-@pytest.fixture(scope="session")
-def box(image, lan, tmp_path_factory):
-    """The image booted once (on a copy grown by 2 GiB, as a bigger USB stick would be), on `lan` too."""
-    vm = VM(Path(image["image"]), tmp_path_factory.mktemp("boot"), GROW_BY, {"paladin-check.service": CHECK_UNIT},
-            lan=lan)
-    started = time.monotonic()
-    vm.start()
-    try:
-        health = vm.wait_health()
-        boot_seconds = time.monotonic() - started
-        while "failed=" not in vm.console() and time.monotonic() - started < 1200:
-            time.sleep(2)
-        text = vm.console()
-        checks = {"token": vm.token(),
-                  "var_bytes": re.search(r"PALADIN-CHECK var_bytes=(\d+)", text).group(1),
-                  "failed": re.search(r"PALADIN-CHECK .* failed=(.*?)\s*$", text, re.M).group(1),
-                  "host_code": re.search(r"PALADIN-HOST-CODE(.*?)\s*$", text, re.M).group(1).split(),
-                  "issue": re.search(r"PALADIN-ISSUE (\d+)", text).group(1),
-                  "timesync": re.search(r"PALADIN-TIMESYNC (\S+)", text).group(1)}
-        print(f"\nboot to /health 200: {boot_seconds:.0f} s under TCG")
-        yield {"url": vm.url, "health": health, "boot_seconds": boot_seconds, "checks": checks, "vm": vm}
-    finally:
-        vm.close()
-
-
-@pytest.fixture(scope="session")
-def seen_on_the_lan(box, lan) -> dict:
+def seen_on_the_lan(box, lan, laptop) -> dict:
     """What a laptop on the box's LAN sees over mDNS, from its own network namespace."""
-    return lan.mdns(lan.add_host("laptop", LAPTOP), facts.MDNS_NAME, "_https._tcp.local.")
+    return lan.mdns(laptop, facts.MDNS_NAME, "_https._tcp.local.")
 
 
 def test_partition_table_has_esp_two_verity_root_slots_and_data(image):
@@ -148,7 +85,7 @@ def test_data_partition_grew_to_fill_the_disk(box, image):
 
 def test_no_host_code_is_in_the_image(box):
     """Release signing, the generated models and the build pipeline never leave the build host."""
-    assert box["checks"]["host_code"] == []
+    assert box["checks"]["host_code"] == ""
 
 
 def test_box_answers_as_paladin_local_with_its_lan_address(lan, seen_on_the_lan):

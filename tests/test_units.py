@@ -9,9 +9,7 @@ import pytest
 
 pytestmark = pytest.mark.unit
 UNITS = sorted((Path(__file__).resolve().parents[1] / "units").glob("*.service"))
-# The updater writes a root slot and the partition table as root, with CAP_SYS_ADMIN and the disks
-# (docs/security.md names each directive it keeps and why).
-EXPOSURE_LIMIT = {"paladin-update.service": 2.2}
+EXPOSURE_LIMIT = 2.0  # for every unit, the updater (root, CAP_SYS_ADMIN, the disks) included
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
@@ -20,7 +18,7 @@ def test_exposure_is_low(unit):
     out = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", unit],
                          capture_output=True, text=True)
     exposure = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out.stdout).group(1))
-    assert exposure <= EXPOSURE_LIMIT.get(unit.name, 2.0), out.stdout
+    assert exposure <= EXPOSURE_LIMIT, out.stdout
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)

@@ -79,7 +79,18 @@ class VM:
         tap: tuple[int, ...] = ()
         if self.lan:
             argv, tap = argv + self.lan.qemu_args(), (self.lan.tap,)
+        for netdev in self.netdevs:  # everything the box sends and receives, per NIC, as pcap (tests/capture.py)
+            argv += ["-object", f"filter-dump,id=dump-{netdev},netdev={netdev},file={self.capture(netdev)}"]
         self.qemu = subprocess.Popen(argv, pass_fds=tap, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    @property
+    def netdevs(self) -> tuple[str, ...]:
+        """qemu's names of the box's NICs: its user-mode one (the way out, the host's forwards), the LAN's."""
+        return ("net0", "lan") if self.lan else ("net0",)
+
+    def capture(self, netdev: str) -> Path:
+        """This boot's packet capture of the NIC `netdev`."""
+        return self.work / f"{netdev}-{self.boots}.pcap"
 
     def kill(self) -> None:
         """A power cut: qemu dies at once, nothing is flushed or shut down."""

@@ -52,6 +52,10 @@ POST   /logout                       owner
 GET    /tokens                       owner
 POST   /tokens                       owner
 POST   /tokens/revoke                owner
+GET    /access                       owner
+POST   /access                       owner
+GET    /system/firewall              owner
+PUT    /system/firewall              owner
 """
 
 

@@ -9,12 +9,13 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from appliance import config, db as database, device, firstboot, owner
+from appliance import channel, config, db as database, device, firstboot, owner
 from appliance.web.app import create_app
 from buildhost.qemu import free_port
 from served import Service
 
 PASSWORD = "correct horse battery"
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs9Bq0t0z9yJ8y3xYv1n2oE9k4gq5o2q0v9u3c5Wm7a owner@laptop"
 ALERT = re.compile(r'role="alert"[^>]*>([^<]*)')
 
 
@@ -159,6 +160,27 @@ def test_login_logout_and_tokens_made_and_revoked_in_the_browser(box):
     assert wrong.status_code == 401 and "wrong" in alert(wrong)
     elsewhere = box.post("/login", data={"name": "Ada", "password": PASSWORD, "next": "//evil.example/"})
     assert str(elsewhere.url) == "https://paladin.local/"  # never sent to another site
+
+
+@pytest.mark.unit
+def test_the_owner_asks_through_the_page_and_a_token_cannot(box):
+    csrf = csrf_of(box.post("/setup/finish", data={"csrf": through_setup(box)}))
+    data_dir = box.cfg.data_path
+    bad = box.post("/access", data={"csrf": csrf, "lan": "10.0.0.0/8", "ssh": "on", "ssh_key": ""})
+    assert bad.status_code == 400 and "public key" in bad.text and not channel.pending(data_dir, "firewall")
+    asked = box.post("/access", data={"csrf": csrf, "lan": "192.168.1.0/24\n10.0.0.0/8", "ssh": "on",
+                                      "ssh_key": SSH_KEY})
+    assert asked.url.path == "/access" and "being applied" in asked.text
+    assert channel.take(data_dir, "firewall") == channel.FirewallRequest(
+        lan="192.168.1.0/24 10.0.0.0/8", privacy=False, ssh=True, ssh_key=SSH_KEY)
+    wrong = box.put("/system/firewall", json={"lan": "10.0.0.1/8"}, headers={"X-CSRF-Token": csrf})
+    assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "firewall.lan"
+    assert box.put("/system/firewall", json={"privacy": True}, headers={"X-CSRF-Token": csrf}).status_code == 202
+    token = re.search(r'id="new-token">([^<]+)', box.post("/tokens", data={"csrf": csrf, "name": "ha"}).text).group(1)
+    box.cookies.clear()
+    api = {"Authorization": f"Bearer {token}"}
+    assert box.put("/system/firewall", json={"ssh": True, "ssh_key": SSH_KEY}, headers=api).status_code in (401, 403)
+    assert box.get("/system/firewall", headers=api).status_code in (401, 403)
 
 
 @pytest.mark.unit

@@ -1,0 +1,60 @@
+"""`paladin-firewall`: the box's nftables firewall (root): load it at boot, apply the owner's requests, show it."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+
+from .. import config as config_module, logs
+from ..command import CommandError
+from ..config import Config, ConfigError
+from ..verbs import arg, parser, verb
+from . import helper, rules
+
+log = logging.getLogger(__name__)
+
+
+def _loader(args, state: helper.State):
+    overrides = {"data_dir": str(Path(args.data_dir).resolve())} if args.data_dir else {}
+    return functools.partial(config_module.load, Path(args.config), overrides, state.settings)
+
+
+def cmd_load(args, state: helper.State) -> None:
+    helper.boot(_loader(args, state), state)
+
+
+def cmd_request(args, state: helper.State) -> None:
+    load = _loader(args, state)
+    helper.apply_request(load, load().data_path, state)
+
+
+def cmd_render(args, state: helper.State) -> None:
+    print(rules.render(Config() if args.defaults else _loader(args, state)()), end="")
+
+
+def cmd_show(args, state: helper.State) -> None:
+    print(json.dumps({"settings": helper.settings(state), "outcome": helper.outcome(state)}, indent=2))
+
+
+VERBS = {
+    "load": verb(cmd_load, "load the configured ruleset (at boot; the last good one if the configuration is unusable)"),
+    "request": verb(cmd_request, "apply the owner's pending firewall request from the web UI"),
+    "render": verb(cmd_render, "print the ruleset the configuration makes",
+                   arg("--defaults", action="store_true", help="the built-in defaults' ruleset")),
+    "show": verb(cmd_show, "print the owner's firewall settings and the last request's outcome"),
+}
+COMMON = (arg("--config", default=str(config_module.SYSTEM_CONFIG), help="system configuration file"),
+          arg("--data-dir", help="data directory (overrides data_dir)"),
+          arg("--state", default=str(helper.State().directory), help="the helper's state directory"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser("paladin-firewall", __doc__, VERBS, COMMON).parse_args(argv)
+    logs.setup()
+    try:
+        VERBS[args.verb].run(args, helper.State(Path(args.state)))
+    except (helper.FirewallError, ConfigError, CommandError, OSError) as err:
+        log.error("%s", err)
+        raise SystemExit(1) from None

@@ -1,0 +1,47 @@
+"""What the firewall's settings may be: the LAN's address ranges and the owner's SSH public key."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+
+MAX_LAN_RANGES = 32
+SSH_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa",
+                 "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+
+
+def networks(ranges: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The address ranges in a space-separated list (CIDR), or ConfigError-ready ValueError."""
+    return [ipaddress.ip_network(part, strict=True) for part in ranges.split()]
+
+
+def lan_problem(ranges: str) -> str | None:
+    parts = ranges.split()
+    if not parts:
+        return "names no range: without one, nothing on the LAN could reach the box (allowed: e.g. 192.168.0.0/16)"
+    if len(parts) > MAX_LAN_RANGES:
+        return f"names {len(parts)} ranges (allowed: at most {MAX_LAN_RANGES})"
+    try:
+        found = networks(ranges)
+    except ValueError as err:
+        return f"is not a list of address ranges: {err} (allowed: e.g. 192.168.1.0/24 fd00::/8)"
+    if any(net.prefixlen == 0 for net in found):
+        return "opens the box to every address (0.0.0.0/0 or ::/0): name the LAN's ranges"
+    return None
+
+
+def ssh_key_problem(key: str) -> str | None:
+    if not key:
+        return None
+    kind, _, rest = key.partition(" ")
+    blob = rest.split(" ")[0]
+    if kind not in SSH_KEY_TYPES:
+        return f"is not an OpenSSH public key (allowed types: {', '.join(SSH_KEY_TYPES)})"
+    try:
+        decoded = base64.b64decode(blob, validate=True)
+    except ValueError:
+        return "is not an OpenSSH public key: its key part is not base64"
+    # The blob starts with its own type name (RFC 4253): a key pasted into the wrong field does not pass.
+    if decoded[4:4 + len(kind)] != kind.encode() or int.from_bytes(decoded[:4], "big") != len(kind):
+        return "is not an OpenSSH public key: its key part does not match its type"
+    return None

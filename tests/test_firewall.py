@@ -1,0 +1,149 @@
+"""The firewall: rulesets rendered from the typed configuration and checked by the real `nft`, loaded into
+network namespaces the test owns (never the host's), the last good ruleset kept when a configuration is
+bad, and the owner's requests through the request channel."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from appliance import channel, config
+from appliance.config import ConfigError
+from appliance.firewall import helper, rules
+from buildhost.debian import ensure_host_packages
+
+pytestmark = pytest.mark.unit
+FIREWALL = Path(sys.executable).with_name("paladin-firewall")
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs9Bq0t0z9yJ8y3xYv1n2oE9k4gq5o2q0v9u3c5Wm7a owner@laptop"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nft():
+    ensure_host_packages(["nftables"])
+
+
+@pytest.fixture
+def netns():
+    """A network namespace of this test's own; commands run in it with run(...)."""
+    name = f"paladin-fw-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield lambda *argv, check=True: subprocess.run(["ip", "netns", "exec", name, *map(str, argv)],
+                                                       capture_output=True, text=True, check=check)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+@pytest.mark.parametrize("raw", [
+    {},
+    {"firewall": {"ssh": True, "ssh_key": KEY, "lan": "192.168.1.0/24 fd00::/8"}},
+    {"firewall": {"privacy": True, "logged_drops_per_minute": 0}, "update": {"url": "https://updates.example/r"}},
+    {"firewall": {"lan": "fe80::/10"}, "server": {"listen": "", "redirect": "127.0.0.1:80"}},
+])
+def test_every_kind_of_ruleset_passes_nft_check(raw):
+    rules.check(rules.render(config.parse(raw), ["192.0.2.7", "2001:db8::7"]))
+
+
+def test_the_ruleset_opens_the_services_to_the_lan_only_and_drops_the_rest():
+    text = rules.render(config.parse({"firewall": {"ssh": True, "ssh_key": KEY, "lan": "192.168.1.0/24 fd00::/8"},
+                                      "server": {"listen": "127.0.0.1:8080"}}))
+    assert "policy drop" in re.search(r"chain input \{[^}]*", text).group(0)
+    assert "policy drop" in re.search(r"chain forward \{[^}]*", text).group(0)
+    assert "policy accept" in re.search(r"chain output \{[^}]*", text).group(0)
+    assert "elements = { 192.168.1.0/24 }" in text and "elements = { fd00::/8 }" in text
+    assert "tcp dport { 22, 80, 443 } ip saddr @lan4 accept" in text  # 8080 answers loopback only here
+    assert "limit rate over 20/second burst 60 packets" in text
+
+
+def test_privacy_mode_lets_out_only_dns_the_network_and_the_update_server():
+    cfg = config.parse({"firewall": {"privacy": True}, "update": {"url": "https://updates.example:8443/r"}})
+    text = rules.render(cfg, ["192.0.2.7"])
+    output = text[text.index("chain output"):]
+    assert "policy drop" in output and "ip daddr @update4 tcp dport 8443 accept" in output
+    assert "elements = { 192.0.2.7 }" in text
+    assert "udp dport 123" not in output  # network time is off in privacy mode
+    assert not cfg.network_time
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"lan": "192.168.1.1/24"}, "firewall.lan: '192.168.1.1/24' is not a list of address ranges"),
+    ({"lan": "0.0.0.0/0"}, "opens the box to every address"),
+    ({"lan": ""}, "names no range"),
+    ({"ssh_key": "ssh-dss AAAAB3"}, "is not an OpenSSH public key"),
+    ({"ssh_key": "ssh-rsa " + KEY.split()[1]}, "does not match its type"),
+    ({"connections_per_second": 0}, "out of range"),
+])
+def test_bad_firewall_values_fail_the_config_check_clearly(raw, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.parse({"firewall": raw})
+
+
+def test_the_owners_config_file_cannot_touch_the_firewall(tmp_path):
+    (tmp_path / config.OWNER_CONFIG_NAME).write_text("firewall: {ssh: true}\n")
+    with pytest.raises(ConfigError, match="firewall: not allowed here"):
+        config.load(None, {"data_dir": str(tmp_path)}, tmp_path / "none.yaml")
+
+
+def load_in(netns, state: Path, data: Path) -> subprocess.CompletedProcess:
+    return netns(FIREWALL, "load", "--state", state, "--data-dir", data, "--config", "/nonexistent", check=False)
+
+
+def test_a_bad_configuration_keeps_the_last_good_ruleset(netns, tmp_path):
+    state, data = tmp_path / "state", tmp_path / "data"
+    state.mkdir()
+    (state / "settings.yaml").write_text("lan: 192.168.7.0/24\n")
+    assert load_in(netns, state, data).returncode == 0
+    good = netns("nft", "list", "table", "inet", "paladin").stdout
+    assert "192.168.7.0/24" in good
+
+    (state / "settings.yaml").write_text("lan: 192.168.7.0/33\n")
+    failed = load_in(netns, state, data)
+    assert failed.returncode == 1
+    assert "the last good ruleset is loaded" in failed.stderr and "firewall.lan" in failed.stderr
+    assert netns("nft", "list", "table", "inet", "paladin").stdout == good
+
+
+def test_with_no_good_ruleset_yet_a_bad_configuration_loads_the_defaults(netns, tmp_path):
+    state, data = tmp_path / "state", tmp_path / "data"
+    state.mkdir()
+    (state / "settings.yaml").write_text("privacy: maybe\n")
+    failed = load_in(netns, state, data)
+    assert failed.returncode == 1 and "the default ruleset is loaded" in failed.stderr
+    listed = netns("nft", "list", "table", "inet", "paladin").stdout
+    assert "policy drop" in listed and "192.168.0.0/16" in listed
+
+
+def request_in(netns, state: Path, data: Path, **settings) -> subprocess.CompletedProcess:
+    channel.submit(data, channel.FirewallRequest(**({"lan": config.DEFAULT_LAN, "privacy": False, "ssh": False,
+                                                     "ssh_key": ""} | settings)))
+    return netns(FIREWALL, "request", "--state", state, "--data-dir", data, "--config", "/nonexistent", check=False)
+
+
+def test_an_owners_request_is_validated_then_applied_or_changes_nothing(netns, tmp_path):
+    state, data = tmp_path / "state", tmp_path / "data"
+    assert load_in(netns, state, data).returncode == 0
+    assert request_in(netns, state, data, lan="10.1.0.0/16 fd12::/16").returncode == 0
+    applied = netns("nft", "list", "table", "inet", "paladin").stdout
+    assert "10.1.0.0/16" in applied and "fd12::/16" in applied
+    assert yaml.safe_load((state / "settings.yaml").read_text())["lan"] == "10.1.0.0/16 fd12::/16"
+    assert helper.outcome(helper.State(state))["ok"] and not channel.pending(data, "firewall")
+
+    for bad in ({"lan": "0.0.0.0/0"}, {"ssh": True}, {"ssh_key": "not a key"}):
+        refused = request_in(netns, state, data, **bad)
+        assert refused.returncode == 1 and "were not changed" in refused.stderr
+        assert not helper.outcome(helper.State(state))["ok"]
+        assert netns("nft", "list", "table", "inet", "paladin").stdout == applied
+        assert not (state / "ssh" / "authorized_keys").exists()
+    # A request the worker forged past the channel's schema is refused as a whole.
+    (data / "requests" / "firewall.json").write_text(json.dumps({"lan": "10.0.0.0/8", "privacy": False, "ssh": 1,
+                                                                 "ssh_key": ""}))
+    assert netns(FIREWALL, "request", "--state", state, "--data-dir", data, "--config", "/nonexistent",
+                 check=False).returncode == 1
+    assert "FirewallRequest.ssh" in helper.outcome(helper.State(state))["message"]
