@@ -49,7 +49,8 @@ check journal $(test -d /var/log/journal && journalctl --header 2>/dev/null | gr
 # UDP sockets bound and unconnected (state 07), by local port
 check udp_listeners $(for port in $(awk '$4 == "07" {{split($2, a, ":"); print a[2]}}' /proc/net/udp /proc/net/udp6); do
     printf '%d\\n' "0x$port"; done | sort -nu | tr '\\n' ' ')
-check ssh $(systemctl is-active ssh.service) $(ls /etc/ssh/ssh_host_* 2>/dev/null | wc -l)
+check ssh $(systemctl is-active ssh.service) $(ls /etc/ssh/ssh_host_* 2>/dev/null | wc -l) \\
+    $(stat -c %a /var/lib/paladin-firewall/ssh/ssh_host_ed25519_key)
 check firewall $(systemctl is-active paladin-firewall.service) $(nft list chain inet paladin input | grep -c 'policy drop')
 check failed $(systemctl --failed --no-legend --plain | cut -d' ' -f1 | tr '\\n' ' ')
 check var_bytes $(findmnt -bno SIZE /var)

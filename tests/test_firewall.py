@@ -26,7 +26,7 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs9Bq0t0z9yJ8y3xYv1n2oE9k4gq5o2q0v9u
 
 @pytest.fixture(scope="module", autouse=True)
 def nft():
-    ensure_host_packages(["nftables"])
+    ensure_host_packages(["nftables", "openssh-client"])
 
 
 @pytest.fixture
@@ -92,7 +92,9 @@ def test_the_owners_config_file_cannot_touch_the_firewall(tmp_path):
 
 
 def load_in(netns, state: Path, data: Path) -> subprocess.CompletedProcess:
-    return netns(FIREWALL, "load", "--state", state, "--data-dir", data, "--config", "/nonexistent", check=False)
+    """`paladin-firewall load` as its unit runs it (umask 0077) in `netns`."""
+    return netns("sh", "-c", 'umask 077 && exec "$@"', "sh", FIREWALL, "load", "--state", state, "--data-dir", data,
+                 "--config", "/nonexistent", check=False)
 
 
 def test_a_bad_configuration_keeps_the_last_good_ruleset(netns, tmp_path):
@@ -134,6 +136,11 @@ def test_an_owners_request_is_validated_then_applied_or_changes_nothing(netns, t
     assert "10.1.0.0/16" in applied and "fd12::/16" in applied
     assert yaml.safe_load((state / "settings.yaml").read_text())["lan"] == "10.1.0.0/16 fd12::/16"
     assert helper.outcome(helper.State(state))["ok"] and not channel.pending(data, "firewall")
+    public = state / "ssh" / "ssh_host_ed25519_key.pub"
+    assert helper.host_key_fingerprint(helper.State(state)) in subprocess.run(  # made at boot, shown as ssh does
+        ["ssh-keygen", "-l", "-f", public], capture_output=True, text=True).stdout
+    assert (public.stat().st_mode & 0o777, (state / "ssh" / "ssh_host_ed25519_key").stat().st_mode & 0o777) == \
+        (0o644, 0o600)
 
     for bad in ({"lan": "0.0.0.0/0"}, {"ssh": True}, {"ssh_key": "not a key"}):
         refused = request_in(netns, state, data, **bad)

@@ -64,16 +64,23 @@ def ssh(netns: str, key: Path, command: str, *options: str) -> subprocess.Comple
     return subprocess.run(argv, capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def ssh_on(owner, ssh_key) -> Path:
-    """SSH turned on by the owner (their key), through the page's request to the firewall helper."""
-    asked = owner.put("/system/firewall", json={"ssh": True, "ssh_key": ssh_key[1]})
+def apply(owner, changes: dict) -> dict:
+    """The owner's firewall change through the page's request to the firewall helper, once it is applied."""
+    before = owner.get("/system/firewall").json()["outcome"]
+    asked = owner.put("/system/firewall", json=changes)
     assert asked.status_code == 202, asked.text
     deadline = time.monotonic() + 300
-    while (state := owner.get("/system/firewall").json())["pending"] or not state["outcome"]:
+    while (state := owner.get("/system/firewall").json())["pending"] or state["outcome"] == before:
         assert time.monotonic() < deadline, f"the firewall helper did not take the request: {state}"
         time.sleep(2)
-    assert state["outcome"]["ok"] and state["settings"]["ssh"], state
+    assert state["outcome"]["ok"], state
+    return state["settings"]
+
+
+@pytest.fixture(scope="module")
+def ssh_on(owner, ssh_key) -> Path:
+    """SSH turned on by the owner for their key; the private key's path."""
+    assert apply(owner, {"ssh": True, "ssh_key": ssh_key[1]})["ssh"]
     return ssh_key[0]
 
 
@@ -131,8 +138,8 @@ def test_the_kernel_the_accounts_and_the_journal_are_hardened(box):
     assert "5355" not in checks["udp_listeners"].split()  # no LLMNR responder
 
 
-def test_ssh_is_off_and_the_image_holds_no_host_key(box):
-    assert box["checks"]["ssh"] == "inactive 0"
+def test_ssh_is_off_and_the_box_made_its_own_host_key(box):
+    assert box["checks"]["ssh"] == "inactive 0 600"  # not running, none from the image, one of its own
     assert box["checks"]["firewall"] == "active 1"
 
 
@@ -144,7 +151,10 @@ def test_a_host_outside_the_lan_reaches_nothing(box, outsider):
     assert not open_ports(udp, "udp")
 
 
-def test_the_owner_turns_ssh_on_for_their_key_only(ssh_on, laptop):
+def test_the_owner_turns_ssh_on_for_their_key_only(owner, ssh_on, laptop):
+    shown = owner.get("/system/firewall").json()["host_key"]
+    scanned = run_in(laptop, ["sh", "-c", f"ssh-keyscan -t ed25519 {BOX_ADDRESS} 2>/dev/null | ssh-keygen -l -f -"])
+    assert shown and shown in scanned  # the page lets the owner check the key ssh sees the first time
     logged_in = ssh(laptop, ssh_on, "id -u; ls /var/lib/paladin-firewall/ssh")
     assert logged_in.returncode == 0, logged_in.stderr
     assert logged_in.stdout.split() == ["0", "authorized_keys", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
@@ -168,3 +178,23 @@ def test_a_burst_of_new_connections_is_cut_while_an_established_one_keeps_workin
     dropped = flooded(laptop, ssh_on) - before
     assert result["kept"] == [200, 200] and result["same_connection"]  # answered before and after, unbroken
     assert 0 < result["connected"] < attempts and dropped > 0, (result, dropped)
+
+
+# From inside the box: how a connection to qemu's host (the user-mode network's gateway) ends.  Nothing listens
+# there on port 9: "refused" means the packet left the box; in privacy mode the firewall drops it ("dropped").
+CONNECT_OUT = ("/usr/lib/paladin/bin/python -c 'import socket\n"
+               "try: socket.create_connection((\"10.0.2.2\", 9), 10)\n"
+               "except ConnectionRefusedError: print(\"refused\")\n"
+               "except TimeoutError: print(\"dropped\")'")
+
+
+def test_privacy_mode_lets_nothing_out_and_stops_network_time(owner, ssh_on, laptop):
+    def inside() -> list[str]:
+        done = ssh(laptop, ssh_on, f"systemctl is-active systemd-timesyncd; {CONNECT_OUT}")
+        return done.stdout.split()
+
+    assert inside() == ["active", "refused"]
+    assert apply(owner, {"privacy": True})["privacy"]
+    assert inside() == ["inactive", "dropped"]  # while SSH from the LAN still answers
+    assert not apply(owner, {"privacy": False})["privacy"]
+    assert inside() == ["active", "refused"]

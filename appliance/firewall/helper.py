@@ -8,7 +8,9 @@ defaults', is loaded instead and the helper fails loudly.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -24,7 +26,7 @@ from . import rules
 log = logging.getLogger(__name__)
 SSH_UNIT = "ssh.service"
 TIME_UNIT = "systemd-timesyncd.service"
-SYSTEMCTL_SECONDS = 60
+SYSTEMCTL_SECONDS = 60  # and ssh-keygen's
 
 
 class FirewallError(RuntimeError):
@@ -49,8 +51,16 @@ class State:
         return self.directory / "outcome.json"
 
     @property
+    def ssh(self) -> Path:
+        return self.directory / "ssh"
+
+    @property
     def authorized_keys(self) -> Path:
-        return self.directory / "ssh" / "authorized_keys"
+        return self.ssh / "authorized_keys"
+
+    @property
+    def host_key(self) -> Path:
+        return self.ssh / "ssh_host_ed25519_key"
 
 
 def _ruleset(config: Config) -> str:
@@ -80,6 +90,33 @@ def _sync_ssh_key(config: Config, state: State) -> bool:
     return True
 
 
+def ensure_host_key(state: State) -> None:
+    """SSH's host key, made on this box at its first boot (never in the image), so the owner can compare
+    its fingerprint on the Network access page with what ssh shows the first time."""
+    public = state.host_key.with_name(state.host_key.name + ".pub")
+    if not state.host_key.exists():
+        state.ssh.mkdir(mode=0o755, exist_ok=True)
+        state.ssh.chmod(0o755)  # the public half is for the assistant's page to show
+        partial = files.partial(state.host_key)
+        for stale in (partial, partial.with_name(partial.name + ".pub")):
+            stale.unlink(missing_ok=True)
+        command.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", facts.MDNS_NAME, "-f", partial],
+                    timeout=SYSTEMCTL_SECONDS)
+        files.commit(partial.with_name(partial.name + ".pub"), public)
+        files.commit(partial, state.host_key)
+    if public.exists():
+        public.chmod(0o644)  # ssh-keygen wrote it under this unit's umask (0077)
+
+
+def host_key_fingerprint(state: State) -> str | None:
+    """The host key's fingerprint as ssh shows it (SHA256:...), or None before there is one."""
+    try:
+        blob = base64.b64decode(state.host_key.with_name(state.host_key.name + ".pub").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
 def boot(load_config, state: State) -> None:
     """Load the configured ruleset; if the configuration is unusable, the last good one (or the defaults')."""
     try:
@@ -92,6 +129,7 @@ def boot(load_config, state: State) -> None:
         raise FirewallError(f"the firewall configuration is unusable, so {which} is loaded: {err}") from None
     _load(ruleset, state)
     _sync_ssh_key(config, state)
+    ensure_host_key(state)
     log.info("firewall loaded: %s from the LAN (%s)%s", ", ".join(f"{k} {v}" for k, v in rules.services(config).items()),
              config.firewall.lan, "; privacy mode" if config.firewall.privacy else "")
 

@@ -27,8 +27,10 @@ FIELDS = tuple(f.name for f in dataclasses.fields(channel.FirewallRequest))
 
 def _state(request: Request) -> dict:
     data_dir = request.state.config.data_path
-    return {"settings": helper.settings(helper.State()), "outcome": helper.outcome(helper.State()),
-            "pending": channel.pending(data_dir, "firewall"), "network_time": request.state.config.device.time_sync}
+    state = helper.State()
+    return {"settings": helper.settings(state), "outcome": helper.outcome(state),
+            "pending": channel.pending(data_dir, "firewall"), "network_time": request.state.config.device.time_sync,
+            "host_key": helper.host_key_fingerprint(state)}
 
 
 def _request(changes: dict) -> channel.FirewallRequest:
