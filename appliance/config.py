@@ -258,8 +258,7 @@ def load(system_file: Path | None = SYSTEM_CONFIG, overrides: dict | None = None
     config = Config()
     if system_file is not None and system_file.exists():
         config = _merge(config, _read_yaml(system_file), str(system_file))
-    if firewall_file.exists():
-        config = _merge(config, {"firewall": _read_yaml(firewall_file)}, str(firewall_file))
+    config = dataclasses.replace(config, firewall=read_firewall(firewall_file, config.firewall))
     overrides = overrides or {}
     config = _merge(config, overrides, "command line")
     owner_file = config.data_path / OWNER_CONFIG_NAME
@@ -272,6 +271,21 @@ def load(system_file: Path | None = SYSTEM_CONFIG, overrides: dict | None = None
         config = _merge(config, owner, str(owner_file))
         config = _merge(config, overrides, "command line")
     return config
+
+
+def check_firewall(raw: dict, source: str, base: FirewallConfig = FirewallConfig()) -> FirewallConfig:
+    """The owner's firewall settings (the helper's file, or a request from the web UI) over `base`, checked
+    alone and together: SSH needs a key, as there are no passwords."""
+    checked = _merge(base, raw, source, "firewall.")
+    if checked.ssh and not checked.ssh_key:
+        raise ConfigError(f"{source}: firewall.ssh_key: SSH needs the owner's public key, as the box has no "
+                          "passwords to log in with: paste the line from ~/.ssh/id_ed25519.pub")
+    return checked
+
+
+def read_firewall(path: Path, base: FirewallConfig = FirewallConfig()) -> FirewallConfig:
+    """The firewall helper's settings file over `base` (just `base` while there is none)."""
+    return check_firewall(_read_yaml(path), str(path), base) if path.exists() else base
 
 
 def parse(raw: dict, source: str = "config") -> Config:

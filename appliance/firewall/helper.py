@@ -26,7 +26,7 @@ from . import rules
 log = logging.getLogger(__name__)
 SSH_UNIT = "ssh.service"
 TIME_UNIT = "systemd-timesyncd.service"
-SYSTEMCTL_SECONDS = 60  # and ssh-keygen's
+TOOL_SECONDS = 60  # systemctl's and ssh-keygen's deadline
 
 
 class FirewallError(RuntimeError):
@@ -62,6 +62,10 @@ class State:
     def host_key(self) -> Path:
         return self.ssh / "ssh_host_ed25519_key"
 
+    @property
+    def host_key_public(self) -> Path:
+        return self.ssh / "ssh_host_ed25519_key.pub"
+
 
 def _ruleset(config: Config) -> str:
     """The checked ruleset for `config`; in privacy mode the update server's name is resolved now."""
@@ -93,7 +97,7 @@ def _sync_ssh_key(config: Config, state: State) -> bool:
 def ensure_host_key(state: State) -> None:
     """SSH's host key, made on this box at its first boot (never in the image), so the owner can compare
     its fingerprint on the Network access page with what ssh shows the first time."""
-    public = state.host_key.with_name(state.host_key.name + ".pub")
+    public = state.host_key_public
     if not state.host_key.exists():
         state.ssh.mkdir(mode=0o755, exist_ok=True)
         state.ssh.chmod(0o755)  # the public half is for the assistant's page to show
@@ -101,7 +105,7 @@ def ensure_host_key(state: State) -> None:
         for stale in (partial, partial.with_name(partial.name + ".pub")):
             stale.unlink(missing_ok=True)
         command.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", facts.MDNS_NAME, "-f", partial],
-                    timeout=SYSTEMCTL_SECONDS)
+                    timeout=TOOL_SECONDS)
         files.commit(partial.with_name(partial.name + ".pub"), public)
         files.commit(partial, state.host_key)
     if public.exists():
@@ -111,7 +115,7 @@ def ensure_host_key(state: State) -> None:
 def host_key_fingerprint(state: State) -> str | None:
     """The host key's fingerprint as ssh shows it (SHA256:...), or None before there is one."""
     try:
-        blob = base64.b64decode(state.host_key.with_name(state.host_key.name + ".pub").read_text().split()[1])
+        blob = base64.b64decode(state.host_key_public.read_text().split()[1])
     except (OSError, IndexError, ValueError):
         return None
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
@@ -123,9 +127,11 @@ def boot(load_config, state: State) -> None:
         config = load_config()
         ruleset = _ruleset(config)
     except (ConfigError, CommandError, OSError) as err:
-        fallback = state.last_good.read_text() if state.last_good.exists() else rules.render(Config())
+        if state.last_good.exists():
+            fallback, which = state.last_good.read_text(), "the last good ruleset"
+        else:
+            fallback, which = rules.render(Config()), "the default ruleset"
         rules.load(fallback)
-        which = "the last good ruleset" if state.last_good.exists() else "the default ruleset"
         raise FirewallError(f"the firewall configuration is unusable, so {which} is loaded: {err}") from None
     _load(ruleset, state)
     _sync_ssh_key(config, state)
@@ -135,7 +141,7 @@ def boot(load_config, state: State) -> None:
 
 
 def _systemctl(*argv: str) -> None:
-    command.run(["systemctl", *argv], timeout=SYSTEMCTL_SECONDS)
+    command.run(["systemctl", *argv], timeout=TOOL_SECONDS)
 
 
 def _record(state: State, ok: bool, message: str) -> None:
@@ -144,8 +150,7 @@ def _record(state: State, ok: bool, message: str) -> None:
 
 def settings(state: State) -> dict:
     """The owner's firewall settings as the helper keeps them (the defaults' where none were made)."""
-    raw = yaml.safe_load(state.settings.read_text()) if state.settings.exists() else {}
-    return dataclasses.asdict(config_module.parse({"firewall": raw or {}}, str(state.settings)).firewall)
+    return dataclasses.asdict(config_module.read_firewall(state.settings))
 
 
 def outcome(state: State) -> dict | None:
@@ -170,10 +175,7 @@ def apply_request(load_config, data_dir: Path, state: State) -> None:
 
 
 def _apply(load_config, wanted: dict, state: State) -> None:
-    checked = config_module.parse({"firewall": wanted}, "the owner's firewall request").firewall
-    if checked.ssh and not checked.ssh_key:
-        raise ConfigError("SSH needs the owner's public key (firewall.ssh_key): there are no passwords to log in "
-                          "with")
+    config_module.check_firewall(wanted, "the owner's firewall request")
     before = load_config()
     previous = state.settings.read_bytes() if state.settings.exists() else None
     files.write(state.settings, yaml.safe_dump(wanted, sort_keys=True).encode(), mode=0o644)

@@ -89,6 +89,3 @@ def load(ruleset: str) -> None:
     """Replace the box's table with `ruleset`, atomically: on any error the previous one stays."""
     command.run(["nft", "--file", "-"], stdin=ruleset, timeout=NFT_SECONDS)
 
-
-def listing() -> str:
-    return command.run(["nft", "list", "table", "inet", facts.IMAGE_ID], timeout=NFT_SECONDS)

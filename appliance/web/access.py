@@ -38,12 +38,9 @@ def _request(changes: dict) -> channel.FirewallRequest:
     wanted = helper.settings(helper.State()) | changes
     wanted = {name: wanted[name] for name in FIELDS}
     try:
-        checked = config_module.parse({"firewall": wanted}, "firewall").firewall
+        checked = config_module.check_firewall(wanted, "firewall")
     except ConfigError as err:
         raise InvalidRequest(str(err).removeprefix("firewall: "), param=str(err).split(":")[1].strip()) from None
-    if checked.ssh and not checked.ssh_key:
-        raise InvalidRequest("SSH needs your public key (firewall.ssh_key): the box has no passwords to log in "
-                             "with. Paste the line from ~/.ssh/id_ed25519.pub.", param="firewall.ssh_key")
     return channel.FirewallRequest(**{name: getattr(checked, name) for name in FIELDS})
 
 
