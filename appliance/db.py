@@ -65,6 +65,12 @@ MIGRATIONS = [
     );
     ALTER TABLE api_tokens ADD COLUMN last_used REAL;
     """,
+    # How each reply ended ('stop', 'length', 'stopped' by the owner) and how many of the oldest messages
+    # were left out of its prompt because the conversation had outgrown the model's context.
+    """
+    ALTER TABLE messages ADD COLUMN finish TEXT;
+    ALTER TABLE messages ADD COLUMN dropped INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

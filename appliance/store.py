@@ -89,6 +89,17 @@ def configured_model(config: Config) -> Path | None:
     return config.models_path / next(iter(present)) if present else None
 
 
+def remove(models: Path, name: str) -> None:
+    """Delete the installed model `name` (a bare file name in the store), durably: it stays gone after a
+    power cut.  FileNotFoundError when it is not there."""
+    os.unlink(models / name)
+    directory = os.open(models, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 def _partial(models: Path, name: str) -> Path:
     path = models / ".partial" / (name + ".part")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,10 @@ chance, because tests and benchmarks rely on them:
   exactly `max_tokens`) and no partial UTF-8 sequences (streams never stall).
 * The vocabulary is a SentencePiece-style one with byte fallback, so any input
   text tokenizes.
+
+`write(..., only=[...])` makes a model that writes nothing but the given strings (in
+random order): the same suppression, applied to every other token.  Tests use it
+for output they can check, such as hostile markup.
 """
 
 from __future__ import annotations
@@ -48,28 +52,31 @@ SIZES = {
 }
 
 
-def vocabulary(size: int) -> tuple[list[str], list[float], list[int]]:
-    """Specials, 256 byte tokens, printable characters, then syllables with and without a word start."""
+def vocabulary(size: int, words: tuple[str, ...] = ()) -> tuple[list[str], list[float], list[int]]:
+    """Specials, 256 byte tokens, `words`, printable characters, then syllables with and without a word
+    start."""
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256
-    pieces = ["\u2581"] + [c for c in string.printable if not c.isspace()]
+    pieces = [w.replace(" ", "\u2581") for w in words] + ["\u2581"] + [c for c in string.printable if not c.isspace()]
     syllables = [c + v for c, v in itertools.product("bdfghklmnprstvwyz", "aeiou")]
     for word in itertools.chain(syllables, (a + b for a, b in itertools.product(syllables, repeat=2))):
         pieces += ["\u2581" + word, word]
-    pieces = pieces[: size - len(tokens)]
+    pieces = list(dict.fromkeys(pieces))[: size - len(tokens)]  # llama.cpp aborts on a duplicate piece
     if len(pieces) < size - len(tokens):
         raise ValueError(f"vocabulary size {size} is larger than this generator makes")
     scores = [0.0] * len(tokens) + [-float(i) for i in range(len(pieces))]
     return tokens + pieces, scores, types + [gguf.TokenType.NORMAL] * len(pieces)
 
 
-def write(path: Path, size: str = "small", name: str | None = None) -> Path:
+def write(path: Path, size: str = "small", name: str | None = None, only: tuple[str, ...] = ()) -> Path:
     shape = SIZES[size]
     rng = np.random.default_rng(SEED)
     d, ff = shape.embedding, shape.feed_forward
     heads = max(1, d // 64)
-    tokens, scores, types = vocabulary(shape.vocab)
-    suppressed = [i for i, t in enumerate(types) if t != gguf.TokenType.NORMAL]
+    tokens, scores, types = vocabulary(shape.vocab, only)
+    first = types.index(gguf.TokenType.NORMAL)
+    allowed = range(first, first + len(only)) if only else range(first, len(tokens))
+    suppressed = [i for i in range(len(tokens)) if i not in allowed]
 
     def matrix(rows: int, cols: int) -> np.ndarray:
         return (rng.standard_normal((rows, cols), dtype=np.float32) / np.sqrt(cols)).astype(shape.dtype)

@@ -54,6 +54,8 @@ check ssh $(systemctl is-active ssh.service) $(ls /etc/ssh/ssh_host_* 2>/dev/nul
 check firewall $(systemctl is-active paladin-firewall.service) $(nft list chain inet paladin input | grep -c 'policy drop')
 check failed $(systemctl --failed --no-legend --plain | cut -d' ' -f1 | tr '\\n' ' ')
 check var_bytes $(findmnt -bno SIZE /var)
+# An error the owner's System page must show (tests/test_image.py): the journal read from the sandbox.
+echo "a test error for the System page" | systemd-cat --priority=err --identifier=paladin-check
 check done
 """
 CHECK_UNIT = """\

@@ -121,10 +121,24 @@ def test_box_redirects_plain_http_to_https(box):
 def test_a_new_owner_finishes_setup_in_a_browser_and_chats(box):
     """Last in this file: it makes the box the owner's (the API token the tests use keeps working)."""
     vm = box["vm"]
+    from playwright.sync_api import expect
+
     with browser_page() as page:
         seconds = run_setup(page, vm.https_url, vm.setup_code(), Shots(None))
         print(f"\nwizard finished {seconds:.0f} s after the first page was asked for (TCG)")
-        # The generated model writes until its token limit, minutes under TCG: a streaming reply is the proof.
+        # The generated model writes until its token limit, minutes under TCG: a streaming reply is the proof,
+        # and Stop ends it.
         assert chat(page, "Hello box", whole=False)
+        page.click("#stop")
+        expect(page.locator("#messages li.assistant .note")).to_have_text("You stopped this reply.")
+        # The owner's pages, in the box's sandbox: its journal is readable, its certificate the console's.
+        page.goto(vm.https_url + "/manage/system")
+        expect(page.locator("#journal")).to_contain_text("a test error for the System page")
+        fingerprint = re.search(r"Certificate SHA-256: (\S+)", vm.console()).group(1)
+        expect(page.locator("#fingerprint")).to_have_text(fingerprint)
+        page.goto(vm.https_url + "/manage/updates")  # the updater's view of the slots, as the owner sees it
+        expect(page.locator("#slots tr", has_text="running now")).to_contain_text(VERSION)
+        page.goto(vm.https_url + "/manage/models")
+        expect(page.locator("#installed .badge")).to_have_text("in use")
     locked = httpx.get(vm.https_url + "/setup", verify=False, follow_redirects=False)
     assert locked.status_code == 303 and locked.headers["location"] == "/"  # for good, for everyone

@@ -49,6 +49,11 @@ class Shots:
             page.screenshot(path=str(self.directory / f"{name}-{width}.png"), full_page=True)
         page.set_viewport_size(WIDTHS["desktop"])
 
+    def phone(self, page, name: str) -> None:
+        """The page as it is now, at a phone's width already."""
+        if self.directory:
+            page.screenshot(path=str(self.directory / f"{name}-phone.png"), full_page=True)
+
 
 def run_setup(page, base: str, code: str, shots: Shots, *, download: str | None = None) -> float:
     """From the box's address to a finished wizard; the seconds it took.  `download`: a catalog tier to
@@ -127,6 +132,15 @@ def log_out_and_in(page, base: str, shots: Shots) -> None:
     page.click("#login-form button")
     expect(page.locator("#error")).to_contain_text("wrong")
     shots(page, "9-login")
+    log_in(page, base)
+
+
+def log_in(page, base: str) -> None:
+    from playwright.sync_api import expect
+
+    if not page.url.startswith(base + "/login"):
+        page.goto(base + "/login")
+    page.fill("#name", "Ada")
     page.fill("#password", PASSWORD)
     page.click("#login-form button")
     expect(page.locator("#composer")).to_be_visible()

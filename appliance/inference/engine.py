@@ -47,6 +47,7 @@ class Request:
     stop: tuple[str, ...] = ()
     sampling: Sampling = Sampling()
     ignore_eos: bool = False  # llama-server's extension: generate exactly max_tokens (benchmarks)
+    truncate: bool = False  # leave out the oldest turns of `messages` that do not fit the context
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Started:
     prompt_tokens: int
     reused_tokens: int
     model: str  # the id of the model the job runs on (a request for the alias may meet a swap)
+    dropped: int = 0  # the oldest messages left out so that the rest fits the context (Request.truncate)
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ class Engine:
         self.served: Served | None = None
         self.model: Model | None = None  # the inference thread's alone, like the template
         self.template: ChatTemplate | None = None
+        self._wanted: list[Path | None] = []  # the event loop's: models asked for by swaps not finished yet
         self._queue: queue.PriorityQueue[_Item] = queue.PriorityQueue()
         self._seq = itertools.count()
         self._waiting = 0
@@ -134,7 +137,16 @@ class Engine:
         if self.served is None and path is not None:
             self.state, self.reason = "loading", f"loading {path.name}"
         self._queue.put(_Item(self.SWAP, next(self._seq), _Swap(path, done, loop)))
-        await done
+        self._wanted.append(path)
+        try:
+            await done
+        finally:
+            self._wanted.remove(path)
+
+    def uses(self, path: Path) -> bool:
+        """Whether the model at `path` is served or on its way in: its file must stay."""
+        served = self.served
+        return (served is not None and served.path == path) or path in self._wanted
 
     ALIAS = "paladin"  # whatever model the box serves now; stays valid across swaps
 
@@ -300,25 +312,35 @@ class Engine:
                 swap.done.set_exception(error) if error else swap.done.set_result(None)
         swap.loop.call_soon_threadsafe(resolve)
 
-    def _prompt_tokens(self, request: Request) -> list[int]:
-        try:
-            text = self.template.render(request.messages) if request.messages is not None else request.prompt
-        except PromptError as err:
-            raise InvalidRequest(str(err), param="messages") from None
-        tokens = self.model.tokenize(text)
-        limit = request.max_tokens or 1
-        if len(tokens) + limit > self.model.n_ctx:
-            raise PromptTooLong(f"this model's context is {self.model.n_ctx} tokens, but the request needs "
-                                f"{len(tokens) + limit} ({len(tokens)} in the prompt, {limit} to generate)",
+    def _prompt_tokens(self, request: Request) -> tuple[list[int], int]:
+        """The prompt's tokens, and how many of the oldest messages were left out to fit the context."""
+        n_ctx, messages, dropped = self.model.n_ctx, request.messages, 0
+        # Truncating, the reply keeps room for a useful answer, not only for whatever the history left over.
+        limit = request.max_tokens or (min(self.settings.max_tokens, n_ctx // 4) if request.truncate else 1)
+        while True:
+            try:
+                text = self.template.render(messages) if messages is not None else request.prompt
+            except PromptError as err:
+                raise InvalidRequest(str(err), param="messages") from None
+            tokens = self.model.tokenize(text)
+            shorter = older_turn_dropped(messages) if request.truncate and len(tokens) + limit > n_ctx else None
+            if shorter is None:
+                break
+            dropped += len(messages) - len(shorter)
+            messages = shorter
+        if len(tokens) + limit > n_ctx:
+            raise PromptTooLong(f"this model's context is {n_ctx} tokens, but the request needs "
+                                f"{len(tokens) + limit} ({len(tokens)} in the prompt, {limit} to generate)"
+                                + (" with only the newest message left" if dropped else ""),
                                 param="messages" if request.messages else "prompt")
-        return tokens
+        return tokens, dropped
 
     def _run(self, job: Job) -> None:
         model, request = self.model, job.request
         start = time.monotonic()
-        tokens = self._prompt_tokens(request)
+        tokens, dropped = self._prompt_tokens(request)
         reused = model.prefill(tokens, job.cancelled.is_set)
-        job.emit(Started(len(tokens), reused, self.served.id))
+        job.emit(Started(len(tokens), reused, self.served.id, dropped))
         limit = request.max_tokens or min(self.settings.max_tokens, model.n_ctx - len(tokens))
         stops = request.stop + (tuple(self.template.stop_strings()) if request.messages is not None else ())
         scanner = StopScanner(stops)
@@ -350,6 +372,20 @@ class Engine:
         seconds = time.monotonic() - start
         self.metrics.finished(generated, seconds)
         job.emit(Finished(reason, len(tokens), generated, seconds))
+
+
+def older_turn_dropped(messages: list[dict] | None) -> list[dict] | None:
+    """`messages` without their oldest turn (a user message and what answered it), system messages kept;
+    None when only the last user message is left.  Whole turns go, because many chat templates refuse a
+    conversation that does not start with the user."""
+    if not messages:
+        return None
+    system = [m for m in messages if m["role"] == "system"]
+    rest = [m for m in messages if m["role"] != "system"]
+    users = [i for i, m in enumerate(rest) if m["role"] == "user"]
+    if not users or (users[0] == 0 and len(users) < 2):
+        return None
+    return system + rest[users[0] if users[0] > 0 else users[1]:]
 
 
 def model_id(path: Path) -> str:

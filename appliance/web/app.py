@@ -20,7 +20,7 @@ from ..inference.engine import Engine, Finished, Request as Generation
 from ..inference.llama import ModelError
 from ..metrics import Metrics
 from ..update import status as update_status
-from . import access, account, chat, models, ollama_api, openai_api, setup, updates
+from . import access, account, chat, models, ollama_api, openai_api, setup, system, updates
 from .auth import ROUTE_KEY, Identify, Identity, route
 from .http import BodyLimit, openai_error, peer_address
 from .listeners import Listeners
@@ -108,7 +108,7 @@ def routes() -> list:
     return [route("/health", health, needs=Identity.PUBLIC, methods=["GET"]),
             route("/metrics", metrics_page, needs=Identity.TOKEN, methods=["GET"]),
             *openai_api.routes, *ollama_api.routes, *chat.routes, *models.routes, *updates.routes,
-            *setup.routes, *account.routes, *access.routes]
+            *setup.routes, *account.routes, *access.routes, *system.routes]
 
 
 def create_app(config: Config, model_path=None) -> Starlette:

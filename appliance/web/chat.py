@@ -1,9 +1,22 @@
-"""The chat web UI: one page, and the conversations it keeps in the database."""
+"""The chat web UI: one page, and the conversations it keeps in the database.
+
+Replies stream as server-sent events: each piece of text as it comes, and now and then (and at the end)
+the reply so far as sanitized HTML (`markdown.render`), so the browser never turns model output into
+markup itself.  Rendering the whole reply again costs more as it grows (about 12 ms for 6 KB on the
+build host, several times that on a small ARM board), so the pause between renders grows with it: at
+least RENDER_SECONDS, and long enough that rendering takes at most RENDER_SHARE of the event loop's time.
+
+A reply is stored when its stream ends, however it ends: finished, cut by its length, or stopped by the
+owner (the browser hangs up).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
+from typing import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -12,11 +25,15 @@ from .. import conversations
 from ..errors import InvalidRequest, NotFound
 from ..inference import prompts
 from ..inference.engine import Finished, Request as Generation
+from . import markdown
 from .auth import Identity, page, public_files, route
 from .http import field, read_json, unless_disconnected
 from .pages import HERE, render
 
 log = logging.getLogger(__name__)
+RENDER_SECONDS = 0.25
+RENDER_SHARE = 0.1
+MAX_MESSAGE_CHARS = 32_000  # one message the owner types or pastes; the context is the real limit
 
 
 async def chat_page(request: Request):
@@ -26,8 +43,15 @@ async def chat_page(request: Request):
 def _conversation(request: Request) -> dict:
     found = conversations.get(request.state.db, request.path_params["id"])
     if found is None:
-        raise NotFound("no such conversation")
+        raise NotFound("no such conversation; it may have been deleted in another window (reload the list)")
     return found
+
+
+def _title(body: dict, default: str | None = None) -> str:
+    title = field(body, "title", str, default=default, required=default is None).strip()
+    if not title:
+        raise InvalidRequest("'title' must not be empty", param="title")
+    return title[:conversations.MAX_TITLE]
 
 
 async def listing(request: Request):
@@ -35,12 +59,27 @@ async def listing(request: Request):
 
 
 async def create(request: Request):
-    body = await read_json(request)
-    return JSONResponse(conversations.create(request.state.db, field(body, "title", str, "New chat")), 201)
+    title = _title(await read_json(request), "New chat")
+    return JSONResponse(conversations.create(request.state.db, title), 201)
 
 
 async def show(request: Request):
-    return JSONResponse(_conversation(request))
+    """The conversation, with each reply also as sanitized HTML (`html`)."""
+    conversation = _conversation(request)
+
+    def rendered() -> None:  # a long conversation takes a while: not on the event loop
+        for message in conversation["messages"]:
+            if message["role"] == "assistant":
+                message["html"] = markdown.render(message["content"])
+    await asyncio.to_thread(rendered)
+    return JSONResponse(conversation)
+
+
+async def rename(request: Request):
+    title = _title(await read_json(request))
+    if not conversations.rename(request.state.db, _conversation(request)["id"], title):
+        raise NotFound("no such conversation")
+    return JSONResponse({"id": request.path_params["id"], "title": title})
 
 
 async def delete(request: Request):
@@ -49,32 +88,65 @@ async def delete(request: Request):
 
 
 async def send(request: Request):
-    """Store the owner's message, stream the reply as SSE, and store the reply (even a partial one)."""
-    db, engine = request.state.db, request.state.engine
+    """The owner's message, stored once the model has taken it, and the reply streamed."""
     conversation = _conversation(request)
     content = field(await read_json(request), "content", str, required=True)
     if not content.strip():
-        raise InvalidRequest("'content' must not be empty", param="content")
-    history = [{"role": m["role"], "content": m["content"]} for m in conversation["messages"]]
-    generation = Generation(messages=prompts.messages(history + [{"role": "user", "content": content}]))
-    _, events = await unless_disconnected(request, engine.begin(generation))
-    conversations.add_message(db, conversation["id"], "user", content)
+        raise InvalidRequest("'content' must not be empty; type a message", param="content")
+    if len(content) > MAX_MESSAGE_CHARS:
+        raise InvalidRequest(f"a message is at most {MAX_MESSAGE_CHARS} characters ({len(content)} sent); "
+                             "shorten it or send it in parts", param="content")
+    history = conversation["messages"] + [{"role": "user", "content": content}]
+    return await _reply(request, conversation["id"], history,
+                        lambda: conversations.add_message(request.state.db, conversation["id"], "user", content))
 
-    async def stream():
-        parts = []
+
+async def regenerate(request: Request):
+    """A new reply to the last message the owner sent; the last reply, if it was the last message, goes."""
+    conversation = _conversation(request)
+    messages = conversation["messages"]
+    replacing = messages[-1]["id"] if messages and messages[-1]["role"] == "assistant" else None
+    history = messages[:-1] if replacing is not None else messages
+    if not history or history[-1]["role"] != "user":
+        raise InvalidRequest("there is no message of yours to answer again; send one", param="id")
+    return await _reply(request, conversation["id"], history, None, replacing)
+
+
+async def _reply(request: Request, conversation_id: str, history: list[dict], accepted, replacing=None):
+    """Queue the reply to `history`, run `accepted` once the model has taken it, stream it, store it."""
+    db, engine = request.state.db, request.state.engine
+    generation = Generation(messages=prompts.messages([{"role": m["role"], "content": m["content"]}
+                                                       for m in history]), truncate=True)
+    started, events = await unless_disconnected(request, engine.begin(generation))
+    if accepted:
+        accepted()
+
+    async def stream() -> AsyncIterator[str]:
+        parts, finish, next_render = [], "stopped", time.monotonic() + RENDER_SECONDS
         try:
+            yield _event({"model": started.model, "dropped": started.dropped})
             async for event in events:
                 if isinstance(event, Finished):
-                    yield f"data: {json.dumps({'done': True, 'reason': event.reason})}\n\n"
-                else:
-                    parts.append(event)
-                    yield f"data: {json.dumps({'text': event})}\n\n"
+                    finish = event.reason
+                    yield _event({"done": True, "reason": finish, "html": markdown.render("".join(parts))})
+                    continue
+                parts.append(event)
+                update = {"text": event}
+                if (now := time.monotonic()) >= next_render:
+                    update["html"] = markdown.render("".join(parts))
+                    next_render = time.monotonic() + max(RENDER_SECONDS, (time.monotonic() - now) / RENDER_SHARE)
+                yield _event(update)
         finally:
-            if not conversations.add_message(db, conversation["id"], "assistant", "".join(parts)):
+            if not conversations.add_message(db, conversation_id, "assistant", "".join(parts), finish=finish,
+                                             dropped=started.dropped, replacing=replacing):
                 log.info("conversation %s was deleted while its reply streamed; the reply is dropped",
-                         conversation["id"])
+                         conversation_id)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _event(data: dict) -> str:
+    return f"data: {json.dumps(data)}\n\n"
 
 
 # The page is the owner's; its scripts and styles are public (they hold nothing of the owner's).  The
@@ -86,6 +158,8 @@ routes = [
     route("/conversations", listing, needs=OWNER, methods=["GET"]),
     route("/conversations", create, needs=OWNER, methods=["POST"]),
     route("/conversations/{id}", show, needs=OWNER, methods=["GET"]),
+    route("/conversations/{id}", rename, needs=OWNER, methods=["PATCH"]),
     route("/conversations/{id}", delete, needs=OWNER, methods=["DELETE"]),
     route("/conversations/{id}/messages", send, needs=OWNER, methods=["POST"]),
+    route("/conversations/{id}/regenerate", regenerate, needs=OWNER, methods=["POST"]),
 ]

@@ -14,7 +14,9 @@ catalog knows its file name.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -27,8 +29,9 @@ from ..errors import Conflict, InvalidRequest, ModelUnusable, UnknownModel
 from ..inference.engine import Engine, model_id
 from ..inference.llama import ModelError
 from ..store import StoreError, Tier
-from .auth import Identity, route
+from .auth import Identity, page, route
 from .http import field, read_json, receive_file
+from .pages import render
 
 MAX_NAME_BYTES = 255  # one file name on ext4
 UPLOAD_PATH = "/models/upload"
@@ -196,6 +199,55 @@ async def choose(request: Request):
     return JSONResponse({"model": model_id(path), "choice": name})
 
 
+def _default_file(config: Config) -> str | None:
+    """The store's file that `inference.model` names (what a restart serves), if it names one."""
+    if not config.inference.model:
+        return None
+    try:
+        path = store.configured_model(config)
+    except StoreError:  # a tier the catalog no longer has: it names no file of the store
+        return None
+    return path.name if path is not None and path.parent == config.models_path else None
+
+
+async def delete(request: Request):
+    """DELETE /models/NAME.gguf: an installed model the box neither serves nor is configured to serve."""
+    config: Config = request.state.config
+    name = request.path_params["name"]
+    if not _bare_gguf(name):
+        raise InvalidRequest("name the model by its file name: ending in .gguf, without directories, not starting "
+                             f"with a dot, at most {MAX_NAME_BYTES} bytes; GET /models lists them", param="name")
+    if name not in store.installed(config.models_path):
+        raise UnknownModel(f"'{name}' is not installed on this box; GET /models lists what is", param="name")
+    if request.state.engine.uses(config.models_path / name):
+        raise Conflict(f"'{name}' is the model the box serves (or is switching to): choose another one first "
+                       "(PUT /models/default), then delete this one", param="name")
+    if name == _default_file(config):
+        raise Conflict(f"'{name}' is the model the box serves after a restart (inference.model): choose another "
+                       "one first (PUT /models/default), then delete this one", param="name")
+    try:
+        await asyncio.to_thread(store.remove, config.models_path, name)
+    except FileNotFoundError:  # deleted by a request that crossed this one
+        raise UnknownModel(f"'{name}' is not installed on this box any more; GET /models lists what is",
+                           param="name") from None
+    return JSONResponse({"deleted": name})
+
+
+async def models_page(request: Request):
+    config: Config = request.state.config
+    return render(request, "models.html", overview(request) | {
+        "engine": request.state.engine.status(), "default": _default_file(config), "upload_path": UPLOAD_PATH,
+        "free": store_free(config)})
+
+
+def store_free(config: Config) -> int | None:
+    """Bytes free on the partition that holds the store (its data partition), or None before it exists."""
+    try:
+        return shutil.disk_usage(config.models_path if config.models_path.is_dir() else config.data_path).free
+    except OSError:
+        return None
+
+
 # The owner's, from the browser or with a token; during setup, the wizard's model step uses them too.
 MANAGERS = (Identity.OWNER, Identity.TOKEN, Identity.SETUP)
 routes = [
@@ -205,4 +257,7 @@ routes = [
     route("/models/download", download_status, needs=MANAGERS, methods=["GET"]),
     route("/models/download", download, needs=MANAGERS, methods=["POST"]),
     route(UPLOAD_PATH, upload, needs=MANAGERS, methods=["PUT"]),
+    # {name:path}: a name with a slash reaches the handler, to be refused with a reason rather than a bare 404.
+    route("/models/{name:path}", delete, needs=(Identity.OWNER, Identity.TOKEN), methods=["DELETE"]),
+    page("/manage/models", models_page),
 ]

@@ -11,9 +11,13 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from .. import sessions
+from .auth import Identity
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+# The owner's frame (base.html): every page of the owner's, in the order the nav shows them.
+NAV = (("/", "Chat"), ("/manage/models", "Models"), ("/manage/updates", "Updates"), ("/manage/system", "System"),
+       ("/access", "Network access"), ("/tokens", "API tokens"))
 
 
 def when(timestamp: float, zone: str) -> str:
@@ -21,7 +25,15 @@ def when(timestamp: float, zone: str) -> str:
     return datetime.datetime.fromtimestamp(timestamp, zoneinfo.ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M")
 
 
+def size(count: int | None) -> str:
+    """A byte count as the owner reads it: MB below a gigabyte, GB above (decimal, as disks are sold)."""
+    if count is None:
+        return "unknown"
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.0f} MB"
+
+
 templates.env.filters["when"] = when
+templates.env.filters["size"] = size
 
 
 def csrf(request: Request) -> str | None:
@@ -30,8 +42,11 @@ def csrf(request: Request) -> str | None:
 
 
 def render(request: Request, template: str, context: dict, status: int = 200) -> Response:
+    # The frame's nav is the owner's alone: the setup wizard's session has a CSRF token too, but no owner yet.
+    owner = Identity.OWNER in request.state.identities
     response = templates.TemplateResponse(request, template, {
-        "device_name": request.state.config.device.name, "csrf": csrf(request), **context}, status_code=status)
+        "device_name": request.state.config.device.name, "csrf": csrf(request), "owner": owner,
+        "nav": NAV if owner else (), **context}, status_code=status)
     # The owner's pages are never cached, and no other site may frame them (clickjacking).
     response.headers.update({"Cache-Control": "no-store", "X-Frame-Options": "DENY",
                              "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "

@@ -3,6 +3,7 @@
 The assistant runs unprivileged and cannot write a slot.  It hands the updater a request through the
 request channel (`appliance.channel`): install from the owner's configured repository, or from the
 bundle uploaded here.  The updater verifies everything with TUF and reports back in its state files.
+The owner's page (/manage/updates) shows them and calls these routes from its script.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from .. import channel, config as config_module
 from ..config import ConfigError
 from ..errors import InvalidRequest
 from ..update import status as update_status
-from .auth import Identity, route
+from .auth import Identity, page, route
 from .http import field, read_json, receive_file
+from .pages import render
 
 BUNDLE_PATH = "/update/bundle"
 BUNDLE_MAX_BYTES = 8 * 2**30
@@ -23,11 +25,29 @@ SPACE_FACTOR = 4
 SETTINGS = ("url", "automatic", "reboot")
 
 
-async def status(request: Request):
+# The phases of an attempt that is still going (the page follows them); any other phase is how one ended.
+WORKING = ("starting", "fetch", "metadata", "unpack", "download", "write", "verify", "uki", "rebooting")
+
+
+def _status(request: Request) -> dict:
     data = update_status.snapshot()
     data["update"] = update_status.progress(data_dir=request.state.config.data_path)
     data["pending"] = channel.pending(request.state.config.data_path, "update")
-    return JSONResponse(data)
+    return data
+
+
+async def status(request: Request):
+    return JSONResponse(_status(request))
+
+
+async def updates_page(request: Request):
+    data = _status(request)
+    return render(request, "updates.html", {
+        "status": data, "running": data.get("running") or update_status.running_version(),
+        "roots": [s for s in data.get("slots", []) if s.get("kind") == "root"], "kernels": data.get("kernels", []),
+        "attempts": data.get("attempts", [])[-3:][::-1], "settings": request.state.config.update,
+        "working": data["pending"] or data["update"].get("phase") in WORKING,
+        "timezone": request.state.config.device.timezone, "bundle_path": BUNDLE_PATH})
 
 
 async def settings(request: Request):
@@ -73,4 +93,5 @@ routes = [
     route("/update", start, needs=OWNER, methods=["POST"]),
     route("/update/settings", settings, needs=OWNER, methods=["PUT"]),
     route(BUNDLE_PATH, upload_bundle, needs=OWNER, methods=["PUT"]),
+    page("/manage/updates", updates_page),
 ]

@@ -8,7 +8,7 @@ import pytest
 
 from appliance import config
 from appliance.errors import InvalidRequest, NotReady, PromptTooLong, QueueFull, ServiceError
-from appliance.inference.engine import Engine, Finished, Request
+from appliance.inference.engine import Engine, Finished, Request, older_turn_dropped
 from appliance.inference.stops import StopScanner
 from appliance.inference.llama import Sampling
 from appliance.metrics import Metrics
@@ -166,6 +166,57 @@ def test_swap_fails_no_queued_or_inflight_request(tiny_model, tmp_path):
     (first, second, _), after = asyncio.run(main())
     assert (first[1].completion_tokens, second[1].completion_tokens) == (300, 10)
     assert after == "other-model"
+
+
+def test_a_model_on_its_way_in_counts_as_used(tiny_model, tmp_path):
+    """A swap waits for the job in flight; meanwhile its model's file must not be deleted (DELETE /models)."""
+    other = shutil.copy(tiny_model, tmp_path / "other-model.gguf")
+
+    async def main():
+        engine = await started_engine(tiny_model)
+        _, inflight = await engine.begin(Request(prompt="a", max_tokens=300))
+        swap = asyncio.create_task(engine.swap(other))
+        await asyncio.sleep(0)
+        during = engine.uses(other), engine.uses(tiny_model)
+        await asyncio.gather(collect(inflight), swap)
+        after = engine.uses(other), engine.uses(tiny_model)
+        await engine.close()
+        return during, after
+
+    assert asyncio.run(main()) == ((True, True), (True, False))
+
+
+def test_truncating_drops_the_oldest_whole_turns_and_keeps_the_system_message(tiny_model):
+    turns = [{"role": "system", "content": "Be brief."}]
+    for n in range(20):
+        turns += [{"role": "user", "content": f"question {n} " * 8}, {"role": "assistant", "content": "answer " * 8}]
+    turns.append({"role": "user", "content": "the last question"})
+
+    async def main():
+        engine = await started_engine(tiny_model, context_tokens=256)
+        try:
+            started, events = await engine.begin(Request(messages=turns, max_tokens=16, truncate=True))
+            _, finished = await collect(events)
+            with pytest.raises(PromptTooLong):
+                await engine.begin(Request(messages=turns, max_tokens=16))
+            return started, finished
+        finally:
+            await engine.close()
+
+    started, finished = asyncio.run(main())
+    assert started.dropped > 0 and started.dropped % 2 == 0 and started.prompt_tokens + 16 <= 256
+    assert finished.completion_tokens == 16
+
+
+def test_a_turn_dropped_is_a_user_message_and_what_answered_it():
+    system, u1, a1, u2, a2, u3 = ({"role": r, "content": str(i)} for i, r in
+                                  enumerate(["system", "user", "assistant", "user", "assistant", "user"]))
+    assert older_turn_dropped([system, u1, a1, u2, a2, u3]) == [system, u2, a2, u3]
+    assert older_turn_dropped([system, u2, a2, u3]) == [system, u3]
+    assert older_turn_dropped([system, u3]) is None  # the newest message always stays
+    assert older_turn_dropped([a1, u2, a2, u3]) == [u2, a2, u3]  # a history opening with a reply loses that first
+    assert older_turn_dropped([a2]) is None
+    assert older_turn_dropped(None) is None  # a plain prompt has no turns
 
 
 def test_failed_swap_keeps_serving_the_old_model(tiny_model, tmp_path):

@@ -62,7 +62,7 @@ def test_a_new_owner_sets_the_box_up_chats_and_manages_tokens(fresh_box):
         shots(page, "7-chat")
         page.reload()
         page.locator("#conversations li", has_text="Hello from the browser").click()
-        expect(page.locator("#messages li")).to_have_count(2)
+        expect(page.locator("#messages > li")).to_have_count(2)
         token = make_token(page, base, "Home Assistant", shots)
         api = httpx.Client(base_url=fresh_box.url, headers={"Authorization": f"Bearer {token}"})
         assert api.get("/api/tags").status_code == 200

@@ -31,18 +31,23 @@ GET    /                             owner
 GET    /conversations                owner,token
 POST   /conversations                owner,token
 GET    /conversations/{id}           owner,token
+PATCH  /conversations/{id}           owner,token
 DELETE /conversations/{id}           owner,token
 POST   /conversations/{id}/messages  owner,token
+POST   /conversations/{id}/regenerate owner,token
 GET    /models                       owner,token,setup
 PUT    /models/default               owner,token,setup
 GET    /models/catalog               owner,token,setup
 GET    /models/download              owner,token,setup
 POST   /models/download              owner,token,setup
 PUT    /models/upload                owner,token,setup
+DELETE /models/{name:path}           owner,token
+GET    /manage/models                owner
 GET    /update                       owner,token
 POST   /update                       owner,token
 PUT    /update/settings              owner,token
 PUT    /update/bundle                owner,token
+GET    /manage/updates               owner
 POST   /setup/owner                  setup
 POST   /setup/device                 setup
 POST   /setup/model                  setup
@@ -56,6 +61,8 @@ GET    /access                       owner
 POST   /access                       owner
 GET    /system/firewall              owner
 PUT    /system/firewall              owner
+GET    /system                       owner,token
+GET    /manage/system                owner
 """
 
 

@@ -2,4 +2,5 @@
 
 from appliance.web.app import routes
 
-ROUTE_PATHS = sorted({route.path.replace("{id}", "0123456789abcdef") for route in routes()})
+ROUTE_PATHS = sorted({route.path.replace("{id}", "0123456789abcdef").replace("{name:path}", "tiny.gguf")
+                      for route in routes()})
