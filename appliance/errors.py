@@ -32,6 +32,10 @@ class UnknownModel(NotFound):
     """The request names a model this box does not serve."""
 
 
+class MethodNotAllowed(ServiceError):
+    """The path exists, but not for this method."""
+
+
 class Conflict(ServiceError):
     """The request clashes with what the box is doing or holds: a model download already running, an
     upload to the same file, a name already taken."""

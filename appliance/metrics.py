@@ -18,6 +18,7 @@ class Metrics:
         self.tokens_generated = 0
         self.generation_seconds = 0.0
         self.last_tokens_per_second = 0.0
+        self.prompt_tokens_dropped = 0
 
     def request(self, route: str, status: int) -> None:
         self.requests[route, status] += 1
@@ -41,6 +42,8 @@ class Metrics:
             ("tokens_generated_total", "counter", self.tokens_generated, "Tokens generated."),
             ("generation_seconds_total", "counter", self.generation_seconds, "Time spent generating."),
             ("tokens_per_second", "gauge", self.last_tokens_per_second, "Speed of the last generation."),
+            ("prompt_tokens_dropped_total", "counter", self.prompt_tokens_dropped,
+             "Prompt tokens of the oldest messages left out to fit the context."),
         ):
             lines += [f"# HELP paladin_{name} {help}", f"# TYPE paladin_{name} {kind}", f"paladin_{name} {value}"]
         return "\n".join(lines) + "\n"

@@ -56,6 +56,7 @@ class Started:
     reused_tokens: int
     model: str  # the id of the model the job runs on (a request for the alias may meet a swap)
     dropped: int = 0  # the oldest messages left out so that the rest fits the context (Request.truncate)
+    dropped_tokens: int = 0  # and the prompt tokens they would have taken
 
 
 @dataclass(frozen=True)
@@ -312,9 +313,10 @@ class Engine:
                 swap.done.set_exception(error) if error else swap.done.set_result(None)
         swap.loop.call_soon_threadsafe(resolve)
 
-    def _prompt_tokens(self, request: Request) -> tuple[list[int], int]:
-        """The prompt's tokens, and how many of the oldest messages were left out to fit the context."""
-        n_ctx, messages, dropped = self.model.n_ctx, request.messages, 0
+    def _prompt_tokens(self, request: Request) -> tuple[list[int], int, int]:
+        """The prompt's tokens, and how many of the oldest messages (and their tokens) were left out to fit
+        the context."""
+        n_ctx, messages, dropped, whole = self.model.n_ctx, request.messages, 0, None
         # Truncating, the reply keeps room for a useful answer, not only for whatever the history left over.
         limit = request.max_tokens or (min(self.settings.max_tokens, n_ctx // 4) if request.truncate else 1)
         while True:
@@ -323,6 +325,7 @@ class Engine:
             except PromptError as err:
                 raise InvalidRequest(str(err), param="messages") from None
             tokens = self.model.tokenize(text)
+            whole = whole or len(tokens)
             shorter = older_turn_dropped(messages) if request.truncate and len(tokens) + limit > n_ctx else None
             if shorter is None:
                 break
@@ -333,14 +336,15 @@ class Engine:
                                 f"{len(tokens) + limit} ({len(tokens)} in the prompt, {limit} to generate)"
                                 + (" with only the newest message left" if dropped else ""),
                                 param="messages" if request.messages else "prompt")
-        return tokens, dropped
+        return tokens, dropped, whole - len(tokens)
 
     def _run(self, job: Job) -> None:
         model, request = self.model, job.request
         start = time.monotonic()
-        tokens, dropped = self._prompt_tokens(request)
+        tokens, dropped, dropped_tokens = self._prompt_tokens(request)
+        self.metrics.prompt_tokens_dropped += dropped_tokens
         reused = model.prefill(tokens, job.cancelled.is_set)
-        job.emit(Started(len(tokens), reused, self.served.id, dropped))
+        job.emit(Started(len(tokens), reused, self.served.id, dropped, dropped_tokens))
         limit = request.max_tokens or min(self.settings.max_tokens, model.n_ctx - len(tokens))
         stops = request.stop + (tuple(self.template.stop_strings()) if request.messages is not None else ())
         scanner = StopScanner(stops)

@@ -31,10 +31,16 @@ def messages(raw: object, param: str = "messages") -> list[dict]:
     for i, message in enumerate(raw):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise PromptError(f"'{param}[{i}]' must be an object with a role of {', '.join(ROLES)}")
+        if message.get("images"):  # Ollama's way of attaching pictures
+            raise PromptError(f"'{param}[{i}].images': the models on this box read text only; send the message "
+                              "without images")
         content = message.get("content") or ""
         if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-                raise PromptError(f"'{param}[{i}].content': only text parts are supported")
+            for j, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind != "text":
+                    raise PromptError(f"'{param}[{i}].content[{j}]': a part of type {str(kind)[:40]!r} is not "
+                                      "supported; the models on this box read text parts only")
             content = "".join(str(p.get("text", "")) for p in content)
         if not isinstance(content, str):
             raise PromptError(f"'{param}[{i}].content' must be a string")

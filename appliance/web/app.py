@@ -8,6 +8,7 @@ import logging
 import time
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -15,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import config as config_module, db as database, device, store, systemd
 from ..config import Config
-from ..errors import ServiceError
+from ..errors import MethodNotAllowed, NotFound, ServiceError
 from ..inference.engine import Engine, Finished, Request as Generation
 from ..inference.llama import ModelError
 from ..metrics import Metrics
@@ -38,6 +39,17 @@ def error_response(path: str, err: ServiceError):
 
 async def handle_service_error(request: Request, err: ServiceError):
     return error_response(request.url.path, err)
+
+
+async def handle_no_route(request: Request, err: HTTPException):
+    """Starlette's own 404 and 405 in the API's error shape, so clients read them as they read the rest."""
+    path = request.url.path[:100]
+    if err.status_code == 405:
+        response = error_response(path, MethodNotAllowed(f"{path} does not take {request.method[:10]}; it takes "
+                                                         f"{(err.headers or {}).get('Allow', 'other methods')}"))
+        response.headers.update(err.headers or {})
+        return response
+    return error_response(path, NotFound(f"there is no {path} on this box; docs/api.md lists what there is"))
 
 
 def from_the_box(host: str | None) -> bool:
@@ -155,6 +167,6 @@ def create_app(config: Config, model_path=None) -> Starlette:
                        streamed=(updates.BUNDLE_PATH, models.UPLOAD_PATH)),
             Middleware(Identify, db=db, failures=failures, session_seconds=server.session_hours * 3600),
         ],
-        exception_handlers={ServiceError: handle_service_error},
+        exception_handlers={ServiceError: handle_service_error, 404: handle_no_route, 405: handle_no_route},
         lifespan=lifespan,
     )

@@ -29,6 +29,7 @@ STATUS: dict[type[ServiceError], tuple[int, str, str | None]] = {
     errors.Forbidden: (403, "permission_error", "csrf"),
     errors.NotFound: (404, "invalid_request_error", "not_found"),
     errors.UnknownModel: (404, "invalid_request_error", "model_not_found"),
+    errors.MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed"),
     errors.TooSlow: (408, "invalid_request_error", "request_timeout"),
     errors.Conflict: (409, "invalid_request_error", "conflict"),
     errors.TooLarge: (413, "invalid_request_error", "body_too_large"),

@@ -219,6 +219,14 @@ async def delete(request: Request):
                              f"with a dot, at most {MAX_NAME_BYTES} bytes; GET /models lists them", param="name")
     if name not in store.installed(config.models_path):
         raise UnknownModel(f"'{name}' is not installed on this box; GET /models lists what is", param="name")
+    await remove(request, name)
+    return JSONResponse({"deleted": name})
+
+
+async def remove(request: Request, name: str) -> None:
+    """Delete the installed model file `name` unless the box serves it, is switching to it, or serves it
+    after a restart."""
+    config: Config = request.state.config
     if request.state.engine.uses(config.models_path / name):
         raise Conflict(f"'{name}' is the model the box serves (or is switching to): choose another one first "
                        "(PUT /models/default), then delete this one", param="name")
@@ -230,7 +238,6 @@ async def delete(request: Request):
     except FileNotFoundError:  # deleted by a request that crossed this one
         raise UnknownModel(f"'{name}' is not installed on this box any more; GET /models lists what is",
                            param="name") from None
-    return JSONResponse({"deleted": name})
 
 
 async def models_page(request: Request):

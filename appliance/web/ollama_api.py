@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from ..errors import InvalidRequest, NotReady, ServiceError
+from .. import store
+from ..errors import InvalidRequest, NotReady, ServiceError, UnknownModel
 from ..inference import prompts
-from ..inference.engine import Engine, Finished, Request as Generation, Served
+from ..inference.engine import Engine, Finished, Request as Generation, Served, model_id
 from ..inference.llama import Sampling
+from . import models
 from .auth import Identity, route
 from .http import error_headers, field, read_json, status_of, unless_disconnected
 
@@ -92,7 +95,8 @@ async def chat(request: Request):
     except prompts.PromptError as err:
         raise InvalidRequest(str(err), param="messages") from None
     sampling, limit, stop = _options(body)
-    generation = Generation(messages=messages, max_tokens=limit, stop=stop, sampling=sampling)
+    # As Ollama does, a conversation longer than the context loses its oldest turns instead of failing.
+    generation = Generation(messages=messages, max_tokens=limit, stop=stop, sampling=sampling, truncate=True)
     return await _respond(request, engine, name, generation, field(body, "stream", bool, True), chat=True)
 
 
@@ -101,6 +105,9 @@ async def generate(request: Request):
     body = await read_json(request)
     name = _name(engine, body)
     prompt = field(body, "prompt", str, "")
+    if body.get("images"):
+        raise InvalidRequest("'images': the models on this box read text only; send the prompt without images",
+                             param="images")
     if not prompt:  # Ollama's way of asking to load a model: it is loaded already
         return JSONResponse({"model": name, "created_at": _now(), "response": "", "done": True,
                              "done_reason": "load"})
@@ -145,6 +152,35 @@ async def show(request: Request):
         "capabilities": ["completion"], "modified_at": _now()})
 
 
+async def running(request: Request):
+    """GET /api/ps: the model in memory.  It stays loaded (expires_at far ahead) and runs on the CPU."""
+    engine: Engine = request.state.engine
+    served = engine.served
+    if served is None:
+        return JSONResponse({"models": []})
+    return JSONResponse({"models": [
+        {"name": f"{served.id}:latest", "model": f"{served.id}:latest", "size": served.size_bytes, "digest": "",
+         "details": _details(served), "expires_at": "2318-01-01T00:00:00Z", "size_vram": 0,
+         "context_length": served.context_tokens}]})
+
+
+async def delete(request: Request):
+    """DELETE /api/delete {"model": NAME}: an installed model, by its Ollama name (`tiny`, `tiny:latest`) or
+    its file name; the one being served is refused."""
+    body = await read_json(request)
+    name = body.get("model") or body.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest("'model' is required: the name of an installed model (GET /api/tags)", param="model")
+    installed = store.installed(request.state.config.models_path)
+    wanted = name.removesuffix(":latest")
+    file = next((f for f in installed if f == wanted or model_id(Path(f)) == wanted.lower()), None)
+    if file is None:
+        raise UnknownModel(f"model '{name[:80]}' not found; installed: {', '.join(sorted(installed)) or 'none'}",
+                           param="model")
+    await models.remove(request, file)
+    return JSONResponse({})
+
+
 async def version(request: Request):
     return JSONResponse({"version": VERSION})
 
@@ -155,4 +191,6 @@ routes = [
     route("/api/tags", tags, needs=Identity.TOKEN, methods=["GET"]),
     route("/api/show", show, needs=Identity.TOKEN, methods=["POST"]),
     route("/api/version", version, needs=Identity.TOKEN, methods=["GET"]),
+    route("/api/ps", running, needs=Identity.TOKEN, methods=["GET"]),
+    route("/api/delete", delete, needs=Identity.TOKEN, methods=["DELETE"]),
 ]

@@ -30,6 +30,9 @@ def _generation(body: dict, engine: Engine, *, chat: bool) -> Generation:
                         seed=field(body, "seed", int))
     if field(body, "n", int, 1) != 1:
         raise InvalidRequest("only n=1 is supported", param="n")
+    if body.get("logprobs") not in (None, False, 0) or body.get("top_logprobs") is not None:
+        raise InvalidRequest("log probabilities are not returned by this box; send the request without "
+                             "'logprobs' and 'top_logprobs'", param="logprobs")
     common = {"max_tokens": limit, "stop": tuple(stop), "sampling": sampling,
               "ignore_eos": field(body, "ignore_eos", bool, False)}
     if chat:

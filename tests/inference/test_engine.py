@@ -205,6 +205,7 @@ def test_truncating_drops_the_oldest_whole_turns_and_keeps_the_system_message(ti
 
     started, finished = asyncio.run(main())
     assert started.dropped > 0 and started.dropped % 2 == 0 and started.prompt_tokens + 16 <= 256
+    assert started.dropped_tokens > started.dropped  # each message is several tokens
     assert finished.completion_tokens == 16
 
 

@@ -27,6 +27,8 @@ POST   /api/generate                 token
 GET    /api/tags                     token
 POST   /api/show                     token
 GET    /api/version                  token
+GET    /api/ps                       token
+DELETE /api/delete                   token
 GET    /                             owner
 GET    /conversations                owner,token
 POST   /conversations                owner,token

@@ -1,6 +1,7 @@
 """The real service: `paladin serve` (gunicorn + uvicorn worker + llama.cpp) driven by real clients."""
 
 import base64
+import shutil
 import socket
 import concurrent.futures
 import threading
@@ -186,3 +187,59 @@ def test_slow_idle_and_too_many_clients_are_cut_off_and_others_served(tiny_model
         for s in idle:
             s.close()
         running.stop()
+
+
+def test_ollama_client_as_open_webui_uses_it_ps_delete_images_and_a_chat_past_the_context(service, tiny_model):
+    client = ollama.Client(host=service.url, headers={"Authorization": f"Bearer {service.token}"})
+    [loaded] = client.ps().models
+    assert (loaded.model, loaded.size_vram, loaded.context_length) == ("tiny:latest", 0, 4096)
+    assert 0.9 * tiny_model.stat().st_size < loaded.size <= tiny_model.stat().st_size  # the weights in memory
+
+    # Home Assistant's prompt carries the whole home: a history twice the context is cut, as Ollama cuts it.
+    history = []
+    for n in range(40):
+        history += [{"role": "user", "content": f"state of device {n}: " + "on " * 120},
+                    {"role": "assistant", "content": "noted " * 20}]
+    reply = client.chat(model="tiny", messages=[{"role": "system", "content": "You run the house."}] + history
+                        + [{"role": "user", "content": "Lights off"}], options={"num_predict": 4})
+    assert reply.done and reply.eval_count == 4 and reply.prompt_eval_count + 4 <= 4096
+    metrics = service.client().get("/metrics").text
+    dropped = int(next(line.split()[1] for line in metrics.splitlines()
+                       if line.startswith("paladin_prompt_tokens_dropped_total")))
+    assert dropped > 4096
+
+    with pytest.raises(ollama.ResponseError) as err:
+        client.chat(model="tiny", messages=[{"role": "user", "content": "What is this?", "images": ["aGk="]}])
+    assert err.value.status_code == 400 and "'messages[0].images'" in err.value.error
+
+    models = service.data_dir / "models"
+    models.mkdir(exist_ok=True)
+    shutil.copy(tiny_model, models / "spare.gguf")
+    assert client.delete("spare:latest").status == "success"
+    assert not (models / "spare.gguf").exists()
+    with pytest.raises(ollama.ResponseError) as err:
+        client.delete("llama3.2:latest")
+    assert err.value.status_code == 404 and "not found" in err.value.error
+
+
+def test_unknown_paths_and_methods_answer_in_each_apis_error_shape(service):
+    with service.client() as c:
+        ollama_404 = c.get("/api/nope")
+        openai_404 = c.get("/v1/nope")
+        wrong_method = c.get("/api/chat")
+    assert ollama_404.status_code == 404 and "/api/nope" in ollama_404.json()["error"]
+    assert openai_404.status_code == 404 and openai_404.json()["error"]["code"] == "not_found"
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert "takes POST" in wrong_method.json()["error"]
+
+
+def test_openai_client_is_told_what_the_box_does_not_do(service):
+    client = openai.OpenAI(base_url=service.url + "/v1", api_key=service.token)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], logprobs=True)
+    assert err.value.body["param"] == "logprobs"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGk="}}]}])
+    assert "'messages[0].content[1]'" in err.value.body["message"] and "image_url" in err.value.body["message"]
