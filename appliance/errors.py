@@ -70,6 +70,10 @@ class QueueFull(ServiceError):
     """Too many requests wait for the model; retry after `retry_after` seconds."""
 
 
+class DownloadFailed(ServiceError):
+    """A model download the request started or waited for did not complete (the server, the pin, the disk)."""
+
+
 class NotReady(ServiceError):
     """No model is loaded, or the service is shutting down."""
 

@@ -37,6 +37,7 @@ STATUS: dict[type[ServiceError], tuple[int, str, str | None]] = {
     errors.TooManyRequests: (429, "rate_limit_error", "rate_limit_exceeded"),
     errors.QueueFull: (429, "rate_limit_error", "queue_full"),
     errors.GenerationFailed: (500, "server_error", None),
+    errors.DownloadFailed: (502, "server_error", "download_failed"),
     errors.NotReady: (503, "server_error", "unavailable"),
     errors.NoSpace: (507, "server_error", "no_space"),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import datetime, timezone
@@ -11,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from .. import store
-from ..errors import InvalidRequest, NotReady, ServiceError, UnknownModel
+from ..errors import DownloadFailed, InvalidRequest, NotReady, ServiceError, UnknownModel
 from ..inference import prompts
 from ..inference.engine import Engine, Finished, Request as Generation, Served, model_id
 from ..inference.llama import Sampling
@@ -164,21 +165,80 @@ async def running(request: Request):
          "context_length": served.context_tokens}]})
 
 
-async def delete(request: Request):
-    """DELETE /api/delete {"model": NAME}: an installed model, by its Ollama name (`tiny`, `tiny:latest`) or
-    its file name; the one being served is refused."""
-    body = await read_json(request)
+def _model_name(body: dict) -> str:
     name = body.get("model") or body.get("name")
     if not isinstance(name, str) or not name:
-        raise InvalidRequest("'model' is required: the name of an installed model (GET /api/tags)", param="model")
-    installed = store.installed(request.state.config.models_path)
+        raise InvalidRequest("'model' is required: a model's name (GET /api/tags lists the installed ones)",
+                             param="model")
+    return name[:255]
+
+
+def _installed_file(request: Request, name: str) -> str | None:
+    """The store's file for an Ollama name (`tiny`, `tiny:latest`) or a file name."""
     wanted = name.removesuffix(":latest")
-    file = next((f for f in installed if f == wanted or model_id(Path(f)) == wanted.lower()), None)
+    return next((f for f in store.installed(request.state.config.models_path)
+                 if f == wanted or model_id(Path(f)) == wanted.lower()), None)
+
+
+async def delete(request: Request):
+    """DELETE /api/delete {"model": NAME}: an installed model; the one being served is refused."""
+    name = _model_name(await read_json(request))
+    file = _installed_file(request, name)
     if file is None:
+        installed = store.installed(request.state.config.models_path)
         raise UnknownModel(f"model '{name[:80]}' not found; installed: {', '.join(sorted(installed)) or 'none'}",
                            param="model")
     await models.remove(request, file)
     return JSONResponse({})
+
+
+PULL_POLL_SECONDS = 0.5
+
+
+async def pull(request: Request):
+    """POST /api/pull {"model": NAME}: a tier of the box's catalog, downloaded into the store (a model
+    from anywhere else cannot be pulled: the catalog keeps only pins verified byte for byte).  An installed
+    model is there already; progress streams as Ollama's does."""
+    body = await read_json(request)
+    name, stream = _model_name(body), field(body, "stream", bool, True)
+    downloads: models.Downloads = request.state.downloads
+    tier = store.tier_named(name.removesuffix(":latest"))
+    if _installed_file(request, name) is None:
+        if tier is None:
+            raise UnknownModel(f"'{name[:80]}' is not in this box's catalog; pull one of "
+                               f"{', '.join(t.name for t in store.catalog())} (installed: "
+                               f"{', '.join(sorted(store.installed(request.state.config.models_path))) or 'none'})",
+                               param="model")
+        now = downloads.status()
+        if not (now["state"] == "downloading" and now["tier"] == tier.name):  # else: watch the one running
+            downloads.start(tier, request.state.config.models_path)
+
+    async def progress():
+        yield {"status": "pulling manifest"}
+        while tier is not None and (now := downloads.status())["tier"] == tier.name and now["state"] == "downloading":
+            yield {"status": f"pulling {tier.sha256[:12]}", "digest": f"sha256:{tier.sha256}", "total": now["total"],
+                   "completed": now["done"]}
+            await asyncio.sleep(PULL_POLL_SECONDS)
+        if tier is not None and (now := downloads.status())["state"] == "failed" and now["tier"] == tier.name:
+            raise DownloadFailed(f"pulling '{tier.name}' failed: {now['error']}")
+        for status in ("verifying sha256 digest", "writing manifest", "success"):
+            yield {"status": status}
+
+    if not stream:
+        async def last() -> dict:
+            async for update in progress():
+                pass
+            return update
+        return JSONResponse(await unless_disconnected(request, last()))
+
+    async def lines():
+        try:
+            async for update in progress():
+                yield json.dumps(update) + "\n"
+        except DownloadFailed as err:  # the stream has begun: the error is its last line, as Ollama sends it
+            yield json.dumps({"error": err.message}) + "\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
 async def version(request: Request):
@@ -193,4 +253,5 @@ routes = [
     route("/api/version", version, needs=Identity.TOKEN, methods=["GET"]),
     route("/api/ps", running, needs=Identity.TOKEN, methods=["GET"]),
     route("/api/delete", delete, needs=Identity.TOKEN, methods=["DELETE"]),
+    route("/api/pull", pull, needs=Identity.TOKEN, methods=["POST"]),
 ]

@@ -2,19 +2,15 @@
 wrong code, a reload, a catalog download with its progress bar), a chat, an API token made, used and
 revoked, logging out and in.  PALADIN_SCREENSHOTS=DIR keeps each step's screenshots (docs/screenshots)."""
 
-import hashlib
 import os
 import shutil
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-import threading
 
 import httpx
 import pytest
-import yaml
 
 from appliance import device
+from catalog import served_catalog
 from served import Service
 from wizard import CHROMIUM, Shots, browser_page, chat, log_out_and_in, make_token, revoke_token, run_setup
 
@@ -22,31 +18,16 @@ pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (./build.py test installs it)")]
 
 
-class Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def fresh_box(tiny_model, other_model, tmp_path):
     """A box before its setup: the tiny model in its store, and a catalog tier served from 127.0.0.1."""
-    www = tmp_path / "www"
-    www.mkdir()
-    shutil.copy(other_model, www / "helper.gguf")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(www)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    catalog = tmp_path / "catalog.yaml"
-    catalog.write_text(yaml.safe_dump({"tiers": [{
-        "name": "helper", "file": "helper.gguf", "size": other_model.stat().st_size, "ram": 64 * 2**20,
-        "url": f"http://127.0.0.1:{httpd.server_address[1]}/helper.gguf",
-        "sha256": hashlib.sha256(other_model.read_bytes()).hexdigest()}]}))
     data = tmp_path / "data"
     (data / "models").mkdir(parents=True)
     shutil.copy(tiny_model, data / "models" / "tiny.gguf")
-    service = Service(None, data, {"PALADIN_CATALOG": str(catalog)})
-    yield service
-    service.stop()
-    httpd.shutdown()
+    with served_catalog(tmp_path, other_model) as catalog:
+        service = Service(None, data, {"PALADIN_CATALOG": str(catalog)})
+        yield service
+        service.stop()
 
 
 def test_a_new_owner_sets_the_box_up_chats_and_manages_tokens(fresh_box):

@@ -29,6 +29,7 @@ POST   /api/show                     token
 GET    /api/version                  token
 GET    /api/ps                       token
 DELETE /api/delete                   token
+POST   /api/pull                     token
 GET    /                             owner
 GET    /conversations                owner,token
 POST   /conversations                owner,token

@@ -15,7 +15,8 @@ import pytest
 
 from appliance import config
 from buildhost.qemu import free_port
-from served import PALADIN, Service, serve_argv
+from catalog import served_catalog
+from served import PALADIN, UNLIMITED, Service, serve_argv
 
 pytestmark = pytest.mark.service
 
@@ -243,3 +244,33 @@ def test_openai_client_is_told_what_the_box_does_not_do(service):
             {"type": "text", "text": "What is this?"},
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGk="}}]}])
     assert "'messages[0].content[1]'" in err.value.body["message"] and "image_url" in err.value.body["message"]
+
+
+def test_ollama_pull_fetches_catalog_tiers_only_with_progress_and_errors(tiny_model, other_model, tmp_path):
+    """Home Assistant's config flow pulls the model it is given: a catalog tier downloads (over real HTTP),
+    anything else is a 404 that lists what exists, and a download that fails says why in the stream."""
+    data = tmp_path / "data"
+    (data / "models").mkdir(parents=True)
+    shutil.copy(tiny_model, data / "models" / "tiny.gguf")
+    with served_catalog(tmp_path, other_model) as catalog:
+        service = Service(None, data, {"PALADIN_CATALOG": str(catalog)}, UNLIMITED)
+        try:
+            client = ollama.Client(host=service.url, headers={"Authorization": f"Bearer {service.token}"})
+            with pytest.raises(ollama.ResponseError) as err:
+                client.pull("llama3.2:latest")
+            assert err.value.status_code == 404 and "pull one of helper (installed: tiny.gguf)" in err.value.error
+
+            (tmp_path / "www" / "helper.gguf").write_bytes(b"GGUF" + bytes(other_model.stat().st_size - 4))
+            with pytest.raises(ollama.ResponseError) as err:
+                list(client.pull("helper", stream=True))
+            assert "pulling 'helper' failed" in err.value.error and "SHA-256 mismatch" in err.value.error
+            assert not (data / "models" / "helper.gguf").exists()
+
+            shutil.copy(other_model, tmp_path / "www" / "helper.gguf")
+            updates = [u.status for u in client.pull("helper:latest", stream=True)]
+            assert updates[0] == "pulling manifest" and updates[-1] == "success"
+            assert (data / "models" / "helper.gguf").read_bytes() == other_model.read_bytes()
+            assert client.pull("helper").status == "success"  # installed already: nothing to fetch
+            assert client.pull("tiny").status == "success"
+        finally:
+            service.stop()
