@@ -34,6 +34,19 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
+# Templates that teach tool calls the way each family's real templates do (shortened), for the tool tests.
+_TOOLS = ("{% if tools %}<|system|>\nTools:\n{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}{% endif %}")
+_TURNS = ("{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}"
+          "{% for call in message.tool_calls or [] %}CALL{{ call.function | tojson }}END{% endfor %}\n{% endfor %}"
+          "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+TEMPLATES = {
+    "plain": CHAT_TEMPLATE,
+    "hermes": _TOOLS + "Call one as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call>\n"
+              + _TURNS.replace("CALL", "<tool_call>").replace("END", "</tool_call>"),
+    "llama3": _TOOLS + "Environment: ipython\nCall one as {\"name\": ..., \"parameters\": ...}\n"
+              + _TURNS.replace("CALL", "").replace("END", ""),
+    "mistral": _TOOLS + "Call as [TOOL_CALLS][...]\n" + _TURNS.replace("CALL", "[TOOL_CALLS][").replace("END", "]"),
+}
 
 
 @dataclass(frozen=True)
@@ -68,7 +81,8 @@ def vocabulary(size: int, words: tuple[str, ...] = ()) -> tuple[list[str], list[
     return tokens + pieces, scores, types + [gguf.TokenType.NORMAL] * len(pieces)
 
 
-def write(path: Path, size: str = "small", name: str | None = None, only: tuple[str, ...] = ()) -> Path:
+def write(path: Path, size: str = "small", name: str | None = None, only: tuple[str, ...] = (),
+          template: str = "plain") -> Path:
     shape = SIZES[size]
     rng = np.random.default_rng(SEED)
     d, ff = shape.embedding, shape.feed_forward
@@ -108,7 +122,7 @@ def write(path: Path, size: str = "small", name: str | None = None, only: tuple[
     writer.add_eos_token_id(2)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    writer.add_chat_template(TEMPLATES[template])
 
     embedding = matrix(shape.vocab, d)
     embedding[:, 0] = 1.0

@@ -10,6 +10,7 @@ import pytest
 from buildhost import ROOT, tinymodel
 from buildhost.wheels import smollm2
 from served import UNLIMITED, Service
+from variants import working_variant
 from vm import build_image as build_one, run_build
 
 # The image tests' one booted box (image, lan, box, laptop, outsider).
@@ -40,6 +41,12 @@ def two_models(tmp_path, tiny_model, other_model) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_model() -> Path:
     return smollm2()
+
+
+@pytest.fixture(scope="session")
+def quantized_variant(smollm2_model) -> str:
+    """inference.cpu_variant that runs a quantized model on this machine ("" almost everywhere)."""
+    return working_variant(smollm2_model)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The inference engine: one model, one worker thread, a bounded fair queue.
+"""The inference engine: one model, one worker thread, a bounded fair queue: one concept: the thread
+that owns the model, and the jobs (completions, embeddings, swaps) it runs in turn.
 
 llama.cpp contexts are not thread-safe and a small box has no spare cores for
 parallel sequences, so one thread owns the model and runs jobs one at a time in
@@ -32,6 +33,8 @@ from .. import config as config_module
 from ..errors import (GenerationFailed, InvalidRequest, NotReady, PromptTooLong, QueueFull, ServiceError,
                       UnknownModel)
 from ..metrics import Metrics
+from .grammar import Grammar
+from . import prompts
 from .llama import Model, ModelError, Sampler, Sampling
 from .prompts import ChatTemplate, PromptError
 from .stops import MAX_STOP_CHARS, MAX_STOPS, StopScanner
@@ -48,6 +51,10 @@ class Request:
     sampling: Sampling = Sampling()
     ignore_eos: bool = False  # llama-server's extension: generate exactly max_tokens (benchmarks)
     truncate: bool = False  # leave out the oldest turns of `messages` that do not fit the context
+    tools: list[dict] | None = None  # offered to the model through its chat template (OpenAI's shape)
+    grammar: Grammar | None = None  # what the output must match (JSON, a schema, tool calls)
+    embed: bool = False  # the prompt's embedding (`Embedded`) instead of a completion
+    context: int | None = None  # a smaller context than the model's for this request (Ollama's num_ctx)
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,12 @@ class Started:
     model: str  # the id of the model the job runs on (a request for the alias may meet a swap)
     dropped: int = 0  # the oldest messages left out so that the rest fits the context (Request.truncate)
     dropped_tokens: int = 0  # and the prompt tokens they would have taken
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vector: list[float]
+    tokens: int
 
 
 @dataclass(frozen=True)
@@ -203,6 +216,14 @@ class Engine:
         self._queue.put(_Item(self.JOB, next(self._seq), job))
         return job
 
+    async def embed(self, text: str, truncate: bool) -> Embedded:
+        """The served model's embedding of `text`, queued like any job; cut to one batch if `truncate`."""
+        events = self.events(self.submit(Request(prompt=text, embed=True, truncate=truncate)))
+        try:
+            return await anext(events)
+        finally:
+            await events.aclose()
+
     async def events(self, job: Job) -> AsyncIterator[object]:
         """Yield the job's events; stop generation if the consumer goes away."""
         try:
@@ -313,20 +334,24 @@ class Engine:
                 swap.done.set_exception(error) if error else swap.done.set_result(None)
         swap.loop.call_soon_threadsafe(resolve)
 
+    def _context(self, request: Request) -> int:
+        return min(self.model.n_ctx, request.context or self.model.n_ctx)
+
     def _prompt_tokens(self, request: Request) -> tuple[list[int], int, int]:
         """The prompt's tokens, and how many of the oldest messages (and their tokens) were left out to fit
         the context."""
-        n_ctx, messages, dropped, whole = self.model.n_ctx, request.messages, 0, None
+        n_ctx, messages, dropped, whole = self._context(request), request.messages, 0, None
         # Truncating, the reply keeps room for a useful answer, not only for whatever the history left over.
         limit = request.max_tokens or (min(self.settings.max_tokens, n_ctx // 4) if request.truncate else 1)
         while True:
             try:
-                text = self.template.render(messages) if messages is not None else request.prompt
+                text = self.template.render(messages, request.tools) if messages is not None else request.prompt
             except PromptError as err:
                 raise InvalidRequest(str(err), param="messages") from None
             tokens = self.model.tokenize(text)
             whole = whole or len(tokens)
-            shorter = older_turn_dropped(messages) if request.truncate and len(tokens) + limit > n_ctx else None
+            too_long = request.truncate and len(tokens) + limit > n_ctx
+            shorter = prompts.older_turn_dropped(messages) if too_long else None
             if shorter is None:
                 break
             dropped += len(messages) - len(shorter)
@@ -340,18 +365,31 @@ class Engine:
 
     def _run(self, job: Job) -> None:
         model, request = self.model, job.request
+        if request.embed:
+            tokens = model.tokenize(request.prompt)
+            if not tokens:
+                raise InvalidRequest("an embedding input must not be empty", param="input")
+            if len(tokens) > model.batch and not request.truncate:
+                raise PromptTooLong(f"an embedding input is at most {model.batch} tokens; this one is {len(tokens)} "
+                                    "(or let the box truncate it)", param="input")
+            job.emit(Embedded(model.embed(tokens[:model.batch]), min(len(tokens), model.batch)))
+            return
         start = time.monotonic()
         tokens, dropped, dropped_tokens = self._prompt_tokens(request)
-        self.metrics.prompt_tokens_dropped += dropped_tokens
-        reused = model.prefill(tokens, job.cancelled.is_set)
-        job.emit(Started(len(tokens), reused, self.served.id, dropped, dropped_tokens))
-        limit = request.max_tokens or min(self.settings.max_tokens, model.n_ctx - len(tokens))
+        try:
+            sampler = Sampler(request.sampling, request.grammar, model.vocab)
+        except ModelError as err:
+            raise InvalidRequest(str(err)) from None
+        limit = request.max_tokens or min(self.settings.max_tokens, self._context(request) - len(tokens))
         stops = request.stop + (tuple(self.template.stop_strings()) if request.messages is not None else ())
         scanner = StopScanner(stops)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        sampler = Sampler(request.sampling)
+        special = request.tools is not None  # a tool-call marker may be a control token
         reason, generated = "length", 0
         try:
+            self.metrics.prompt_tokens_dropped += dropped_tokens
+            reused = model.prefill(tokens, job.cancelled.is_set)
+            job.emit(Started(len(tokens), reused, self.served.id, dropped, dropped_tokens))
             while generated < limit:
                 if job.cancelled.is_set():
                     reason = "cancelled"
@@ -361,7 +399,7 @@ class Engine:
                     reason = "stop"
                     break
                 generated += 1
-                text, stopped = scanner.feed(decoder.decode(model.piece(token)))
+                text, stopped = scanner.feed(decoder.decode(model.piece(token, special)))
                 if text:
                     job.emit(text)
                 if stopped:
@@ -376,20 +414,6 @@ class Engine:
         seconds = time.monotonic() - start
         self.metrics.finished(generated, seconds)
         job.emit(Finished(reason, len(tokens), generated, seconds))
-
-
-def older_turn_dropped(messages: list[dict] | None) -> list[dict] | None:
-    """`messages` without their oldest turn (a user message and what answered it), system messages kept;
-    None when only the last user message is left.  Whole turns go, because many chat templates refuse a
-    conversation that does not start with the user."""
-    if not messages:
-        return None
-    system = [m for m in messages if m["role"] == "system"]
-    rest = [m for m in messages if m["role"] != "system"]
-    users = [i for i, m in enumerate(rest) if m["role"] == "user"]
-    if not users or (users[0] == 0 and len(users) < 2):
-        return None
-    return system + rest[users[0] if users[0] > 0 else users[1]:]
 
 
 def model_id(path: Path) -> str:

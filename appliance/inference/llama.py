@@ -10,10 +10,14 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
+
+from .grammar import Grammar
 
 _backends: list[str] | None = None
 log = logging.getLogger("llama.cpp")
@@ -93,23 +97,78 @@ class Sampling:
 
 
 class Sampler:
-    def __init__(self, sampling: Sampling):
+    """llama.cpp's sampler chain, and a grammar beside it.
+
+    Checking every token of a large vocabulary against a grammar at every step costs more than the step
+    itself (49 152 tokens for SmolLM2), so, as llama.cpp's own server does, the chain picks a token
+    freely first and only that token is checked; only when the grammar refuses it are all tokens
+    checked and the pick made again among those it allows.
+    """
+
+    def __init__(self, sampling: Sampling, grammar: Grammar | None = None, vocab=None):
         self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        self._grammar = None
         add = lambda s: llama_cpp.llama_sampler_chain_add(self._chain, s)  # noqa: E731
         if sampling.temperature <= 0:
             add(llama_cpp.llama_sampler_init_greedy())
-            return
-        add(llama_cpp.llama_sampler_init_top_k(sampling.top_k))
-        add(llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
-        add(llama_cpp.llama_sampler_init_temp(sampling.temperature))
-        seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
-        add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        else:
+            add(llama_cpp.llama_sampler_init_top_k(sampling.top_k))
+            add(llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
+            add(llama_cpp.llama_sampler_init_temp(sampling.temperature))
+            seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
+            add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        if grammar is not None:
+            self._grammar = _grammar_sampler(grammar, vocab)
+            if not self._grammar:
+                self.close()
+                raise ModelError("llama.cpp could not parse the grammar made for this request")
+            self._ids = np.arange(llama_cpp.llama_vocab_n_tokens(vocab), dtype=np.int32)
+            self._tokens = np.zeros(len(self._ids), dtype=TOKEN_DATA)
+            self._one = llama_cpp.llama_token_data(0, 0.0, 0.0)
 
     def sample(self, ctx) -> int:
-        return llama_cpp.llama_sampler_sample(self._chain, ctx, -1)
+        if self._grammar is None:
+            return llama_cpp.llama_sampler_sample(self._chain, ctx, -1)
+        token = self._pick(ctx, (self._chain,))
+        self._one.id, self._one.logit = token, 0.0
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(
+            llama_cpp.llama_token_data_array(ctypes.pointer(self._one), 1, -1, False)))
+        if self._one.logit == -np.inf:
+            token = self._pick(ctx, (self._grammar, self._chain))
+        llama_cpp.llama_sampler_accept(self._grammar, token)
+        llama_cpp.llama_sampler_accept(self._chain, token)
+        return token
+
+    def _pick(self, ctx, samplers) -> int:
+        """The token `samplers`, applied in turn to all of the last logits, select."""
+        tokens = self._tokens
+        tokens["id"] = self._ids  # the samplers sort the array in place
+        tokens["logit"] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(len(tokens),))
+        tokens["p"] = 0
+        array = llama_cpp.llama_token_data_array(
+            tokens.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)), len(tokens), -1, False)
+        for sampler in samplers:
+            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+        return int(array.data[array.selected].id)
 
     def close(self) -> None:
         llama_cpp.llama_sampler_free(self._chain)
+        if self._grammar:
+            llama_cpp.llama_sampler_free(self._grammar)
+
+
+TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
+
+
+def _grammar_sampler(grammar: Grammar, vocab):
+    text, root = grammar.text.encode(), grammar.root.encode()
+    if not grammar.triggers:
+        return llama_cpp.llama_sampler_init_grammar(vocab, text, root)
+    # Lazy: llama.cpp matches each pattern against the whole output so far and, once one matches, feeds the
+    # grammar the output from the pattern's first group on.
+    patterns = [f"[\\s\\S]*?({re.escape(trigger)})[\\s\\S]*".encode() for trigger in grammar.triggers]
+    array = (ctypes.c_char_p * len(patterns))(*patterns)
+    return llama_cpp.llama_sampler_init_grammar_lazy_patterns(vocab, text, root, array, len(patterns), None, 0)
 
 
 class Model:
@@ -130,6 +189,8 @@ class Model:
         params.n_batch = params.n_ubatch = min(batch, context_tokens)
         params.n_threads = params.n_threads_batch = threads
         params.no_perf = True
+        # Sequence 1 is for embeddings (`embed`), in the one KV cache beside the chat's sequence 0.
+        params.n_seq_max, params.kv_unified = 2, True
         self.ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not self.ctx:
             llama_cpp.llama_model_free(self._model)
@@ -163,8 +224,13 @@ class Model:
             raise ModelError(f"tokenizer needed {-n} tokens for {len(data)} bytes")
         return buf[:n]
 
-    def piece(self, token: int) -> bytes:
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+    @property
+    def vocab(self):
+        return self._vocab
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The token's text; `special` spells out control tokens too (Mistral's [TOOL_CALLS] is one)."""
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, special)
         return self._piece.raw[:n]
 
     def special_text(self, name: str) -> str:
@@ -198,6 +264,32 @@ class Model:
                 break
             self._decode(tokens[start:start + self.batch])
         return reused
+
+    def embed(self, tokens: list[int]) -> list[float]:
+        """The mean of the last layer's states over `tokens`, L2-normalised: this chat model's embedding of
+        the text.  Decoded as sequence 1, so the chat's cache (sequence 0) is kept; at most one batch long."""
+        if not 0 < len(tokens) <= self.batch:
+            raise ModelError(f"an embedding input is 1 to {self.batch} tokens, not {len(tokens)}")
+        if len(self.cached) + len(tokens) > self.n_ctx:  # the one KV cache is full of chat: that goes first
+            self.reset()
+        batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+        try:
+            for i, token in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
+                batch.seq_id[i][0] = 1
+                batch.logits[i] = True  # every token's state is output, for the mean
+            batch.n_tokens = len(tokens)
+            llama_cpp.llama_set_embeddings(self.ctx, True)
+            if llama_cpp.llama_decode(self.ctx, batch) != 0:
+                raise ModelError(f"llama_decode failed on an embedding input of {len(tokens)} tokens")
+            states = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings(self.ctx),
+                                           shape=(len(tokens), llama_cpp.llama_model_n_embd(self._model)))
+            vector = states.mean(axis=0, dtype=np.float64)
+        finally:
+            llama_cpp.llama_set_embeddings(self.ctx, False)
+            llama_cpp.llama_memory_seq_rm(self._memory, 1, -1, -1)
+            llama_cpp.llama_batch_free(batch)
+        return (vector / (np.linalg.norm(vector) or 1.0)).tolist()
 
     def reset(self) -> None:
         llama_cpp.llama_memory_clear(self._memory, True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import jinja2
@@ -44,8 +45,39 @@ def messages(raw: object, param: str = "messages") -> list[dict]:
             content = "".join(str(p.get("text", "")) for p in content)
         if not isinstance(content, str):
             raise PromptError(f"'{param}[{i}].content' must be a string")
-        result.append({"role": message["role"], "content": content})
+        result.append({"role": message["role"], "content": content} | _tool_fields(message, f"{param}[{i}]"))
     return result
+
+
+def _tool_fields(message: dict, where: str) -> dict:
+    """An assistant's tool calls and a tool result's id and name, in the shape chat templates read
+    (OpenAI's, with the arguments as an object: Hugging Face templates write them with `tojson`)."""
+    fields = {}
+    if message.get("tool_calls"):
+        calls = message["tool_calls"]
+        if message["role"] != "assistant" or not isinstance(calls, list):
+            raise PromptError(f"'{where}.tool_calls' is a list, on an assistant's message only")
+        fields["tool_calls"] = [_call(call, f"{where}.tool_calls[{j}]") for j, call in enumerate(calls)]
+    for key in ("tool_call_id", "name"):
+        if isinstance(message.get(key), str):
+            fields[key] = message[key][:256]
+    return fields
+
+
+def _call(call: object, where: str) -> dict:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise PromptError(f"'{where}' must be {{\"function\": {{\"name\", \"arguments\"}}}}")
+    arguments = function.get("arguments") or {}
+    if isinstance(arguments, str):  # OpenAI sends them as a JSON string
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            raise PromptError(f"'{where}.function.arguments' is not JSON") from None
+    if not isinstance(arguments, dict):
+        raise PromptError(f"'{where}.function.arguments' must be an object")
+    return {"id": str(call.get("id", ""))[:64], "type": "function",
+            "function": {"name": function["name"][:64], "arguments": arguments}}
 
 
 class ChatTemplate:
@@ -56,9 +88,9 @@ class ChatTemplate:
         self._template = env.from_string(self.source)
         self._bos, self._eos = bos, eos
 
-    def render(self, messages: list[dict]) -> str:
+    def render(self, messages: list[dict], tools: list[dict] | None = None) -> str:
         try:
-            return self._template.render(messages=messages, add_generation_prompt=True,
+            return self._template.render(messages=messages, tools=tools, add_generation_prompt=True,
                                          bos_token=self._bos, eos_token=self._eos)
         except PromptError:
             raise
@@ -69,3 +101,17 @@ class ChatTemplate:
         """End-of-turn markers the template writes; generation stops on them even if the model does not."""
         return [marker for marker in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
                 if marker in self.source]
+
+
+def older_turn_dropped(messages: list[dict] | None) -> list[dict] | None:
+    """`messages` without their oldest turn (a user message and what answered it), system messages kept;
+    None when only the last user message is left.  Whole turns go, because many chat templates refuse a
+    conversation that does not start with the user."""
+    if not messages:
+        return None
+    system = [m for m in messages if m["role"] == "system"]
+    rest = [m for m in messages if m["role"] != "system"]
+    users = [i for i, m in enumerate(rest) if m["role"] == "user"]
+    if not users or (users[0] == 0 and len(users) < 2):
+        return None
+    return system + rest[users[0] if users[0] > 0 else users[1]:]

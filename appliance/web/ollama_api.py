@@ -13,10 +13,12 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from .. import store
 from ..errors import DownloadFailed, InvalidRequest, NotReady, ServiceError, UnknownModel
-from ..inference import prompts
+from ..inference import prompts, tools
 from ..inference.engine import Engine, Finished, Request as Generation, Served, model_id
+from ..inference.grammar import Grammar
 from ..inference.llama import Sampling
-from . import models
+from ..inference.tools import Call, Offer
+from . import constrained, models
 from .auth import Identity, route
 from .http import error_headers, field, read_json, status_of, unless_disconnected
 
@@ -37,7 +39,15 @@ def _name(engine: Engine, body: dict) -> str:
     return name
 
 
-def _options(body: dict) -> tuple[Sampling, int | None, tuple[str, ...]]:
+def _options(body: dict) -> dict:
+    """The fields of a generation request that Ollama's `options` and its siblings set.  `keep_alive` is
+    taken and checked but changes nothing: the box keeps its one model loaded all the time.  A `num_ctx`
+    above the loaded model's context is served at that context (inference.context_tokens)."""
+    if body.get("logprobs") or body.get("top_logprobs"):
+        raise InvalidRequest("log probabilities are not returned by this box; send the request without "
+                             "'logprobs' and 'top_logprobs'", param="logprobs")
+    if body.get("keep_alive") is not None and not isinstance(body["keep_alive"], (str, int, float)):
+        raise InvalidRequest("'keep_alive' is a duration such as \"5m\" or a number of seconds", param="keep_alive")
     options = field(body, "options", dict, {})
     stop = field(options, "stop", list, [])
     if not all(isinstance(s, str) for s in stop):
@@ -47,7 +57,8 @@ def _options(body: dict) -> tuple[Sampling, int | None, tuple[str, ...]]:
                         top_p=field(options, "top_p", float, 0.9, low=0, high=1),
                         top_k=field(options, "top_k", int, 40, low=0),
                         seed=field(options, "seed", int))
-    return sampling, (predict if predict and predict > 0 else None), tuple(stop)
+    return {"sampling": sampling, "max_tokens": predict if predict and predict > 0 else None, "stop": tuple(stop),
+            "context": field(options, "num_ctx", int, low=64)}
 
 
 def _details(served: Served) -> dict:
@@ -55,34 +66,64 @@ def _details(served: Served) -> dict:
             "parameter_size": f"{served.parameters / 1e6:.0f}M", "quantization_level": served.file_type}
 
 
-async def _respond(request: Request, engine: Engine, name: str, generation: Generation, stream: bool, chat: bool):
+def _format(body: dict) -> Grammar | None:
+    """Ollama's `format`: "json", or a JSON schema the reply must validate against."""
+    form = body.get("format")
+    if form in (None, ""):
+        return None
+    if form == "json":
+        return constrained.json_output(None, "format")
+    if isinstance(form, dict):
+        return constrained.json_output(form, "format")
+    raise InvalidRequest("'format' is \"json\" or a JSON schema (an object)", param="format")
+
+
+async def _respond(request: Request, engine: Engine, name: str, generation: Generation, stream: bool, chat: bool,
+                   offer: Offer = Offer()):
     started = time.monotonic_ns()
     _, events = await unless_disconnected(request, engine.begin(generation))
+    events = constrained.words_and_calls(events, offer)
 
-    def piece(text: str) -> dict:
+    def piece(text: str, calls: list[Call] = ()) -> dict:
         out = {"model": name, "created_at": _now()}
-        return out | ({"message": {"role": "assistant", "content": text}} if chat else {"response": text})
+        if not chat:
+            return out | {"response": text}
+        message = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = [{"function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+        return out | {"message": message}
 
-    def final(done: Finished, text: str = "") -> dict:
+    def final(done: Finished, text: str = "", calls: list[Call] = ()) -> dict:
         total = time.monotonic_ns() - started
-        return piece(text) | {
-            "done": True, "done_reason": "length" if done.reason == "length" else "stop",
+        return piece(text, calls) | {
+            "done": True, "done_reason": "length" if done.reason == "length" and not calls else "stop",
             "total_duration": total, "load_duration": 0, "prompt_eval_count": done.prompt_tokens,
             "prompt_eval_duration": 0, "eval_count": done.completion_tokens, "eval_duration": int(done.seconds * 1e9)}
 
     if not stream:
         async def collect():
-            parts = []
+            parts, calls = [], []
             async for event in events:
                 if isinstance(event, Finished):
-                    return final(event, "".join(parts))
-                parts.append(event)
+                    return final(event, "".join(parts), calls)
+                if isinstance(event, list):
+                    calls = event
+                else:
+                    parts.append(event)
         return JSONResponse(await unless_disconnected(request, collect()))
 
     async def lines():
-        async for event in events:
-            line = final(event) if isinstance(event, Finished) else piece(event) | {"done": False}
-            yield json.dumps(line) + "\n"
+        try:
+            async for event in events:
+                if isinstance(event, Finished):
+                    line = final(event)
+                elif isinstance(event, list):  # as Ollama streams them: all calls in one message
+                    line = piece("", event) | {"done": False}
+                else:
+                    line = piece(event) | {"done": False}
+                yield json.dumps(line) + "\n"
+        except ServiceError as err:  # the status is sent already: the error is the stream's last line
+            yield json.dumps({"error": err.message}) + "\n"
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
@@ -95,10 +136,11 @@ async def chat(request: Request):
         messages = prompts.messages(body.get("messages"))
     except prompts.PromptError as err:
         raise InvalidRequest(str(err), param="messages") from None
-    sampling, limit, stop = _options(body)
+    offer = constrained.tool_offer(engine, body.get("tools"))
     # As Ollama does, a conversation longer than the context loses its oldest turns instead of failing.
-    generation = Generation(messages=messages, max_tokens=limit, stop=stop, sampling=sampling, truncate=True)
-    return await _respond(request, engine, name, generation, field(body, "stream", bool, True), chat=True)
+    generation = Generation(messages=messages, truncate=True, tools=offer.tools,
+                            grammar=constrained.only_one(offer, _format(body)), **_options(body))
+    return await _respond(request, engine, name, generation, field(body, "stream", bool, True), True, offer)
 
 
 async def generate(request: Request):
@@ -112,13 +154,13 @@ async def generate(request: Request):
     if not prompt:  # Ollama's way of asking to load a model: it is loaded already
         return JSONResponse({"model": name, "created_at": _now(), "response": "", "done": True,
                              "done_reason": "load"})
-    sampling, limit, stop = _options(body)
+    common = _options(body) | {"grammar": _format(body)}
     if field(body, "raw", bool, False):
-        generation = Generation(prompt=prompt, max_tokens=limit, stop=stop, sampling=sampling)
+        generation = Generation(prompt=prompt, **common)
     else:
         system = field(body, "system", str)
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        generation = Generation(messages=messages, max_tokens=limit, stop=stop, sampling=sampling)
+        generation = Generation(messages=messages, truncate=True, **common)
     return await _respond(request, engine, name, generation, field(body, "stream", bool, True), chat=False)
 
 
@@ -150,7 +192,7 @@ async def show(request: Request):
         "model_info": {"general.architecture": served.architecture or None,
                        "general.parameter_count": served.parameters,
                        "context_length": served.context_tokens},
-        "capabilities": ["completion"], "modified_at": _now()})
+        "capabilities": ["completion"] + (["tools"] if tools.family(served.template) else []), "modified_at": _now()})
 
 
 async def running(request: Request):
@@ -235,10 +277,33 @@ async def pull(request: Request):
         try:
             async for update in progress():
                 yield json.dumps(update) + "\n"
-        except DownloadFailed as err:  # the stream has begun: the error is its last line, as Ollama sends it
+        except ServiceError as err:  # the stream has begun: the error is its last line, as Ollama sends it
             yield json.dumps({"error": err.message}) + "\n"
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+async def embed(request: Request):
+    """POST /api/embed {"model", "input": TEXT or [TEXT], "truncate": true}: the served model's embeddings."""
+    engine: Engine = request.state.engine
+    body = await read_json(request)
+    name = _name(engine, body)
+    started = time.monotonic_ns()
+    found = await unless_disconnected(request, constrained.embeddings(
+        engine, body.get("input"), field(body, "truncate", bool, True), "input"))
+    return JSONResponse({"model": name, "embeddings": [e.vector for e in found], "total_duration":
+                         time.monotonic_ns() - started, "load_duration": 0,
+                         "prompt_eval_count": sum(e.tokens for e in found)})
+
+
+async def embeddings(request: Request):
+    """POST /api/embeddings {"model", "prompt"}: the older form, one text."""
+    engine: Engine = request.state.engine
+    body = await read_json(request)
+    _name(engine, body)
+    [found] = await unless_disconnected(request, constrained.embeddings(
+        engine, field(body, "prompt", str, required=True), True, "prompt"))
+    return JSONResponse({"embedding": found.vector})
 
 
 async def version(request: Request):
@@ -254,4 +319,6 @@ routes = [
     route("/api/ps", running, needs=Identity.TOKEN, methods=["GET"]),
     route("/api/delete", delete, needs=Identity.TOKEN, methods=["DELETE"]),
     route("/api/pull", pull, needs=Identity.TOKEN, methods=["POST"]),
+    route("/api/embed", embed, needs=Identity.TOKEN, methods=["POST"]),
+    route("/api/embeddings", embeddings, needs=Identity.TOKEN, methods=["POST"]),
 ]

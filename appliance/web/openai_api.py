@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
+import struct
 import time
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, ServiceError
 from ..inference import prompts
 from ..inference.engine import Engine, Finished, Request as Generation
+from ..inference.grammar import Grammar
 from ..inference.llama import Sampling
+from ..inference.tools import Call, Offer
+from . import constrained
 from .auth import Identity, route
-from .http import field, read_json, unless_disconnected
+from .http import field, openai_error, read_json, unless_disconnected
 
 
-def _generation(body: dict, engine: Engine, *, chat: bool) -> Generation:
+def _generation(body: dict, engine: Engine, *, chat: bool) -> tuple[Generation, Offer]:
     engine.check_model(field(body, "model", str, required=True))
     stop = field(body, "stop", (str, list), [])
     stop = [stop] if isinstance(stop, str) else stop
@@ -33,15 +38,38 @@ def _generation(body: dict, engine: Engine, *, chat: bool) -> Generation:
     if body.get("logprobs") not in (None, False, 0) or body.get("top_logprobs") is not None:
         raise InvalidRequest("log probabilities are not returned by this box; send the request without "
                              "'logprobs' and 'top_logprobs'", param="logprobs")
+    offer = constrained.tool_offer(engine, body.get("tools") if chat else None, body.get("tool_choice", "auto"),
+                                   field(body, "parallel_tool_calls", bool, True))
     common = {"max_tokens": limit, "stop": tuple(stop), "sampling": sampling,
-              "ignore_eos": field(body, "ignore_eos", bool, False)}
+              "ignore_eos": field(body, "ignore_eos", bool, False),
+              "grammar": constrained.only_one(offer, _response_format(field(body, "response_format", dict)))}
     if chat:
         try:
             messages = prompts.messages(body.get("messages"))
         except prompts.PromptError as err:
             raise InvalidRequest(str(err), param="messages") from None
-        return Generation(messages=messages, **common)
-    return Generation(prompt=field(body, "prompt", str, required=True), **common)
+        return Generation(messages=messages, tools=offer.tools, **common), offer
+    return Generation(prompt=field(body, "prompt", str, required=True), **common), offer
+
+
+def _response_format(form: dict | None) -> Grammar | None:
+    kind = form.get("type") if form else "text"
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return constrained.json_output(None, "response_format")
+    if kind == "json_schema":
+        spec = form.get("json_schema")
+        return constrained.json_output(spec.get("schema") if isinstance(spec, dict) else None,
+                                       "response_format.json_schema.schema")
+    raise InvalidRequest("'response_format.type' is text, json_object or json_schema", param="response_format")
+
+
+def _tool_calls(calls: list[Call], streamed: bool) -> list[dict]:
+    """OpenAI's tool_calls: ids of its own form, the arguments as a JSON string."""
+    return [({"index": i} if streamed else {}) | {
+        "id": "call_" + secrets.token_hex(12), "type": "function",
+        "function": {"name": call.name, "arguments": json.dumps(call.arguments)}} for i, call in enumerate(calls)]
 
 
 SLOT = "\x00text\x00"
@@ -52,36 +80,43 @@ def _usage(done: Finished) -> dict:
             "total_tokens": done.prompt_tokens + done.completion_tokens}
 
 
-def _finish_reason(done: Finished) -> str:
-    return "length" if done.reason == "length" else "stop"
-
-
 async def _complete(request: Request, *, chat: bool):
     engine: Engine = request.state.engine
     body = await read_json(request)
-    generation = _generation(body, engine, chat=chat)
+    generation, offer = _generation(body, engine, chat=chat)
     stream = field(body, "stream", bool, False)
     include_usage = bool(field(body, "stream_options", dict, {}).get("include_usage"))
     kind = "chat.completion" if chat else "text_completion"
 
-    def choice(text: str, finish: str | None, delta: bool) -> dict:
+    def choice(text: str | None, finish: str | None, delta: bool, calls: list[Call] = ()) -> dict:
         if not chat:
             return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        message = {"role": "assistant", "content": text} if not delta else ({"content": text} if text else {})
+        if delta:
+            message = ({"content": text} if text else {}) | ({"tool_calls": _tool_calls(calls, True)} if calls else {})
+        else:
+            message = {"role": "assistant", "content": text or (None if calls else "")} | (
+                {"tool_calls": _tool_calls(calls, False)} if calls else {})
         return {"index": 0, ("delta" if delta else "message"): message, "logprobs": None, "finish_reason": finish}
 
+    def finish_reason(done: Finished, calls: list[Call]) -> str:
+        return "tool_calls" if calls else "length" if done.reason == "length" else "stop"
+
     started, events = await unless_disconnected(request, engine.begin(generation))
+    events = constrained.words_and_calls(events, offer)
     base = {"id": ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12), "created": int(time.time()),
             "model": started.model, "system_fingerprint": "paladin"}
     if not stream:
-        async def collect() -> tuple[str, Finished]:
-            parts = []
+        async def collect() -> tuple[str, list[Call], Finished]:
+            parts, calls = [], []
             async for event in events:
                 if isinstance(event, Finished):
-                    return "".join(parts), event
-                parts.append(event)
-        text, done = await unless_disconnected(request, collect())
-        return JSONResponse(base | {"object": kind, "choices": [choice(text, _finish_reason(done), False)],
+                    return "".join(parts), calls, event
+                if isinstance(event, list):
+                    calls = event
+                else:
+                    parts.append(event)
+        text, calls, done = await unless_disconnected(request, collect())
+        return JSONResponse(base | {"object": kind, "choices": [choice(text, finish_reason(done, calls), False, calls)],
                                     "usage": _usage(done)})
 
     chunk_kind = "chat.completion.chunk" if chat else "text_completion"
@@ -95,13 +130,20 @@ async def _complete(request: Request, *, chat: bool):
     async def body_stream():
         if chat:
             yield sse([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        async for event in events:
-            if isinstance(event, Finished):
-                yield sse([choice("", _finish_reason(event), True)])
-                if include_usage:
-                    yield sse([], usage=_usage(event))
-            else:
-                yield head + json.dumps(event) + tail
+        calls = []
+        try:
+            async for event in events:
+                if isinstance(event, Finished):
+                    yield sse([choice("", finish_reason(event, calls), True)])
+                    if include_usage:
+                        yield sse([], usage=_usage(event))
+                elif isinstance(event, list):
+                    calls = event
+                    yield sse([choice(None, None, True, calls)])
+                else:
+                    yield head + json.dumps(event) + tail
+        except ServiceError as err:  # the status is sent already: the SDKs raise the error object they read
+            yield "data: " + openai_error(err).body.decode() + "\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(body_stream(), media_type="text/event-stream",
@@ -116,6 +158,30 @@ async def completions(request: Request):
     return await _complete(request, chat=False)
 
 
+async def embeddings(request: Request):
+    """POST /v1/embeddings {"model", "input", "encoding_format"}: float lists, or base64 of little-endian
+    float32 (what the openai client asks for by default)."""
+    engine: Engine = request.state.engine
+    body = await read_json(request)
+    engine.check_model(field(body, "model", str, required=True))
+    encoding = field(body, "encoding_format", str, "float")
+    if encoding not in ("float", "base64"):
+        raise InvalidRequest("'encoding_format' is float or base64", param="encoding_format")
+    if body.get("dimensions") is not None:
+        raise InvalidRequest("'dimensions' cannot be chosen: the served model's embeddings have the size it has",
+                             param="dimensions")
+    found = await unless_disconnected(request, constrained.embeddings(engine, body.get("input"), True, "input"))
+    tokens = sum(e.tokens for e in found)
+    return JSONResponse({"object": "list", "model": engine.model_id, "usage": {"prompt_tokens": tokens,
+                                                                             "total_tokens": tokens},
+                         "data": [{"object": "embedding", "index": i, "embedding": _encoded(e.vector, encoding)}
+                                  for i, e in enumerate(found)]})
+
+
+def _encoded(vector: list[float], encoding: str) -> list[float] | str:
+    return vector if encoding == "float" else base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
 async def models(request: Request):
     engine: Engine = request.state.engine
     created = int(time.time())
@@ -127,4 +193,5 @@ routes = [
     route("/v1/chat/completions", chat_completions, needs=Identity.TOKEN, methods=["POST"]),
     route("/v1/completions", completions, needs=Identity.TOKEN, methods=["POST"]),
     route("/v1/models", models, needs=Identity.TOKEN, methods=["GET"]),
+    route("/v1/embeddings", embeddings, needs=Identity.TOKEN, methods=["POST"]),
 ]

@@ -10,26 +10,10 @@ import sys
 import pytest
 
 from appliance.inference import llama
+from variants import GENERATE, generates
 
 X86 = pytest.mark.skipif(platform.machine() != "x86_64", reason="the x86-64 wheel's variants")
 QEMU = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
-SCRIPT = """
-import asyncio, logging, pathlib, sys
-from appliance import config
-from appliance.inference import llama
-logging.basicConfig(level=logging.INFO)
-from appliance.inference.engine import Engine, Request
-from appliance.metrics import Metrics
-async def main():
-    settings = {"threads": 1, "context_tokens": 128, "cpu_variant": sys.argv[2] if len(sys.argv) > 2 else ""}
-    engine = Engine(config.parse({"inference": settings}).inference, Metrics())
-    await engine.swap(pathlib.Path(sys.argv[1]))
-    _, events = await engine.begin(Request(prompt="hi", max_tokens=8))
-    n = [e async for e in events]
-    await engine.close()
-    print("finished", n[-1].completion_tokens)
-asyncio.run(main())
-"""
 
 
 @pytest.mark.emulated
@@ -39,7 +23,7 @@ def test_generates_on_a_cpu_without_avx(cpu, tiny_model):
     # The environment a box has: a host's OpenBLAS tuning (OPENBLAS_CORETYPE=Haswell) is an illegal
     # instruction on the emulated CPU, which no box would ever be told.
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENBLAS_")}
-    out = subprocess.run([QEMU, "-cpu", cpu, sys.executable, "-c", SCRIPT, tiny_model],
+    out = subprocess.run([QEMU, "-cpu", cpu, sys.executable, "-c", GENERATE, tiny_model],
                          capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "finished 8" in out.stdout
@@ -49,8 +33,7 @@ def test_generates_on_a_cpu_without_avx(cpu, tiny_model):
 @pytest.mark.service
 @X86
 def test_a_named_variant_is_used_instead_of_the_best(tiny_model):
-    out = subprocess.run([sys.executable, "-c", SCRIPT, tiny_model, "x64"], capture_output=True, text=True,
-                         timeout=300)
+    out = generates(tiny_model, "x64")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "finished 8" in out.stdout and "libggml-cpu-x64.so" in out.stderr
     assert out.stderr.count("loaded CPU backend from") == 1

@@ -8,7 +8,8 @@ import pytest
 
 from appliance import config
 from appliance.errors import InvalidRequest, NotReady, PromptTooLong, QueueFull, ServiceError
-from appliance.inference.engine import Engine, Finished, Request, older_turn_dropped
+from appliance.inference.engine import Engine, Finished, Request
+from appliance.inference.prompts import older_turn_dropped
 from appliance.inference.stops import StopScanner
 from appliance.inference.llama import Sampling
 from appliance.metrics import Metrics

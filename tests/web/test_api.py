@@ -231,3 +231,30 @@ def test_a_refused_upload_leaves_nothing_behind(api, monkeypatch):
 def test_the_inference_probe_is_only_for_the_box_itself(api):
     response = api.get("/health?probe=1", headers={"Authorization": ""})
     assert response.status_code == 403
+
+
+def test_an_error_after_the_stream_began_is_sent_in_each_apis_shape(api, monkeypatch):
+    """Fault injection: llama.cpp fails after a few tokens.  The status line is sent already, so the error
+    comes as the stream's last object, where the openai and ollama clients look for it."""
+    from appliance.inference import llama
+
+    calls = {"n": 0}
+    advance = llama.Model.advance
+
+    def failing(self, token):
+        calls["n"] += 1
+        if calls["n"] % 4 == 0:
+            raise RuntimeError("injected decode failure")
+        advance(self, token)
+    monkeypatch.setattr(llama.Model, "advance", failing)
+    with api.stream("POST", "/v1/chat/completions", json={
+            "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True}) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert response.status_code == 200 and lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2].removeprefix("data: "))["error"]
+    assert error["type"] == "server_error" and "injected decode failure" in error["message"]
+    with api.stream("POST", "/api/chat", json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}) as r:
+        last = json.loads([line for line in r.iter_lines() if line][-1])
+    assert "injected decode failure" in last["error"]
+    monkeypatch.undo()
+    assert chat(api).status_code == 200  # the engine lives on

@@ -22,6 +22,7 @@ GET    /metrics                      token
 POST   /v1/chat/completions          token
 POST   /v1/completions               token
 GET    /v1/models                    token
+POST   /v1/embeddings                token
 POST   /api/chat                     token
 POST   /api/generate                 token
 GET    /api/tags                     token
@@ -30,6 +31,8 @@ GET    /api/version                  token
 GET    /api/ps                       token
 DELETE /api/delete                   token
 POST   /api/pull                     token
+POST   /api/embed                    token
+POST   /api/embeddings               token
 GET    /                             owner
 GET    /conversations                owner,token
 POST   /conversations                owner,token

@@ -204,6 +204,12 @@ def test_ollama_client_as_open_webui_uses_it_ps_delete_images_and_a_chat_past_th
     reply = client.chat(model="tiny", messages=[{"role": "system", "content": "You run the house."}] + history
                         + [{"role": "user", "content": "Lights off"}], options={"num_predict": 4})
     assert reply.done and reply.eval_count == 4 and reply.prompt_eval_count + 4 <= 4096
+    smaller = client.chat(model="tiny", messages=history + [{"role": "user", "content": "Lights off"}],
+                          options={"num_predict": 4, "num_ctx": 512}, keep_alive="5m")
+    assert smaller.prompt_eval_count + 4 <= 512 < reply.prompt_eval_count
+    with service.client() as c:
+        refused = c.post("/api/chat", json={"model": "tiny", "messages": history[:1], "keep_alive": [1]})
+    assert refused.status_code == 400 and "'keep_alive'" in refused.json()["error"]
     metrics = service.client().get("/metrics").text
     dropped = int(next(line.split()[1] for line in metrics.splitlines()
                        if line.startswith("paladin_prompt_tokens_dropped_total")))
@@ -274,3 +280,25 @@ def test_ollama_pull_fetches_catalog_tiers_only_with_progress_and_errors(tiny_mo
             assert client.pull("tiny").status == "success"
         finally:
             service.stop()
+
+
+def test_embeddings_as_open_webui_and_the_openai_client_ask_for_them(service):
+    import math
+
+    client = ollama.Client(host=service.url, headers={"Authorization": f"Bearer {service.token}"})
+    both = client.embed(model="tiny", input=["the kitchen light", "the hall lamp"]).embeddings
+    again = client.embed(model="tiny", input="the kitchen light").embeddings
+    assert len(both) == 2 and len(both[0]) == len(both[1]) == 128  # the generated model's width
+    assert all(abs(math.hypot(*v) - 1) < 1e-6 for v in both) and again[0] == both[0] and both[0] != both[1]
+    assert client.embeddings(model="tiny", prompt="the hall lamp").embedding == both[1]
+    sdk = openai.OpenAI(base_url=service.url + "/v1", api_key=service.token)
+    answer = sdk.embeddings.create(model="tiny", input=["the kitchen light"])  # sent as base64 float32
+    assert [round(x, 5) for x in answer.data[0].embedding] == [round(x, 5) for x in both[0]]
+    assert answer.usage.prompt_tokens > 0
+    with service.client() as c:
+        long = c.post("/api/embed", json={"model": "tiny", "input": "word " * 2000, "truncate": False})
+        cut = c.post("/api/embed", json={"model": "tiny", "input": "word " * 2000})
+        tokens = c.post("/v1/embeddings", json={"model": "tiny", "input": [[1, 2, 3]]})
+    assert long.status_code == 400 and "at most 512 tokens" in long.json()["error"]
+    assert cut.status_code == 200 and cut.json()["prompt_eval_count"] == 512
+    assert tokens.status_code == 400 and "text only" in tokens.json()["error"]["message"]

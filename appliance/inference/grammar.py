@@ -1,0 +1,72 @@
+"""Constrained generation: llama.cpp grammars (GBNF) made from JSON schemas.
+
+A grammar restricts which tokens the sampler may pick, so output that must be JSON is JSON and output
+that must match a schema matches it, whatever the model would rather write.  The conversion is
+llama-cpp-python's port of llama.cpp's `json_schema_to_grammar`; it enforces types, required and
+optional properties, enums and constants, string and array lengths, but not numeric ranges, so a bounded
+integer (up to MAX_ENUM values) is turned into the enum of its values first.  A grammar is either
+active from the first token or lazy: free text until one of its triggers appears, the grammar from the
+trigger on (a tool call after a few words of the model's own).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from llama_cpp import llama_grammar
+
+MAX_SCHEMA_BYTES = 64 * 1024  # Home Assistant's largest tool list is a few kilobytes
+MAX_DEPTH = 16
+MAX_ENUM = 256
+
+
+class SchemaError(ValueError):
+    """A JSON schema this box cannot turn into a grammar; the message says which part and why."""
+
+
+@dataclass(frozen=True)
+class Grammar:
+    text: str
+    root: str = "root"
+    triggers: tuple[str, ...] = ()  # lazy: off until one of these words appears in the output
+
+
+ANY_JSON = Grammar(llama_grammar.JSON_GBNF)
+
+
+def from_schema(schema: object, where: str) -> Grammar:
+    """The grammar of JSON that validates against `schema`; `where` names the request field in errors."""
+    return Grammar(rule_text(schema, where))
+
+
+def rule_text(schema: object, where: str) -> str:
+    """`schema` as GBNF rules with the root rule `root`."""
+    if not isinstance(schema, dict):
+        raise SchemaError(f"'{where}' must be a JSON schema (an object)")
+    try:
+        text = json.dumps(_bounded(schema, where, 0))
+    except (TypeError, ValueError) as err:
+        raise SchemaError(f"'{where}' is not plain JSON: {err}") from None
+    if len(text) > MAX_SCHEMA_BYTES:
+        raise SchemaError(f"'{where}' is {len(text)} bytes of JSON schema; at most {MAX_SCHEMA_BYTES}")
+    try:
+        return llama_grammar.json_schema_to_gbnf(text)
+    except Exception as err:  # the port raises whatever it meets: KeyError, ValueError, NotImplementedError
+        raise SchemaError(f"'{where}' cannot be turned into a grammar: {type(err).__name__}: {err}") from None
+
+
+def _bounded(schema: object, where: str, depth: int) -> object:
+    """`schema` checked for depth, with small integer ranges spelled out as enums (the converter ignores
+    minimum and maximum)."""
+    if depth > MAX_DEPTH:
+        raise SchemaError(f"'{where}' nests deeper than {MAX_DEPTH} levels")
+    if isinstance(schema, list):
+        return [_bounded(item, where, depth + 1) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if schema.get("type") == "integer" and isinstance(low, int) and isinstance(high, int) and \
+            0 <= high - low < MAX_ENUM:
+        return {"enum": list(range(low, high + 1))}
+    return {key: _bounded(value, where, depth + 1) for key, value in schema.items()}

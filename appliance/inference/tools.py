@@ -1,0 +1,182 @@
+"""Tool calls: how each family of chat templates asks for them, the grammar that keeps a call valid, and
+how calls are read back out of the model's text.
+
+A model calls a tool by writing it in the format its chat template taught it.  The families here cover
+the small models people run: Hermes and Qwen (`<tool_call>{...}</tool_call>`), Llama 3.x (a bare JSON
+object with `parameters`) and Mistral (`[TOOL_CALLS][{...}]`).  The grammar is made from the tools'
+own JSON schemas, so a call that is written names a tool that exists and carries arguments that
+validate; with tool_choice "auto" it is lazy (the model may answer in words, and the grammar takes over
+from the call's opening marker), with "required" or a named tool it holds from the first token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from . import grammar
+from .grammar import Grammar, SchemaError
+
+MAX_TOOLS = 128
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Call:
+    name: str
+    arguments: dict
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    start: str  # what opens the calls in the model's output: the lazy grammar's trigger
+    arguments: str  # the key the family writes the arguments under
+    one: str  # GBNF for a single call, given the rule `call` for its JSON object
+    many: str  # and for one or more
+
+    def grammar(self, tools: list[dict], required: bool, parallel: bool) -> Grammar:
+        """Calls of `tools` only: from the first token if `required`, else from `start` on."""
+        one = {"oneOf": [{"type": "object", "properties": {
+            "name": {"const": tool["function"]["name"]},
+            self.arguments: tool["function"].get("parameters") or {"type": "object"}},
+            "required": ["name", self.arguments], "additionalProperties": False} for tool in tools]}
+        rules = grammar.rule_text(one, "tools").replace("root ::=", "call ::=", 1)
+        return Grammar(f"root ::= {self.many if parallel else self.one}\n{rules}",
+                       triggers=() if required else (self.start,))
+
+    def parse(self, text: str) -> tuple[str, list[Call]]:
+        """The words before the calls, and the calls; all of `text` as words when it holds no whole call
+        (cut by its length, say)."""
+        at = text.find(self.start)
+        if at < 0:
+            return text, []
+        try:
+            calls = [self._call(found) for found in self._objects(text[at:])]
+        except (ValueError, KeyError, TypeError):
+            return text, []
+        return text[:at].strip(), calls
+
+    def _objects(self, text: str) -> list:
+        decoder = json.JSONDecoder(strict=False)  # a model may write a raw newline inside a string
+        if self.name == "hermes":
+            return [decoder.decode(body) for body in re.findall(r"<tool_call>(.*?)</tool_call>", text, re.S)] or \
+                _raise("no complete <tool_call>")
+        if self.name == "mistral":  # the whole calls of the array, which a length limit may have cut
+            rest, found = text.removeprefix(self.start).lstrip().removeprefix("["), []
+            while rest.strip() and not rest.lstrip().startswith("]"):
+                try:
+                    call, end = decoder.raw_decode(rest.lstrip(" ,\n"))
+                except ValueError:
+                    break
+                found.append(call)
+                rest = rest.lstrip(" ,\n")[end:]
+            return found or _raise("no complete call")
+        return [decoder.decode(text.strip())]
+
+    def _call(self, found: dict) -> Call:
+        arguments = found[self.arguments]
+        if not isinstance(found["name"], str) or not isinstance(arguments, dict):
+            raise ValueError("not a call")
+        return Call(found["name"], arguments)
+
+
+def _raise(message: str):
+    raise ValueError(message)
+
+
+HERMES = Family("hermes", "<tool_call>", "arguments", '"<tool_call>" "\\n"? call "\\n"? "</tool_call>"',
+                '("<tool_call>" "\\n"? call "\\n"? "</tool_call>" "\\n"?)+')
+# Llama 3.x writes its call as a bare JSON object, `{"name"` or `{ "name"`: the whole reply from its first
+# brace on is held until it is known to be a call or not.
+LLAMA3 = Family("llama3", "{", "parameters", "call", "call")
+MISTRAL = Family("mistral", "[TOOL_CALLS]", "arguments", '"[TOOL_CALLS]" "[" call "]"',
+                 '"[TOOL_CALLS]" "[" call ("," " "? call)* "]"')
+
+
+def family(template: str) -> Family | None:
+    """The tool-call family a chat template teaches, or None when it knows no tools."""
+    if "tools" not in template:
+        return None
+    if "<tool_call>" in template:
+        return HERMES
+    if "[TOOL_CALLS]" in template:
+        return MISTRAL
+    if "ipython" in template or '"parameters"' in template:
+        return LLAMA3
+    return None
+
+
+def checked(tools: object, where: str = "tools") -> list[dict]:
+    """OpenAI-shaped tools ({"type": "function", "function": {"name", "description", "parameters"}}),
+    checked, with each schema turned into a grammar once here so a bad one is a clear 400."""
+    if not isinstance(tools, list) or not tools or len(tools) > MAX_TOOLS:
+        raise SchemaError(f"'{where}' must be a list of 1 to {MAX_TOOLS} tools")
+    names = set()
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) and tool.get("type", "function") == "function" \
+            else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not NAME.match(name):
+            raise SchemaError(f"'{where}[{i}]' must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}} with "
+                              "a name of letters, digits, '_', '.' or '-' (at most 64)")
+        if name in names:
+            raise SchemaError(f"'{where}[{i}].function.name': {name!r} is given twice")
+        names.add(name)
+        grammar.rule_text(function.get("parameters") or {"type": "object"}, f"{where}[{i}].function.parameters")
+    return tools
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What a request's tools come to: the list the chat template is given, the grammar that keeps calls
+    valid, and the family that reads them back (all None: no tools, or tool_choice "none")."""
+    tools: list[dict] | None = None
+    grammar: Grammar | None = None
+    family: Family | None = None
+
+
+def offer(template: str, tools: object, choice: object = "auto", parallel: bool = True) -> Offer:
+    """The tools of a request for the model whose chat template is `template`; SchemaError if it cannot take
+    them.  `choice` is OpenAI's tool_choice: "auto", "none", "required" or {"function": {"name"}}."""
+    if tools is None or tools == [] or choice == "none":
+        return Offer()
+    tools = checked(tools)
+    required = choice == "required"
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
+        tools = [t for t in tools if t["function"]["name"] == name]
+        if not tools:
+            raise SchemaError(f"'tool_choice' names {str(name)[:64]!r}, which is not one of the tools given")
+        required = True
+    elif choice not in ("auto", "required"):
+        raise SchemaError("'tool_choice' is \"auto\", \"none\", \"required\" or {\"type\": \"function\", "
+                          "\"function\": {\"name\": ...}}")
+    found = family(template)
+    if found is None:
+        raise SchemaError("the model's chat template does not offer tools to it; choose a model whose template does "
+                          "(Qwen, Hermes, Llama 3.x, Mistral), or send the request without 'tools'")
+    return Offer(tools, found.grammar(tools, required, parallel), found)
+
+
+class Splitter:
+    """Streams the words before the first call as they come, and holds everything from its opening marker
+    on for `Family.parse`; a possible beginning of the marker is held back until it is decided."""
+
+    def __init__(self, start: str):
+        self.start, self.held, self.calling = start, "", False
+
+    def feed(self, text: str) -> str:
+        self.held += text
+        if self.calling:
+            return ""
+        at = self.held.find(self.start)
+        if at >= 0:
+            self.calling = True
+            words, self.held = self.held[:at], self.held[at:]
+            return words
+        keep = next((n for n in range(min(len(self.start) - 1, len(self.held)), 0, -1)
+                     if self.start.startswith(self.held[-n:])), 0)
+        words, self.held = self.held[:len(self.held) - keep], self.held[len(self.held) - keep:]
+        return words

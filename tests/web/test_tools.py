@@ -1,0 +1,214 @@
+"""Tool calls and JSON replies through the real service, with the real `openai` and `ollama` clients as
+Home Assistant and Open WebUI call them.  The models are generated, so what they write is noise, but
+what the grammar lets through is exact: every call parses and validates against its tool's schema."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jsonschema
+import ollama
+import openai
+import pytest
+
+from buildhost import tinymodel
+from served import UNLIMITED, Service
+
+pytestmark = pytest.mark.service
+
+# Home Assistant's intents, as its LLM API offers them (shortened): bounded strings, enums, a bounded integer.
+TOOLS = [
+    {"type": "function", "function": {"name": "HassTurnOn", "description": "Turns on a device or entity", "parameters": {
+        "type": "object", "properties": {"name": {"type": "string", "maxLength": 16},
+                                         "area": {"type": "string", "enum": ["Kitchen", "Living room"]},
+                                         "domain": {"type": "array", "items": {"enum": ["light", "switch"]},
+                                                    "maxItems": 2}},
+        "required": ["name"], "additionalProperties": False}}},
+    {"type": "function", "function": {"name": "HassLightSet", "description": "Sets a light's brightness", "parameters": {
+        "type": "object", "properties": {"name": {"type": "string", "maxLength": 16},
+                                         "brightness": {"type": "integer", "minimum": 0, "maximum": 100}},
+        "required": ["name", "brightness"], "additionalProperties": False}}},
+]
+# The ollama client keeps only types, enums and descriptions of a schema (no lengths, no ranges): as
+# Home Assistant sends them through it, bounded by enums, so that a generated model's calls end.
+OLLAMA_TOOLS = [
+    {"type": "function", "function": {"name": "HassTurnOn", "description": "Turns on a device or entity", "parameters": {
+        "type": "object", "properties": {"name": {"type": "string", "enum": ["Kitchen light", "Hall lamp"]},
+                                         "area": {"type": "string", "enum": ["Kitchen", "Living room"]}},
+        "required": ["name"]}}},
+]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+OLLAMA_SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in OLLAMA_TOOLS}
+# An AI task's structured answer, as Home Assistant asks for one.
+WEATHER = {"type": "object", "properties": {"summary": {"type": "string", "maxLength": 24},
+                                            "rain": {"type": "boolean"},
+                                            "level": {"type": "integer", "minimum": 1, "maximum": 5}},
+           "required": ["summary", "rain", "level"], "additionalProperties": False}
+ASK = [{"role": "user", "content": "Turn on the kitchen light"}]
+
+
+@pytest.fixture(scope="module")
+def box(tiny_model, tmp_path_factory):
+    """A service whose store holds a generated model per tool-call family, one that always calls (the only
+    text it writes is <tool_call>, so the lazy grammar takes over at once) and the plain tiny one."""
+    data = tmp_path_factory.mktemp("tools")
+    models = data / "models"
+    for family in ("hermes", "llama3", "mistral"):
+        tinymodel.write(models / f"{family}.gguf", "small", family, template=family)
+    tinymodel.write(models / "caller.gguf", "small", "caller", only=("<tool_call>",), template="hermes")
+    shutil.copy(tiny_model, models / "tiny.gguf")
+    service = Service(None, data, config=UNLIMITED | {"inference": {"model": "tiny.gguf", "max_tokens": 200}})
+    service.openai = openai.OpenAI(base_url=service.url + "/v1", api_key=service.token)
+    service.ollama = ollama.Client(host=service.url, headers={"Authorization": f"Bearer {service.token}"})
+    yield service
+    service.stop()
+
+
+def serve(box, model: str) -> None:
+    with box.client() as client:
+        assert client.put("/models/default", json={"model": model + ".gguf"}).status_code == 200
+
+
+def valid(name: str, arguments: dict, schemas: dict = SCHEMAS) -> None:
+    jsonschema.validate(arguments, schemas[name])
+
+
+@pytest.mark.parametrize("family", ["hermes", "llama3", "mistral"])
+def test_tool_choice_required_always_yields_valid_calls(box, family):
+    serve(box, family)
+    for seed in range(5):
+        reply = box.openai.chat.completions.create(model="paladin", messages=ASK, tools=TOOLS, tool_choice="required",
+                                                   parallel_tool_calls=False, seed=seed, max_tokens=150)
+        choice = reply.choices[0]
+        assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
+        call = choice.message.tool_calls[0]
+        assert call.id.startswith("call_") and call.type == "function"
+        valid(call.function.name, json.loads(call.function.arguments))
+
+
+def test_a_named_tool_is_the_one_called_and_calls_stream_as_deltas(box):
+    serve(box, "hermes")
+    stream = box.openai.chat.completions.create(
+        model="paladin", messages=ASK, tools=TOOLS, stream=True, max_tokens=150, stream_options={"include_usage": True},
+        tool_choice={"type": "function", "function": {"name": "HassLightSet"}}, parallel_tool_calls=False)
+    chunks = list(stream)
+    deltas = [d for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])]
+    assert [d.function.name for d in deltas] == ["HassLightSet"] and deltas[0].index == 0
+    valid("HassLightSet", json.loads(deltas[0].function.arguments))
+    assert chunks[-2].choices[0].finish_reason == "tool_calls"
+    assert not chunks[-1].choices and chunks[-1].usage.completion_tokens > 0
+
+
+def test_parallel_calls_are_each_whole_and_valid(box):
+    """Allowed several calls, the model may write more than one (and a generated one may write until its
+    token limit): every call that comes back is whole and valid, one the limit cut does not come back."""
+    serve(box, "hermes")
+    for seed in range(3):
+        reply = box.openai.chat.completions.create(model="paladin", messages=ASK, tools=TOOLS, tool_choice="required",
+                                                   max_tokens=150, seed=seed)
+        calls = reply.choices[0].message.tool_calls
+        assert calls and reply.choices[0].finish_reason == "tool_calls"
+        for call in calls:
+            valid(call.function.name, json.loads(call.function.arguments))
+
+
+def test_home_assistants_conversation_turn_call_result_answer(box):
+    """Assist sends tools on every turn; the model calls, Home Assistant runs the intent and sends the result
+    back as a tool message, and the model answers in words."""
+    serve(box, "caller")
+    first = box.ollama.chat(model="paladin", messages=ASK, tools=OLLAMA_TOOLS, options={"num_predict": 150})
+    call = first.message.tool_calls[0]
+    valid(call.function.name, dict(call.function.arguments), OLLAMA_SCHEMAS)
+    assert first.done_reason == "stop"
+    turn = ASK + [{"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"name": call.function.name, "arguments": dict(call.function.arguments)}}]},
+                  {"role": "tool", "content": json.dumps({"success": [{"name": "Kitchen light"}]})}]
+    serve(box, "hermes")  # a model that answers in words when it need not call
+    answer = box.ollama.chat(model="paladin", messages=turn, tools=OLLAMA_TOOLS, options={"num_predict": 8})
+    assert answer.message.content and not answer.message.tool_calls
+    streamed = list(box.openai.chat.completions.create(
+        model="paladin", messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "HassTurnOn",
+                                                                              "arguments": '{"name": "lamp"}'}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "done"}], tools=TOOLS, stream=True, max_tokens=6))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+
+
+def test_ollama_streams_the_calls_in_one_message(box):
+    serve(box, "caller")
+    parts = list(box.ollama.chat(model="paladin", messages=ASK, tools=OLLAMA_TOOLS, stream=True,
+                                 options={"num_predict": 150}))
+    calls = [c for p in parts for c in (p.message.tool_calls or [])]
+    assert calls and parts[-1].done
+    for call in calls:
+        valid(call.function.name, dict(call.function.arguments), OLLAMA_SCHEMAS)
+    assert box.ollama.show("paladin").capabilities == ["completion", "tools"]
+
+
+def test_structured_output_always_parses_and_validates(box):
+    serve(box, "tiny")
+    for seed in range(3):
+        reply = box.openai.chat.completions.create(
+            model="paladin", messages=[{"role": "user", "content": "Weather?"}], seed=seed, max_tokens=150,
+            response_format={"type": "json_schema", "json_schema": {"name": "weather", "schema": WEATHER}})
+        jsonschema.validate(json.loads(reply.choices[0].message.content), WEATHER)
+        answer = box.ollama.chat(model="paladin", messages=[{"role": "user", "content": "Weather?"}], format=WEATHER,
+                                 options={"num_predict": 150, "seed": seed})
+        jsonschema.validate(json.loads(answer.message.content), WEATHER)
+        generated = box.ollama.generate(model="paladin", prompt="Weather?", format=WEATHER,
+                                        options={"num_predict": 150, "seed": seed})
+        jsonschema.validate(json.loads(generated.response), WEATHER)
+
+
+def test_what_cannot_be_done_is_a_clear_400(box):
+    serve(box, "tiny")
+    with pytest.raises(openai.BadRequestError) as err:
+        box.openai.chat.completions.create(model="paladin", messages=ASK, tools=TOOLS)
+    assert "chat template does not offer tools" in err.value.body["message"]
+    with pytest.raises(ollama.ResponseError) as err:
+        box.ollama.chat(model="paladin", messages=ASK, tools=OLLAMA_TOOLS)
+    assert err.value.status_code == 400 and "does not offer tools" in err.value.error
+    assert box.ollama.show("paladin").capabilities == ["completion"]
+    serve(box, "hermes")
+    for tools, choice, words in (
+            (TOOLS, {"type": "function", "function": {"name": "HassNope"}}, "not one of the tools given"),
+            ([{"type": "function", "function": {"name": "bad name!"}}], "auto", "a name of letters"),
+            (TOOLS + TOOLS[:1], "auto", "given twice"),
+            ([{"type": "function", "function": {"name": "f", "parameters": [1]}}], "auto", "must be a JSON schema")):
+        with pytest.raises(openai.BadRequestError) as err:
+            box.openai.chat.completions.create(model="paladin", messages=ASK, tools=tools, tool_choice=choice)
+        assert words in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        box.openai.chat.completions.create(model="paladin", messages=ASK, tools=TOOLS,
+                                           response_format={"type": "json_object"})
+    assert "not both" in err.value.body["message"]
+    with box.client() as client:  # what the ollama client would not even send
+        for body, words in (({"format": "yaml"}, "'format'"), ({"logprobs": True}, "log probabilities")):
+            refused = client.post("/api/chat", json={"model": "paladin", "messages": ASK} | body)
+            assert refused.status_code == 400 and words in refused.json()["error"]
+
+
+def test_the_async_ollama_client_as_home_assistant_uses_it(box):
+    """Home Assistant's integration holds an ollama.AsyncClient: setup (list, show, ps, pull), then Assist's
+    turn with tools, and an AI task's structured answer."""
+    import asyncio
+
+    async def session() -> None:
+        client = ollama.AsyncClient(host=box.url, headers={"Authorization": f"Bearer {box.token}"})
+        serve(box, "caller")
+        names = [m.model for m in (await client.list()).models]
+        assert names == ["caller:latest", "paladin:latest"]
+        assert "tools" in (await client.show("paladin")).capabilities
+        assert [m.model for m in (await client.ps()).models] == ["caller:latest"]
+        assert (await client.pull("caller")).status == "success"  # installed: nothing to fetch
+        turn = await client.chat(model="paladin", messages=ASK, tools=OLLAMA_TOOLS, options={"num_predict": 150})
+        for call in turn.message.tool_calls:
+            valid(call.function.name, dict(call.function.arguments), OLLAMA_SCHEMAS)
+        serve(box, "tiny")
+        task = await client.chat(model="paladin", messages=[{"role": "user", "content": "Weather?"}], format=WEATHER,
+                                 options={"num_predict": 150}, stream=True)
+        text = "".join([part.message.content async for part in task])
+        jsonschema.validate(json.loads(text), WEATHER)
+
+    asyncio.run(session())
