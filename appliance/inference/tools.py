@@ -47,43 +47,40 @@ class Family:
                        triggers=() if required else (self.start,))
 
     def parse(self, text: str) -> tuple[str, list[Call]]:
-        """The words before the calls, and the calls; all of `text` as words when it holds no whole call
-        (cut by its length, say)."""
+        """The words before the calls, and the whole calls; all of `text` as words when it holds none (a
+        call cut by the token limit, say)."""
         at = text.find(self.start)
-        if at < 0:
-            return text, []
-        try:
-            calls = [self._call(found) for found in self._objects(text[at:])]
-        except (ValueError, KeyError, TypeError):
-            return text, []
-        return text[:at].strip(), calls
+        calls = [call for found in self._objects(text[at:]) if (call := _call(found, self.arguments))] \
+            if at >= 0 else []
+        return (text[:at].strip(), calls) if calls else (text, [])
 
     def _objects(self, text: str) -> list:
+        """The JSON objects of the calls in `text` (which begins with `start`), as far as they are whole."""
         decoder = json.JSONDecoder(strict=False)  # a model may write a raw newline inside a string
         if self.name == "hermes":
-            return [decoder.decode(body) for body in re.findall(r"<tool_call>(.*?)</tool_call>", text, re.S)] or \
-                _raise("no complete <tool_call>")
-        if self.name == "mistral":  # the whole calls of the array, which a length limit may have cut
-            rest, found = text.removeprefix(self.start).lstrip().removeprefix("["), []
-            while rest.strip() and not rest.lstrip().startswith("]"):
+            bodies = re.findall(r"<tool_call>(.*?)</tool_call>", text, re.S)
+        elif self.name == "mistral":
+            bodies = [text.removeprefix(self.start).strip().removeprefix("[")]
+        else:
+            bodies = [text]
+        found = []
+        for body in bodies:
+            rest = body
+            while rest.strip(" ,\n\t") and not rest.lstrip().startswith("]"):  # Mistral's array: one by one
                 try:
-                    call, end = decoder.raw_decode(rest.lstrip(" ,\n"))
+                    value, end = decoder.raw_decode(rest.lstrip(" ,\n\t"))
                 except ValueError:
                     break
-                found.append(call)
-                rest = rest.lstrip(" ,\n")[end:]
-            return found or _raise("no complete call")
-        return [decoder.decode(text.strip())]
-
-    def _call(self, found: dict) -> Call:
-        arguments = found[self.arguments]
-        if not isinstance(found["name"], str) or not isinstance(arguments, dict):
-            raise ValueError("not a call")
-        return Call(found["name"], arguments)
+                found.append(value)
+                rest = rest.lstrip(" ,\n\t")[end:]
+        return found
 
 
-def _raise(message: str):
-    raise ValueError(message)
+def _call(found: object, arguments: str) -> Call | None:
+    if not isinstance(found, dict) or not isinstance(found.get("name"), str) or \
+            not isinstance(found.get(arguments), dict):
+        return None
+    return Call(found["name"], found[arguments])
 
 
 HERMES = Family("hermes", "<tool_call>", "arguments", '"<tool_call>" "\\n"? call "\\n"? "</tool_call>"',

@@ -1,0 +1,73 @@
+"""Tool calls and schemas without a model: reading calls back per family, the stream splitter, and what
+a request's tools and schemas may be."""
+
+import pytest
+
+from appliance.inference import grammar, tools
+from appliance.inference.grammar import SchemaError
+from appliance.inference.tools import HERMES, LLAMA3, MISTRAL, Call
+from buildhost.tinymodel import TEMPLATES
+
+pytestmark = pytest.mark.unit
+LIGHT = [{"type": "function", "function": {"name": "light", "parameters": {
+    "type": "object", "properties": {"on": {"type": "boolean"}}, "required": ["on"]}}}]
+
+
+@pytest.mark.parametrize("family, text, words, calls", [
+    (HERMES, 'Sure.\n<tool_call>\n{"name": "light", "arguments": {"on": true}}\n</tool_call>', "Sure.",
+     [Call("light", {"on": True})]),
+    (HERMES, '<tool_call>{"name": "a", "arguments": {}}</tool_call><tool_call>{"name": "b", "arg', "",
+     [Call("a", {})]),  # the second call was cut by the token limit
+    (HERMES, "<tool_call>{\"name\": \"a\", \"argu", "<tool_call>{\"name\": \"a\", \"argu", []),
+    (LLAMA3, '{ "name": "light", "parameters": {"on": false}}', "", [Call("light", {"on": False})]),
+    (LLAMA3, "Use {braces} wisely", "Use {braces} wisely", []),
+    (MISTRAL, '[TOOL_CALLS][{"name": "a", "arguments": {"x": "line\nbreak"}}, {"name": "b", "arguments": {}}]', "",
+     [Call("a", {"x": "line\nbreak"}), Call("b", {})]),
+    (MISTRAL, '[TOOL_CALLS][{"name": "a", "arguments": {}}, {"name": "b", "argum', "", [Call("a", {})]),
+    (HERMES, '<tool_call>{"name": 5, "arguments": {}}</tool_call>', '<tool_call>{"name": 5, "arguments": {}}</tool_call>',
+     []),
+])
+def test_calls_are_read_back_whole_or_left_as_words(family, text, words, calls):
+    assert family.parse(text) == (words, calls)
+
+
+def test_the_splitter_streams_words_and_holds_what_may_open_a_call():
+    splitter = tools.Splitter("<tool_call>")
+    assert [splitter.feed(p) for p in ("Hello <", "to", "day ", "<tool", "_call>{", "...")] == \
+        ["Hello ", "", "<today ", "", "", ""]
+    assert splitter.calling and splitter.held == "<tool_call>{..."
+
+
+def test_each_template_family_is_recognised():
+    assert [tools.family(TEMPLATES[name]) for name in ("hermes", "llama3", "mistral", "plain")] == \
+        [HERMES, LLAMA3, MISTRAL, None]
+
+
+def test_what_a_request_may_offer():
+    assert tools.offer(TEMPLATES["hermes"], None) == tools.Offer()
+    assert tools.offer(TEMPLATES["hermes"], LIGHT, "none") == tools.Offer()
+    auto = tools.offer(TEMPLATES["hermes"], LIGHT)
+    assert auto.family is HERMES and auto.grammar.triggers == ("<tool_call>",)
+    assert tools.offer(TEMPLATES["hermes"], LIGHT, {"type": "function", "function": {"name": "light"}}).grammar.triggers == ()
+    for template, offered, choice, words in (
+            (TEMPLATES["plain"], LIGHT, "auto", "does not offer tools"),
+            (TEMPLATES["hermes"], LIGHT, "always", "'tool_choice' is"),
+            (TEMPLATES["hermes"], LIGHT, {"function": {"name": "dark"}}, "not one of the tools"),
+            (TEMPLATES["hermes"], "light", "auto", "a list of 1 to 128"),
+            (TEMPLATES["hermes"], LIGHT * 2, "auto", "given twice"),
+            (TEMPLATES["hermes"], [{"type": "function", "function": {"name": "x y"}}], "auto", "a name of"),
+            (TEMPLATES["hermes"], [{"type": "retrieval"}], "auto", "must be {")):
+        with pytest.raises(SchemaError, match=words):
+            tools.offer(template, offered, choice)
+
+
+def test_schemas_are_bounded_and_small_integer_ranges_become_enums():
+    text = grammar.rule_text({"type": "integer", "minimum": 1, "maximum": 3}, "format")
+    assert '"1" | "2" | "3"' in text
+    deep = {"type": "object"}
+    for _ in range(20):
+        deep = {"type": "array", "items": deep}
+    for schema, words in (([1], "must be a JSON schema"), (deep, "nests deeper"),
+                          ({"enum": ["x" * 70_000]}, "at most 65536"), ({"$ref": "#/nowhere"}, "cannot be turned")):
+        with pytest.raises(SchemaError, match=words):
+            grammar.rule_text(schema, "format")
