@@ -144,7 +144,6 @@ class Sampler:
         tokens = self._tokens
         tokens["id"] = self._ids  # the samplers sort the array in place
         tokens["logit"] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(len(tokens),))
-        tokens["p"] = 0
         array = llama_cpp.llama_token_data_array(
             tokens.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)), len(tokens), -1, False)
         for sampler in samplers:

@@ -39,20 +39,21 @@ def only_one(offer: Offer, output: Grammar | None) -> Grammar | None:
     return offer.grammar or output
 
 
-async def words_and_calls(events: AsyncIterator, offer: Offer) -> AsyncIterator[str | list[Call] | Finished]:
+def words_and_calls(events: AsyncIterator, offer: Offer) -> AsyncIterator[str | list[Call] | Finished]:
     """The job's events with its tool calls read out: text as it streams, the calls (one list, once the
-    job has finished) and then the job's `Finished`."""
-    if offer.family is None:
-        async for event in events:
-            yield event
-        return
-    splitter = tools.Splitter(offer.family.start)
+    job has finished) and then the job's `Finished`.  Without tools, the job's own events: no extra step
+    per token."""
+    return events if offer.family is None else _split(events, offer.family)
+
+
+async def _split(events: AsyncIterator, family: tools.Family) -> AsyncIterator[str | list[Call] | Finished]:
+    splitter = tools.Splitter(family.start)
     async for event in events:
         if not isinstance(event, Finished):
             if words := splitter.feed(event):
                 yield words
             continue
-        words, calls = offer.family.parse(splitter.held) if splitter.calling else (splitter.held, [])
+        words, calls = family.parse(splitter.held) if splitter.calling else (splitter.held, [])
         if words:
             yield words
         if calls:

@@ -7,6 +7,7 @@ import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -113,16 +114,25 @@ async def _respond(request: Request, engine: Engine, name: str, generation: Gene
         return JSONResponse(await unless_disconnected(request, collect()))
 
     async def lines():
+        async for event in events:
+            if isinstance(event, Finished):
+                yield final(event)
+            elif isinstance(event, list):  # as Ollama streams them: all calls in one message
+                yield piece("", event) | {"done": False}
+            else:
+                yield piece(event) | {"done": False}
+
+    return _ndjson(lines())
+
+
+def _ndjson(objects: AsyncIterator[dict]) -> StreamingResponse:
+    """Ollama's stream: one JSON object a line.  An error once it has begun (the status line is sent
+    already) is its last line, as Ollama sends it."""
+    async def lines():
         try:
-            async for event in events:
-                if isinstance(event, Finished):
-                    line = final(event)
-                elif isinstance(event, list):  # as Ollama streams them: all calls in one message
-                    line = piece("", event) | {"done": False}
-                else:
-                    line = piece(event) | {"done": False}
+            async for line in objects:
                 yield json.dumps(line) + "\n"
-        except ServiceError as err:  # the status is sent already: the error is the stream's last line
+        except ServiceError as err:
             yield json.dumps({"error": err.message}) + "\n"
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
@@ -179,10 +189,7 @@ async def tags(request: Request):
 
 async def show(request: Request):
     engine: Engine = request.state.engine
-    body = await read_json(request)
-    name = body.get("model") or body.get("name")
-    if not isinstance(name, str):
-        raise InvalidRequest("'model' is required", param="model")
+    name = _model_name(await read_json(request))
     engine.check_model(name)
     served = engine.served
     if served is None:  # the alias, asked during a swap
@@ -272,15 +279,7 @@ async def pull(request: Request):
                 pass
             return update
         return JSONResponse(await unless_disconnected(request, last()))
-
-    async def lines():
-        try:
-            async for update in progress():
-                yield json.dumps(update) + "\n"
-        except ServiceError as err:  # the stream has begun: the error is its last line, as Ollama sends it
-            yield json.dumps({"error": err.message}) + "\n"
-
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return _ndjson(progress())
 
 
 async def embed(request: Request):
