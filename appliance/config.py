@@ -169,6 +169,33 @@ class FirewallConfig:
 
 
 @dataclass(frozen=True)
+class GovernorConfig:
+    """What the resource governor (paladin-governor.service) holds the box to.  Limits of 0 take the board's
+    default (`appliance.governor.policy.Limits.for_board`), so one image fits a 4 GB Pi and a 64 GB desktop."""
+    enabled: bool = setting(True, "Step the model down the ladder (the owner's model, then smaller ones) when a "
+                                  "limit is crossed, and back up when it is safe.")
+    pin: str = setting("", "Serve this model (its name, e.g. smollm2-135m-instruct.q4_1) whatever the limits say; "
+                           "the governor then only warns.  Empty: the governor chooses.",
+                       pattern=r"^[\w.+-]{0,128}$", allowed="a model name, or empty")
+    temperature: int = setting(0, "Degrees Celsius (the hottest sensor) that count as too hot; 0: the board's "
+                                  "default (80).", minimum=0, maximum=120)
+    cpu_percent: int = setting(0, "Share of all cores, in percent, that other programs than the assistant may use "
+                                  "before the assistant makes room; 0: the board's default (60 on up to 4 cores, "
+                                  "75 above).", minimum=0, maximum=100)
+    memory_percent: int = setting(0, "Available memory, in percent of the total, below which the box is short of "
+                                     "memory; 0: the board's default (10, or 15 on 8 GB and less).",
+                                  minimum=0, maximum=95)
+    margin_percent: int = setting(15, "Hysteresis: a value must be this share (in percent) back from its limit "
+                                      "before the governor counts it as safe to step up.", minimum=1, maximum=90)
+    breach_seconds: int = setting(10, "Seconds a limit must stay crossed before the governor steps down.",
+                                  minimum=1, maximum=3600)
+    calm_seconds: int = setting(120, "Seconds everything must stay safe before the governor steps up.",
+                                minimum=1, maximum=86400)
+    dwell_seconds: int = setting(30, "Least seconds between two steps, so the model never flaps.",
+                                 minimum=1, maximum=86400)
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: str = setting(str(facts.DATA_DIR), "Writable state: database, models, owner config.",
                             pattern=r"^/", allowed="an absolute path")
@@ -177,6 +204,7 @@ class Config:
     inference: InferenceConfig = section(InferenceConfig)
     update: UpdateConfig = section(UpdateConfig)
     firewall: FirewallConfig = section(FirewallConfig)
+    governor: GovernorConfig = section(GovernorConfig)
 
     @property
     def network_time(self) -> bool:

@@ -29,7 +29,8 @@ class Metrics:
         if tokens and seconds > 0:
             self.last_tokens_per_second = tokens / seconds
 
-    def render(self) -> str:
+    def render(self, gauges: dict[str, float] | None = None) -> str:
+        """The exposition text, with `gauges` (name, labels included, to value) from outside the worker."""
         lines = [
             "# HELP paladin_requests_total HTTP requests by route and status.",
             "# TYPE paladin_requests_total counter",
@@ -46,4 +47,6 @@ class Metrics:
              "Prompt tokens of the oldest messages left out to fit the context."),
         ):
             lines += [f"# HELP paladin_{name} {help}", f"# TYPE paladin_{name} {kind}", f"paladin_{name} {value}"]
+        for name, value in (gauges or {}).items():
+            lines.append(f"paladin_{name} {value}")
         return "\n".join(lines) + "\n"

@@ -26,7 +26,7 @@ UNITS = sorted(p.name for p in (ROOT / "units").glob("*.service"))
 # "PALADIN-CHECK key value" line each: which host-only modules its venv can import (none may), the console
 # notice, network time, failed units, the size of /var, and the hardening (exposure of every shipped
 # unit as systemd-analyze reads it there, kernel settings, the root account, the journal, UDP listeners,
-# SSH, the firewall).
+# SSH, the firewall, the governor).
 HOST_ONLY = ("buildhost", "buildhost.release", "buildhost.tinymodel", "appliance.release", "appliance.tinymodel")
 CHECK_SCRIPT = f"""\
 check() {{ echo "PALADIN-CHECK $*"; }}
@@ -52,6 +52,8 @@ check udp_listeners $(for port in $(awk '$4 == "07" {{split($2, a, ":"); print a
 check ssh $(systemctl is-active ssh.service) $(ls /etc/ssh/ssh_host_* 2>/dev/null | wc -l) \\
     $(stat -c %a /var/lib/paladin-firewall/ssh/ssh_host_ed25519_key)
 check firewall $(systemctl is-active paladin-firewall.service) $(nft list chain inet paladin input | grep -c 'policy drop')
+check governor $(systemctl is-active paladin-governor.service) $(systemctl show -p User --value paladin-governor) \
+    $(stat -c '%U %a' /var/lib/paladin-governor /run/paladin-governor/socket | tr '\n' ' ')
 check failed $(systemctl --failed --no-legend --plain | cut -d' ' -f1 | tr '\\n' ' ')
 check var_bytes $(findmnt -bno SIZE /var)
 # An error the owner's System page must show (tests/test_image.py): the journal read from the sandbox.

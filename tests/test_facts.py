@@ -88,3 +88,12 @@ def test_the_box_advertises_the_https_port_and_its_console_shows_the_first_boot_
     assert issue.is_symlink() and Path(issue.readlink()) == firstboot.ISSUE
     unit = ini(ROOT / "units/paladin-firstboot.service")["Service"]
     assert Path("/run", unit["RuntimeDirectory"]) == firstboot.ISSUE.parent
+
+
+def test_the_governors_user_state_and_socket_are_where_its_unit_puts_them():
+    unit = ini(ROOT / "units/paladin-governor.service")["Service"]
+    assert unit["User"] == facts.GOVERNOR_USER and f"u {facts.GOVERNOR_USER} " in \
+        (ROOT / "overlay/usr/lib/sysusers.d/paladin.conf").read_text()
+    assert unit["StateDirectory"] == Path(facts.GOVERNOR_STATE).name and Path(facts.GOVERNOR_STATE).parent == Path("/var/lib")
+    assert Path(facts.GOVERNOR_SOCKET).parent == Path("/run") / unit["RuntimeDirectory"]
+    assert f"--client-user {facts.SERVICE_USER}" in unit["ExecStart"]

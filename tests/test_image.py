@@ -72,6 +72,14 @@ def test_box_streams_a_chat_completion(box):
     assert sum(1 for c in chunks if json.loads(c[6:])["choices"][0]["delta"].get("content")) >= 2
 
 
+def test_the_governor_runs_sandboxed_under_its_own_user_and_reports_the_rung(box):
+    assert box["checks"]["governor"] == ("active paladin-governor paladin-governor 700 paladin-governor 666"), \
+        box["checks"]["governor"]
+    governor = httpx.get(box["url"] + "/health", timeout=60).json()["governor"]
+    assert governor["connected"] and governor["enabled"] and governor["rung"]["model"] == "tiny", governor
+    assert governor["index"] < governor["rungs"]
+
+
 def test_no_unit_failed(box):
     assert box["checks"]["failed"] == "", box["vm"].console()[-4000:]
 

@@ -113,11 +113,20 @@ class Served:
     architecture: str
     file_type: str
     template: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class Strength:
+    """How a model is run: the resource governor's graded rungs lower these before it picks a smaller model."""
+    threads: int
+    context_tokens: int
 
 
 @dataclass
 class _Swap:
     path: Path | None
+    strength: Strength
     done: asyncio.Future
     loop: asyncio.AbstractEventLoop
 
@@ -144,18 +153,28 @@ class Engine:
 
     # -- event-loop side -------------------------------------------------
 
-    async def swap(self, path: Path | None) -> None:
-        """Serve the model at `path` from the next job on (None unloads); raises ModelError if it fails."""
+    @property
+    def full_strength(self) -> Strength:
+        return Strength(self.threads, self.settings.context_tokens)
+
+    async def swap(self, path: Path | None, strength: Strength | None = None) -> None:
+        """Serve the model at `path` (at `strength`, else the configured one) from the next job on (None
+        unloads); raises ModelError if it fails."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         if self.served is None and path is not None:
             self.state, self.reason = "loading", f"loading {path.name}"
-        self._queue.put(_Item(self.SWAP, next(self._seq), _Swap(path, done, loop)))
+        swap = _Swap(path, strength or self.full_strength, done, loop)
+        self._queue.put(_Item(self.SWAP, next(self._seq), swap))
         self._wanted.append(path)
         try:
             await done
         finally:
             self._wanted.remove(path)
+
+    @property
+    def swapping(self) -> bool:
+        return bool(self._wanted)
 
     def uses(self, path: Path) -> bool:
         """Whether the model at `path` is served or on its way in: its file must stay."""
@@ -244,7 +263,8 @@ class Engine:
 
     def status(self) -> dict:
         served = self.served
-        status = {"state": self.state, "reason": self.reason, "model": served and served.id, "threads": self.threads}
+        status = {"state": self.state, "reason": self.reason, "model": served and served.id,
+                  "threads": served.threads if served else self.threads}
         if served is not None:
             status.update(path=str(served.path), context_tokens=served.context_tokens, size_bytes=served.size_bytes)
         return status
@@ -293,8 +313,8 @@ class Engine:
             self.model.close()
         self.model = self.template = None
 
-    def _load(self, path: Path) -> None:
-        model = Model(path, threads=self.threads, context_tokens=self.settings.context_tokens,
+    def _load(self, path: Path, strength: Strength) -> None:
+        model = Model(path, threads=strength.threads, context_tokens=strength.context_tokens,
                       cpu_variant=self.settings.cpu_variant)
         self.template = ChatTemplate(model.meta("tokenizer.chat_template"),
                                      model.special_text("bos"), model.special_text("eos"))
@@ -302,21 +322,26 @@ class Engine:
         self.served = Served(id=model_id(path), path=model.path, size_bytes=model.size_bytes,
                              context_tokens=model.n_ctx, parameters=model.parameters,
                              architecture=model.meta("general.architecture") or "",
-                             file_type=model.meta("general.file_type") or "", template=self.template.source)
+                             file_type=model.meta("general.file_type") or "", template=self.template.source,
+                             threads=strength.threads)
         self.state, self.reason = "ready", "serving " + self.served.id
         self.metrics.model_loaded = 1
+        log.info("loaded %s (%d threads, %d-token context)", path.name, strength.threads, model.n_ctx)
 
     def _swap(self, swap: _Swap) -> None:
-        previous = self.served.path if self.served else None
+        served = self.served
+        previous = served.path if served else None
         if previous is not None:
             self.state, self.reason = "swapping", f"switching from {previous.name} to " + (
                 swap.path.name if swap.path else "no model")
         self._unload()  # before loading: a swap down the ladder happens when memory is short
         self.metrics.model_loaded = 0
+        if previous is not None:
+            log.info("unloaded %s", previous.name)
         error = None
         try:
             if swap.path is not None:
-                self._load(swap.path)
+                self._load(swap.path, swap.strength)
             else:
                 self.state, self.reason = "no_model", "no model is configured"
         except ModelError as err:
@@ -325,7 +350,7 @@ class Engine:
             self.state, self.reason = "failed", str(err)
             if previous is not None:
                 try:
-                    self._load(previous)
+                    self._load(previous, Strength(served.threads, served.context_tokens))
                 except ModelError as again:  # its file went away meanwhile: the engine lives on without one
                     log.error("%s", again)
 

@@ -101,9 +101,13 @@ class Sampler:
 
     Checking every token of a large vocabulary against a grammar at every step costs more than the step
     itself (49 152 tokens for SmolLM2), so, as llama.cpp's own server does, the chain picks a token
-    freely first and only that token is checked; only when the grammar refuses it are all tokens
-    checked and the pick made again among those it allows.
+    freely first and only that token is checked.  When the grammar refuses it, the `SHORTLIST` likeliest
+    tokens are checked and the pick is made again among those it allows; only when it allows none of
+    them is the whole vocabulary checked.  Greedy picks are exactly what checking everything would give;
+    sampled ones differ only in leaving out allowed tokens ranked below the shortlist.
     """
+
+    SHORTLIST = 64
 
     def __init__(self, sampling: Sampling, grammar: Grammar | None = None, vocab=None):
         self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
@@ -134,20 +138,30 @@ class Sampler:
         llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(
             llama_cpp.llama_token_data_array(ctypes.pointer(self._one), 1, -1, False)))
         if self._one.logit == -np.inf:
-            token = self._pick(ctx, (self._grammar, self._chain))
+            token = self._pick(ctx, (self._grammar, self._chain), self.SHORTLIST)
+            if token < 0:
+                token = self._pick(ctx, (self._grammar, self._chain))
         llama_cpp.llama_sampler_accept(self._grammar, token)
         llama_cpp.llama_sampler_accept(self._chain, token)
         return token
 
-    def _pick(self, ctx, samplers) -> int:
-        """The token `samplers`, applied in turn to all of the last logits, select."""
+    def _pick(self, ctx, samplers, shortlist: int = 0) -> int:
+        """The token `samplers`, applied in turn to the last logits (only the `shortlist` highest, if given),
+        select; -1 when the first of them (the grammar) leaves none of the shortlist."""
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(len(self._ids),))
         tokens = self._tokens
-        tokens["id"] = self._ids  # the samplers sort the array in place
-        tokens["logit"] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(len(tokens),))
+        if shortlist:
+            ids = np.argpartition(logits, -shortlist)[-shortlist:]
+            tokens = tokens[:shortlist]
+            tokens["id"], tokens["logit"] = ids, logits[ids]
+        else:
+            tokens["id"], tokens["logit"] = self._ids, logits  # the samplers sort the array in place
         array = llama_cpp.llama_token_data_array(
             tokens.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)), len(tokens), -1, False)
         for sampler in samplers:
             llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+            if shortlist and np.isneginf(tokens["logit"]).all():
+                return -1  # the grammar allows none of the shortlist
         return int(array.data[array.selected].id)
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ from ..inference.engine import Engine, Finished, Request as Generation
 from ..inference.llama import ModelError
 from ..metrics import Metrics
 from ..update import status as update_status
-from . import access, account, chat, models, ollama_api, openai_api, setup, system, updates
+from . import access, account, chat, governed as governor, models, ollama_api, openai_api, setup, system, updates
 from .auth import ROUTE_KEY, Identify, Identity, route
 from .http import BodyLimit, openai_error, peer_address
 from .listeners import Listeners
@@ -80,17 +80,19 @@ async def health(request: Request):
         if engine.state != "ready":
             return JSONResponse({"probe": "failed", "reason": engine.reason}, status_code=503)
         return JSONResponse(await probe(engine))
+    governor = request.state.governed.health()
     if engine.state == "ready":
         return JSONResponse({"status": "ok", "model": status["model"], "tier": store.tier_of(status["path"]),
                              "threads": status["threads"], "context_tokens": status["context_tokens"],
-                             "version": VERSION})
+                             "version": VERSION, "governor": governor})
     if engine.state == "no_model":  # deliberately up without a model: healthy, waiting for the owner
-        return JSONResponse({"status": "no_model", "model": None, "reason": engine.reason, "version": VERSION})
-    return JSONResponse({"status": engine.state, "reason": engine.reason}, status_code=503)
+        return JSONResponse({"status": "no_model", "model": None, "reason": engine.reason, "version": VERSION,
+                             "governor": governor})
+    return JSONResponse({"status": engine.state, "reason": engine.reason, "governor": governor}, status_code=503)
 
 
 async def metrics_page(request: Request):
-    return PlainTextResponse(request.state.metrics.render(), media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(request.state.metrics.render(request.state.governed.metrics()), media_type="text/plain; version=0.0.4")
 
 
 class CountRequests:
@@ -120,7 +122,7 @@ def routes() -> list:
     return [route("/health", health, needs=Identity.PUBLIC, methods=["GET"]),
             route("/metrics", metrics_page, needs=Identity.TOKEN, methods=["GET"]),
             *openai_api.routes, *ollama_api.routes, *chat.routes, *models.routes, *updates.routes,
-            *setup.routes, *account.routes, *access.routes, *system.routes]
+            *setup.routes, *account.routes, *access.routes, *system.routes, *governor.routes]
 
 
 def create_app(config: Config, model_path=None) -> Starlette:
@@ -146,11 +148,14 @@ def create_app(config: Config, model_path=None) -> Starlette:
                 log.error("serving without a model: %s", err)
         systemd.notify("READY=1", f"STATUS={engine.reason}")
         log.info("ready: %s", engine.reason)
+        governed = governor.Governed(governor.SOCKET, engine, live, model_path)
+        following = asyncio.create_task(governed.run())
         try:
             yield {"engine": engine, "db": db, "metrics": metrics, "config": config, "downloads": models.Downloads(),
-                   "live": live, "failures": failures, "session_key": session_key}
+                   "live": live, "failures": failures, "session_key": session_key, "governed": governed}
         finally:
             systemd.notify("STOPPING=1", "STATUS=shutting down")
+            following.cancel()
             if heartbeat:
                 heartbeat.cancel()
             await engine.close()

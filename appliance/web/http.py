@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import errors, files
+from .. import config, errors, files
 from ..errors import Conflict, InvalidRequest, NoSpace, ServiceError, TooLarge, TooSlow
 
 # Each domain error as HTTP: status, OpenAI's error type and code.  The most specific class wins.
@@ -90,6 +90,19 @@ async def read_json(request: Request) -> dict:
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return data
+
+
+async def save_settings(request: Request, section: str, keys: tuple[str, ...]) -> JSONResponse:
+    """Save some of the owner's settings `section`.`keys` from a JSON body, checked as any configuration is;
+    answers with the whole section as saved."""
+    body = await read_json(request)
+    if not body or set(body) - set(keys):
+        raise InvalidRequest(f"send one or more of {', '.join(keys)}, and nothing else")
+    try:
+        saved = request.state.live.save({section: body})
+    except config.ConfigError as err:
+        raise InvalidRequest(str(err), param=next(iter(body))) from None
+    return JSONResponse(config.to_dict(saved)[section])
 
 
 MAX_FORM_FIELDS = 32

@@ -189,6 +189,7 @@ async def serve(request: Request, name: str) -> Path:
     # Swaps finish in the order they were asked for and nothing is awaited between a swap and its save,
     # so when owners' choices cross, the file names the one the engine switched to last.
     request.state.live.save({"inference": {"model": name}})
+    request.state.governed.choose(path)
     return path
 
 

@@ -17,7 +17,7 @@ HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 # The owner's frame (base.html): every page of the owner's, in the order the nav shows them.
 NAV = (("/", "Chat"), ("/manage/models", "Models"), ("/manage/updates", "Updates"), ("/manage/system", "System"),
-       ("/access", "Network access"), ("/tokens", "API tokens"))
+       ("/manage/governor", "Resources"), ("/access", "Network access"), ("/tokens", "API tokens"))
 
 
 def when(timestamp: float, zone: str) -> str:

@@ -11,12 +11,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .. import channel, config as config_module
-from ..config import ConfigError
+from .. import channel
 from ..errors import InvalidRequest
 from ..update import status as update_status
 from .auth import Identity, page, route
-from .http import field, read_json, receive_file
+from .http import field, read_json, receive_file, save_settings
 from .pages import render
 
 BUNDLE_PATH = "/update/bundle"
@@ -52,15 +51,7 @@ async def updates_page(request: Request):
 
 async def settings(request: Request):
     """Change the owner's update settings (`update.url`, `update.automatic`, `update.reboot`)."""
-    body = await read_json(request)
-    changes = {key: body[key] for key in SETTINGS if key in body}
-    if set(body) - set(SETTINGS) or not changes:
-        raise InvalidRequest(f"send one or more of {', '.join(SETTINGS)}, and nothing else")
-    try:
-        saved = request.state.live.save({"update": changes})
-    except ConfigError as err:
-        raise InvalidRequest(str(err), param=next(iter(changes))) from None
-    return JSONResponse(config_module.to_dict(saved)["update"])
+    return await save_settings(request, "update", SETTINGS)
 
 
 async def start(request: Request):

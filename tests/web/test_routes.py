@@ -69,6 +69,10 @@ GET    /system/firewall              owner
 PUT    /system/firewall              owner
 GET    /system                       owner,token
 GET    /manage/system                owner
+GET    /governor                     owner,token
+GET    /governor/history             owner,token
+PUT    /governor/settings            owner,token
+GET    /manage/governor              owner
 """
 
 

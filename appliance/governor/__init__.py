@@ -1,0 +1,1 @@
+"""The resource governor (paladin-governor.service): steps the model down and up on CPU, memory and heat."""

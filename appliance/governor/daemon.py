@@ -1,0 +1,206 @@
+"""paladin-governor: sample, decide, remember, and answer the assistant on a local socket.
+
+The governor is its own unprivileged daemon with no network: it reads sensors and keeps its history,
+nothing else.  The assistant connects to its Unix socket once a second with a report (the models on
+the box, the owner's choice and limits, the rung it serves, its CPU time and speed) and gets back the
+rung it should serve; the assistant then swaps through its engine, which lets streams in flight
+finish and holds new requests until the new model serves.  A governor that is down, slow or confused
+therefore never stops the assistant: it keeps serving what it serves.
+
+Only the assistant's user (and root) may talk to the socket (SO_PEERCRED); every message is one line
+of JSON of bounded size, checked field by field, and every read has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pwd
+import socket
+import struct
+import time
+from pathlib import Path
+
+from .. import config as config_module, systemd
+from ..config import ConfigError, GovernorConfig
+from .history import History
+from .policy import Limits, Model, Policy, label, ladder
+from .sensors import Sensors
+
+log = logging.getLogger(__name__)
+MAX_LINE = 64 * 1024
+MAX_MODELS = 64
+READ_SECONDS = 5
+FLUSH_SECONDS = 60
+RECENT_DECISIONS = 10
+
+
+class ReportError(ValueError):
+    """A message from the assistant that does not fit; it changes nothing."""
+
+
+def _get(raw: dict, key: str, kind: type, low: float = 0, high: float = 2**53):
+    value = raw.get(key)
+    if type(value) is not kind and not (kind is float and type(value) is int):
+        raise ReportError(f"report.{key} must be {kind.__name__}")
+    if kind in (int, float) and not low <= value <= high:
+        raise ReportError(f"report.{key} is out of range")
+    if kind is str and len(value) > 256:
+        raise ReportError(f"report.{key} is too long")
+    return value
+
+
+def parse_report(raw: object) -> dict:
+    if not isinstance(raw, dict):
+        raise ReportError("a report is a JSON object")
+    models = raw.get("models")
+    if not isinstance(models, list) or len(models) > MAX_MODELS or not all(isinstance(m, dict) for m in models):
+        raise ReportError(f"report.models must be a list of at most {MAX_MODELS} objects")
+    served = raw.get("served")
+    if served is not None and not isinstance(served, dict):
+        raise ReportError("report.served must be an object or null")
+    try:
+        settings = config_module.parse({"governor": raw.get("settings") or {}}, "report.settings").governor
+    except ConfigError as err:
+        raise ReportError(str(err)) from None
+    return {
+        "models": [Model(_get(m, "id", str), _get(m, "bytes", int), _get(m, "kv_bytes_per_token", int, 0, 2**30))
+                   for m in models],
+        "chosen": _get(raw, "chosen", str), "pinned": _get(raw, "pinned", bool),
+        "threads": _get(raw, "threads", int, 1, 1024), "context": _get(raw, "context", int, 1, 2**24),
+        "served": served and (_get(served, "model", str), _get(served, "threads", int, 1, 1024),
+                              _get(served, "context", int, 1, 2**24)),
+        "cpu_seconds": _get(raw, "cpu_seconds", float), "tokens_per_second": _get(raw, "tokens_per_second", float),
+        "settings": settings,
+    }
+
+
+def peer_uid(writer: asyncio.StreamWriter) -> int:
+    sock = writer.get_extra_info("socket")
+    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid
+
+
+class Governor:
+    def __init__(self, state: Path, sensors: Sensors, interval: float = 1.0):
+        self.history = History(Path(state) / "history.sqlite")
+        self.sensors, self.interval = sensors, interval
+        self.policy = Policy()
+        self.report: dict | None = None
+        self.reported_at = 0.0
+        self.cpu_seconds: float | None = None
+        self.unsampled_cpu = 0.0
+        self.latest: dict | None = None
+        self.warnings: set[str] = set()
+
+    # -- the assistant's side ---------------------------------------------
+
+    def take_report(self, report: dict) -> dict:
+        if self.cpu_seconds is not None and report["cpu_seconds"] >= self.cpu_seconds:
+            self.unsampled_cpu += report["cpu_seconds"] - self.cpu_seconds
+        self.cpu_seconds = report["cpu_seconds"]
+        self.report, self.reported_at = report, time.monotonic()
+        self.policy.set_ladder(ladder(report["models"], report["chosen"], report["threads"], report["context"]),
+                               report["served"])
+        if not report["settings"].enabled or report["pinned"]:
+            self.policy.index = 0  # the owner's model (or the pinned one) at full strength
+        return {"rung": self.policy.wanted.as_dict() if self.policy.wanted else None, "status": self.status()}
+
+    def _settings(self) -> GovernorConfig:
+        return self.report["settings"] if self.report else GovernorConfig()
+
+    def status(self) -> dict:
+        latest = self.latest or {}
+        report = self.report or {}
+        served = report.get("served")
+        return {"enabled": self._settings().enabled, "pinned": report.get("pinned", False),
+                "rung": self.policy.wanted.as_dict() if self.policy.wanted else None,
+                "index": self.policy.index, "ladder": [r.as_dict() for r in self.policy.rungs],
+                "served": served and dict(zip(("model", "threads", "context"), served)),
+                "limits": self._limits(latest).__dict__ if latest else None, "sample": self.latest,
+                "warnings": sorted(self.warnings), "decisions": self.history.decisions(limit=RECENT_DECISIONS)}
+
+    def _limits(self, sample: dict) -> Limits:
+        return Limits.for_board(self._settings(), sample["memory_total"], sample["cores"])
+
+    # -- sampling ---------------------------------------------------------
+
+    def step(self) -> None:
+        """One sample, and the decision it brings, if any."""
+        sample = self.sensors.sample(time.time(), self.unsampled_cpu, self.interval)
+        self.unsampled_cpu = 0.0
+        fresh = self.report is not None and time.monotonic() - self.reported_at < 5 * max(self.interval, 1)
+        report = self.report if fresh else None
+        record = sample.as_dict() | {
+            "tokens_per_second": report["tokens_per_second"] if report else None,
+            "rung": self.policy.index if report and self.policy.rungs else None,
+            "model": label(self.policy.wanted) if report else None}
+        self.latest = record
+        self.history.add_sample(record)
+        for warning in set(sample.warnings) - self.warnings:
+            log.warning("%s", warning)
+        self.warnings = set(sample.warnings)
+        settings = self._settings()
+        if report is None or not settings.enabled or not self.policy.rungs:
+            return  # nothing to govern: the samples are still worth keeping
+        decision = self.policy.decide(sample, self._limits(record), report["pinned"])
+        if decision is not None:
+            log.warning("%s: %s -> %s: %s", decision.action, decision.source, decision.target, decision.reason)
+            self.history.add_decision(decision.as_dict())
+
+    def history_reply(self, since: float) -> dict:
+        return {"samples": [s for s in self.history.samples if s["t"] >= since],
+                "decisions": self.history.decisions(since)}
+
+    # -- the daemon -------------------------------------------------------
+
+    async def answer(self, message: object) -> dict:
+        if not isinstance(message, dict) or len(message) != 1:
+            raise ReportError("a message is an object with one key: report or history")
+        if "report" in message:
+            return self.take_report(parse_report(message["report"]))
+        if "history" in message and isinstance(message["history"], dict):
+            since = message["history"].get("since", 0)
+            if type(since) not in (int, float):
+                raise ReportError("history.since must be a number")
+            return self.history_reply(float(since))
+        raise ReportError("a message is an object with one key: report or history")
+
+    async def serve(self, path: Path, allowed: set[int]) -> None:
+        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                if peer_uid(writer) not in allowed:
+                    writer.write(b'{"error": "not allowed"}\n')
+                    return
+                while line := await asyncio.wait_for(reader.readline(), READ_SECONDS):
+                    try:
+                        reply = await self.answer(json.loads(line))
+                    except (ReportError, ValueError) as err:
+                        reply = {"error": str(err)[:200]}
+                    writer.write(json.dumps(reply).encode() + b"\n")
+                    await asyncio.wait_for(writer.drain(), READ_SECONDS)
+            except (asyncio.TimeoutError, asyncio.LimitOverrunError, ValueError, ConnectionError):
+                pass  # a slow, silent or oversized client loses its connection, nothing else
+            finally:
+                writer.close()
+
+        path.unlink(missing_ok=True)
+        server = await asyncio.start_unix_server(client, path, limit=MAX_LINE)
+        os.chmod(path, 0o666)  # who may talk is SO_PEERCRED's to say, not the file mode's
+        async with server:
+            systemd.notify("READY=1", f"STATUS=sampling every {self.interval:g} s")
+            flushed = time.monotonic()
+            while True:
+                started = time.monotonic()
+                self.step()
+                systemd.notify("WATCHDOG=1")
+                if started - flushed >= FLUSH_SECONDS:
+                    self.history.flush()
+                    flushed = started
+                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+
+def allowed_uids(users: list[str]) -> set[int]:
+    return {0, os.getuid(), *(pwd.getpwnam(user).pw_uid for user in users)}

@@ -1,0 +1,131 @@
+"""What the governor reads once a second: CPU, memory, pressure stall information and temperatures.
+
+psutil gives CPU times, frequencies and memory; pressure comes from `<proc>/pressure/*` (kernels with
+PSI) and temperatures from `<sys>/class/thermal` and `<sys>/class/hwmon`.  The roots are arguments so
+tests can hand the governor a sensor tree of their own.  A sensor that is missing, unreadable or
+reads garbage never stops a sample: its value is None and the sample carries a warning naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+# Millidegrees, as the kernel reports them; a reading outside these bounds is a broken sensor, not heat.
+SANE_MILLI_C = (-40_000, 150_000)
+MAX_SENSORS = 64
+PSI = re.compile(rb"^(some|full) avg10=([0-9.]+) ")
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float  # wall clock, seconds since the epoch
+    cpu: float  # percent of all cores busy since the last sample
+    other_cpu: float  # the part of it not spent by the assistant (what the limit counts)
+    cores: int
+    mhz: tuple[int, ...]  # each core's current frequency, where the kernel reports them (throttling shows here)
+    memory_available: int
+    memory_total: int
+    swap_percent: float
+    pressure: dict = field(default_factory=dict)  # "cpu_some", "memory_full", ... avg10 in percent
+    temperature: float | None = None  # the hottest sensor, degrees Celsius
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def memory_percent(self) -> float:
+        return 100 * self.memory_available / self.memory_total if self.memory_total else 100.0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"warnings": list(self.warnings), "mhz": list(self.mhz)}
+
+
+def _read(path: Path, limit: int = 4096) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(limit)
+
+
+def pressure(proc: Path) -> tuple[dict, list[str]]:
+    """avg10 of every line of /proc/pressure/{cpu,memory,io}; none where the kernel has no PSI."""
+    values, warnings = {}, []
+    root = proc / "pressure"
+    if not root.is_dir():
+        return values, warnings
+    for resource in ("cpu", "memory", "io"):
+        try:
+            lines = _read(root / resource).splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            match = PSI.match(line)
+            if match and float(match[2]) <= 100:
+                values[f"{resource}_{match[1].decode()}"] = float(match[2])
+            else:
+                warnings.append(f"{root / resource}: unreadable line {line[:40]!r}")
+    return values, warnings
+
+
+def _temperature_files(sys: Path) -> list[Path]:
+    zones = sorted((sys / "class/thermal").glob("thermal_zone*/temp"))
+    hwmon = sorted((sys / "class/hwmon").glob("hwmon*/temp*_input"))
+    return (zones + hwmon)[:MAX_SENSORS]
+
+
+def temperature(sys: Path) -> tuple[float | None, list[str]]:
+    """The hottest sane reading of all thermal zones and hwmon sensors, in degrees Celsius."""
+    hottest, warnings = None, []
+    for path in _temperature_files(sys):
+        try:
+            milli = int(_read(path, 32).strip())
+        except (OSError, ValueError):
+            warnings.append(f"{path}: not a temperature")
+            continue
+        if not SANE_MILLI_C[0] <= milli <= SANE_MILLI_C[1]:
+            warnings.append(f"{path}: {milli / 1000:.1f} °C is not a plausible temperature")
+            continue
+        hottest = max(hottest if hottest is not None else -273.0, milli / 1000)
+    return hottest, warnings
+
+
+class Sensors:
+    """Successive samples: CPU shares are measured between two of them."""
+
+    def __init__(self, sys: Path = Path("/sys"), proc: Path = Path("/proc")):
+        self.sys, self.proc = Path(sys), Path(proc)
+        self.cores = psutil.cpu_count() or 1
+        self._last = psutil.cpu_times()
+        self._had_temperature = False
+
+    def sample(self, t: float, assistant_cpu_seconds: float = 0.0, interval: float = 1.0) -> Sample:
+        """A sample now; `assistant_cpu_seconds` is what the assistant used since the last one (its report)."""
+        warnings: list[str] = []
+        times = psutil.cpu_times()
+        busy, total = _busy(self._last, times)
+        self._last = times
+        cpu = 100 * busy / total if total > 0 else 0.0
+        own = 100 * assistant_cpu_seconds / (interval * self.cores) if interval > 0 else 0.0
+        freqs = tuple(round(f.current) for f in (psutil.cpu_freq(percpu=True) or []) if f.current)
+        memory = psutil.virtual_memory()
+        psi, problems = pressure(self.proc)
+        warnings += problems
+        hottest, problems = temperature(self.sys)
+        warnings += problems
+        if hottest is None and self._had_temperature and not problems:
+            warnings.append(f"the temperature sensors under {self.sys / 'class'} are gone")
+        self._had_temperature = self._had_temperature or hottest is not None
+        return Sample(t=t, cpu=round(cpu, 1), other_cpu=round(max(0.0, cpu - own), 1), cores=self.cores,
+                      mhz=freqs,
+                      memory_available=memory.available, memory_total=memory.total,
+                      swap_percent=psutil.swap_memory().percent, pressure=psi, temperature=hottest,
+                      warnings=tuple(warnings))
+
+
+def _busy(before, after) -> tuple[float, float]:
+    """Busy and total CPU seconds between two psutil.cpu_times() (idle and iowait are not busy)."""
+    deltas = {name: getattr(after, name) - getattr(before, name) for name in after._fields}
+    total = sum(value for name, value in deltas.items() if name not in ("guest", "guest_nice"))
+    idle = deltas.get("idle", 0) + deltas.get("iowait", 0)
+    return total - idle, total
