@@ -181,7 +181,7 @@ class GovernorConfig:
                                   "default (80).", minimum=0, maximum=120)
     cpu_percent: int = setting(0, "Share of all cores, in percent, that other programs than the assistant may use "
                                   "before the assistant makes room; 0: the board's default (60 on up to 4 cores, "
-                                  "75 above).", minimum=0, maximum=100)
+                                  "75 above); 100: no CPU limit.", minimum=0, maximum=100)
     memory_percent: int = setting(0, "Available memory, in percent of the total, below which the box is short of "
                                      "memory; 0: the board's default (10, or 15 on 8 GB and less).",
                                   minimum=0, maximum=95)

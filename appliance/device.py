@@ -9,17 +9,12 @@ its key.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import secrets
 import socket
 from pathlib import Path
 
 import psutil
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from . import facts, files
 
@@ -27,10 +22,6 @@ from . import facts, files
 # give 55 bits, far beyond what the wizard's attempt limit lets anyone guess.
 CODE_ALPHABET = "3467ACDEFGHJKMNPQRTUVWXY"
 CODE_GROUPS, CODE_GROUP_LENGTH = 3, 4
-# A box may boot with its clock far off (no RTC, no time sync yet): the certificate is valid from a date
-# before any box was made, for twenty years.
-NOT_BEFORE = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
-VALID_FOR = datetime.timedelta(days=20 * 365)
 
 
 class Secrets:
@@ -53,8 +44,9 @@ class Secrets:
 
     def fingerprint(self) -> str:
         """The certificate's SHA-256 fingerprint as browsers show it (AB:CD:...)."""
-        cert = x509.load_pem_x509_certificate(self.tls_certificate.read_bytes())
-        return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+        from . import certificate  # cryptography where it is needed (see _make_tls)
+
+        return certificate.fingerprint(self.tls_certificate.read_bytes())
 
 
 def secrets_of(data_dir: Path) -> Secrets:
@@ -84,38 +76,31 @@ def addresses() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     return sorted(found, key=lambda a: (a.version, a.is_link_local, int(a)))
 
 
-def _certificate(key: ec.EllipticCurvePrivateKey, names: list[str], ips: list) -> bytes:
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, facts.MDNS_NAME),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "PAL-adin (this box's own certificate)")])
-    san = x509.SubjectAlternativeName([x509.DNSName(n) for n in names] + [x509.IPAddress(a) for a in ips])
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(NOT_BEFORE).not_valid_after(NOT_BEFORE + VALID_FOR)
-            .add_extension(san, critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
 def ensure(data_dir: Path, hostname: str | None = None) -> Secrets:
     """Make whatever of the device's secrets is missing; never replace one that exists."""
     made = secrets_of(data_dir)
     made.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not made.tls_key.exists():
-        made.tls_certificate.unlink(missing_ok=True)  # one left from an earlier key would not match
-        key = ec.generate_private_key(ec.SECP256R1())
-        files.write(made.tls_key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                    serialization.NoEncryption()), mode=0o600)
-    if not made.tls_certificate.exists():
-        key = serialization.load_pem_private_key(made.tls_key.read_bytes(), password=None)
-        host = (hostname or socket.gethostname()).split(".")[0]
-        names = sorted({facts.MDNS_NAME, f"{host}.local", host, "localhost"})
-        ips = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"), *addresses()]
-        files.write(made.tls_certificate, _certificate(key, names, ips), mode=0o644)
+    if not (made.tls_key.exists() and made.tls_certificate.exists()):
+        _make_tls(made, hostname)
     if not made.session_key_file.exists():
         files.write(made.session_key_file, secrets.token_bytes(32), mode=0o600)
     return made
+
+
+def _make_tls(made: Secrets, hostname: str | None) -> None:
+    # cryptography only where a key or certificate is made: `paladin serve` checks the secrets in gunicorn's
+    # arbiter, which must not carry its 14 MB for nothing.
+    from . import certificate
+
+    if not made.tls_key.exists():
+        made.tls_certificate.unlink(missing_ok=True)  # one left from an earlier key would not match
+        files.write(made.tls_key, certificate.new_key(), mode=0o600)
+    if not made.tls_certificate.exists():
+        host = (hostname or socket.gethostname()).split(".")[0]
+        names = sorted({facts.MDNS_NAME, f"{host}.local", host, "localhost"})
+        ips = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"), *addresses()]
+        files.write(made.tls_certificate, certificate.self_signed(made.tls_key.read_bytes(), names, ips),
+                    mode=0o644)
 
 
 def new_code(made: Secrets) -> str:

@@ -5,7 +5,7 @@ import time
 import pytest
 from cryptography import x509
 
-from appliance import config, db as database, device, firstboot, owner, sessions
+from appliance import certificate, config, db as database, device, firstboot, owner, sessions
 from appliance.errors import InvalidRequest
 
 pytestmark = pytest.mark.unit
@@ -49,7 +49,7 @@ def test_the_certificate_names_the_box(tmp_path):
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert {"paladin.local", "kitchen.local", "kitchen"} <= set(names.get_values_for_type(x509.DNSName))
     assert "127.0.0.1" in {str(a) for a in names.get_values_for_type(x509.IPAddress)}
-    assert cert.not_valid_before_utc <= device.NOT_BEFORE < cert.not_valid_after_utc
+    assert cert.not_valid_before_utc <= certificate.NOT_BEFORE < cert.not_valid_after_utc
 
 
 def test_setup_codes_are_random_and_typed_loosely():

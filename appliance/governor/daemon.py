@@ -14,6 +14,7 @@ of JSON of bounded size, checked field by field, and every read has a deadline.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -34,7 +35,6 @@ MAX_LINE = 64 * 1024
 MAX_MODELS = 64
 READ_SECONDS = 5
 FLUSH_SECONDS = 60
-RECENT_DECISIONS = 10
 
 
 class ReportError(ValueError):
@@ -61,10 +61,10 @@ def parse_report(raw: object) -> dict:
     served = raw.get("served")
     if served is not None and not isinstance(served, dict):
         raise ReportError("report.served must be an object or null")
-    try:
-        settings = config_module.parse({"governor": raw.get("settings") or {}}, "report.settings").governor
-    except ConfigError as err:
-        raise ReportError(str(err)) from None
+    settings = raw.get("settings") or {}
+    if not isinstance(settings, dict) or len(settings) > 32 or \
+            not all(isinstance(v, (str, int, float, bool)) for v in settings.values()):
+        raise ReportError("report.settings must be an object of plain values")
     return {
         "models": [Model(_get(m, "id", str), _get(m, "bytes", int), _get(m, "kv_bytes_per_token", int, 0, 2**30))
                    for m in models],
@@ -73,8 +73,17 @@ def parse_report(raw: object) -> dict:
         "served": served and (_get(served, "model", str), _get(served, "threads", int, 1, 1024),
                               _get(served, "context", int, 1, 2**24)),
         "cpu_seconds": _get(raw, "cpu_seconds", float), "tokens_per_second": _get(raw, "tokens_per_second", float),
-        "settings": settings,
+        "settings": _settings(tuple(sorted(settings.items()))),
     }
+
+
+@functools.lru_cache(maxsize=4)
+def _settings(items: tuple) -> GovernorConfig:
+    """The owner's governor settings, checked as configuration; the same ones every second are checked once."""
+    try:
+        return config_module.parse({"governor": dict(items)}, "report.settings").governor
+    except ConfigError as err:
+        raise ReportError(str(err)) from None
 
 
 def peer_uid(writer: asyncio.StreamWriter) -> int:
@@ -120,7 +129,7 @@ class Governor:
                 "index": self.policy.index, "ladder": [r.as_dict() for r in self.policy.rungs],
                 "served": served and dict(zip(("model", "threads", "context"), served)),
                 "limits": self._limits(latest).__dict__ if latest else None, "sample": self.latest,
-                "warnings": sorted(self.warnings), "decisions": self.history.decisions(limit=RECENT_DECISIONS)}
+                "warnings": sorted(self.warnings), "decisions": list(self.history.recent)}
 
     def _limits(self, sample: dict) -> Limits:
         return Limits.for_board(self._settings(), sample["memory_total"], sample["cores"])

@@ -14,7 +14,8 @@ from pathlib import Path
 
 KEEP_SAMPLES = 2000
 KEEP_DECISION_SECONDS = 7 * 86400
-MAX_DECISIONS = 20000  # a week of decisions at most every `dwell_seconds`; a bound all the same
+MAX_DECISIONS = 20000
+RECENT = 10  # what every answer to the assistant carries  # a week of decisions at most every `dwell_seconds`; a bound all the same
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (t REAL NOT NULL, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (t REAL NOT NULL, data TEXT NOT NULL);
@@ -36,12 +37,14 @@ class History:
         rows = self.db.execute("SELECT data FROM samples ORDER BY t DESC LIMIT ?", (KEEP_SAMPLES,)).fetchall()
         self.samples: deque[dict] = deque((json.loads(data) for (data,) in reversed(rows)), maxlen=KEEP_SAMPLES)
         self.unsaved: list[dict] = []
+        self.recent: deque[dict] = deque(self.decisions(limit=RECENT), maxlen=RECENT)
 
     def add_sample(self, sample: dict) -> None:
         self.samples.append(sample)
         self.unsaved.append(sample)
 
     def add_decision(self, decision: dict) -> None:
+        self.recent.append(decision)
         with self.db:
             self.db.execute("BEGIN")
             self.db.execute("INSERT INTO decisions VALUES (?, ?)", (decision["t"], json.dumps(decision)))

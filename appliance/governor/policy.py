@@ -64,7 +64,7 @@ class Rung:
         return self.model, self.threads, self.context
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"model": self.model, "threads": self.threads, "context": self.context, "need": self.need}
 
 
 def ladder(models: list[Model], chosen: str, threads: int, context: int) -> list[Rung]:
@@ -109,9 +109,9 @@ def breaches(sample: Sample, limits: Limits) -> list[tuple[str, float, float, st
     if sample.temperature is not None and sample.temperature >= limits.temperature:
         found.append(("temperature", sample.temperature, limits.temperature,
                       f"temperature {sample.temperature:.1f} °C ≥ {limits.temperature:g} °C"))
-    if sample.other_cpu >= limits.cpu_percent:
+    if sample.other_cpu > limits.cpu_percent:  # more than: a limit of 100 % is never crossed
         found.append(("cpu", sample.other_cpu, limits.cpu_percent,
-                      f"other programs use {sample.other_cpu:.0f} % of the CPU ≥ {limits.cpu_percent:g} %"))
+                      f"other programs use {sample.other_cpu:.0f} % of the CPU > {limits.cpu_percent:g} %"))
     if sample.memory_percent <= limits.memory_percent:
         found.append(("memory", sample.memory_percent, limits.memory_percent,
                       f"available memory {sample.memory_percent:.1f} % ≤ {limits.memory_percent:g} %"))

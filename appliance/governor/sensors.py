@@ -8,7 +8,6 @@ reads garbage never stops a sample: its value is None and the sample carries a w
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ class Sample:
         return 100 * self.memory_available / self.memory_total if self.memory_total else 100.0
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"warnings": list(self.warnings), "mhz": list(self.mhz)}
+        return self.__dict__ | {"pressure": dict(self.pressure), "warnings": list(self.warnings), "mhz": list(self.mhz)}
 
 
 def _read(path: Path, limit: int = 4096) -> bytes:

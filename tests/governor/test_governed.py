@@ -23,9 +23,11 @@ GIB = 2**30
 
 @pytest.fixture(scope="module")
 def governed(tmp_path_factory):
-    # The 20-stream test queues 20 requests at once.
+    # The 20-stream test queues 20 requests at once.  No CPU limit but in the burners' test: whatever else
+    # runs on the machine must not move the model in the others.
     running = Governed(tmp_path_factory.mktemp("governed"), sizes=("small", "medium", "large"), top="large",
-                       governor={"calm_seconds": 3}, inference={"context_tokens": 1024, "queue_size": 32})
+                       governor={"calm_seconds": 3, "cpu_percent": 100},
+                       inference={"context_tokens": 1024, "queue_size": 32})
     yield running
     running.stop()
 
@@ -105,6 +107,8 @@ def test_a_broken_sensor_warns_and_swaps_nothing(at_top):
 def test_cpu_burners_step_down(at_top):
     governed, since = at_top, time.time()
     top = governed.health()
+    with governed.service.client() as client:
+        assert client.put("/governor/settings", json={"cpu_percent": 60}).status_code == 200
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(psutil.cpu_count())]
     try:
         governed.wait_for(lambda h: h["status"] == "ok" and (h["model"], h["threads"]) != (top["model"], top["threads"]),
@@ -113,8 +117,10 @@ def test_cpu_burners_step_down(at_top):
         for burner in burners:
             burner.kill()
             burner.wait()
+        with governed.service.client() as client:
+            client.put("/governor/settings", json={"cpu_percent": 100})
     made = decisions(governed, since)
-    assert made[0]["action"] == "down" and made[0]["limit"] == "cpu" and made[0]["value"] >= 60
+    assert made[0]["action"] == "down" and made[0]["limit"] == "cpu" and made[0]["value"] > 60
     assert "other programs use" in made[0]["reason"]
 
 

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from appliance import device
+
 pytestmark = pytest.mark.unit
 
 SCRIPT = """
@@ -25,3 +27,22 @@ def test_the_web_worker_imports_no_updater_no_tuf_and_no_host_code(tmp_path):
     assert "appliance.web.app" in modules and "appliance.inference.engine" in modules
     assert {m for m in modules if m.startswith("appliance.update")} == ALLOWED_FROM_UPDATE
     assert not {m for m in modules if m.split(".")[0] in ("tuf", "securesystemslib", "buildhost")}
+
+
+WORKER_ONLY = {"cryptography", "llama_cpp", "numpy", "jinja2", "markdown_it", "nh3"}
+# What `paladin serve` does before gunicorn forks its worker, on a box whose secrets exist.
+ARBITER = """
+import json, sys
+from appliance import cli, config, firstboot
+from appliance.web import server
+firstboot.prepare(config.parse({"data_dir": sys.argv[1]}))
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_gunicorns_arbiter_loads_no_model_code_and_no_cryptography(tmp_path):
+    """The arbiter holds no model and no secret: what it imports only costs memory (the RSS budget)."""
+    device.ensure(tmp_path)  # the first boot's, made before
+    out = subprocess.run([sys.executable, "-c", ARBITER, tmp_path], capture_output=True, text=True, check=True)
+    loaded = {m.split(".")[0] for m in json.loads(out.stdout)} & WORKER_ONLY
+    assert not loaded, loaded
