@@ -1,7 +1,7 @@
 """paladin-governor: sample, decide, remember, and answer the assistant on a local socket.
 
 The governor is its own unprivileged daemon with no network: it reads sensors and keeps its history,
-nothing else.  The assistant connects to its Unix socket once a second with a report (the models on
+nothing else.  The assistant connects to its Unix socket every 2 s with a report (the models on
 the box, the owner's choice and limits, the rung it serves, its CPU time and speed) and gets back the
 rung it should serve; the assistant then swaps through its engine, which lets streams in flight
 finish and holds new requests until the new model serves.  A governor that is down, slow or confused

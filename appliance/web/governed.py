@@ -1,6 +1,6 @@
 """The assistant's side of the resource governor: report, follow its rung, show it to the owner.
 
-Once a second the assistant tells the governor (paladin-governor.service, over its Unix socket) which
+Every 2 s the assistant tells the governor (paladin-governor.service, over its Unix socket) which
 models the box has, which one the owner chose or pinned, what it serves and how fast, and gets back the
 rung to serve.  A different rung becomes an engine swap, in a task of its own: streams in flight finish
 on the old model, new requests wait and then run on the new one, and clients naming the `paladin`

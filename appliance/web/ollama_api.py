@@ -47,6 +47,9 @@ def _options(body: dict) -> dict:
     if body.get("logprobs") or body.get("top_logprobs"):
         raise InvalidRequest("log probabilities are not returned by this box; send the request without "
                              "'logprobs' and 'top_logprobs'", param="logprobs")
+    if body.get("think") not in (None, False):  # Home Assistant's "think before responding"
+        raise InvalidRequest("this box's models have no thinking mode; send 'think': false or leave it out",
+                             param="think")
     if body.get("keep_alive") is not None and not isinstance(body["keep_alive"], (str, int, float)):
         raise InvalidRequest("'keep_alive' is a duration such as \"5m\" or a number of seconds", param="keep_alive")
     options = field(body, "options", dict, {})
