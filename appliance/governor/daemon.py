@@ -99,18 +99,21 @@ class Governor:
         self.policy = Policy()
         self.report: dict | None = None
         self.reported_at = 0.0
+        # The assistant's CPU use as a rate (CPU seconds per second) between its last two reports: it reports
+        # less often than the governor samples, and each sample must carry its own share, not a lump.
         self.cpu_seconds: float | None = None
-        self.unsampled_cpu = 0.0
+        self.assistant_rate = 0.0
         self.latest: dict | None = None
         self.warnings: set[str] = set()
 
     # -- the assistant's side ---------------------------------------------
 
     def take_report(self, report: dict) -> dict:
-        if self.cpu_seconds is not None and report["cpu_seconds"] >= self.cpu_seconds:
-            self.unsampled_cpu += report["cpu_seconds"] - self.cpu_seconds
+        now = time.monotonic()
+        if self.cpu_seconds is not None and report["cpu_seconds"] >= self.cpu_seconds and now > self.reported_at:
+            self.assistant_rate = (report["cpu_seconds"] - self.cpu_seconds) / (now - self.reported_at)
         self.cpu_seconds = report["cpu_seconds"]
-        self.report, self.reported_at = report, time.monotonic()
+        self.report, self.reported_at = report, now
         self.policy.set_ladder(ladder(report["models"], report["chosen"], report["threads"], report["context"]),
                                report["served"])
         if not report["settings"].enabled or report["pinned"]:
@@ -138,8 +141,7 @@ class Governor:
 
     def step(self) -> None:
         """One sample, and the decision it brings, if any."""
-        sample = self.sensors.sample(time.time(), self.unsampled_cpu, self.interval)
-        self.unsampled_cpu = 0.0
+        sample = self.sensors.sample(time.time(), self.assistant_rate * self.interval, self.interval)
         fresh = self.report is not None and time.monotonic() - self.reported_at < 5 * max(self.interval, 1)
         report = self.report if fresh else None
         record = sample.as_dict() | {

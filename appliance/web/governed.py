@@ -66,7 +66,7 @@ class Governed:
         self.problem: str | None = "not asked yet"
         self.swap: asyncio.Task | None = None
         self.failed: dict[tuple, float] = {}
-        self._kv: dict[tuple, int] = {}
+        self._kv: dict[Path, tuple[int, int, int]] = {}  # path -> (size, mtime, KV bytes per token)
 
     def choose(self, path: Path) -> None:
         """The owner chose `path` (the Models page): the ladder's top from now on."""
@@ -82,10 +82,11 @@ class Governed:
         """File size and KV bytes per token, read once per file version; None for a file that is not usable."""
         try:
             stat = path.stat()
-            key = (path, stat.st_size, stat.st_mtime_ns)
-            if key not in self._kv:
-                self._kv[key] = gguf.kv_bytes_per_token(path)
-            return stat.st_size, self._kv[key]
+            size, mtime, kv = self._kv.get(path, (-1, -1, 0))
+            if (size, mtime) != (stat.st_size, stat.st_mtime_ns):  # one entry per path: a replaced file replaces it
+                kv = gguf.kv_bytes_per_token(path)
+                self._kv[path] = (stat.st_size, stat.st_mtime_ns, kv)
+            return stat.st_size, kv
         except (OSError, gguf.HeaderError) as err:
             log.warning("left off the ladder: %s", err)
             return None

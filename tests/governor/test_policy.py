@@ -275,3 +275,12 @@ def test_a_fresh_governor_takes_the_served_rung_and_a_changed_ladder_keeps_it():
     assert governing.wanted.key() == ("mid", 4, 4096)  # a model was added: the rung stays
     governing.set_ladder(ladder(MODELS, "small", 4, 4096), served=("small", 4, 4096))
     assert governing.index == 0  # the owner chose another model: its top
+
+
+def test_the_assistants_cpu_is_a_rate_spread_over_every_sample(tmp_path, tree):
+    """It reports every 2 s, the governor samples every second: each sample carries its share, not a lump."""
+    governor = Governor(tmp_path, Sensors(tree.root, tmp_path), interval=1.0)
+    governor.take_report(parse_report(REPORT | {"cpu_seconds": 10.0}))
+    governor.reported_at -= 2.0  # as if the first report came 2 s ago
+    governor.take_report(parse_report(REPORT | {"cpu_seconds": 11.0}))
+    assert governor.assistant_rate == pytest.approx(0.5, rel=0.05)
