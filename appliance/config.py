@@ -127,7 +127,7 @@ class InferenceConfig:
                            minimum=0, maximum=256)
     context_tokens: int = setting(4096, "Context window per conversation, in tokens.",
                                   minimum=64, maximum=131072)
-    max_tokens: int = setting(1024, "Tokens generated when a request names no limit.",
+    max_tokens: int = setting(1024, "Tokens generated when a request names no limit; JSON then closes up.",
                               minimum=1, maximum=131072)
     cpu_variant: str = setting("", "llama.cpp CPU backend to use (haswell, skylakex, icelake, ...); empty: the "
                                    "best this CPU reports.  Only for a host that reports instructions it "

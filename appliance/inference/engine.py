@@ -322,7 +322,7 @@ class Engine:
         self.served = Served(id=model_id(path), path=model.path, size_bytes=model.size_bytes,
                              context_tokens=model.n_ctx, parameters=model.parameters,
                              architecture=model.meta("general.architecture") or "",
-                             file_type=model.meta("general.file_type") or "", template=self.template.source,
+                             file_type=model.quantization, template=self.template.source,
                              threads=strength.threads)
         self.state, self.reason = "ready", "serving " + self.served.id
         self.metrics.model_loaded = 1
@@ -366,7 +366,9 @@ class Engine:
         """The prompt's tokens, and how many of the oldest messages (and their tokens) were left out to fit
         the context."""
         n_ctx, messages, dropped, whole = self._context(request), request.messages, 0, None
-        # Truncating, the reply keeps room for a useful answer, not only for whatever the history left over.
+        # Truncating, older turns go to leave the reply room for a useful answer, not only for whatever the
+        # history left over; once none is left to go, a request that named no limit is served with the room
+        # there is, as Ollama serves it (Home Assistant's tool results can fill most of the context).
         limit = request.max_tokens or (min(self.settings.max_tokens, n_ctx // 4) if request.truncate else 1)
         while True:
             try:
@@ -381,6 +383,7 @@ class Engine:
                 break
             dropped += len(messages) - len(shorter)
             messages = shorter
+        limit = request.max_tokens or 1
         if len(tokens) + limit > n_ctx:
             raise PromptTooLong(f"this model's context is {n_ctx} tokens, but the request needs "
                                 f"{len(tokens) + limit} ({len(tokens)} in the prompt, {limit} to generate)"
@@ -405,7 +408,15 @@ class Engine:
             sampler = Sampler(request.sampling, request.grammar, model.vocab)
         except ModelError as err:
             raise InvalidRequest(str(err)) from None
-        limit = request.max_tokens or min(self.settings.max_tokens, self._context(request) - len(tokens))
+        room = self._context(request) - len(tokens)
+        limit = request.max_tokens or min(self.settings.max_tokens, room)
+        # A reply held to a grammar from its first token (JSON, a schema, a required call) is useless cut
+        # short, and Home Assistant's AI tasks name no limit: at the owner's default such a reply is steered
+        # to close what it has open (a small model can ramble inside a string), with the rest of the context
+        # to do it in.
+        closing_at = None
+        if request.grammar is not None and not request.grammar.triggers and not request.max_tokens:
+            closing_at, limit = limit, room
         stops = request.stop + (tuple(self.template.stop_strings()) if request.messages is not None else ())
         scanner = StopScanner(stops)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -416,6 +427,8 @@ class Engine:
             reused = model.prefill(tokens, job.cancelled.is_set)
             job.emit(Started(len(tokens), reused, self.served.id, dropped, dropped_tokens))
             while generated < limit:
+                if generated == closing_at:
+                    sampler.close_up(model.closers)
                 if job.cancelled.is_set():
                     reason = "cancelled"
                     break

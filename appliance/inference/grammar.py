@@ -4,7 +4,8 @@ A grammar restricts which tokens the sampler may pick, so output that must be JS
 that must match a schema matches it, whatever the model would rather write.  The conversion is
 llama-cpp-python's port of llama.cpp's `json_schema_to_grammar`; it enforces types, required and
 optional properties, enums and constants, string and array lengths, but not numeric ranges, so a bounded
-integer (up to MAX_ENUM values) is turned into the enum of its values first.  A grammar is either
+integer (up to MAX_ENUM values) is turned into the enum of its values first, and an array of an enum
+holds each value once at most, so that a small model's call ends.  A grammar is either
 active from the first token or lazy: free text until one of its triggers appears, the grammar from the
 trigger on (a tool call after a few words of the model's own).
 """
@@ -56,17 +57,45 @@ def rule_text(schema: object, where: str) -> str:
         raise SchemaError(f"'{where}' cannot be turned into a grammar: {type(err).__name__}: {err}") from None
 
 
+# Keywords that say nothing about which values are valid: a schema of only these accepts any value.
+ANNOTATIONS = frozenset({"description", "title", "default", "examples", "$comment", "deprecated"})
+ANY_VALUE = {"type": ["string", "number", "boolean", "object", "array", "null"]}
+# Where a schema holds schemas: one, a list, or a map of them.
+ONE, LIST, MAP = ("items", "additionalProperties", "not"), ("anyOf", "oneOf", "allOf", "prefixItems"), \
+    ("properties", "$defs", "definitions")
+
+
 def _bounded(schema: object, where: str, depth: int) -> object:
     """`schema` checked for depth, with small integer ranges spelled out as enums (the converter ignores
-    minimum and maximum)."""
+    minimum and maximum), arrays of an enum bounded by the enum's size, and schemas of only annotations made
+    explicit as any value, which the converter refuses to guess (the `ollama` client strips a tool
+    parameter's `anyOf` and leaves its description: Home Assistant's `domain`)."""
     if depth > MAX_DEPTH:
         raise SchemaError(f"'{where}' nests deeper than {MAX_DEPTH} levels")
-    if isinstance(schema, list):
+    if isinstance(schema, list):  # `items` as a list, the old tuple form
         return [_bounded(item, where, depth + 1) for item in schema]
     if not isinstance(schema, dict):
-        return schema
+        return schema  # true/false, or something the converter will refuse by name
+    if schema.keys() <= ANNOTATIONS:
+        return ANY_VALUE
     low, high = schema.get("minimum"), schema.get("maximum")
     if schema.get("type") == "integer" and isinstance(low, int) and isinstance(high, int) and \
             0 <= high - low < MAX_ENUM:
         return {"enum": list(range(low, high + 1))}
-    return {key: _bounded(value, where, depth + 1) for key, value in schema.items()}
+    out = dict(schema)
+    items = out.get("items")
+    if out.get("type") == "array" and "maxItems" not in out and isinstance(items, dict) and \
+            isinstance(items.get("enum"), list):
+        # Each value once at most: every set of choices still fits, and a small model that would list the
+        # enum over and over (Home Assistant's device_class) ends its call.
+        out["maxItems"] = len(items["enum"])
+    for key in ONE:
+        if key in out:
+            out[key] = _bounded(out[key], where, depth + 1)
+    for key in LIST:
+        if isinstance(out.get(key), list):
+            out[key] = [_bounded(item, where, depth + 1) for item in out[key]]
+    for key in MAP:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: _bounded(item, where, depth + 1) for name, item in out[key].items()}
+    return out

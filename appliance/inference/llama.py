@@ -8,6 +8,7 @@ needs so that each generated token costs one decode, one sample and one piece.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import re
@@ -112,6 +113,7 @@ class Sampler:
     def __init__(self, sampling: Sampling, grammar: Grammar | None = None, vocab=None):
         self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         self._grammar = None
+        self._closers = None
         add = lambda s: llama_cpp.llama_sampler_chain_add(self._chain, s)  # noqa: E731
         if sampling.temperature <= 0:
             add(llama_cpp.llama_sampler_init_greedy())
@@ -130,9 +132,17 @@ class Sampler:
             self._tokens = np.zeros(len(self._ids), dtype=TOKEN_DATA)
             self._one = llama_cpp.llama_token_data(0, 0.0, 0.0)
 
+    def close_up(self, closers: np.ndarray) -> None:
+        """From now on favour `closers` wherever the grammar allows one: strings end, arrays and objects
+        close once what they require is there, and the reply ends when the grammar does."""
+        self._closers = closers
+
     def sample(self, ctx) -> int:
         if self._grammar is None:
             return llama_cpp.llama_sampler_sample(self._chain, ctx, -1)
+        if self._closers is not None:
+            np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(len(self._ids),))[
+                self._closers] += CLOSING_BIAS
         token = self._pick(ctx, (self._chain,))
         self._one.id, self._one.logit = token, 0.0
         llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(
@@ -170,6 +180,7 @@ class Sampler:
             llama_cpp.llama_sampler_free(self._grammar)
 
 
+CLOSING_BIAS = 100.0  # added to a logit: above any a model gives, so an allowed closer always wins
 TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
 
 
@@ -221,6 +232,14 @@ class Model:
         return buf.value.decode("utf-8", "replace") if n >= 0 else None
 
     @property
+    def quantization(self) -> str:
+        """The file's type as Ollama names it ("Q4_K_M", "F16"), from llama.cpp's own list; "" if unknown."""
+        number = self.meta("general.file_type")
+        name = next((n for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_") and number and number.isdigit()
+                     and getattr(llama_cpp, n) == int(number)), "")
+        return name.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
+
+    @property
     def size_bytes(self) -> int:
         return llama_cpp.llama_model_size(self._model)
 
@@ -253,6 +272,16 @@ class Model:
 
     def is_end(self, token: int) -> bool:
         return llama_cpp.llama_vocab_is_eog(self._vocab, token)
+
+    @functools.cached_property
+    def closers(self) -> np.ndarray:
+        """Tokens that close JSON (pieces of only quotes, braces and brackets) and the end-of-generation ones."""
+        found = []
+        for token in range(llama_cpp.llama_vocab_n_tokens(self._vocab)):
+            text = self.piece(token).strip()
+            if (text and not text.strip(b'"}]')) or self.is_end(token):
+                found.append(token)
+        return np.array(found, dtype=np.int32)
 
     def _decode(self, tokens: list[int]) -> None:
         array = (llama_cpp.llama_token * len(tokens))(*tokens)

@@ -129,6 +129,8 @@ def field(data: dict, name: str, kind: type | tuple, default: Any = None, *, req
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if float in kinds and isinstance(value, int):
         value = float(value)
+    elif int in kinds and isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one kind of number: Home Assistant's number fields send 8192.0
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         names = " or ".join({str: "a string", int: "an integer", float: "a number", bool: "a boolean",
                              list: "an array", dict: "an object"}[k] for k in kinds)

@@ -1,14 +1,17 @@
 """The engine on real llama.cpp with generated models (milliseconds per test)."""
 
 import asyncio
+import json
 import re
 import shutil
 
+import jsonschema
 import pytest
 
 from appliance import config
 from appliance.errors import InvalidRequest, NotReady, PromptTooLong, QueueFull, ServiceError
 from appliance.inference.engine import Engine, Finished, Request
+from appliance.inference.grammar import from_schema
 from appliance.inference.prompts import older_turn_dropped
 from appliance.inference.stops import StopScanner
 from appliance.inference.llama import Sampling
@@ -208,6 +211,49 @@ def test_truncating_drops_the_oldest_whole_turns_and_keeps_the_system_message(ti
     assert started.dropped > 0 and started.dropped % 2 == 0 and started.prompt_tokens + 16 <= 256
     assert started.dropped_tokens > started.dropped  # each message is several tokens
     assert finished.completion_tokens == 16
+
+
+def test_truncating_with_no_limit_serves_the_room_left_when_no_turn_can_go(tiny_model):
+    """Home Assistant's second call of a turn: its tool results fill most of the context, there is no older
+    turn to leave out, and it names no limit: it gets what room there is, as from Ollama, not a 400."""
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "word " * 60}]
+
+    async def main():
+        engine = await started_engine(tiny_model, context_tokens=256)
+        try:
+            started, events = await engine.begin(Request(messages=turns, truncate=True))
+            _, finished = await collect(events)
+            with pytest.raises(PromptTooLong):  # a limit named is a limit kept
+                await engine.begin(Request(messages=turns, max_tokens=200, truncate=True))
+            return started, finished
+        finally:
+            await engine.close()
+
+    started, finished = asyncio.run(main())
+    assert started.dropped == 0 and 256 // 4 > 256 - started.prompt_tokens > 0
+    assert finished.completion_tokens == 256 - started.prompt_tokens
+
+
+def test_a_reply_held_to_a_grammar_closes_up_at_the_default_limit(tiny_model):
+    """Home Assistant's AI task names no limit.  At inference.max_tokens its JSON is steered to close (a
+    generated model would otherwise write its summary until the context is full) and ends whole."""
+    schema = {"type": "object", "properties": {"summary": {"type": "string"}, "rain": {"type": "boolean"},
+                                               "rooms": {"type": "array", "items": {"type": "string"}}},
+              "required": ["summary", "rain", "rooms"], "additionalProperties": False}
+
+    async def main():
+        engine = await started_engine(tiny_model, max_tokens=12, context_tokens=1024)
+        try:
+            held = Request(messages=[{"role": "user", "content": "weather?"}], grammar=from_schema(schema, "format"))
+            free = Request(messages=[{"role": "user", "content": "weather?"}])
+            return [await collect((await engine.begin(r))[1]) for r in (held, free)]
+        finally:
+            await engine.close()
+
+    (text, done), (_, free) = asyncio.run(main())
+    jsonschema.validate(json.loads(text), schema)
+    assert done.reason == "stop" and 12 < done.completion_tokens < 60, text
+    assert free.completion_tokens == 12  # free text keeps the default
 
 
 def test_a_turn_dropped_is_a_user_message_and_what_answered_it():

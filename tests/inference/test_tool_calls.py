@@ -64,6 +64,17 @@ def test_what_a_request_may_offer():
 def test_schemas_are_bounded_and_small_integer_ranges_become_enums():
     text = grammar.rule_text({"type": "integer", "minimum": 1, "maximum": 3}, "format")
     assert '"1" | "2" | "3"' in text
+    # Home Assistant's `domain` through the ollama client: its anyOf stripped, only the description left.
+    text = grammar.rule_text({"type": "object", "properties": {"domain": {"description": "one or a list"},
+                                                               "area": {"type": "string"}}}, "tools")
+    assert "domain ::= string | number | boolean | domain-3 | array | null" in text
+    assert "area-kv ::= " in text and "area ::=" not in text  # an ordinary property is left as it was
+    # Home Assistant's device_class: an array of an enum with no maxItems holds each value once at most.
+    listed = grammar.rule_text({"type": "array", "items": {"enum": ["tv", "speaker"]}}, "tools")
+    assert listed == grammar.rule_text({"type": "array", "items": {"enum": ["tv", "speaker"]}, "maxItems": 2}, "x")
+    assert '(item ("," space item)?)?' in listed
+    empty = grammar.rule_text({"type": "object", "properties": {}}, "format")  # a map of no schemas, not a schema
+    assert empty.startswith('root ::= "{" space  "}" space')
     deep = {"type": "object"}
     for _ in range(20):
         deep = {"type": "array", "items": deep}

@@ -85,6 +85,7 @@ def test_completions_and_stop(api):
     (b'{"model": "tiny", "messages": [{"role": "wizard", "content": "hi"}]}', 400, "invalid_value"),
     (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}', 400, "invalid_value"),
     (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "lots"}', 400, "invalid_value"),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4.5}', 400, "invalid_value"),
     (b'{"model": "tiny", "messages": [{"role": "user", "content": "' + b"word " * 300 + b'"}]}', 400,
      "context_length_exceeded"),
     (b'{"model": "tiny", "messages": [{"role": "user", "content": "' + b"x" * 5000 + b'"}]}', 413, "body_too_large"),

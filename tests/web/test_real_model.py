@@ -32,6 +32,7 @@ def test_smollm2_chats_past_its_context_embeds_and_answers_in_json(smol):
     hello = client.chat(model="paladin", messages=[{"role": "user", "content": "Hello! Who are you?"}],
                         options={"num_predict": 24, "temperature": 0})
     assert hello.done and len(hello.message.content.split()) >= 3  # words, from a 135M model
+    assert client.show("paladin").details.quantization_level == "Q4_1"  # Open WebUI shows it in its model list
 
     history = []
     for n in range(30):

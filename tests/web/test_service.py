@@ -65,7 +65,8 @@ def test_ollama_client_through_a_url_with_the_token_as_basic_password(service):
     assert len(parts) >= 2
     reply = client.generate(model="tiny", prompt="Hi", options={"num_predict": 3})
     assert reply.done and reply.eval_count == 3
-    assert client.show("tiny").details.format == "gguf"
+    details = client.show("tiny").details
+    assert (details.format, details.quantization_level) == ("gguf", "F32")  # as Ollama names a file type
 
 
 def test_concurrent_clients_are_queued_and_overflow_gets_retry_after(service):

@@ -202,9 +202,10 @@ def test_the_async_ollama_client_as_home_assistant_uses_it(box):
         assert "tools" in (await client.show("paladin")).capabilities
         assert [m.model for m in (await client.ps()).models] == ["caller:latest"]
         assert (await client.pull("caller")).status == "success"  # installed: nothing to fetch
-        # As homeassistant/components/ollama/entity.py calls it: streamed, keep_alive, num_ctx, think.
+        # As homeassistant/components/ollama/entity.py calls it: streamed, keep_alive, num_ctx (a float: its
+        # number field's), think.
         turn = await client.chat(model="paladin", messages=ASK, tools=OLLAMA_TOOLS, stream=True, keep_alive=-1,
-                                 options={"num_predict": 150, "num_ctx": 8192}, think=False, format=None)
+                                 options={"num_predict": 150, "num_ctx": 8192.0}, think=False, format=None)
         calls = [call async for part in turn for call in part.message.tool_calls or ()]
         assert calls
         for call in calls:
