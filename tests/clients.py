@@ -55,8 +55,7 @@ def box(client: str):
         shutil.copy(smollm2(), models / "smollm2.gguf")
         tools_model(models / f"{SERVED}.gguf")
         variant = working_variant(models / "smollm2.gguf")
-        (data / "www").mkdir()
-        with served_catalog(data / "www", models / "smollm2.gguf", TIER) as catalog:
+        with served_catalog(data, models / "smollm2.gguf", TIER) as catalog:
             # Home Assistant asks for 8192 tokens of context; its prompt with tools is about 1 700 of SmolLM2's.
             service = Service(None, data, extra_env={"PALADIN_CATALOG": str(catalog)}, config=UNLIMITED | {
                 "inference": {"model": f"{SERVED}.gguf", "cpu_variant": variant, "context_tokens": 8192}})
@@ -96,6 +95,16 @@ class App:
     def output(self) -> str:
         self.log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def logged(self, text: str, since: int = 0, timeout: float = 20) -> str:
+        """The first line of the app's log after line `since` that holds `text` ("" if none comes): an
+        app logs an error as it answers, and its output reaches the file a little later."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = next((line for line in self.output().splitlines()[since:] if text in line), "")
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
 
     def __enter__(self) -> App:
         return self

@@ -46,7 +46,7 @@ def venv() -> Path:
     ROOT.parent.mkdir(parents=True, exist_ok=True)
     run([sys.executable, "-m", "venv", ROOT], log=ROOT.parent / "venv.log")
     run([ROOT / "bin/pip", "install", "-q", f"open-webui=={VERSION}"], log=ROOT.parent / "pip.log",
-        hint="Open WebUI's requirements come from PyPI and take about 7 GB")
+        hint="Open WebUI needs Python 3.11 or 3.12 (a Debian 12 host's) and about 7 GB from PyPI")
     stamp.touch()
     return ROOT
 
