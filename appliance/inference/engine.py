@@ -369,7 +369,7 @@ class Engine:
         # Truncating, older turns go to leave the reply room for a useful answer, not only for whatever the
         # history left over; once none is left to go, a request that named no limit is served with the room
         # there is, as Ollama serves it (Home Assistant's tool results can fill most of the context).
-        limit = request.max_tokens or (min(self.settings.max_tokens, n_ctx // 4) if request.truncate else 1)
+        reserve = request.max_tokens or min(self.settings.max_tokens, n_ctx // 4)
         while True:
             try:
                 text = self.template.render(messages, request.tools) if messages is not None else request.prompt
@@ -377,16 +377,16 @@ class Engine:
                 raise InvalidRequest(str(err), param="messages") from None
             tokens = self.model.tokenize(text)
             whole = whole or len(tokens)
-            too_long = request.truncate and len(tokens) + limit > n_ctx
+            too_long = request.truncate and len(tokens) + reserve > n_ctx
             shorter = prompts.older_turn_dropped(messages) if too_long else None
             if shorter is None:
                 break
             dropped += len(messages) - len(shorter)
             messages = shorter
-        limit = request.max_tokens or 1
-        if len(tokens) + limit > n_ctx:
+        needed = request.max_tokens or 1
+        if len(tokens) + needed > n_ctx:
             raise PromptTooLong(f"this model's context is {n_ctx} tokens, but the request needs "
-                                f"{len(tokens) + limit} ({len(tokens)} in the prompt, {limit} to generate)"
+                                f"{len(tokens) + needed} ({len(tokens)} in the prompt, {needed} to generate)"
                                 + (" with only the newest message left" if dropped else ""),
                                 param="messages" if request.messages else "prompt")
         return tokens, dropped, whole - len(tokens)

@@ -60,9 +60,9 @@ def rule_text(schema: object, where: str) -> str:
 # Keywords that say nothing about which values are valid: a schema of only these accepts any value.
 ANNOTATIONS = frozenset({"description", "title", "default", "examples", "$comment", "deprecated"})
 ANY_VALUE = {"type": ["string", "number", "boolean", "object", "array", "null"]}
-# Where a schema holds schemas: one, a list, or a map of them.
-ONE, LIST, MAP = ("items", "additionalProperties", "not"), ("anyOf", "oneOf", "allOf", "prefixItems"), \
-    ("properties", "$defs", "definitions")
+# Where a schema holds schemas: one or a list of them, or a map of names to them.
+SUBSCHEMAS = ("items", "additionalProperties", "not", "anyOf", "oneOf", "allOf", "prefixItems")
+MAPS = ("properties", "$defs", "definitions")
 
 
 def _bounded(schema: object, where: str, depth: int) -> object:
@@ -72,7 +72,7 @@ def _bounded(schema: object, where: str, depth: int) -> object:
     parameter's `anyOf` and leaves its description: Home Assistant's `domain`)."""
     if depth > MAX_DEPTH:
         raise SchemaError(f"'{where}' nests deeper than {MAX_DEPTH} levels")
-    if isinstance(schema, list):  # `items` as a list, the old tuple form
+    if isinstance(schema, list):  # anyOf and the like, or `items` in the old tuple form
         return [_bounded(item, where, depth + 1) for item in schema]
     if not isinstance(schema, dict):
         return schema  # true/false, or something the converter will refuse by name
@@ -89,13 +89,10 @@ def _bounded(schema: object, where: str, depth: int) -> object:
         # Each value once at most: every set of choices still fits, and a small model that would list the
         # enum over and over (Home Assistant's device_class) ends its call.
         out["maxItems"] = len(items["enum"])
-    for key in ONE:
+    for key in SUBSCHEMAS:
         if key in out:
             out[key] = _bounded(out[key], where, depth + 1)
-    for key in LIST:
-        if isinstance(out.get(key), list):
-            out[key] = [_bounded(item, where, depth + 1) for item in out[key]]
-    for key in MAP:
+    for key in MAPS:
         if isinstance(out.get(key), dict):
             out[key] = {name: _bounded(item, where, depth + 1) for name, item in out[key].items()}
     return out

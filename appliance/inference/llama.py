@@ -180,6 +180,9 @@ class Sampler:
             llama_cpp.llama_sampler_free(self._grammar)
 
 
+# llama.cpp's file types by number, named as Ollama names them: LLAMA_FTYPE_MOSTLY_Q4_1 is "Q4_1".
+FILE_TYPES = {getattr(llama_cpp, n): n.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
+              for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_")}
 CLOSING_BIAS = 100.0  # added to a logit: above any a model gives, so an allowed closer always wins
 TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
 
@@ -233,11 +236,9 @@ class Model:
 
     @property
     def quantization(self) -> str:
-        """The file's type as Ollama names it ("Q4_K_M", "F16"), from llama.cpp's own list; "" if unknown."""
-        number = self.meta("general.file_type")
-        name = next((n for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_") and number and number.isdigit()
-                     and getattr(llama_cpp, n) == int(number)), "")
-        return name.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
+        """The file's type as Ollama names it ("Q4_K_M", "F16"); "" if unknown."""
+        number = self.meta("general.file_type") or ""
+        return FILE_TYPES.get(int(number), "") if number.isdigit() else ""
 
     @property
     def size_bytes(self) -> int:
