@@ -4,9 +4,10 @@
     ./build.py demo [--port P]      build the x86-64 image with a real small model and boot it in qemu
     ./build.py test [PYTEST ARGS]   set up everything the tests need, then run them (all of them by default)
     ./build.py wheels [--json]      build (or find) the llama-cpp-python wheel for this host in the wheelhouse
-    ./build.py image --arch A [--model FILE] [--version V] [--keys DIR] [--extra-tree DIR] --out DIR [--json]
-                                    build the flashable disk image DIR/paladin_V_A.raw (+ .raw.zst) and
-                                    its update artifacts (root, verity, UKI)
+    ./build.py image --arch A [--model FILE] [--version V] [--keys DIR] [--extra-tree DIR] [--no-compress]
+                     --out DIR [--json]
+                                    build the flashable disk image DIR/paladin_V_A.raw (+ .raw.zst unless
+                                    --no-compress) and its update artifacts (root, verity, UKI)
     ./build.py keys init|rotate [--role R] [--keys DIR]
                                     make or rotate the release signing keys (default ~/.config/paladin/keys)
     ./build.py release --image DIR/paladin_V_A.raw --repo REPO [--keys DIR]
@@ -87,7 +88,8 @@ def cmd_image(args) -> int:
     extra = Path(args.extra_tree).resolve() if args.extra_tree else None
     if extra is not None and not extra.is_dir():
         raise StepError(f"--extra-tree {args.extra_tree} is not a directory")
-    report = build_image(args.arch, args.version, Path(args.out).resolve(), model, Path(args.keys).resolve(), extra)
+    report = build_image(args.arch, args.version, Path(args.out).resolve(), model, Path(args.keys).resolve(), extra,
+                         compress=not args.no_compress)
     print(json.dumps(report) if args.json else report["image"])
     return 0
 
@@ -124,7 +126,7 @@ def cmd_tiny_model(args) -> int:
     return 0
 
 
-BENCHMARKS = sorted(p.stem for p in (ROOT / "tests/bench").glob("*.py"))
+BENCHMARKS = sorted(p.stem for p in (ROOT / "tests/bench").glob("[!_]*.py"))
 KEYS = arg("--keys", default=str(default_keys()), help="release signing keys (default ~/.config/paladin/keys)")
 VERBS = {
     "demo": verb(cmd_demo, "build the x86-64 image with a real small model and boot it",
@@ -136,6 +138,8 @@ VERBS = {
                   arg("--version", default=default_version(), help="dotted numbers; default: the time"),
                   KEYS, arg("--extra-tree", help="a directory laid over the image's root (the owner's own files)"),
                   arg("--model", help="GGUF model to put on the data partition"),
+                  arg("--no-compress", action="store_true",
+                      help="skip the .raw.zst for flashing (an image only booted in qemu or released)"),
                   arg("--out", default=str(ROOT / "out")), arg("--json", action="store_true")),
     "boot": verb(cmd_boot, "boot an image in qemu",
                  arg("--image", required=True), arg("--port", type=int, default=facts.WEB_PORT),

@@ -129,7 +129,7 @@ class InferenceConfig:
                                   minimum=64, maximum=131072)
     max_tokens: int = setting(1024, "Tokens generated when a request names no limit; JSON then closes up.",
                               minimum=1, maximum=131072)
-    cpu_variant: str = setting("", "llama.cpp CPU backend to use (haswell, skylakex, icelake, ...); empty: the "
+    cpu_variant: str = setting("", "llama.cpp CPU backend to use (haswell, alderlake, icelake, ...); empty: the "
                                    "best this CPU reports.  Only for a host that reports instructions it "
                                    "then faults on (the service dies with SIGILL).",
                                pattern=r"^[a-z0-9_]{0,32}$", allowed="a variant name such as haswell")

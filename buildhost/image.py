@@ -60,8 +60,9 @@ def check_version(version: str) -> str:
 
 
 def build_image(arch: str, version: str, out: Path, model: Path | None, keys: Path,
-                extra_tree: Path | None = None) -> dict:
-    """Build DIR/paladin_VERSION_ARCH.raw (+ .zst) and the split update artifacts beside it."""
+                extra_tree: Path | None = None, compress: bool = True) -> dict:
+    """Build DIR/paladin_VERSION_ARCH.raw (+ .zst unless not `compress`: an image only booted in qemu or
+    released needs none) and the split update artifacts beside it."""
     check_version(version)
     out.mkdir(parents=True, exist_ok=True)
     work = CACHE / "image" / arch
@@ -104,10 +105,12 @@ def build_image(arch: str, version: str, out: Path, model: Path | None, keys: Pa
             say("mkosi failed; rebuilding once without its incremental cache (-ff)")
             run([*argv, "--force", "--force", "build"], log=work / "mkosi.log", hint=f"see {work / 'mkosi.log'}")
     raw = out / f"{name}.raw"
-    with step("compress for flashing (zstd)"):
-        run(["zstd", "-q", "-f", "-T0", "-10", raw, "-o", f"{raw}.zst"])
-    report = {"image": str(raw), "compressed": f"{raw}.zst", "arch": arch, "version": version,
-              "raw_bytes": raw.stat().st_size, "compressed_bytes": Path(f"{raw}.zst").stat().st_size,
+    report = {"image": str(raw), "arch": arch, "version": version, "raw_bytes": raw.stat().st_size,
               "build_seconds": round(time.monotonic() - started)}
-    say(f"{raw}: {report['raw_bytes'] / 2**20:.0f} MiB raw, {report['compressed_bytes'] / 2**20:.0f} MiB zstd")
+    if compress:
+        with step("compress for flashing (zstd)"):
+            run(["zstd", "-q", "-f", "-T0", "-10", raw, "-o", f"{raw}.zst"])
+        report |= {"compressed": f"{raw}.zst", "compressed_bytes": Path(f"{raw}.zst").stat().st_size}
+    say(f"{raw}: {report['raw_bytes'] / 2**20:.0f} MiB raw"
+        + (f", {report['compressed_bytes'] / 2**20:.0f} MiB zstd" if compress else ", not compressed"))
     return report

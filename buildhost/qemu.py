@@ -24,10 +24,10 @@ QEMU = {
               "firmware": ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
               "packages": ["qemu-system-arm", "qemu-efi-aarch64", "qemu-user-static"]},
 }
-# What the image tests' LAN of network namespaces needs (tests/lan.py): ip, and dnsmasq without its service.
+# What the image tests' LAN of network namespaces needs (tests/support/lan.py): ip, and dnsmasq without its service.
 # The box's user-mode NIC (its way out, and the host's port forwards): qemu's default address, named.
 USER_NIC_MAC = "52:54:00:12:34:56"
-# The test LAN (tests/lan.py) and what its hosts look at the box with.
+# The test LAN (tests/support/lan.py) and what its hosts look at the box with.
 LAN_PACKAGES = ["iproute2", "dnsmasq-base", "nmap", "openssh-client", "procps", "iputils-ping"]
 
 # The box has no shell login and no token until its owner makes one.  For a VM, the host is the
@@ -86,18 +86,19 @@ def ensure_qemu(arch: str) -> None:
 
 
 def qemu_argv(image: Path, arch: str, forwards: dict[int, int], vars_copy: Path, units: dict[str, str] | None = None,
-              serial: Path | None = None) -> list[str]:
+              serial: Path | None = None, cpus: int = 2) -> list[str]:
     """qemu for `image` under TCG, UEFI, each of the box's ports in `forwards` ({box: host}) on 127.0.0.1:host.
 
     `units` are started in the guest beside the one that prints an API token; the serial console goes
-    to the terminal, or to the file `serial`.
+    to the terminal, or to the file `serial`.  Each of the `cpus` vCPUs is one host thread (MTTCG): two
+    guests at once on a 2-core host run best with one each (docs/benchmarks.md).
     """
     spec = QEMU[arch]
     code, variables = spec["firmware"]
     if not vars_copy.exists():
         shutil.copy(variables, vars_copy)
     console = ["-nographic"] if serial is None else ["-display", "none", "-serial", f"file:{serial}"]
-    return [spec["qemu"], *spec["args"], "-accel", "tcg", "-smp", "2", "-m", "2048", *console,
+    return [spec["qemu"], *spec["args"], "-accel", "tcg", "-smp", str(cpus), "-m", "2048", *console,
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
             "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
             "-drive", f"if=virtio,format=raw,file={image}",

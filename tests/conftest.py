@@ -1,20 +1,40 @@
-"""Shared fixtures: generated and real models, release keys, images, and a real running service."""
+"""Shared fixtures: generated and real models, and a real running service."""
 
 from __future__ import annotations
 
+import collections
 import shutil
 from pathlib import Path
 
 import pytest
 
-from buildhost import ROOT, tinymodel
+from buildhost import tinymodel
 from buildhost.wheels import smollm2
-from served import UNLIMITED, Service
-from variants import working_variant
-from vm import build_image as build_one, run_build
+from tests.support.served import UNLIMITED, Service
+from tests.support.variants import working_variant
 
-# The image tests' one booted box (image, lan, box, laptop, outsider).
-pytest_plugins = ["booted"]
+IMAGE_TESTS = Path(__file__).parent / "image"
+LAYERS = ("unit", "system", "service", "browser", "emulated", "image")  # pyproject.toml's markers
+layer_seconds: collections.Counter = collections.Counter()
+
+
+def pytest_collection_modifyitems(items):
+    """The image layer last (a stable sort: its order within is kept): the faster layers answer first, and
+    no VM boots while they run."""
+    items.sort(key=lambda item: item.path.is_relative_to(IMAGE_TESTS))
+
+
+def pytest_runtest_logreport(report):
+    """Each test's set-up, call and tear-down, added to its layer's time (a shared fixture's set-up counts
+    for the first test that needs it)."""
+    layer = next((name for name in LAYERS if name in report.keywords), "unmarked")
+    layer_seconds[layer] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if layer_seconds:
+        terminalreporter.write_line("time per layer: " + ", ".join(
+            f"{layer} {seconds / 60:.1f} min" for layer, seconds in layer_seconds.items()))
 
 
 @pytest.fixture(scope="session")
@@ -47,28 +67,6 @@ def smollm2_model() -> Path:
 def quantized_variant(smollm2_model) -> str:
     """inference.cpu_variant that runs a quantized model on this machine ("" almost everywhere)."""
     return working_variant(smollm2_model)
-
-
-@pytest.fixture(scope="session")
-def release_keys(tmp_path_factory) -> Path:
-    """Signing keys made for this test run; every image built here trusts their root."""
-    keys = tmp_path_factory.mktemp("release") / "keys"
-    run_build(ROOT / "build.py", "keys", "init", "--keys", keys)
-    return keys
-
-
-@pytest.fixture(scope="session")
-def build_image(tmp_path_factory, tiny_model, release_keys):
-    """build_image(version, extra_tree=None): the x86-64 image, built once per version and tree."""
-    built: dict = {}
-
-    def build(version: str, extra_tree: Path | None = None) -> dict:
-        if (version, extra_tree) not in built:
-            out = tmp_path_factory.mktemp(f"image-{version}")
-            built[version, extra_tree] = build_one(version, out, tiny_model, release_keys, extra_tree=extra_tree)
-        return built[version, extra_tree]
-
-    return build
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,9 @@ import subprocess
 
 import pytest
 
-from served import PALADIN
+from tests.support.served import PALADIN
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.system
 
 
 def test_token_create_prints_the_token_last(tmp_path):

@@ -19,18 +19,17 @@ from appliance.config import ConfigError
 from appliance.firewall import helper, rules
 from buildhost.debian import ensure_host_packages
 
-pytestmark = pytest.mark.unit
 FIREWALL = Path(sys.executable).with_name("paladin-firewall")
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs9Bq0t0z9yJ8y3xYv1n2oE9k4gq5o2q0v9u3c5Wm7a owner@laptop"
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def nft():
     ensure_host_packages(["nftables", "openssh-client"])
 
 
 @pytest.fixture
-def netns():
+def netns(nft):
     """A network namespace of this test's own; commands run in it with run(...)."""
     name = f"paladin-fw-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
@@ -41,16 +40,18 @@ def netns():
         subprocess.run(["ip", "netns", "del", name], check=True)
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("raw", [
     {},
     {"firewall": {"ssh": True, "ssh_key": KEY, "lan": "192.168.1.0/24 fd00::/8"}},
     {"firewall": {"privacy": True, "logged_drops_per_minute": 0}, "update": {"url": "https://updates.example/r"}},
     {"firewall": {"lan": "fe80::/10"}, "server": {"listen": "", "redirect": "127.0.0.1:80"}},
 ])
-def test_every_kind_of_ruleset_passes_nft_check(raw):
+def test_every_kind_of_ruleset_passes_nft_check(raw, nft):
     rules.check(rules.render(config.parse(raw), ["192.0.2.7", "2001:db8::7"]))
 
 
+@pytest.mark.unit
 def test_the_ruleset_opens_the_services_to_the_lan_only_and_drops_the_rest():
     text = rules.render(config.parse({"firewall": {"ssh": True, "ssh_key": KEY, "lan": "192.168.1.0/24 fd00::/8"},
                                       "server": {"listen": "127.0.0.1:8080"}}))
@@ -62,6 +63,7 @@ def test_the_ruleset_opens_the_services_to_the_lan_only_and_drops_the_rest():
     assert "limit rate over 20/second burst 60 packets" in text
 
 
+@pytest.mark.unit
 def test_privacy_mode_lets_out_only_dns_the_network_and_the_update_server():
     cfg = config.parse({"firewall": {"privacy": True}, "update": {"url": "https://updates.example:8443/r"}})
     text = rules.render(cfg, ["192.0.2.7"])
@@ -72,6 +74,7 @@ def test_privacy_mode_lets_out_only_dns_the_network_and_the_update_server():
     assert not cfg.network_time
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("raw, message", [
     ({"lan": "192.168.1.1/24"}, "firewall.lan: '192.168.1.1/24' is not a list of address ranges"),
     ({"lan": "0.0.0.0/0"}, "opens the box to every address"),
@@ -85,6 +88,7 @@ def test_bad_firewall_values_fail_the_config_check_clearly(raw, message):
         config.parse({"firewall": raw})
 
 
+@pytest.mark.unit
 def test_the_owners_config_file_cannot_touch_the_firewall(tmp_path):
     (tmp_path / config.OWNER_CONFIG_NAME).write_text("firewall: {ssh: true}\n")
     with pytest.raises(ConfigError, match="firewall: not allowed here"):
@@ -97,6 +101,7 @@ def load_in(netns, state: Path, data: Path) -> subprocess.CompletedProcess:
                  "--config", "/nonexistent", check=False)
 
 
+@pytest.mark.system
 def test_a_bad_configuration_keeps_the_last_good_ruleset(netns, tmp_path):
     state, data = tmp_path / "state", tmp_path / "data"
     state.mkdir()
@@ -112,6 +117,7 @@ def test_a_bad_configuration_keeps_the_last_good_ruleset(netns, tmp_path):
     assert netns("nft", "list", "table", "inet", "paladin").stdout == good
 
 
+@pytest.mark.system
 def test_with_no_good_ruleset_yet_a_bad_configuration_loads_the_defaults(netns, tmp_path):
     state, data = tmp_path / "state", tmp_path / "data"
     state.mkdir()
@@ -128,6 +134,7 @@ def request_in(netns, state: Path, data: Path, **settings) -> subprocess.Complet
     return netns(FIREWALL, "request", "--state", state, "--data-dir", data, "--config", "/nonexistent", check=False)
 
 
+@pytest.mark.system
 def test_an_owners_request_is_validated_then_applied_or_changes_nothing(netns, tmp_path):
     state, data = tmp_path / "state", tmp_path / "data"
     assert load_in(netns, state, data).returncode == 0

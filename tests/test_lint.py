@@ -8,7 +8,7 @@ import pytest
 
 from buildhost import ROOT
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.system
 SOURCES = ["appliance", "buildhost", "build.py", "tests"]
 MODULE_LINES = 400
 

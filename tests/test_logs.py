@@ -8,13 +8,13 @@ import pytest
 
 from appliance import logs
 
-pytestmark = pytest.mark.unit
 
 
 def record(level: int, message: str) -> logging.LogRecord:
     return logging.LogRecord("paladin", level, __file__, 1, message, None, None)
 
 
+@pytest.mark.unit
 def test_each_line_carries_its_priority_under_journald(monkeypatch):
     monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
     formatter = logs.formatter()
@@ -24,11 +24,13 @@ def test_each_line_carries_its_priority_under_journald(monkeypatch):
     assert formatter.format(record(logging.INFO, "two\nlines")) == "<6>paladin: two\n<6>lines"
 
 
+@pytest.mark.unit
 def test_a_terminal_gets_plain_lines(monkeypatch):
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     assert logs.formatter().format(record(logging.ERROR, "x")) == "ERROR paladin: x"
 
 
+@pytest.mark.system
 def test_the_updater_reports_failures_as_errors(tmp_path):
     out = subprocess.run([sys.executable, "-c", "from appliance.update.cli import main; main()", "install",
                           str(tmp_path / "no-such-repository")], capture_output=True, text=True,

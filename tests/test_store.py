@@ -13,7 +13,6 @@ import pytest
 from appliance import config, files, store
 from appliance.store import StoreError
 
-pytestmark = pytest.mark.unit
 PAYLOAD = b"GGUF" + bytes(range(256)) * 4096  # ~1 MB
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
 
@@ -56,6 +55,7 @@ def server():
     httpd.shutdown()
 
 
+@pytest.mark.unit
 def test_download_verifies_and_reports_progress(server, tmp_path):
     seen = []
     path = store.download(server, DIGEST, tmp_path, "m.gguf", lambda done, total: seen.append((done, total)))
@@ -64,6 +64,7 @@ def test_download_verifies_and_reports_progress(server, tmp_path):
     assert not list((tmp_path / ".partial").iterdir())
 
 
+@pytest.mark.unit
 def test_interrupted_download_resumes_where_it_stopped(server, tmp_path):
     Handler.cut_after = 300_000
     with pytest.raises(StoreError, match="ended early at 300000"):
@@ -74,6 +75,7 @@ def test_interrupted_download_resumes_where_it_stopped(server, tmp_path):
     assert Handler.ranges == [0, 300_000]
 
 
+@pytest.mark.unit
 def test_wrong_hash_installs_nothing(server, tmp_path):
     with pytest.raises(StoreError, match="SHA-256 mismatch"):
         store.download(server, "0" * 64, tmp_path, "m.gguf")
@@ -81,11 +83,13 @@ def test_wrong_hash_installs_nothing(server, tmp_path):
     assert not list((tmp_path / ".partial").iterdir())
 
 
+@pytest.mark.unit
 def test_unreachable_server_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match="download of http://127.0.0.1:9/x failed"):
         store.download("http://127.0.0.1:9/x", DIGEST, tmp_path, "m.gguf")
 
 
+@pytest.mark.unit
 def test_import_from_a_local_path(tmp_path, tiny_model):
     path = store.import_file(tiny_model, tmp_path / "models")
     assert path.read_bytes() == tiny_model.read_bytes()
@@ -95,12 +99,14 @@ def test_import_from_a_local_path(tmp_path, tiny_model):
         store.import_file(not_a_model, tmp_path / "models")
 
 
+@pytest.mark.unit
 def test_catalog_pins_every_tier():
     tiers = store.catalog()
     assert tiers and all(len(t.sha256) == 64 and t.url.startswith("https://") for t in tiers)
     assert store.tier_of("/x/SmolLM2-135M-Instruct.Q4_1.gguf") == "smollm2-135m"
 
 
+@pytest.mark.unit
 def test_the_store_lists_its_gguf_files_and_serves_a_choice_by_path_file_name_or_tier(tmp_path):
     cfg = config.parse({"data_dir": str(tmp_path)})
     assert store.installed(cfg.models_path) == {} and store.configured_model(cfg) is None
@@ -124,12 +130,14 @@ def test_the_store_lists_its_gguf_files_and_serves_a_choice_by_path_file_name_or
         choosing("llama3")
 
 
+@pytest.mark.unit
 def test_the_real_smollm2_file_matches_its_catalog_pin(smollm2_model):
     tier = store.catalog()[0]
     assert hashlib.sha256(smollm2_model.read_bytes()).hexdigest() == tier.sha256
     assert smollm2_model.stat().st_size == tier.size
 
 
+@pytest.mark.system
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
 def test_a_download_that_cannot_fit_writes_nothing(server, tmp_path):
     models = tmp_path / "models"
@@ -160,6 +168,7 @@ class Unannounced(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.system
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
 def test_a_download_longer_than_announced_stops_before_the_reserve(tmp_path):
     models = tmp_path / "models"

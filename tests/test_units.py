@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.unit
 UNITS = sorted((Path(__file__).resolve().parents[1] / "units").glob("*.service"))
 EXPOSURE_LIMIT = 2.0  # for every unit, the updater (root, CAP_SYS_ADMIN, the disks) included
 
 
+@pytest.mark.system
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_exposure_is_low(unit):
@@ -21,6 +21,7 @@ def test_exposure_is_low(unit):
     assert exposure <= EXPOSURE_LIMIT, out.stdout
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_daemons_notify_and_have_a_watchdog(unit):
     text = unit.read_text()

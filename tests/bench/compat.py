@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 
 from buildhost.wheels import smollm2
-from tests.served import UNLIMITED, Service
-from tests.variants import working_variant
+from tests.support.served import UNLIMITED, Service
+from tests.support.variants import working_variant
 
 ENTITIES = [f"light.room_{n}: Room {n} light, area Room {n}, state {'on' if n % 3 else 'off'}, brightness {n % 100}"
             for n in range(105)]

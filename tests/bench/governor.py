@@ -28,7 +28,7 @@ import httpx
 import psutil
 
 from appliance import config, db as database, owner
-from tests.governing import COOL, HOT, Governed
+from tests.support.governing import COOL, HOT, Governed
 
 PASSWORD = "correct horse battery staple"
 
@@ -82,7 +82,7 @@ def run(governed: Governed, reps: int, results: dict) -> None:
 
 
 def screenshot(governed: Governed, png: Path) -> None:
-    from tests.wizard import browser_page, log_in
+    from tests.support.wizard import browser_page, log_in
 
     db = database.connect(config.parse({"data_dir": str(governed.service.data_dir)}).database_path)
     owner.set_account(db, "Ada", PASSWORD)

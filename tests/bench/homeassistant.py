@@ -6,7 +6,7 @@ Home Assistant runs from PyPI (the version pinned below) and is driven through t
 frontend makes: onboarding, then Settings -> Devices & services -> Add integration -> Ollama (a wrong key,
 none, then the box's token), the model list, the integration's pre-filled `llama3.2:latest` (which makes
 it ask the box to pull it), and three sub-entries: an agent with Assist, one without, an AI task.  The box
-serves SmolLM2 under Qwen 2.5's template, which offers tools (`tests/clients.py`).  Then:
+serves SmolLM2 under Qwen 2.5's template, which offers tools (`tests/support/clients.py`).  Then:
 * three Assist turns with Home Assistant's intents as tools: whatever a 135M model makes of them, each
   must end without an error, every call the box returns being read and run by Home Assistant;
 * a plain conversation, and an AI task with a structure (`ai_task.generate_data`), whose reply the grammar
@@ -32,8 +32,8 @@ from buildhost import CACHE
 from buildhost.debian import MIRROR, ensure_host_packages
 from buildhost.qemu import free_port
 from buildhost.steps import StepError, run, step
-from tests.clients import SERVED, App, box, expect, report, results_file
-from tests.served import Service
+from tests.support.clients import SERVED, App, box, expect, report, results_file
+from tests.support.served import Service
 
 VERSION = "2026.11.0"
 ROOT = CACHE / "homeassistant" / VERSION

@@ -1,6 +1,7 @@
 """Image benchmarks, each against a baseline measured in the same run (x86-64, qemu under TCG).
 
     ./build.py bench image [--arch x86-64|arm64] [--json FILE]
+    ./build.py bench image --vcpus [--json FILE]
 
 (build.py installs what it needs first; the boot installs qemu and the firmware of the architecture)
 
@@ -11,6 +12,8 @@ boot to /health 200 only.
   caches the previous build left (the wheelhouse, mkosi's tools tree and package cache);
 * boot to /health 200 of the image with a model, divided by boot to multi-user.target of the same
   image with the assistant switched off (a credential drop-in), i.e. the bare base.
+* --vcpus instead: boot to /health 200 with qemu's -smp 1 and 2, one guest alone and two at once (as the
+  update tests run two boxes), on this host's cores: what tests.support.vm.VM(cpus=) should be.
 Numbers are printed; nothing here asserts a time.
 """
 
@@ -21,6 +24,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,7 +32,7 @@ import httpx
 
 from appliance import facts
 from buildhost import ROOT, tinymodel
-from tests.vm import VM
+from tests.support.vm import VM
 
 MARKER = """\
 [Unit]
@@ -51,9 +55,9 @@ def build_image(tree: Path, out: Path, model: Path, arch: str = "x86-64") -> tup
     return Path(json.loads(done.stdout.strip().splitlines()[-1])["image"]), time.monotonic() - started
 
 
-def boot(image: Path, work: Path, units: dict[str, str], ready) -> float:
+def boot(image: Path, work: Path, units: dict[str, str], ready, cpus: int = 2) -> float:
     """Seconds from qemu start (a fresh copy of `image`) until `ready(url, serial_text)` is true."""
-    vm = VM(image, work / f"boot-{sum(1 for _ in work.glob('boot-*'))}", grow_by=0, units=units)
+    vm = VM(image, work / f"boot-{time.monotonic_ns()}", grow_by=0, units=units, cpus=cpus)
     vm.start()
     started = time.monotonic()
     try:
@@ -103,13 +107,33 @@ def measure(arch: str, work: Path) -> dict:
                      "ratio": round(product / base, 2)}}
 
 
+def vcpus(work: Path) -> dict:
+    """Boot to /health 200 per -smp, alone and two guests at once (the slower of the two)."""
+    image, _ = build_image(ROOT, work / "out", tinymodel.write(work / "tiny.gguf", "small"))
+    results = {}
+    for together in (1, 2):
+        for cpus in (1, 2):
+            times: list[float] = []
+            guests = [threading.Thread(target=lambda: times.append(boot(image, work, {}, healthy, cpus)))
+                      for _ in range(together)]
+            for guest in guests:
+                guest.start()
+            for guest in guests:
+                guest.join()
+            results[f"{together} guest(s), -smp {cpus}"] = round(max(times), 1)
+            print(f"{together} guest(s) at once, -smp {cpus} each: boot to /health 200 in {max(times):.0f} s",
+                  flush=True)
+    return {"boot_to_health_s": results}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=sorted(facts.ARCHES), default="x86-64")
+    parser.add_argument("--vcpus", action="store_true", help="boot times per -smp, one guest and two at once")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        results = measure(args.arch, Path(tmp))
+        results = vcpus(Path(tmp)) if args.vcpus else measure(args.arch, Path(tmp))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from buildhost import CACHE
 from buildhost.qemu import free_port
 from buildhost.steps import run, step
-from tests.clients import SERVED, TIER, App, box, expect, report, results_file
-from tests.served import Service
+from tests.support.clients import SERVED, TIER, App, box, expect, report, results_file
+from tests.support.served import Service
 
 VERSION = "0.12.4"
 ROOT = CACHE / "openwebui" / VERSION

@@ -5,7 +5,7 @@
 Builds v1 and v2 with fresh signing keys, releases v2 (a bundle), then for each point installs the
 bundle on a box running v1 (with a conversation written on it) and kills qemu at a random moment of one
 phase (download, write, UKI install, first boot of v2, in turn), boots again and checks that a good
-version answers and the conversation is intact.  A box that ends up on v2 is replaced by a fresh v1.  CI runs one cut per phase (tests/test_update_image.py); this
+version answers and the conversation is intact.  A box that ends up on v2 is replaced by a fresh v1.  CI runs one cut per phase (tests/image/updates/test_update_image.py); this
 is the longer run whose results docs/benchmarks.md records.  About 3 minutes per point.
 """
 
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from buildhost import ROOT, tinymodel
-from tests.vm import (VM, build_image, conversation_intact, cut_first_boot, cut_power, release,
+from tests.support.vm import (VM, build_image, conversation_intact, cut_first_boot, cut_power, release,
                 run_build, write_conversation)
 
 PHASES = ("download", "write", "uki", "first boot")

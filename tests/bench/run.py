@@ -33,7 +33,7 @@ from appliance.inference.llama import load_backends
 from buildhost import tinymodel
 from buildhost.qemu import free_port
 from buildhost.wheels import smollm2
-from tests.served import UNLIMITED, Service, serve_argv
+from tests.support.served import UNLIMITED, Service, serve_argv
 
 THREADS = config.default_threads()
 CONTEXT = 2048

@@ -24,7 +24,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from buildhost import ROOT, tinymodel
-from tests.vm import VM, build_image, release, request_update, run_build, update_status, wait_update
+from tests.support.vm import VM, build_image, release, request_update, run_build, update_status, wait_update
 
 # Started at boot, waits until the update is installed, then writes the same root image raw.
 DD_UNIT = """\

@@ -7,7 +7,7 @@ import pytest
 
 from buildhost import ROOT, tinymodel
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.system
 
 
 def build(*argv):

@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from governing import HOT, COOL, Governed
+from tests.support.governing import HOT, COOL, Governed
 
 pytestmark = pytest.mark.service
 GIB = 2**30

@@ -23,7 +23,7 @@ from appliance.governor.policy import Limits, Model, Policy, ladder
 from appliance.governor.sensors import Sensors, pressure
 from appliance.inference import gguf
 from buildhost import tinymodel
-from governing import SensorTree
+from tests.support.governing import SensorTree
 
 pytestmark = pytest.mark.unit
 GIB = 2**30

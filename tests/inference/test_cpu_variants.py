@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from appliance.inference import llama
-from variants import GENERATE, generates
+from tests.support.variants import GENERATE, generates
 
 X86 = pytest.mark.skipif(platform.machine() != "x86_64", reason="the x86-64 wheel's variants")
 QEMU = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")

@@ -9,7 +9,7 @@ import pytest
 
 from appliance.update import fetch as update
 from buildhost import release
-from fakes import fake_image
+from tests.support.fakes import fake_image
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ class QuietHandler(SimpleHTTPRequestHandler):
 
 
 @pytest.fixture
-def box(tmp_path, keys, monkeypatch):
+def update_state(tmp_path, keys, monkeypatch):
     """A box's update state directory trusting `keys`' root, as the image bakes it in."""
     monkeypatch.setattr(update, "TRUSTED_ROOT", keys / "root.json")
     state = tmp_path / "state"

@@ -26,22 +26,22 @@ def fetched_by_the_job(source: str, state: Path, data_dir: Path) -> Path:
     return fetch_dir(data_dir) / "mirror"
 
 
-def test_the_fetcher_leaves_a_mirror_that_root_checks_again(served, box, tmp_path):
-    mirror = fetched_by_the_job(served, box, tmp_path / "data")
-    version, chosen = update.verified_release(mirror, box, Progress(box), BOX, offline=False)
+def test_the_fetcher_leaves_a_mirror_that_root_checks_again(served, update_state, tmp_path):
+    mirror = fetched_by_the_job(served, update_state, tmp_path / "data")
+    version, chosen = update.verified_release(mirror, update_state, Progress(update_state), BOX, offline=False)
     assert version == "2"
     for info in chosen.values():
-        staged = (box / "staging" / Path(info.path).name).read_bytes()
+        staged = (update_state / "staging" / Path(info.path).name).read_bytes()
         assert hashlib.sha256(staged).hexdigest() == info.hashes["sha256"]
 
 
-def test_a_bundle_job_takes_the_upload_from_the_request_channel(repo, box, tmp_path):
+def test_a_bundle_job_takes_the_upload_from_the_request_channel(repo, update_state, tmp_path):
     data_dir = tmp_path / "data"
     channel.inbox(data_dir).mkdir(parents=True)
     bundle = repo.path / "bundles" / "paladin_2_x86-64.bundle"
     channel.attachment(data_dir, "update", "bundle").write_bytes(bundle.read_bytes())
-    mirror = fetched_by_the_job("bundle", box, data_dir)
-    assert update.verified_release(mirror, box, Progress(box), BOX, offline=True)[0] == "2"
+    mirror = fetched_by_the_job("bundle", update_state, data_dir)
+    assert update.verified_release(mirror, update_state, Progress(update_state), BOX, offline=True)[0] == "2"
     assert not (fetch_dir(data_dir) / "bundle").exists()  # unpacked only for as long as it was needed
 
 
@@ -57,22 +57,22 @@ def test_the_web_ui_sees_the_fetchers_phase_while_root_waits(tmp_path):
     assert shown(state, data_dir)["phase"] == "fetch"  # how the attempt ends is root's to say
 
 
-def plant_link(mirror: Path, box: Path) -> str:
-    secret = box / "secret.json"
+def plant_link(mirror: Path, update_state: Path) -> str:
+    secret = update_state / "secret.json"
     secret.write_text('{"signed": "TOPSECRET"}')
     (mirror / "metadata/timestamp.json").unlink()
     os.symlink(secret, mirror / "metadata/timestamp.json")
     return "not a plain file"
 
 
-def plant_fifo(mirror: Path, box: Path) -> str:
+def plant_fifo(mirror: Path, update_state: Path) -> str:
     target = next((mirror / "targets").rglob("*.efi"))
     target.unlink()
     os.mkfifo(target)
     return "not a plain file"
 
 
-def flip_a_target_byte(mirror: Path, box: Path) -> str:
+def flip_a_target_byte(mirror: Path, update_state: Path) -> str:
     target = next((mirror / "targets").rglob("*.efi"))
     data = bytearray(target.read_bytes())
     data[-1] ^= 1
@@ -80,7 +80,7 @@ def flip_a_target_byte(mirror: Path, box: Path) -> str:
     return "hash"
 
 
-def forge_the_targets(mirror: Path, box: Path) -> str:
+def forge_the_targets(mirror: Path, update_state: Path) -> str:
     for path in (mirror / "metadata").glob("*.targets.json"):
         metadata = json.loads(path.read_text())
         for info in metadata["signed"]["targets"].values():
@@ -91,16 +91,16 @@ def forge_the_targets(mirror: Path, box: Path) -> str:
 
 @pytest.mark.parametrize("tamper", [plant_link, plant_fifo, flip_a_target_byte, forge_the_targets],
                          ids=lambda f: f.__name__)
-def test_root_refuses_a_mirror_the_fetcher_tampered_with(served, box, tmp_path, tamper):
-    mirror = fetched_by_the_job(served, box, tmp_path / "data")
-    trusted = {p.name: p.read_bytes() for p in (box / "metadata").glob("*.json")}
-    problem = tamper(mirror, box)
+def test_root_refuses_a_mirror_the_fetcher_tampered_with(served, update_state, tmp_path, tamper):
+    mirror = fetched_by_the_job(served, update_state, tmp_path / "data")
+    trusted = {p.name: p.read_bytes() for p in (update_state / "metadata").glob("*.json")}
+    problem = tamper(mirror, update_state)
     with pytest.raises(UpdateError) as refused:
-        update.verified_release(mirror, box, Progress(box), BOX, offline=False)
+        update.verified_release(mirror, update_state, Progress(update_state), BOX, offline=False)
     assert problem in str(refused.value) and "TOPSECRET" not in str(refused.value), str(refused.value)
-    assert not (box / "staging").exists()
+    assert not (update_state / "staging").exists()
     if tamper is plant_link:  # refused before any new metadata was trusted
-        assert {p.name: p.read_bytes() for p in (box / "metadata").glob("*.json")} == trusted
+        assert {p.name: p.read_bytes() for p in (update_state / "metadata").glob("*.json")} == trusted
 
 
 def test_the_fetchers_error_reaches_the_web_ui_bounded_and_printable(tmp_path):
@@ -115,10 +115,10 @@ def test_the_fetchers_error_reaches_the_web_ui_bounded_and_printable(tmp_path):
     assert not (work / "status.json").is_symlink()
 
 
-def test_the_trusted_copy_is_readable_by_the_fetcher_whatever_the_updaters_umask(box):
+def test_the_trusted_copy_is_readable_by_the_fetcher_whatever_the_updaters_umask(update_state):
     old = os.umask(0o077)  # paladin-update.service's
     try:
-        published = update.trust(box)
+        published = update.trust(update_state)
     finally:
         os.umask(old)
     assert published.stat().st_mode & 0o777 == 0o755

@@ -1,6 +1,6 @@
 """Release signing and the box's verification, with real python-tuf over real HTTP and real bundles.
 
-The slot writing (systemd-sysupdate) and boot assessment run in qemu: tests/test_update_image.py.
+The slot writing (systemd-sysupdate) and boot assessment run in qemu: tests/image/updates/test_update_image.py.
 """
 
 import hashlib
@@ -21,9 +21,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from appliance import files
 from appliance.update import assess, bundle as bundles, fetch as update, progress
 from buildhost import release
-from fakes import fake_image
+from tests.support.fakes import fake_image
 
-pytestmark = pytest.mark.unit
 ROOM = {"root": 1 << 20, "verity": 1 << 20}
 
 
@@ -31,33 +30,36 @@ def fetch(source, state, *, arch="x86-64", running="1", room=ROOM, failed=frozen
     """What the updater fetches from `source` (a URL, a directory or a bundle file) and then verifies
     again from the fetcher's mirror, as the two halves do on the box."""
     record = progress.Progress(state, source=str(source))
-    box = update.Box(arch, running, room, failed)
+    this_box = update.Box(arch, running, room, failed)
     work, trusted, offline = state / "fetch", update.trust(state), Path(source).is_file()
     if offline:
         with open(source, "rb") as bundle:
-            update.fetch_release(bundle, work, trusted, record, box)
+            update.fetch_release(bundle, work, trusted, record, this_box)
     else:
-        update.fetch_release(source, work, trusted, record, box)
-    return update.verified_release(work / "mirror", state, record, box, offline=offline)
+        update.fetch_release(source, work, trusted, record, this_box)
+    return update.verified_release(work / "mirror", state, record, this_box, offline=offline)
 
 
-def test_online_release_is_verified_and_staged(served, box, repo):
-    version, chosen = fetch(served, box)
+@pytest.mark.unit
+def test_online_release_is_verified_and_staged(served, update_state, repo):
+    version, chosen = fetch(served, update_state)
     assert version == "2" and set(chosen) == {"root", "verity", "uki"}
     for info in chosen.values():
-        staged = box / "staging" / Path(info.path).name
+        staged = update_state / "staging" / Path(info.path).name
         assert hashlib.sha256(staged.read_bytes()).hexdigest() == info.hashes["sha256"]
-    assert json.loads((box / "status.json").read_text())["done"] == sum(i.length for i in chosen.values())
+    assert json.loads((update_state / "status.json").read_text())["done"] == sum(i.length for i in chosen.values())
 
 
-def test_directory_and_bundle_sources(repo, box, tmp_path):
-    assert fetch(str(repo.path), box)[0] == "2"
+@pytest.mark.unit
+def test_directory_and_bundle_sources(repo, update_state, tmp_path):
+    assert fetch(str(repo.path), update_state)[0] == "2"
     bundle = repo.path / "bundles" / "paladin_2_x86-64.bundle"
     second = tmp_path / "second"
     second.mkdir()
     assert fetch(str(bundle), second)[0] == "2"
 
 
+@pytest.mark.unit
 def test_each_release_is_one_bundle_with_its_own_targets(repo, tmp_path):
     repo.release(fake_image(tmp_path / "images", "2026.11.26"))
     with (repo.path / "bundles" / "paladin_2026.11.26_x86-64.bundle").open("rb") as bundle:
@@ -80,139 +82,158 @@ def stored_target(repo, kind):
                 (kind == "uki" and p.name.endswith(".efi")))
 
 
-def test_tampered_target(served, box, repo):
+@pytest.mark.unit
+def test_tampered_target(served, update_state, repo):
     path = stored_target(repo, "root")
     data = bytearray(path.read_bytes())
     data[100] ^= 1
     path.write_bytes(bytes(data))
-    refused(served, box, "hash")
+    refused(served, update_state, "hash")
 
 
-def test_truncated_target(served, box, repo):
+@pytest.mark.unit
+def test_truncated_target(served, update_state, repo):
     path = stored_target(repo, "root")
     path.write_bytes(path.read_bytes()[:-10])
-    refused(served, box, "Length")
+    refused(served, update_state, "Length")
 
 
-def test_bad_signature(served, box, repo):
+@pytest.mark.unit
+def test_bad_signature(served, update_state, repo):
     path = repo.metadata / "timestamp.json"
     metadata = json.loads(path.read_text())
     sig = metadata["signatures"][0]["sig"]
     metadata["signatures"][0]["sig"] = ("0" if sig[0] != "0" else "1") + sig[1:]
     path.write_text(json.dumps(metadata))
-    refused(served, box, "UnsignedMetadataError")
+    refused(served, update_state, "UnsignedMetadataError")
 
 
-def test_signed_by_an_unknown_key(tmp_path, box, monkeypatch):
+@pytest.mark.unit
+def test_signed_by_an_unknown_key(tmp_path, update_state, monkeypatch):
     other_keys = tmp_path / "other-keys"
     release.keys_init(other_keys)
     images = tmp_path / "other-images"
     images.mkdir()
     other = release.Repository(tmp_path / "other-repo", other_keys)
     other.release(fake_image(images, "2"))
-    refused(str(other.path), box, "UnsignedMetadataError")
+    refused(str(other.path), update_state, "UnsignedMetadataError")
 
 
-def test_downgrade(served, box):
-    refused(served, box, "refusing a downgrade", running="3")
+@pytest.mark.unit
+def test_downgrade(served, update_state):
+    refused(served, update_state, "refusing a downgrade", running="3")
 
 
-def test_same_version_is_not_reinstalled(served, box):
-    refused(served, box, "already up to date", running="2")
+@pytest.mark.unit
+def test_same_version_is_not_reinstalled(served, update_state):
+    refused(served, update_state, "already up to date", running="2")
 
 
-def test_expired_timestamp(served, box, repo):
+@pytest.mark.unit
+def test_expired_timestamp(served, update_state, repo):
     repo.publish(expiry_days={"timestamp": -1})
-    refused(served, box, "ExpiredMetadataError")
+    refused(served, update_state, "ExpiredMetadataError")
 
 
-def test_an_offline_bundle_stays_installable_after_its_timestamp_expired(repo, box, tmp_path):
+@pytest.mark.unit
+def test_an_offline_bundle_stays_installable_after_its_timestamp_expired(repo, update_state, tmp_path):
     """Carried to the box long after release: judged as of its own timestamp's expiry."""
     bundle = repo.release(fake_image(tmp_path / "images", "3"), expiry_days={"timestamp": -30, "snapshot": -29})
-    assert fetch(str(bundle), box)[0] == "3"
+    assert fetch(str(bundle), update_state)[0] == "3"
 
 
-def test_an_offline_bundle_is_still_judged_as_of_its_timestamp(repo, box, tmp_path):
+@pytest.mark.unit
+def test_an_offline_bundle_is_still_judged_as_of_its_timestamp(repo, update_state, tmp_path):
     """Metadata that had expired when the bundle's own timestamp was still valid is refused."""
     bundle = repo.release(fake_image(tmp_path / "images", "3"), expiry_days={"timestamp": -1, "targets": -2})
-    refused(str(bundle), box, "ExpiredMetadataError")
+    refused(str(bundle), update_state, "ExpiredMetadataError")
 
 
-def test_the_daily_check_does_not_take_a_release_that_failed_here_again(served, box):
-    (box / "attempts.json").write_text(json.dumps([
+@pytest.mark.unit
+def test_the_daily_check_does_not_take_a_release_that_failed_here_again(served, update_state):
+    (update_state / "attempts.json").write_text(json.dumps([
         {"version": "2", "result": "failed", "reason": "paladin.service failed"},
         {"version": "1", "result": "failed", "reason": "a power cut"}, {"version": "1", "result": "good"}]))
-    assert assess.failed_versions(box) == {"2"}
-    refused(served, box, "release 2 failed its boot assessment on this box", failed=assess.failed_versions(box))
-    assert fetch(served, box)[0] == "2"  # asked for by hand, it is tried again
+    assert assess.failed_versions(update_state) == {"2"}
+    refused(served, update_state, "release 2 failed its boot assessment on this box", failed=assess.failed_versions(update_state))
+    assert fetch(served, update_state)[0] == "2"  # asked for by hand, it is tried again
 
 
-def test_wrong_arch(served, box):
-    refused(served, box, "no release for this box's architecture arm64 (it has: x86-64 2)", arch="arm64")
+@pytest.mark.unit
+def test_wrong_arch(served, update_state):
+    refused(served, update_state, "no release for this box's architecture arm64 (it has: x86-64 2)", arch="arm64")
 
 
-def test_uki_for_another_arch(tmp_path, keys, box):
+@pytest.mark.unit
+def test_uki_for_another_arch(tmp_path, keys, update_state):
     images = tmp_path / "arm-images"
     images.mkdir()
     repository = release.Repository(tmp_path / "mislabelled", keys)
     repository.release(fake_image(images, "2", machine=0xAA64))  # an arm64 UKI published as x86-64
-    refused(str(repository.path), box, "UKI is built for arm64")
+    refused(str(repository.path), update_state, "UKI is built for arm64")
 
 
-def test_replayed_old_snapshot(served, box, repo, tmp_path):
+@pytest.mark.unit
+def test_replayed_old_snapshot(served, update_state, repo, tmp_path):
     old = tmp_path / "old-metadata"
     shutil.copytree(repo.metadata, old)
     repo.publish()  # a newer snapshot and timestamp, which the box then sees
-    fetch(served, box)
-    shutil.rmtree(box / "staging")  # as install() does once the release is written
+    fetch(served, update_state)
+    shutil.rmtree(update_state / "staging")  # as install() does once the release is written
     shutil.rmtree(repo.metadata)
     shutil.copytree(old, repo.metadata)  # a mirror replays the older, still validly signed set
-    refused(served, box, "BadVersionNumberError")
+    refused(served, update_state, "BadVersionNumberError")
 
 
-def test_target_larger_than_the_slot(served, box):
-    refused(served, box, "larger than the slot", room={"root": 1000, "verity": 1 << 20})
+@pytest.mark.unit
+def test_target_larger_than_the_slot(served, update_state):
+    refused(served, update_state, "larger than the slot", room={"root": 1000, "verity": 1 << 20})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("content", [b"", b"not a tar at all" * 100, None], ids=["empty", "junk", "tar-without-marker"])
-def test_not_a_bundle(box, tmp_path, content):
+def test_not_a_bundle(update_state, tmp_path, content):
     bundle = tmp_path / "upload.bundle"
     if content is None:
         with tarfile.open(bundle, "w") as tar:
             tar.add(__file__, arcname="metadata/root.json")
     else:
         bundle.write_bytes(content)
-    refused(str(bundle), box, "not a PAL-adin update bundle")
+    refused(str(bundle), update_state, "not a PAL-adin update bundle")
 
 
-def test_bundle_with_a_path_escape(box, tmp_path, repo):
+@pytest.mark.unit
+def test_bundle_with_a_path_escape(update_state, tmp_path, repo):
     bundle = tmp_path / "evil.bundle"
     with tarfile.open(bundle, "w") as tar:
         for name in (bundles.BUNDLE_MARKER, "../../etc/passwd"):
             info = tarfile.TarInfo(name)
             info.size = 2
             tar.addfile(info, io.BytesIO(b"{}"))
-    refused(str(bundle), box, "unexpected member '../../etc/passwd'")
+    refused(str(bundle), update_state, "unexpected member '../../etc/passwd'")
 
 
-def test_key_rotation_is_followed(served, box, repo, keys, tmp_path):
-    fetch(served, box)  # the box trusts root 1
+@pytest.mark.unit
+def test_key_rotation_is_followed(served, update_state, repo, keys, tmp_path):
+    fetch(served, update_state)  # the box trusts root 1
     release.keys_rotate(keys, "targets")
     release.keys_rotate(keys, "root")
     repo.release(fake_image(tmp_path / "images", "3"))
-    version, _ = fetch(served, box, running="2")
+    version, _ = fetch(served, update_state, running="2")
     assert version == "3"
-    assert json.loads((box / "metadata/root.json").read_text())["signed"]["version"] == 3
+    assert json.loads((update_state / "metadata/root.json").read_text())["signed"]["version"] == 3
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("damage", [b"", b'{"signed": '], ids=["empty", "torn"])
-def test_a_stored_root_torn_by_a_power_cut_falls_back_to_the_image_root(served, box, damage):
+def test_a_stored_root_torn_by_a_power_cut_falls_back_to_the_image_root(served, update_state, damage):
     """ext4 can leave a renamed but unsynced file empty after a power cut; the box must still update."""
-    (box / "metadata").mkdir()
-    (box / "metadata/root.json").write_bytes(damage)
-    assert fetch(served, box)[0] == "2"
+    (update_state / "metadata").mkdir()
+    (update_state / "metadata/root.json").write_bytes(damage)
+    assert fetch(served, update_state)[0] == "2"
 
 
+@pytest.mark.system
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
 def test_a_bundle_larger_than_the_free_space_is_refused_before_unpacking(repo, keys, tmp_path, monkeypatch):
     monkeypatch.setattr(update, "TRUSTED_ROOT", keys / "root.json")
@@ -228,13 +249,14 @@ def test_a_bundle_larger_than_the_free_space_is_refused_before_unpacking(repo, k
         subprocess.run(["umount", "-l", state], check=True)
 
 
-def test_an_oversized_extended_tar_header_is_refused_unread(box, tmp_path):
+@pytest.mark.unit
+def test_an_oversized_extended_tar_header_is_refused_unread(update_state, tmp_path):
     bundle = tmp_path / "pax.bundle"
     with tarfile.open(bundle, "w", format=tarfile.PAX_FORMAT) as tar:
         info = tarfile.TarInfo(bundles.BUNDLE_MARKER)
         info.size, info.pax_headers = 2, {"comment": "x" * 200_000}
         tar.addfile(info, io.BytesIO(b"{}"))
-    refused(str(bundle), box, "extended tar header")
+    refused(str(bundle), update_state, "extended tar header")
 
 
 class Drip(SimpleHTTPRequestHandler):
@@ -256,18 +278,20 @@ class Drip(SimpleHTTPRequestHandler):
         pass
 
 
-def test_a_mirror_that_drips_is_cut_off(box, monkeypatch):
+@pytest.mark.unit
+def test_a_mirror_that_drips_is_cut_off(update_state, monkeypatch):
     monkeypatch.setattr(update, "GRACE_SECONDS", 1)
     server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         started = time.monotonic()
-        refused(f"http://127.0.0.1:{server.server_address[1]}", box, "bytes/s a mirror must keep up")
+        refused(f"http://127.0.0.1:{server.server_address[1]}", update_state, "bytes/s a mirror must keep up")
         assert time.monotonic() - started < 10  # not the 20 s the drip would take, nor forever
     finally:
         server.shutdown()
 
 
+@pytest.mark.unit
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(junk=st.binary(min_size=512, max_size=4096), flips=st.lists(st.tuples(st.integers(0, 4095),
                                                                             st.integers(1, 255)), max_size=8))

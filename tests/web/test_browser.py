@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from appliance import device
-from catalog import served_catalog
-from served import Service
-from wizard import CHROMIUM, Shots, browser_page, chat, log_out_and_in, make_token, revoke_token, run_setup
+from tests.support.catalog import served_catalog
+from tests.support.served import Service
+from tests.support.wizard import CHROMIUM, Shots, browser_page, chat, log_out_and_in, make_token, revoke_token, run_setup
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (./build.py test installs it)")]

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from appliance import config, db as database, tokens
-from served import PALADIN, UNLIMITED, Service
+from tests.support.served import PALADIN, UNLIMITED, Service
 
 pytestmark = pytest.mark.service
 

@@ -14,7 +14,7 @@ from appliance.errors import NoSpace
 from appliance.web.app import create_app
 from appliance.web.http import receive_file
 
-pytestmark = [pytest.mark.unit,
+pytestmark = [pytest.mark.system,
               pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")]
 SIZE = 96 * 2**20
 

@@ -7,7 +7,7 @@ import socket
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from web_routes import ROUTE_PATHS
+from tests.support.web_routes import ROUTE_PATHS
 
 pytestmark = pytest.mark.service
 

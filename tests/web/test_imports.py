@@ -8,7 +8,7 @@ import pytest
 
 from appliance import device
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.system
 
 SCRIPT = """
 import json, sys

@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 from appliance import config, db as database, files, store, tokens
 from appliance.web import models
 from appliance.web.app import create_app
-from served import UNLIMITED, Service
+from tests.support.served import UNLIMITED, Service
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -215,7 +215,7 @@ class Tiers(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def box(tiny_model, tmp_path_factory):
+def catalog_service(tiny_model, tmp_path_factory):
     """The real service with a catalog of local tiers; header_seconds 2 so that a stalled upload ends soon."""
     Tiers.body = tiny_model.read_bytes()
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Tiers)
@@ -246,31 +246,31 @@ def polled(client, until, seconds: float = 60) -> dict:
 
 
 @pytest.mark.service
-def test_the_catalog_says_what_fits_this_box(box):
-    with box.client() as c:
+def test_the_catalog_says_what_fits_this_box(catalog_service):
+    with catalog_service.client() as c:
         listed = c.get("/models/catalog").json()
     assert listed["box_ram"] == psutil.virtual_memory().total and listed["headroom"] == models.RAM_HEADROOM
     assert [(t["name"], t["fits"], t["needs"]) for t in listed["tiers"]] == [
         ("gated", True, 64 * 2**20 + models.RAM_HEADROOM), ("corrupt", True, 64 * 2**20 + models.RAM_HEADROOM),
         ("huge", False, 2**50 + models.RAM_HEADROOM)]
-    assert [t["installed"] for t in listed["tiers"]] == [(box.models / t["file"]).is_file() for t in listed["tiers"]]
+    assert [t["installed"] for t in listed["tiers"]] == [(catalog_service.models / t["file"]).is_file() for t in listed["tiers"]]
     assert [(t["file"], t["size"], t["ram"]) for t in listed["tiers"]] == [
         ("gated.gguf", len(Tiers.body), 64 * 2**20), ("corrupt.gguf", len(Tiers.body), 64 * 2**20),
         ("huge.gguf", len(Tiers.body), 2**50)]
 
 
 @pytest.mark.service
-def test_a_download_reports_its_progress_until_installed_and_one_runs_at_a_time(box):
+def test_a_download_reports_its_progress_until_installed_and_one_runs_at_a_time(catalog_service):
     size = len(Tiers.body)
     try:
-        with box.client() as c:
+        with catalog_service.client() as c:
             started = c.post("/models/download", json={"tier": "gated"})
             assert started.status_code == 202 and started.json()["state"] == "downloading"
             second = c.post("/models/download", json={"tier": "corrupt"})
             assert second.status_code == 409 and "'gated' is downloading" in second.json()["error"]["message"]
             midway = polled(c, lambda status: status["done"] == HELD)
             assert midway == {"state": "downloading", "tier": "gated", "done": HELD, "total": size, "error": None}
-            assert "gated.gguf" not in store.installed(box.models)
+            assert "gated.gguf" not in store.installed(catalog_service.models)
             GATE.set()
             assert polled(c, lambda status: status["state"] != "downloading") == {
                 "state": "done", "tier": "gated", "done": size, "total": size, "error": None}
@@ -280,49 +280,49 @@ def test_a_download_reports_its_progress_until_installed_and_one_runs_at_a_time(
             assert again.status_code == 200 and again.json()["state"] == "done"
     finally:
         GATE.set()
-    assert (box.models / "gated.gguf").read_bytes() == Tiers.body
+    assert (catalog_service.models / "gated.gguf").read_bytes() == Tiers.body
 
 
 @pytest.mark.service
-def test_a_download_that_fails_its_pin_is_reported_and_installs_nothing(box):
-    with box.client() as c:
+def test_a_download_that_fails_its_pin_is_reported_and_installs_nothing(catalog_service):
+    with catalog_service.client() as c:
         assert c.post("/models/download", json={"tier": "corrupt"}).status_code == 202
         failed = polled(c, lambda status: status["state"] != "downloading")
     assert failed["state"] == "failed" and failed["tier"] == "corrupt"
     assert "SHA-256 mismatch" in failed["error"] and "nothing was installed" in failed["error"]
-    assert "corrupt.gguf" not in store.installed(box.models) and not any((box.models / ".partial").iterdir())
+    assert "corrupt.gguf" not in store.installed(catalog_service.models) and not any((catalog_service.models / ".partial").iterdir())
 
 
 @pytest.mark.service
-def test_an_upload_streams_past_the_body_limit_and_answers_its_sha256(box):
-    with box.client() as c:
+def test_an_upload_streams_past_the_body_limit_and_answers_its_sha256(catalog_service):
+    with catalog_service.client() as c:
         uploaded = c.put("/models/upload?name=uploaded.gguf", content=Tiers.body)  # ~6 MB against 1 MiB
         assert uploaded.status_code == 201 and uploaded.json() == {
             "name": "uploaded.gguf", "id": "uploaded", "size": len(Tiers.body),
             "sha256": hashlib.sha256(Tiers.body).hexdigest(), "tier": None}
         assert "uploaded.gguf" in [m["name"] for m in c.get("/models").json()["models"]]
         assert c.put("/models/default", json={"model": "uploaded.gguf"}).json()["model"] == "uploaded"
-    assert (box.models / "uploaded.gguf").read_bytes() == Tiers.body
+    assert (catalog_service.models / "uploaded.gguf").read_bytes() == Tiers.body
 
 
 @pytest.mark.service
-def test_an_upload_of_a_file_the_catalog_pins_must_match_the_pin(box, other_model):
-    with box.client() as c:
+def test_an_upload_of_a_file_the_catalog_pins_must_match_the_pin(catalog_service, other_model):
+    with catalog_service.client() as c:
         refused = c.put("/models/upload?name=huge.gguf", content=other_model.read_bytes())
         assert refused.status_code == 400 and "huge.gguf must have SHA-256" in refused.json()["error"]["message"]
-        assert left_in(box.models, "huge") == []
+        assert left_in(catalog_service.models, "huge") == []
         pinned = c.put("/models/upload?name=huge.gguf", content=Tiers.body)
         assert pinned.status_code == 201 and pinned.json()["tier"] == "huge"
 
 
 @pytest.mark.service
-def test_a_stalled_upload_is_cut_off_leaving_nothing_and_the_name_free(box):
-    with socket.create_connection(("127.0.0.1", box.port), timeout=30) as s:
-        s.sendall(f"PUT /models/upload?name=stalled.gguf HTTP/1.1\r\nHost: box\r\nAuthorization: Bearer {box.token}"
+def test_a_stalled_upload_is_cut_off_leaving_nothing_and_the_name_free(catalog_service):
+    with socket.create_connection(("127.0.0.1", catalog_service.port), timeout=30) as s:
+        s.sendall(f"PUT /models/upload?name=stalled.gguf HTTP/1.1\r\nHost: box\r\nAuthorization: Bearer {catalog_service.token}"
                   "\r\nContent-Length: 1000000\r\n\r\nGGUF".encode())
         answer = http.client.HTTPResponse(s)  # read while nothing more is sent, longer than header_seconds
         answer.begin()
         assert answer.status == 408 and "nothing arrived for 2 seconds" in json.loads(answer.read())["error"]["message"]
-    assert left_in(box.models, "stalled") == []
-    with box.client() as c:
+    assert left_in(catalog_service.models, "stalled") == []
+    with catalog_service.client() as c:
         assert c.put("/models/upload?name=stalled.gguf", content=Tiers.body).status_code == 201

@@ -29,7 +29,7 @@ def logged_in(client) -> dict:
 
 
 @pytest.fixture
-def box(two_models, tiny_model):
+def finished_app(two_models, tiny_model):
     """A finished box serving tiny.gguf, whose configuration names other.gguf for restarts; third.gguf is
     neither."""
     shutil.copy(tiny_model, two_models / "models" / "third.gguf")
@@ -44,10 +44,10 @@ def box(two_models, tiny_model):
         yield client
 
 
-def test_each_page_renders_in_the_frame_for_the_owner_with_its_place_marked(box):
-    logged_in(box)
+def test_each_page_renders_in_the_frame_for_the_owner_with_its_place_marked(finished_app):
+    logged_in(finished_app)
     for path in PAGES:
-        page = box.get(path)
+        page = finished_app.get(path)
         assert page.status_code == 200 and "<h1>" in page.text, path
         nav = re.search(r"<nav .*?</nav>", page.text, re.S).group(0)
         assert re.findall(r'<a href="([^"]+)" aria-current="page"', nav) == [path]
@@ -55,12 +55,12 @@ def test_each_page_renders_in_the_frame_for_the_owner_with_its_place_marked(box)
         assert page.headers["cache-control"] == "no-store"
 
 
-def test_strangers_go_to_the_login_and_a_token_does_not_open_the_pages(box):
+def test_strangers_go_to_the_login_and_a_token_does_not_open_the_pages(finished_app):
     for path in PAGES:
-        assert box.get(path, follow_redirects=False).headers["location"] == f"/login?next={path}"
-        refused = box.get(path, headers={"Authorization": f"Bearer {box.token}"}, follow_redirects=False)
+        assert finished_app.get(path, follow_redirects=False).headers["location"] == f"/login?next={path}"
+        refused = finished_app.get(path, headers={"Authorization": f"Bearer {finished_app.token}"}, follow_redirects=False)
         assert refused.status_code == 303 and refused.headers["location"].startswith("/login")
-    assert "<nav" not in box.get("/login").text
+    assert "<nav" not in finished_app.get("/login").text
 
 
 def test_the_setup_wizard_has_no_frame_nav(two_models):
@@ -71,9 +71,9 @@ def test_the_setup_wizard_has_no_frame_nav(two_models):
         assert 'name="csrf"' in page.text and "<nav" not in page.text and 'action="/logout"' not in page.text
 
 
-def test_the_models_page_shows_the_store_the_catalog_and_what_may_be_deleted(box):
-    logged_in(box)
-    page = box.get("/manage/models").text
+def test_the_models_page_shows_the_store_the_catalog_and_what_may_be_deleted(finished_app):
+    logged_in(finished_app)
+    page = finished_app.get("/manage/models").text
     rows = {name: row for name, row in re.findall(r"<tr>\s*<td data-label=\"Model\"><strong>([^<]+)</strong>(.*?)</tr>",
                                                   page, re.S)}
     assert set(rows) >= {"tiny.gguf", "other.gguf", "third.gguf", "smollm2-135m"}
@@ -83,33 +83,33 @@ def test_the_models_page_shows_the_store_the_catalog_and_what_may_be_deleted(box
     assert 'type="module"' in page and "models.js" in page and 'id="upload-file"' in page
 
 
-def test_a_model_is_deleted_unless_served_or_chosen_and_only_by_its_bare_name(box):
-    headers = logged_in(box)
-    models = box.cfg.models_path
-    served = box.delete("/models/tiny.gguf", headers=headers)
+def test_a_model_is_deleted_unless_served_or_chosen_and_only_by_its_bare_name(finished_app):
+    headers = logged_in(finished_app)
+    models = finished_app.cfg.models_path
+    served = finished_app.delete("/models/tiny.gguf", headers=headers)
     assert served.status_code == 409 and "serves" in served.json()["error"]["message"]
-    chosen = box.delete("/models/other.gguf", headers=headers)
+    chosen = finished_app.delete("/models/other.gguf", headers=headers)
     assert chosen.status_code == 409 and "after a restart" in chosen.json()["error"]["message"]
     for bad in ("sub/third.gguf", "..%2Fthird.gguf", "third.bin", ".third.gguf", "third.gguf%5Cx.gguf"):
-        refused = box.delete(f"/models/{bad}", headers=headers)
+        refused = finished_app.delete(f"/models/{bad}", headers=headers)
         assert refused.status_code == 400 and "file name" in refused.json()["error"]["message"], bad
-    assert box.delete("/models/missing.gguf", headers=headers).status_code == 404
-    assert box.delete("/models/third.gguf").status_code == 403  # a cookie alone: the page's CSRF token is needed
-    assert box.delete("/models/third.gguf", headers=headers).json() == {"deleted": "third.gguf"}
+    assert finished_app.delete("/models/missing.gguf", headers=headers).status_code == 404
+    assert finished_app.delete("/models/third.gguf").status_code == 403  # a cookie alone: the page's CSRF token is needed
+    assert finished_app.delete("/models/third.gguf", headers=headers).json() == {"deleted": "third.gguf"}
     assert not (models / "third.gguf").exists() and (models / "tiny.gguf").exists() and (models / "other.gguf").exists()
-    assert box.delete("/models/third.gguf", headers=headers).status_code == 404
+    assert finished_app.delete("/models/third.gguf", headers=headers).status_code == 404
     shutil.copy(models / "tiny.gguf", models / "fourth.gguf")
-    box.cookies.clear()
-    api = {"Authorization": f"Bearer {box.token}"}
-    assert box.delete("/models/fourth.gguf", headers=api).status_code == 200
-    assert [m["name"] for m in box.get("/models", headers=api).json()["models"]] == ["other.gguf", "tiny.gguf"]
+    finished_app.cookies.clear()
+    api = {"Authorization": f"Bearer {finished_app.token}"}
+    assert finished_app.delete("/models/fourth.gguf", headers=api).status_code == 200
+    assert [m["name"] for m in finished_app.get("/models", headers=api).json()["models"]] == ["other.gguf", "tiny.gguf"]
 
 
 def journal_line(seconds: float, unit: str, message) -> str:
     return json.dumps({"__REALTIME_TIMESTAMP": str(int(seconds * 1e6)), "_SYSTEMD_UNIT": unit, "MESSAGE": message})
 
 
-def test_system_reports_addresses_disk_memory_the_certificate_and_the_journal(box, monkeypatch):
+def test_system_reports_addresses_disk_memory_the_certificate_and_the_journal(finished_app, monkeypatch):
     asked = []
 
     def journalctl(argv, **kwargs):
@@ -118,15 +118,15 @@ def test_system_reports_addresses_disk_memory_the_certificate_and_the_journal(bo
                           "not json", journal_line(1700000100, "systemd-networkd.service", list(b"bad \xff bytes"))])
 
     monkeypatch.setattr(command, "run", journalctl)
-    api = {"Authorization": f"Bearer {box.token}"}
-    state = box.get("/system", headers=api).json()
-    assert state["fingerprint"] == device.secrets_of(box.cfg.data_path).fingerprint()
-    console = "\n".join(firstboot.lines(box.cfg, device.secrets_of(box.cfg.data_path), []))
+    api = {"Authorization": f"Bearer {finished_app.token}"}
+    state = finished_app.get("/system", headers=api).json()
+    assert state["fingerprint"] == device.secrets_of(finished_app.cfg.data_path).fingerprint()
+    console = "\n".join(firstboot.lines(finished_app.cfg, device.secrets_of(finished_app.cfg.data_path), []))
     assert f"Certificate SHA-256: {state['fingerprint']}" in console  # what the console shows
     assert isinstance(state["addresses"], list) and not any(a in ("127.0.0.1", "::1") for a in state["addresses"])
     disk = state["disk"]
     assert 0 < disk["free"] <= disk["total"] and disk["models"]["count"] == 3
-    assert disk["models"]["bytes"] == sum(p.stat().st_size for p in box.cfg.models_path.glob("*.gguf"))
+    assert disk["models"]["bytes"] == sum(p.stat().st_size for p in finished_app.cfg.models_path.glob("*.gguf"))
     assert 0 < state["memory"]["available"] <= state["memory"]["total"] and state["uptime"] > 0
     assert state["model"]["state"] == "ready" and state["model"]["model"] == "tiny"
     argv, kwargs = asked[0]
@@ -134,28 +134,28 @@ def test_system_reports_addresses_disk_memory_the_certificate_and_the_journal(bo
     newest, oldest = state["journal"]  # newest first; the line that was not JSON is skipped
     assert newest == {"time": 1700000100, "unit": "systemd-networkd.service", "message": "bad \ufffd bytes"}
     assert oldest["unit"] == "paladin.service" and len(oldest["message"]) == system.MESSAGE_CHARS
-    logged_in(box)
-    page = box.get("/manage/system")
+    logged_in(finished_app)
+    page = finished_app.get("/manage/system")
     assert page.status_code == 200 and state["fingerprint"] in page.text and "bad \ufffd bytes" in page.text
-    assert box.get("/system", headers=api).status_code == 200
-    box.cookies.clear()
-    assert box.get("/system").status_code == 401
+    assert finished_app.get("/system", headers=api).status_code == 200
+    finished_app.cookies.clear()
+    assert finished_app.get("/system").status_code == 401
 
 
 @pytest.mark.parametrize("failure", ["journalctl is not installed", "journalctl failed (exit 1): No journal files "
                                      "were opened due to insufficient permissions."])
-def test_a_journal_that_cannot_be_read_is_said_plainly(box, monkeypatch, failure):
+def test_a_journal_that_cannot_be_read_is_said_plainly(finished_app, monkeypatch, failure):
     def journalctl(argv, **kwargs):
         raise command.CommandError(failure)
 
     monkeypatch.setattr(command, "run", journalctl)
-    logged_in(box)
-    assert box.get("/system").json()["journal"].startswith(f"The journal could not be read: {failure}")
-    page = box.get("/manage/system")
+    logged_in(finished_app)
+    assert finished_app.get("/system").json()["journal"].startswith(f"The journal could not be read: {failure}")
+    page = finished_app.get("/manage/system")
     assert page.status_code == 200 and f"The journal could not be read: {failure}" in page.text
 
 
-def test_the_updates_page_shows_the_slots_the_settings_and_the_last_outcome(box, monkeypatch):
+def test_the_updates_page_shows_the_slots_the_settings_and_the_last_outcome(finished_app, monkeypatch):
     snapshot = {"running": "1.2.0", "slots": [
         {"kind": "root", "device": "/dev/vda3", "version": "1.2.0", "booted": True},
         {"kind": "verity", "device": "/dev/vda4", "version": "1.2.0", "booted": False},
@@ -165,12 +165,12 @@ def test_the_updates_page_shows_the_slots_the_settings_and_the_last_outcome(box,
     monkeypatch.setattr(updates.update_status, "snapshot", lambda: dict(snapshot))
     monkeypatch.setattr(updates.update_status, "progress", lambda data_dir: {
         "phase": "failed", "error": "the repository's signature did not verify.", "time": 1700000000})
-    headers = logged_in(box)
-    page = box.get("/manage/updates").text
+    headers = logged_in(finished_app)
+    page = finished_app.get("/manage/updates").text
     assert 'id="running">1.2.0<' in page and "/dev/vda5" in page and "/dev/vda4" not in page
     assert re.search(r"/dev/vda3</td>.*?running now", page, re.S) and "did not verify" in page
     assert 'data-working="no"' in page and 'id="check" disabled' in page  # no update server yet
-    assert box.put("/update/settings", json={"url": "https://updates.example/paladin"}, headers=headers).status_code == 200
-    page = box.get("/manage/updates").text
+    assert finished_app.put("/update/settings", json={"url": "https://updates.example/paladin"}, headers=headers).status_code == 200
+    page = finished_app.get("/manage/updates").text
     assert 'value="https://updates.example/paladin"' in page and 'id="check">' in page
     assert "/update/bundle?reboot=true" in page

@@ -6,7 +6,7 @@ import pytest
 
 from appliance.web.http import client_of
 from appliance.web.ratelimit import Buckets
-from served import Service
+from tests.support.served import Service
 
 
 class Clock:

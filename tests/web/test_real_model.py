@@ -11,7 +11,7 @@ import ollama
 import openai
 import pytest
 
-from served import UNLIMITED, Service
+from tests.support.served import UNLIMITED, Service
 
 pytestmark = pytest.mark.service
 ANSWER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},

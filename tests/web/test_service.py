@@ -15,8 +15,8 @@ import pytest
 
 from appliance import config
 from buildhost.qemu import free_port
-from catalog import served_catalog
-from served import PALADIN, UNLIMITED, Service, serve_argv
+from tests.support.catalog import served_catalog
+from tests.support.served import PALADIN, UNLIMITED, Service, serve_argv
 
 pytestmark = pytest.mark.service
 

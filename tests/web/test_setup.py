@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 from appliance import channel, config, db as database, device, firstboot, owner
 from appliance.web.app import create_app
 from buildhost.qemu import free_port
-from served import Service
+from tests.support.served import Service
 
 PASSWORD = "correct horse battery"
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs9Bq0t0z9yJ8y3xYv1n2oE9k4gq5o2q0v9u3c5Wm7a owner@laptop"
@@ -33,7 +33,7 @@ def step_of(response) -> str:
 
 
 @pytest.fixture
-def box(two_models):
+def setup_app(two_models):
     cfg = config.parse({"data_dir": str(two_models), "inference": {"threads": 1, "context_tokens": 256},
                         "server": {"setup_attempts": 3}})
     code = firstboot.prepare(cfg).setup_code()
@@ -58,141 +58,141 @@ def through_setup(client, *, until: str = "finish") -> str:
 
 
 @pytest.mark.unit
-def test_before_setup_every_page_leads_to_the_wizard(box):
+def test_before_setup_every_page_leads_to_the_wizard(setup_app):
     for path in ("/", "/tokens", "/login"):
-        assert box.get(path, follow_redirects=False).headers["location"] == "/setup"
-    page = box.get("/setup")
+        assert setup_app.get(path, follow_redirects=False).headers["location"] == "/setup"
+    page = setup_app.get("/setup")
     assert step_of(page) == "Setup code" and 'action="/setup/code"' in page.text
-    assert box.post("/setup/owner", data={"name": "Eve"}).status_code == 401  # not without the code
-    through_setup(box, until="device")  # an account exists, but it counts only once setup is finished
-    login = box.post("/login", data={"name": "Ada", "password": PASSWORD}, follow_redirects=False)
+    assert setup_app.post("/setup/owner", data={"name": "Eve"}).status_code == 401  # not without the code
+    through_setup(setup_app, until="device")  # an account exists, but it counts only once setup is finished
+    login = setup_app.post("/login", data={"name": "Ada", "password": PASSWORD}, follow_redirects=False)
     assert login.headers["location"] == "/setup" and "__Host-paladin" not in login.headers.get("set-cookie", "")
 
 
 @pytest.mark.unit
-def test_wrong_codes_count_down_and_lock_the_wizard_until_the_box_restarts(box):
-    said = alert(box.post("/setup/code", data={"code": "AAAA-BBBB-CCCC"}))
+def test_wrong_codes_count_down_and_lock_the_wizard_until_the_box_restarts(setup_app):
+    said = alert(setup_app.post("/setup/code", data={"code": "AAAA-BBBB-CCCC"}))
     assert "not the setup code" in said and "2 tries left" in said
-    box.post("/setup/code", data={"code": "AAAA-BBBB-CCCD"})
-    locked = box.post("/setup/code", data={"code": "AAAA-BBBB-CCCE"})
+    setup_app.post("/setup/code", data={"code": "AAAA-BBBB-CCCD"})
+    locked = setup_app.post("/setup/code", data={"code": "AAAA-BBBB-CCCE"})
     assert locked.status_code == 423 and "paladin setup reset" in locked.text
-    assert box.post("/setup/code", data={"code": box.code}).status_code == 423  # even the right one, now
-    fresh = firstboot.prepare(box.cfg)  # what a restart does
-    assert fresh.setup_code() != box.code
-    assert box.post("/setup/code", data={"code": fresh.setup_code()}, follow_redirects=False).status_code == 303
+    assert setup_app.post("/setup/code", data={"code": setup_app.code}).status_code == 423  # even the right one, now
+    fresh = firstboot.prepare(setup_app.cfg)  # what a restart does
+    assert fresh.setup_code() != setup_app.code
+    assert setup_app.post("/setup/code", data={"code": fresh.setup_code()}, follow_redirects=False).status_code == 303
 
 
 @pytest.mark.unit
-def test_the_code_is_typed_loosely_and_every_step_survives_a_reload(box):
-    page = box.post("/setup/code", data={"code": f" {box.code.lower().replace('-', ' ')} "})
+def test_the_code_is_typed_loosely_and_every_step_survives_a_reload(setup_app):
+    page = setup_app.post("/setup/code", data={"code": f" {setup_app.code.lower().replace('-', ' ')} "})
     assert step_of(page) == "Your account"
-    cookie = box.cookies.get("__Host-paladin")
+    cookie = setup_app.cookies.get("__Host-paladin")
     assert cookie and re.search(r"Secure; |HttpOnly", str(page.history[0].headers["set-cookie"]))
     csrf = csrf_of(page)
-    refused = box.post("/setup/owner", data={"csrf": csrf, "name": "Ada", "password": "short", "password2": "short"})
+    refused = setup_app.post("/setup/owner", data={"csrf": csrf, "name": "Ada", "password": "short", "password2": "short"})
     assert refused.status_code == 400 and "at least 12 characters" in alert(refused)
-    assert "differ" in alert(box.post("/setup/owner", data={"csrf": csrf, "name": "Ada", "password": PASSWORD,
+    assert "differ" in alert(setup_app.post("/setup/owner", data={"csrf": csrf, "name": "Ada", "password": PASSWORD,
                                                            "password2": PASSWORD + "!"}))
-    box.post("/setup/owner", data={"csrf": csrf, "name": "Ada", "password": PASSWORD, "password2": PASSWORD})
-    assert step_of(box.get("/setup")) == "This box"  # a reload, or the same session after a reboot
-    assert 'value="Ada"' in box.get("/setup?step=owner").text  # back to a step already done
-    bad = box.post("/setup/device", data={"csrf": csrf, "name": "Kitchen", "timezone": "Mars/Olympus"})
+    setup_app.post("/setup/owner", data={"csrf": csrf, "name": "Ada", "password": PASSWORD, "password2": PASSWORD})
+    assert step_of(setup_app.get("/setup")) == "This box"  # a reload, or the same session after a reboot
+    assert 'value="Ada"' in setup_app.get("/setup?step=owner").text  # back to a step already done
+    bad = setup_app.post("/setup/device", data={"csrf": csrf, "name": "Kitchen", "timezone": "Mars/Olympus"})
     assert bad.status_code == 400 and "not a time zone" in alert(bad)
-    assert step_of(box.post("/setup/device", data={"csrf": csrf, "name": "Kitchen", "timezone": "UTC"})) == "Model"
+    assert step_of(setup_app.post("/setup/device", data={"csrf": csrf, "name": "Kitchen", "timezone": "UTC"})) == "Model"
 
 
 @pytest.mark.unit
-def test_state_changes_need_the_pages_csrf_token(box):
-    csrf = through_setup(box, until="owner")
+def test_state_changes_need_the_pages_csrf_token(setup_app):
+    csrf = through_setup(setup_app, until="owner")
     form = {"name": "Ada", "password": PASSWORD, "password2": PASSWORD}
     for headers, data in (({}, form), ({}, {**form, "csrf": "0" * 64}), ({"X-CSRF-Token": "nope"}, form)):
-        refused = box.post("/setup/owner", data=data, headers=headers)
+        refused = setup_app.post("/setup/owner", data=data, headers=headers)
         assert refused.status_code == 403 and "reload it" in refused.json()["error"]["message"]
-    assert owner.account(database.connect(box.cfg.database_path)) is None
-    assert box.post("/setup/owner", data=form, headers={"X-CSRF-Token": csrf}).status_code == 200
+    assert owner.account(database.connect(setup_app.cfg.database_path)) is None
+    assert setup_app.post("/setup/owner", data=form, headers={"X-CSRF-Token": csrf}).status_code == 200
 
 
 @pytest.mark.unit
-def test_the_model_step_offers_the_store_and_the_catalog_with_a_fit_check(box):
-    through_setup(box, until="model")
-    page = box.get("/setup")
+def test_the_model_step_offers_the_store_and_the_catalog_with_a_fit_check(setup_app):
+    through_setup(setup_app, until="model")
+    page = setup_app.get("/setup")
     assert step_of(page) == "Model" and 'value="tiny.gguf"' in page.text and 'value="other.gguf"' in page.text
     assert "smollm2-135m" in page.text and "GiB</strong> of memory" in page.text
     csrf = csrf_of(page)
-    refused = box.post("/setup/model", data={"csrf": csrf, "model": "missing.gguf"})
+    refused = setup_app.post("/setup/model", data={"csrf": csrf, "model": "missing.gguf"})
     assert refused.status_code == 400 and "not installed" in alert(refused)
-    assert step_of(box.post("/setup/model", data={"csrf": csrf, "model": "other.gguf"})) == "Privacy"
-    assert box.get("/health").json()["model"] == "other"
+    assert step_of(setup_app.post("/setup/model", data={"csrf": csrf, "model": "other.gguf"})) == "Privacy"
+    assert setup_app.get("/health").json()["model"] == "other"
 
 
 @pytest.mark.unit
-def test_finishing_locks_the_wizard_for_good_and_logs_the_owner_in(box):
-    csrf = through_setup(box)
-    chat = box.post("/setup/finish", data={"csrf": csrf})
+def test_finishing_locks_the_wizard_for_good_and_logs_the_owner_in(setup_app):
+    csrf = through_setup(setup_app)
+    chat = setup_app.post("/setup/finish", data={"csrf": csrf})
     assert chat.url.path == "/" and "Kitchen box" in chat.text
-    saved = config.load(None, {"data_dir": box.cfg.data_dir})
+    saved = config.load(None, {"data_dir": setup_app.cfg.data_dir})
     assert (saved.device.name, saved.device.timezone, saved.device.time_sync, saved.update.automatic,
             saved.inference.model) == ("Kitchen box", "Europe/Berlin", True, False, "tiny.gguf")
-    assert device.secrets_of(box.cfg.data_path).setup_code() is None
-    assert box.get("/setup", follow_redirects=False).headers["location"] == "/"
-    assert box.post("/setup/code", data={"code": box.code}, follow_redirects=False).headers["location"] == "/login"
-    assert box.post("/setup/owner", data={"csrf": csrf_of(chat), "name": "Eve", "password": PASSWORD,
+    assert device.secrets_of(setup_app.cfg.data_path).setup_code() is None
+    assert setup_app.get("/setup", follow_redirects=False).headers["location"] == "/"
+    assert setup_app.post("/setup/code", data={"code": setup_app.code}, follow_redirects=False).headers["location"] == "/login"
+    assert setup_app.post("/setup/owner", data={"csrf": csrf_of(chat), "name": "Eve", "password": PASSWORD,
                                           "password2": PASSWORD}).status_code == 401
 
 
 @pytest.mark.unit
-def test_login_logout_and_tokens_made_and_revoked_in_the_browser(box):
-    csrf = through_setup(box)
-    csrf = csrf_of(box.post("/setup/finish", data={"csrf": csrf}))
-    made = box.post("/tokens", data={"csrf": csrf, "name": "Home Assistant"})
+def test_login_logout_and_tokens_made_and_revoked_in_the_browser(setup_app):
+    csrf = through_setup(setup_app)
+    csrf = csrf_of(setup_app.post("/setup/finish", data={"csrf": csrf}))
+    made = setup_app.post("/tokens", data={"csrf": csrf, "name": "Home Assistant"})
     assert made.status_code == 201
     token = re.search(r'id="new-token">([^<]+)', made.text).group(1)
-    assert "exists" in alert(box.post("/tokens", data={"csrf": csrf, "name": "Home Assistant"}))
+    assert "exists" in alert(setup_app.post("/tokens", data={"csrf": csrf, "name": "Home Assistant"}))
     api = {"Authorization": f"Bearer {token}"}
-    assert box.get("/v1/models", headers=api).status_code == 200
-    listed = box.get("/tokens").text
+    assert setup_app.get("/v1/models", headers=api).status_code == 200
+    listed = setup_app.get("/tokens").text
     assert "Home Assistant" in listed and token not in listed  # shown once only
-    box.post("/tokens/revoke", data={"csrf": csrf, "name": "Home Assistant"})
-    assert box.get("/v1/models", headers=api).status_code == 401
-    assert box.post("/logout", data={"csrf": csrf}).url.path == "/login"
-    assert box.get("/", follow_redirects=False).headers["location"] == "/login?next=/"
-    wrong = box.post("/login", data={"name": "Ada", "password": PASSWORD + "x"})
+    setup_app.post("/tokens/revoke", data={"csrf": csrf, "name": "Home Assistant"})
+    assert setup_app.get("/v1/models", headers=api).status_code == 401
+    assert setup_app.post("/logout", data={"csrf": csrf}).url.path == "/login"
+    assert setup_app.get("/", follow_redirects=False).headers["location"] == "/login?next=/"
+    wrong = setup_app.post("/login", data={"name": "Ada", "password": PASSWORD + "x"})
     assert wrong.status_code == 401 and "wrong" in alert(wrong)
-    elsewhere = box.post("/login", data={"name": "Ada", "password": PASSWORD, "next": "//evil.example/"})
+    elsewhere = setup_app.post("/login", data={"name": "Ada", "password": PASSWORD, "next": "//evil.example/"})
     assert str(elsewhere.url) == "https://paladin.local/"  # never sent to another site
 
 
 @pytest.mark.unit
-def test_the_owner_asks_through_the_page_and_a_token_cannot(box):
-    csrf = csrf_of(box.post("/setup/finish", data={"csrf": through_setup(box)}))
-    data_dir = box.cfg.data_path
-    bad = box.post("/access", data={"csrf": csrf, "lan": "10.0.0.0/8", "ssh": "on", "ssh_key": ""})
+def test_the_owner_asks_through_the_page_and_a_token_cannot(setup_app):
+    csrf = csrf_of(setup_app.post("/setup/finish", data={"csrf": through_setup(setup_app)}))
+    data_dir = setup_app.cfg.data_path
+    bad = setup_app.post("/access", data={"csrf": csrf, "lan": "10.0.0.0/8", "ssh": "on", "ssh_key": ""})
     assert bad.status_code == 400 and "public key" in bad.text and not channel.pending(data_dir, "firewall")
-    asked = box.post("/access", data={"csrf": csrf, "lan": "192.168.1.0/24\n10.0.0.0/8", "ssh": "on",
+    asked = setup_app.post("/access", data={"csrf": csrf, "lan": "192.168.1.0/24\n10.0.0.0/8", "ssh": "on",
                                       "ssh_key": SSH_KEY})
     assert asked.url.path == "/access" and "being applied" in asked.text
     assert channel.take(data_dir, "firewall") == channel.FirewallRequest(
         lan="192.168.1.0/24 10.0.0.0/8", privacy=False, ssh=True, ssh_key=SSH_KEY)
-    wrong = box.put("/system/firewall", json={"lan": "10.0.0.1/8"}, headers={"X-CSRF-Token": csrf})
+    wrong = setup_app.put("/system/firewall", json={"lan": "10.0.0.1/8"}, headers={"X-CSRF-Token": csrf})
     assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "firewall.lan"
-    assert box.put("/system/firewall", json={"privacy": True}, headers={"X-CSRF-Token": csrf}).status_code == 202
-    token = re.search(r'id="new-token">([^<]+)', box.post("/tokens", data={"csrf": csrf, "name": "ha"}).text).group(1)
-    box.cookies.clear()
+    assert setup_app.put("/system/firewall", json={"privacy": True}, headers={"X-CSRF-Token": csrf}).status_code == 202
+    token = re.search(r'id="new-token">([^<]+)', setup_app.post("/tokens", data={"csrf": csrf, "name": "ha"}).text).group(1)
+    setup_app.cookies.clear()
     api = {"Authorization": f"Bearer {token}"}
-    assert box.put("/system/firewall", json={"ssh": True, "ssh_key": SSH_KEY}, headers=api).status_code in (401, 403)
-    assert box.get("/system/firewall", headers=api).status_code in (401, 403)
+    assert setup_app.put("/system/firewall", json={"ssh": True, "ssh_key": SSH_KEY}, headers=api).status_code in (401, 403)
+    assert setup_app.get("/system/firewall", headers=api).status_code in (401, 403)
 
 
 @pytest.mark.unit
 def test_wrong_passwords_are_rate_limited_per_client(two_models):
     cfg = config.parse({"data_dir": str(two_models), "server": {"auth_failures_per_minute": 2}})
-    with TestClient(create_app(cfg), base_url="https://paladin.local") as box:
+    with TestClient(create_app(cfg), base_url="https://paladin.local") as setup_app:
         db = database.connect(cfg.database_path)
         owner.set_account(db, "Ada", PASSWORD)
         owner.finish(db)
-        statuses = [box.post("/login", data={"name": "Ada", "password": "wrong"}).status_code for _ in range(3)]
+        statuses = [setup_app.post("/login", data={"name": "Ada", "password": "wrong"}).status_code for _ in range(3)]
         assert statuses == [401, 401, 429]
-        assert box.post("/login", data={"name": "Ada", "password": PASSWORD}).status_code == 429
+        assert setup_app.post("/login", data={"name": "Ada", "password": PASSWORD}).status_code == 429
 
 
 @pytest.mark.service

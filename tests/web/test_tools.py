@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from buildhost import tinymodel
-from served import UNLIMITED, Service
+from tests.support.served import UNLIMITED, Service
 
 pytestmark = pytest.mark.service
 
@@ -49,7 +49,7 @@ ASK = [{"role": "user", "content": "Turn on the kitchen light"}]
 
 
 @pytest.fixture(scope="module")
-def box(tiny_model, tmp_path_factory):
+def tool_service(tiny_model, tmp_path_factory):
     """A service whose store holds a generated model per tool-call family, one that always calls (the only
     text it writes is <tool_call>, so the lazy grammar takes over at once) and the plain tiny one."""
     data = tmp_path_factory.mktemp("tools")
@@ -65,8 +65,8 @@ def box(tiny_model, tmp_path_factory):
     service.stop()
 
 
-def serve(box, model: str) -> None:
-    with box.client() as client:
+def serve(tool_service, model: str) -> None:
+    with tool_service.client() as client:
         assert client.put("/models/default", json={"model": model + ".gguf"}).status_code == 200
 
 
@@ -75,10 +75,10 @@ def valid(name: str, arguments: dict, schemas: dict = SCHEMAS) -> None:
 
 
 @pytest.mark.parametrize("family", ["hermes", "llama3", "mistral"])
-def test_tool_choice_required_always_yields_valid_calls(box, family):
-    serve(box, family)
+def test_tool_choice_required_always_yields_valid_calls(tool_service, family):
+    serve(tool_service, family)
     for seed in range(5):
-        reply = box.openai.chat.completions.create(model="paladin", messages=ASK, tools=TOOLS, tool_choice="required",
+        reply = tool_service.openai.chat.completions.create(model="paladin", messages=ASK, tools=TOOLS, tool_choice="required",
                                                    parallel_tool_calls=False, seed=seed, max_tokens=150)
         choice = reply.choices[0]
         assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
@@ -87,9 +87,9 @@ def test_tool_choice_required_always_yields_valid_calls(box, family):
         valid(call.function.name, json.loads(call.function.arguments))
 
 
-def test_a_named_tool_is_the_one_called_and_calls_stream_as_deltas(box):
-    serve(box, "hermes")
-    stream = box.openai.chat.completions.create(
+def test_a_named_tool_is_the_one_called_and_calls_stream_as_deltas(tool_service):
+    serve(tool_service, "hermes")
+    stream = tool_service.openai.chat.completions.create(
         model="paladin", messages=ASK, tools=TOOLS, stream=True, max_tokens=150, stream_options={"include_usage": True},
         tool_choice={"type": "function", "function": {"name": "HassLightSet"}}, parallel_tool_calls=False)
     chunks = list(stream)
@@ -100,12 +100,12 @@ def test_a_named_tool_is_the_one_called_and_calls_stream_as_deltas(box):
     assert not chunks[-1].choices and chunks[-1].usage.completion_tokens > 0
 
 
-def test_parallel_calls_are_each_whole_and_valid(box):
+def test_parallel_calls_are_each_whole_and_valid(tool_service):
     """Allowed several calls, the model may write more than one (and a generated one may write until its
     token limit): every call that comes back is whole and valid, one the limit cut does not come back."""
-    serve(box, "hermes")
+    serve(tool_service, "hermes")
     for seed in range(3):
-        reply = box.openai.chat.completions.create(model="paladin", messages=ASK, tools=TOOLS, tool_choice="required",
+        reply = tool_service.openai.chat.completions.create(model="paladin", messages=ASK, tools=TOOLS, tool_choice="required",
                                                    max_tokens=150, seed=seed)
         calls = reply.choices[0].message.tool_calls
         assert calls and reply.choices[0].finish_reason == "tool_calls"
@@ -113,21 +113,21 @@ def test_parallel_calls_are_each_whole_and_valid(box):
             valid(call.function.name, json.loads(call.function.arguments))
 
 
-def test_home_assistants_conversation_turn_call_result_answer(box):
+def test_home_assistants_conversation_turn_call_result_answer(tool_service):
     """Assist sends tools on every turn; the model calls, Home Assistant runs the intent and sends the result
     back as a tool message, and the model answers in words."""
-    serve(box, "caller")
-    first = box.ollama.chat(model="paladin", messages=ASK, tools=OLLAMA_TOOLS, options={"num_predict": 150})
+    serve(tool_service, "caller")
+    first = tool_service.ollama.chat(model="paladin", messages=ASK, tools=OLLAMA_TOOLS, options={"num_predict": 150})
     call = first.message.tool_calls[0]
     valid(call.function.name, dict(call.function.arguments), OLLAMA_SCHEMAS)
     assert first.done_reason == "stop"
     turn = ASK + [{"role": "assistant", "content": "", "tool_calls": [
         {"function": {"name": call.function.name, "arguments": dict(call.function.arguments)}}]},
                   {"role": "tool", "content": json.dumps({"success": [{"name": "Kitchen light"}]})}]
-    serve(box, "hermes")  # a model that answers in words when it need not call
-    answer = box.ollama.chat(model="paladin", messages=turn, tools=OLLAMA_TOOLS, options={"num_predict": 8})
+    serve(tool_service, "hermes")  # a model that answers in words when it need not call
+    answer = tool_service.ollama.chat(model="paladin", messages=turn, tools=OLLAMA_TOOLS, options={"num_predict": 8})
     assert answer.message.content and not answer.message.tool_calls
-    streamed = list(box.openai.chat.completions.create(
+    streamed = list(tool_service.openai.chat.completions.create(
         model="paladin", messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None,
             "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "HassTurnOn",
                                                                               "arguments": '{"name": "lamp"}'}}]},
@@ -135,68 +135,68 @@ def test_home_assistants_conversation_turn_call_result_answer(box):
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
 
 
-def test_ollama_streams_the_calls_in_one_message(box):
-    serve(box, "caller")
-    parts = list(box.ollama.chat(model="paladin", messages=ASK, tools=OLLAMA_TOOLS, stream=True,
+def test_ollama_streams_the_calls_in_one_message(tool_service):
+    serve(tool_service, "caller")
+    parts = list(tool_service.ollama.chat(model="paladin", messages=ASK, tools=OLLAMA_TOOLS, stream=True,
                                  options={"num_predict": 150}))
     calls = [c for p in parts for c in (p.message.tool_calls or [])]
     assert calls and parts[-1].done
     for call in calls:
         valid(call.function.name, dict(call.function.arguments), OLLAMA_SCHEMAS)
-    assert box.ollama.show("paladin").capabilities == ["completion", "tools"]
+    assert tool_service.ollama.show("paladin").capabilities == ["completion", "tools"]
 
 
-def test_structured_output_always_parses_and_validates(box):
-    serve(box, "tiny")
+def test_structured_output_always_parses_and_validates(tool_service):
+    serve(tool_service, "tiny")
     for seed in range(3):
-        reply = box.openai.chat.completions.create(
+        reply = tool_service.openai.chat.completions.create(
             model="paladin", messages=[{"role": "user", "content": "Weather?"}], seed=seed, max_tokens=150,
             response_format={"type": "json_schema", "json_schema": {"name": "weather", "schema": WEATHER}})
         jsonschema.validate(json.loads(reply.choices[0].message.content), WEATHER)
-        answer = box.ollama.chat(model="paladin", messages=[{"role": "user", "content": "Weather?"}], format=WEATHER,
+        answer = tool_service.ollama.chat(model="paladin", messages=[{"role": "user", "content": "Weather?"}], format=WEATHER,
                                  options={"num_predict": 150, "seed": seed})
         jsonschema.validate(json.loads(answer.message.content), WEATHER)
-        generated = box.ollama.generate(model="paladin", prompt="Weather?", format=WEATHER,
+        generated = tool_service.ollama.generate(model="paladin", prompt="Weather?", format=WEATHER,
                                         options={"num_predict": 150, "seed": seed})
         jsonschema.validate(json.loads(generated.response), WEATHER)
 
 
-def test_what_cannot_be_done_is_a_clear_400(box):
-    serve(box, "tiny")
+def test_what_cannot_be_done_is_a_clear_400(tool_service):
+    serve(tool_service, "tiny")
     with pytest.raises(openai.BadRequestError) as err:
-        box.openai.chat.completions.create(model="paladin", messages=ASK, tools=TOOLS)
+        tool_service.openai.chat.completions.create(model="paladin", messages=ASK, tools=TOOLS)
     assert "chat template does not offer tools" in err.value.body["message"]
     with pytest.raises(ollama.ResponseError) as err:
-        box.ollama.chat(model="paladin", messages=ASK, tools=OLLAMA_TOOLS)
+        tool_service.ollama.chat(model="paladin", messages=ASK, tools=OLLAMA_TOOLS)
     assert err.value.status_code == 400 and "does not offer tools" in err.value.error
-    assert box.ollama.show("paladin").capabilities == ["completion"]
-    serve(box, "hermes")
+    assert tool_service.ollama.show("paladin").capabilities == ["completion"]
+    serve(tool_service, "hermes")
     for tools, choice, words in (
             (TOOLS, {"type": "function", "function": {"name": "HassNope"}}, "not one of the tools given"),
             ([{"type": "function", "function": {"name": "bad name!"}}], "auto", "a name of letters"),
             (TOOLS + TOOLS[:1], "auto", "given twice"),
             ([{"type": "function", "function": {"name": "f", "parameters": [1]}}], "auto", "must be a JSON schema")):
         with pytest.raises(openai.BadRequestError) as err:
-            box.openai.chat.completions.create(model="paladin", messages=ASK, tools=tools, tool_choice=choice)
+            tool_service.openai.chat.completions.create(model="paladin", messages=ASK, tools=tools, tool_choice=choice)
         assert words in err.value.body["message"]
     with pytest.raises(openai.BadRequestError) as err:
-        box.openai.chat.completions.create(model="paladin", messages=ASK, tools=TOOLS,
+        tool_service.openai.chat.completions.create(model="paladin", messages=ASK, tools=TOOLS,
                                            response_format={"type": "json_object"})
     assert "not both" in err.value.body["message"]
-    with box.client() as client:  # what the ollama client would not even send
+    with tool_service.client() as client:  # what the ollama client would not even send
         for body, words in (({"format": "yaml"}, "'format'"), ({"logprobs": True}, "log probabilities")):
             refused = client.post("/api/chat", json={"model": "paladin", "messages": ASK} | body)
             assert refused.status_code == 400 and words in refused.json()["error"]
 
 
-def test_the_async_ollama_client_as_home_assistant_uses_it(box):
+def test_the_async_ollama_client_as_home_assistant_uses_it(tool_service):
     """Home Assistant's integration holds an ollama.AsyncClient: setup (list, show, ps, pull), then Assist's
     turn with tools, and an AI task's structured answer."""
     import asyncio
 
     async def session() -> None:
-        client = ollama.AsyncClient(host=box.url, headers={"Authorization": f"Bearer {box.token}"})
-        serve(box, "caller")
+        client = ollama.AsyncClient(host=tool_service.url, headers={"Authorization": f"Bearer {tool_service.token}"})
+        serve(tool_service, "caller")
         names = [m.model for m in (await client.list()).models]
         assert names == ["caller:latest", "paladin:latest"]
         assert "tools" in (await client.show("paladin")).capabilities
@@ -213,7 +213,7 @@ def test_the_async_ollama_client_as_home_assistant_uses_it(box):
         with pytest.raises(ollama.ResponseError, match="no thinking mode") as refused:
             await client.chat(model="paladin", messages=ASK, think=True)
         assert refused.value.status_code == 400
-        serve(box, "tiny")
+        serve(tool_service, "tiny")
         task = await client.chat(model="paladin", messages=[{"role": "user", "content": "Weather?"}], format=WEATHER,
                                  options={"num_predict": 150}, stream=True)
         text = "".join([part.message.content async for part in task])

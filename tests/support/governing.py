@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from buildhost import CACHE, tinymodel
-from tests.served import UNLIMITED, Service
+from tests.support.served import UNLIMITED, Service
 
 GOVERNOR = Path(sys.executable).parent / "paladin-governor"
 COOL, HOT = 45.0, 90.0

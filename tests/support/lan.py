@@ -132,7 +132,7 @@ class Lan:
 
     def mdns(self, netns: str, name: str, service_type: str, seconds: float = 120) -> dict:
         """What the host `netns` sees over mDNS within `seconds`: `name`'s IPv4 addresses, every service type
-        announced on the LAN, and the instances of `service_type` with their IPv4 addresses (tests/mdns_probe.py,
+        announced on the LAN, and the instances of `service_type` with their IPv4 addresses (tests/support/mdns_probe.py,
         run there)."""
         out = run_in(netns, [sys.executable, MDNS_PROBE, self.hosts[netns], name, service_type, seconds],
                      timeout=seconds + 60)

@@ -1,6 +1,6 @@
 """The x86-64 disk image: built by build.py with mkosi, booted in qemu (TCG), checked from outside and inside.
 
-One build and one boot (tests/booted.py) serve every check here and in tests/test_image_network.py: under
+One build and one boot (tests/image/box/conftest.py) serve every check here and in tests/image/box/test_network.py: under
 TCG a boot takes minutes.
 """
 
@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from appliance import facts
-from booted import GROW_BY, VERSION
-from lan import BOX_ADDRESS
-from wizard import CHROMIUM, Shots, browser_page, chat, run_setup
+from tests.support.booted import GROW_BY, VERSION
+from tests.support.lan import BOX_ADDRESS
+from tests.support.wizard import CHROMIUM, Shots, browser_page, chat, run_setup
 
 pytestmark = pytest.mark.image
 
@@ -27,7 +27,7 @@ ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 LINUX_GENERIC = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 
 @pytest.fixture(scope="session")
-def seen_on_the_lan(box, lan, laptop) -> dict:
+def seen_on_the_lan(booted, lan, laptop) -> dict:
     """What a laptop on the box's LAN sees over mDNS, from its own network namespace."""
     return lan.mdns(laptop, facts.MDNS_NAME, "_https._tcp.local.")
 
@@ -55,15 +55,15 @@ def test_image_fits_the_size_budget(image):
     assert Path(image["compressed"]).stat().st_size <= 300e6  # the 5 MB test model included
 
 
-def test_box_answers_health_with_the_model(box):
-    assert box["health"]["status"] == "ok" and box["health"]["model"] == "tiny"
-    assert box["health"]["version"] == VERSION
+def test_box_answers_health_with_the_model(booted):
+    assert booted["health"]["status"] == "ok" and booted["health"]["model"] == "tiny"
+    assert booted["health"]["version"] == VERSION
 
 
-def test_box_streams_a_chat_completion(box):
-    token = box["checks"]["token"]
+def test_box_streams_a_chat_completion(booted):
+    token = booted["checks"]["token"]
     assert token.startswith("pal_")
-    with httpx.stream("POST", box["url"] + "/v1/chat/completions", timeout=120,
+    with httpx.stream("POST", booted["url"] + "/v1/chat/completions", timeout=120,
                       headers={"Authorization": f"Bearer {token}"},
                       json={"model": "paladin", "messages": [{"role": "user", "content": "Hello box"}],
                             "stream": True, "max_tokens": 8}) as response:
@@ -72,28 +72,28 @@ def test_box_streams_a_chat_completion(box):
     assert sum(1 for c in chunks if json.loads(c[6:])["choices"][0]["delta"].get("content")) >= 2
 
 
-def test_the_governor_runs_sandboxed_under_its_own_user_and_reports_the_rung(box):
-    assert box["checks"]["governor"] == ("active paladin-governor paladin-governor 700 paladin-governor 666"), \
-        box["checks"]["governor"]
-    governor = httpx.get(box["url"] + "/health", timeout=60).json()["governor"]
+def test_the_governor_runs_sandboxed_under_its_own_user_and_reports_the_rung(booted):
+    assert booted["checks"]["governor"] == ("active paladin-governor paladin-governor 700 paladin-governor 666"), \
+        booted["checks"]["governor"]
+    governor = httpx.get(booted["url"] + "/health", timeout=60).json()["governor"]
     assert governor["connected"] and governor["enabled"] and governor["rung"]["model"] == "tiny", governor
     assert governor["index"] < governor["rungs"]
 
 
-def test_no_unit_failed(box):
-    assert box["checks"]["failed"] == "", box["vm"].console()[-4000:]
+def test_no_unit_failed(booted):
+    assert booted["checks"]["failed"] == "", booted["vm"].console()[-4000:]
 
 
-def test_data_partition_grew_to_fill_the_disk(box, image):
+def test_data_partition_grew_to_fill_the_disk(booted, image):
     table = json.loads(subprocess.run(["sfdisk", "--json", image["image"]], capture_output=True, text=True,
                                       check=True).stdout)["partitiontable"]
     built = table["partitions"][-1]["size"] * table.get("sectorsize", 512)
-    assert int(box["checks"]["var_bytes"]) > built + GROW_BY // 2
+    assert int(booted["checks"]["var_bytes"]) > built + GROW_BY // 2
 
 
-def test_no_host_code_is_in_the_image(box):
+def test_no_host_code_is_in_the_image(booted):
     """Release signing, the generated models and the build pipeline never leave the build host."""
-    assert box["checks"]["host_code"] == ""
+    assert booted["checks"]["host_code"] == ""
 
 
 def test_box_answers_as_paladin_local_with_its_lan_address(lan, seen_on_the_lan):
@@ -108,27 +108,27 @@ def test_box_advertises_https_and_nothing_else(seen_on_the_lan):
                                                    "addresses": [BOX_ADDRESS]}}
 
 
-def test_the_console_shows_the_setup_code_and_the_certificates_fingerprint(box):
-    console = box["vm"].console()
+def test_the_console_shows_the_setup_code_and_the_certificates_fingerprint(booted):
+    console = booted["vm"].console()
     assert re.search(r"Setup code: [A-Z0-9]{4}-[A-Z0-9]{4}-[A-Z0-9]{4}", console)
     assert re.search(r"Certificate SHA-256: ([0-9A-F]{2}:){31}[0-9A-F]{2}", console)
-    assert box["checks"]["issue"] == "1"  # and the getty's issue file shows it above the login prompt
+    assert booted["checks"]["issue"] == "1"  # and the getty's issue file shows it above the login prompt
 
 
-def test_network_time_runs_as_the_owner_chose_by_default(box):
-    assert box["checks"]["timesync"] == "active"
+def test_network_time_runs_as_the_owner_chose_by_default(booted):
+    assert booted["checks"]["timesync"] == "active"
 
 
-def test_box_redirects_plain_http_to_https(box):
-    vm = box["vm"]
+def test_box_redirects_plain_http_to_https(booted):
+    vm = booted["vm"]
     moved = httpx.get(vm.redirect_url + "/", headers={"Host": "paladin.local"})
     assert moved.status_code == 308 and moved.headers["location"] == "https://paladin.local/"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (./build.py test installs it)")
-def test_a_new_owner_finishes_setup_in_a_browser_and_chats(box):
+def test_a_new_owner_finishes_setup_in_a_browser_and_chats(booted):
     """Last in this file: it makes the box the owner's (the API token the tests use keeps working)."""
-    vm = box["vm"]
+    vm = booted["vm"]
     from playwright.sync_api import expect
 
     with browser_page() as page:

@@ -1,4 +1,4 @@
-"""Run on a LAN host (tests/test_image_network.py): one HTTP connection kept open, then a burst of new
+"""Run on a LAN host (tests/image/box/test_network.py): one HTTP connection kept open, then a burst of new
 connections to the same port at once; prints how many connected and what the kept one answered before
 and after.  Standard library only."""
 

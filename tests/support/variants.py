@@ -30,7 +30,7 @@ async def main():
 asyncio.run(main())
 """
 # From the most capable down: the first that generates is the one to use.
-PREFERENCE = ("", "icelake", "skylakex", "haswell", "sandybridge", "sse42", "x64")
+PREFERENCE = ("", "icelake", "alderlake", "haswell", "sse42", "x64")
 
 
 def generates(model: Path, variant: str = "", words: int = 1) -> subprocess.CompletedProcess:

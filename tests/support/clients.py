@@ -19,12 +19,12 @@ import httpx
 
 from buildhost.steps import StepError, run, say
 from buildhost.wheels import smollm2
-from tests.catalog import served_catalog
-from tests.served import UNLIMITED, Service, create_token
-from tests.variants import working_variant
+from tests.support.catalog import served_catalog
+from tests.support.served import UNLIMITED, Service, create_token
+from tests.support.variants import working_variant
 
 SERVED = "smollm2-tools"
-TEMPLATE = Path(__file__).parent / "templates/qwen2.5.jinja"
+TEMPLATE = Path(__file__).parents[1] / "templates/qwen2.5.jinja"
 TIER = "helper"  # the catalog tier the box can download, from 127.0.0.1
 
 

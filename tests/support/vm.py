@@ -14,7 +14,7 @@ import httpx
 from appliance import facts
 from buildhost import ROOT
 from buildhost.qemu import ensure_qemu, free_ports, image_arch, qemu_argv
-from lan import Lan
+from tests.support.lan import Lan
 
 BOOT_TIMEOUT = 900
 # The updater and the boot assessment say what they do on the console, so a failing test shows it.
@@ -31,10 +31,12 @@ def run_build(*argv) -> str:
 
 
 def build_image(version: str, out: Path, model: Path, keys: Path, tree: Path = ROOT,
-                extra_tree: Path | None = None) -> dict:
-    """`build.py image` (of `tree`, a checkout) for x86-64; its JSON report."""
+                extra_tree: Path | None = None, compress: bool = False) -> dict:
+    """`build.py image` (of `tree`, a checkout) for x86-64; its JSON report.  Compressed for flashing only
+    when asked: the tests boot and release the raw image, and only one test weighs the .zst."""
     report = run_build(tree / "build.py", "image", "--arch", "x86-64", "--version", version, "--model", model,
-                       "--keys", keys, "--out", out, "--json", *(["--extra-tree", extra_tree] if extra_tree else []))
+                       "--keys", keys, "--out", out, "--json", *(["--extra-tree", extra_tree] if extra_tree else []),
+                       *([] if compress else ["--no-compress"]))
     return json.loads(report.strip().splitlines()[-1])
 
 
@@ -50,11 +52,12 @@ class VM:
     """One disk, booted as often as a test needs; each boot's serial console goes to its own file.
 
     The box's ports are on 127.0.0.1: `url` (the assistant's plain API), `https_url` and `redirect_url`
-    (port 80).  With a `lan`, the box has a second NIC on that LAN (tests/lan.py).
+    (port 80).  With a `lan`, the box has a second NIC on that LAN (tests/support/lan.py).  `cpus` is
+    qemu's -smp: one when two boxes run at once on this 2-core host (docs/benchmarks.md).
     """
 
     def __init__(self, image: Path, work: Path, grow_by: int = 2 << 30, units: dict[str, str] | None = None,
-                 lan: Lan | None = None):
+                 lan: Lan | None = None, cpus: int = 2):
         work.mkdir(parents=True, exist_ok=True)
         self.arch = image_arch(image)
         ensure_qemu(self.arch)  # qemu and the UEFI firmware of the image's architecture
@@ -68,6 +71,7 @@ class VM:
         self.url = f"http://127.0.0.1:{web}"
         self.https_url = f"https://127.0.0.1:{https}"
         self.redirect_url = f"http://127.0.0.1:{redirect}"
+        self.cpus = cpus
         self.qemu: subprocess.Popen | None = None
         self.boots = 0
         self.serial = work / "serial-0.log"
@@ -75,11 +79,12 @@ class VM:
     def start(self) -> None:
         self.boots += 1
         self.serial = self.work / f"serial-{self.boots}.log"
-        argv = qemu_argv(self.disk, self.arch, self.forwards, self.work / "efivars.fd", self.units, serial=self.serial)
+        argv = qemu_argv(self.disk, self.arch, self.forwards, self.work / "efivars.fd", self.units, serial=self.serial,
+                         cpus=self.cpus)
         tap: tuple[int, ...] = ()
         if self.lan:
             argv, tap = argv + self.lan.qemu_args(), (self.lan.tap,)
-        for netdev in self.netdevs:  # everything the box sends and receives, per NIC, as pcap (tests/capture.py)
+        for netdev in self.netdevs:  # everything the box sends and receives, per NIC, as pcap (tests/support/capture.py)
             argv += ["-object", f"filter-dump,id=dump-{netdev},netdev={netdev},file={self.capture(netdev)}"]
         self.qemu = subprocess.Popen(argv, pass_fds=tap, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

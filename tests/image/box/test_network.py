@@ -1,8 +1,8 @@
-"""The booted image (tests/booted.py) as an attacker on the LAN, a stranger beyond it and its owner see it:
+"""The booted image (tests/image/box/conftest.py) as an attacker on the LAN, a stranger beyond it and its owner see it:
 the firewall from hosts in network namespaces (nmap), SSH turned on through the owner's request, the limit
 on new connections, what the box sends (qemu's packet captures), and the hardening read inside the box.
 
-After tests/test_image.py, whose last test makes the box the owner's in a browser.
+After tests/image/box/test_image.py, whose last test makes the box the owner's in a browser.
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from booted import UNITS, owner_client
+from tests.support.booted import UNITS, owner_client
 from buildhost.qemu import USER_NIC_MAC
-from capture import Packet, read, sent_by
-from lan import BOX_ADDRESS, BOX_MAC, run_in
+from tests import support
+from tests.support.capture import Packet, read, sent_by
+from tests.support.lan import BOX_ADDRESS, BOX_MAC, run_in
 
 pytestmark = pytest.mark.image
 WEB_PORTS = {80, 443, 8080}
 SSH = 22
-BURST = Path(__file__).with_name("lan_burst.py")
+BURST = Path(support.__file__).with_name("lan_burst.py")  # run on a LAN host, as a script
 # How long after boot the privacy check looks at the captures at the earliest: the whole run so far by
 # default; PALADIN_PRIVACY_SECONDS=600 makes it the documented ten idle minutes (docs/security.md).
 PRIVACY_SECONDS = float(os.environ.get("PALADIN_PRIVACY_SECONDS", "0"))
@@ -44,8 +45,8 @@ def open_ports(found: dict, protocol: str) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def owner(box):
-    client = owner_client(box["vm"])
+def box_owner(booted):
+    client = owner_client(booted["vm"])
     yield client
     client.close()
 
@@ -64,13 +65,13 @@ def ssh(netns: str, key: Path, command: str, *options: str) -> subprocess.Comple
     return subprocess.run(argv, capture_output=True, text=True, timeout=300)
 
 
-def apply(owner, changes: dict) -> dict:
+def apply(box_owner, changes: dict) -> dict:
     """The owner's firewall change through the page's request to the firewall helper, once it is applied."""
-    before = owner.get("/system/firewall").json()["outcome"]
-    asked = owner.put("/system/firewall", json=changes)
+    before = box_owner.get("/system/firewall").json()["outcome"]
+    asked = box_owner.put("/system/firewall", json=changes)
     assert asked.status_code == 202, asked.text
     deadline = time.monotonic() + 300
-    while (state := owner.get("/system/firewall").json())["pending"] or state["outcome"] == before:
+    while (state := box_owner.get("/system/firewall").json())["pending"] or state["outcome"] == before:
         assert time.monotonic() < deadline, f"the firewall helper did not take the request: {state}"
         time.sleep(2)
     assert state["outcome"]["ok"], state
@@ -78,9 +79,9 @@ def apply(owner, changes: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ssh_on(owner, ssh_key) -> Path:
+def ssh_on(box_owner, ssh_key) -> Path:
     """SSH turned on by the owner for their key; the private key's path."""
-    assert apply(owner, {"ssh": True, "ssh_key": ssh_key[1]})["ssh"]
+    assert apply(box_owner, {"ssh": True, "ssh_key": ssh_key[1]})["ssh"]
     return ssh_key[0]
 
 
@@ -106,12 +107,12 @@ def allowed(packet: Packet, network_time: bool) -> bool:
     return network_time and packet.protocol in ("udp", "tcp") and packet.destination_port in (53, 123)
 
 
-def test_nothing_leaves_the_box_but_what_its_configuration_allows(box):
-    vm = box["vm"]
-    time.sleep(max(0.0, PRIVACY_SECONDS - (time.monotonic() - box["started"])))
+def test_nothing_leaves_the_box_but_what_its_configuration_allows(booted):
+    vm = booted["vm"]
+    time.sleep(max(0.0, PRIVACY_SECONDS - (time.monotonic() - booted["started"])))
     sent = {"user-mode NIC": sent_by(read(vm.capture("net0")), USER_NIC_MAC),
             "LAN NIC": sent_by(read(vm.capture("lan")), BOX_MAC)}
-    network_time = box["checks"]["timesync"] == "active"
+    network_time = booted["checks"]["timesync"] == "active"
     for nic, packets in sent.items():
         assert packets, f"nothing was captured on the box's {nic}"
         strangers = sorted({str(p) for p in packets if not allowed(p, network_time)})
@@ -119,14 +120,14 @@ def test_nothing_leaves_the_box_but_what_its_configuration_allows(box):
     assert not [p for packets in sent.values() for p in packets if p.destination_port == 5355]  # no LLMNR
 
 
-def test_every_shipped_unit_has_an_exposure_of_at_most_2_in_the_box(box):
-    exposure = {unit: box["checks"].get(f"exposure:{unit}") for unit in UNITS}
+def test_every_shipped_unit_has_an_exposure_of_at_most_2_in_the_box(booted):
+    exposure = {unit: booted["checks"].get(f"exposure:{unit}") for unit in UNITS}
     assert all(value and float(value) <= 2.0 for value in exposure.values()), exposure
     print("\nexposure in the box:", json.dumps(exposure))
 
 
-def test_the_kernel_the_accounts_and_the_journal_are_hardened(box):
-    checks = box["checks"]
+def test_the_kernel_the_accounts_and_the_journal_are_hardened(booted):
+    checks = booted["checks"]
     expected = {"kernel.kptr_restrict": "2", "kernel.dmesg_restrict": "1", "kernel.unprivileged_bpf_disabled": "1",
                 "fs.protected_symlinks": "1", "fs.protected_hardlinks": "1", "net.ipv4.tcp_syncookies": "1",
                 "net.ipv4.conf.all.accept_redirects": "0", "net.ipv6.conf.all.accept_redirects": "0",
@@ -138,12 +139,12 @@ def test_the_kernel_the_accounts_and_the_journal_are_hardened(box):
     assert "5355" not in checks["udp_listeners"].split()  # no LLMNR responder
 
 
-def test_ssh_is_off_and_the_box_made_its_own_host_key(box):
-    assert box["checks"]["ssh"] == "inactive 0 600"  # not running, none from the image, one of its own
-    assert box["checks"]["firewall"] == "active 1"
+def test_ssh_is_off_and_the_box_made_its_own_host_key(booted):
+    assert booted["checks"]["ssh"] == "inactive 0 600"  # not running, none from the image, one of its own
+    assert booted["checks"]["firewall"] == "active 1"
 
 
-def test_a_host_outside_the_lan_reaches_nothing(box, outsider):
+def test_a_host_outside_the_lan_reaches_nothing(booted, outsider):
     run_in(outsider, ["ping", "-c", "3", "-W", "10", BOX_ADDRESS])  # it can reach the box: the route works
     tcp = nmap(outsider, "-sS", "-p-", "--min-rate", "2000")
     assert not open_ports(tcp, "tcp") and "closed" not in tcp.values()  # dropped, not even refused
@@ -151,8 +152,8 @@ def test_a_host_outside_the_lan_reaches_nothing(box, outsider):
     assert not open_ports(udp, "udp")
 
 
-def test_the_owner_turns_ssh_on_for_their_key_only(owner, ssh_on, laptop):
-    shown = owner.get("/system/firewall").json()["host_key"]
+def test_the_owner_turns_ssh_on_for_their_key_only(box_owner, ssh_on, laptop):
+    shown = box_owner.get("/system/firewall").json()["host_key"]
     scanned = run_in(laptop, ["sh", "-c", f"ssh-keyscan -t ed25519 {BOX_ADDRESS} 2>/dev/null | ssh-keygen -l -f -"])
     assert shown and shown in scanned  # the page lets the owner check the key ssh sees the first time
     logged_in = ssh(laptop, ssh_on, "id -u; ls /var/lib/paladin-firewall/ssh")
@@ -171,7 +172,7 @@ def test_from_the_lan_exactly_the_documented_ports_answer(ssh_on, laptop, outsid
     assert nmap(outsider, "-sS", "-p", str(SSH))[("tcp", SSH)] == "filtered"  # SSH is the LAN's only
 
 
-def test_a_burst_of_new_connections_is_cut_while_an_established_one_keeps_working(box, ssh_on, laptop):
+def test_a_burst_of_new_connections_is_cut_while_an_established_one_keeps_working(booted, ssh_on, laptop):
     before = flooded(laptop, ssh_on)
     attempts = 300
     result = json.loads(run_in(laptop, [sys.executable, BURST, BOX_ADDRESS, 8080, attempts], timeout=300))
@@ -188,13 +189,13 @@ CONNECT_OUT = ("/usr/lib/paladin/bin/python -c 'import socket\n"
                "except TimeoutError: print(\"dropped\")'")
 
 
-def test_privacy_mode_lets_nothing_out_and_stops_network_time(owner, ssh_on, laptop):
+def test_privacy_mode_lets_nothing_out_and_stops_network_time(box_owner, ssh_on, laptop):
     def inside() -> list[str]:
         done = ssh(laptop, ssh_on, f"systemctl is-active systemd-timesyncd; {CONNECT_OUT}")
         return done.stdout.split()
 
     assert inside() == ["active", "refused"]
-    assert apply(owner, {"privacy": True})["privacy"]
+    assert apply(box_owner, {"privacy": True})["privacy"]
     assert inside() == ["inactive", "dropped"]  # while SSH from the LAN still answers
-    assert not apply(owner, {"privacy": False})["privacy"]
+    assert not apply(box_owner, {"privacy": False})["privacy"]
     assert inside() == ["active", "refused"]

@@ -1,24 +1,20 @@
-"""The image the image tests share, booted once on a test LAN: fixtures for tests/test_image.py and
-tests/test_image_network.py (loaded by conftest.py), so one build and one boot serve every check."""
+"""What the image tests' shared box is (tests/image/box/): its version, the disk it boots from, the hosts
+around it on the test LAN, the in-box checks passed to it as credentials, and the owner's client."""
 
 from __future__ import annotations
 
 import re
-import time
-from pathlib import Path
 
 import httpx
-import pytest
 
 from buildhost import ROOT
-from lan import OUTSIDE_GATEWAY, Lan
-from vm import VM
-from wizard import PASSWORD
+from tests.support.vm import VM
+from tests.support.wizard import PASSWORD
 
 VERSION = "1"
 GROW_BY = 2 << 30
-LAPTOP = "10.77.7.10/24"  # a host on the box's LAN (tests/lan.py)
-OUTSIDER = "198.51.100.10/24"  # a host beyond a router, outside every LAN range (tests/lan.py OUTSIDE)
+LAPTOP = "10.77.7.10/24"  # a host on the box's LAN (tests/support/lan.py)
+OUTSIDER = "198.51.100.10/24"  # a host beyond a router, outside every LAN range (tests/support/lan.py OUTSIDE)
 UNITS = sorted(p.name for p in (ROOT / "units").glob("*.service"))
 
 # Injected as systemd credentials, so the product image carries no test code: once the assistant and the
@@ -56,7 +52,7 @@ check governor $(systemctl is-active paladin-governor.service) $(systemctl show 
     $(stat -c '%U %a' /var/lib/paladin-governor /run/paladin-governor/socket | tr '\n' ' ')
 check failed $(systemctl --failed --no-legend --plain | cut -d' ' -f1 | tr '\\n' ' ')
 check var_bytes $(findmnt -bno SIZE /var)
-# An error the owner's System page must show (tests/test_image.py): the journal read from the sandbox.
+# An error the owner's System page must show (tests/image/box/test_image.py): the journal read from the sandbox.
 echo "a test error for the System page" | systemd-cat --priority=err --identifier=paladin-check
 check done
 """
@@ -70,54 +66,6 @@ StandardOutput=journal+console
 ImportCredential=paladin-check.sh
 ExecStart=/bin/sh ${CREDENTIALS_DIRECTORY}/paladin-check.sh
 """
-
-
-@pytest.fixture(scope="session")
-def image(build_image) -> dict:
-    report = build_image(VERSION)
-    print(f"\nimage: {report['raw_bytes'] / 2**20:.0f} MiB raw, {report['compressed_bytes'] / 2**20:.0f} MiB zstd, "
-          f"mkosi build {report['build_seconds']} s")
-    return report
-
-
-@pytest.fixture(scope="session")
-def lan(tmp_path_factory):
-    """A LAN of network namespaces for the box's second NIC (tests/lan.py); gone after the session."""
-    with Lan(tmp_path_factory.mktemp("lan")) as made:
-        yield made
-
-
-@pytest.fixture(scope="session")
-def box(image, lan, tmp_path_factory):
-    """The image booted once (on a copy grown by 2 GiB, as a bigger USB stick would be), on `lan` too."""
-    vm = VM(Path(image["image"]), tmp_path_factory.mktemp("boot"), GROW_BY,
-            {"paladin-check.service": CHECK_UNIT, "paladin-check.sh": CHECK_SCRIPT}, lan=lan)
-    started = time.monotonic()
-    vm.start()
-    try:
-        health = vm.wait_health()
-        boot_seconds = time.monotonic() - started
-        vm.printed(r"PALADIN-CHECK (done)", "the in-box checks", timeout=1200)
-        checks = {key: value.strip() for key, value in
-                  re.findall(r"PALADIN-CHECK (\S+)(.*?)\r?$", vm.console(), re.M)} | {"token": vm.token()}
-        print(f"\nboot to /health 200: {boot_seconds:.0f} s under TCG")
-        yield {"url": vm.url, "health": health, "boot_seconds": boot_seconds, "checks": checks, "vm": vm,
-               "started": started}
-    finally:
-        vm.close()
-
-
-@pytest.fixture(scope="session")
-def laptop(lan) -> str:
-    """A host on the box's LAN (its network namespace)."""
-    return lan.add_host("laptop", LAPTOP)
-
-
-@pytest.fixture(scope="session")
-def outsider(lan) -> str:
-    """A host outside the LAN's ranges that can still route to the box (its network namespace)."""
-    return lan.add_host("outsider", OUTSIDER, gateway=OUTSIDE_GATEWAY)
-
 
 def owner_client(vm: VM) -> httpx.Client:
     """The owner logged in over HTTPS (the box's own certificate), as the in-image wizard made them; its

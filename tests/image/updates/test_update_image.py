@@ -5,6 +5,12 @@ Three images are built (v1; v2; v3 whose assistant cannot start) and released wi
 to a repository served over HTTP from the host (10.0.2.2 inside qemu).  Box A goes v1 -> refusals ->
 v2 (online) -> v3 -> back to v2 by itself.  Box B takes v2 from the bundle while its power is cut
 during the download, the write, the UKI install and the first boot.  Boots are few and shared.
+
+The two boxes share nothing (disks, ports, states), so box B runs in a thread of its own from the start
+of the module, beside box A's tests, each with one vCPU of this host's two; each box is shut down when
+its last test is done.  Only v3 and the update boxes carry test-only settings, none of them in the
+shipped image: v3's assistant is not restarted (its extra tree), and the governor does not start in the
+update boxes (a credential drop-in), whose in-image checks are the shared box's (tests/image/box/).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import random
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,15 +29,21 @@ from pathlib import Path
 import pytest
 
 from buildhost import release
-from fakes import fake_image
-from vm import release as release_image
-from vm import (VM, conversation_intact, cut_first_boot, cut_power, partition_digest, request_update, update_status,
+from tests.support.fakes import fake_image
+from tests.support.vm import release as release_image
+from tests.support.vm import (VM, conversation_intact, cut_first_boot, cut_power, partition_digest, request_update, update_status,
                 upload_bundle, wait_down, wait_update, write_conversation)
 
 pytestmark = pytest.mark.image
 SEED = int(os.environ.get("PALADIN_POWERCUT_SEED", time.time()))
 # Valid for the updater, fatal for the assistant: no listener can bind an address the box does not have.
 BROKEN_CONFIG = "data_dir: /var/lib/paladin\nserver:\n  listen: 192.0.2.1:8080\n"
+# v3's assistant fails once and stays failed, so each of its three boots is assessed as soon as it starts
+# instead of after StartLimitBurst restarts 5 s apart.
+NO_RESTART = "[Service]\nRestart=no\n"
+# The update boxes boot the very v1 the shared box does; only this credential keeps their governor off.
+UPDATE_BOX_UNITS = {"paladin-governor.service/off.conf": "[Unit]\nConditionPathExists=/nonexistent\n"}
+CPUS = 1  # two boxes at once on two host cores (docs/benchmarks.md: -smp 1 against 2)
 
 
 class Quiet(SimpleHTTPRequestHandler):
@@ -41,10 +54,12 @@ class Quiet(SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def world(build_image, release_keys, tmp_path_factory):
     work = tmp_path_factory.mktemp("updates")
-    broken = work / "broken-tree/etc/paladin"
-    broken.mkdir(parents=True)
-    (broken / "paladin.yaml").write_text(BROKEN_CONFIG)
-    images = {"1": build_image("1"), "2": build_image("2"), "3": build_image("3", broken.parents[1])}
+    broken = work / "broken-tree"
+    (broken / "etc/paladin").mkdir(parents=True)
+    (broken / "etc/paladin/paladin.yaml").write_text(BROKEN_CONFIG)
+    (broken / "etc/systemd/system/paladin.service.d").mkdir(parents=True)
+    (broken / "etc/systemd/system/paladin.service.d/test-no-restart.conf").write_text(NO_RESTART)
+    images = {"1": build_image("1"), "2": build_image("2"), "3": build_image("3", broken)}
     www = work / "www"
     release_image(images["2"], www / "repo", release_keys)
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(www)))
@@ -56,9 +71,44 @@ def world(build_image, release_keys, tmp_path_factory):
     server.shutdown()
 
 
-@pytest.fixture(scope="module")
+def update_box(world, name: str) -> VM:
+    return VM(Path(world["images"]["1"]["image"]), world["work"] / name, units=UPDATE_BOX_UNITS, cpus=CPUS)
+
+
+class Beside(threading.Thread):
+    """A box's whole run in a thread of its own; what it returned, or raised, is had by `outcome`."""
+
+    def __init__(self, run: Callable, *args):
+        super().__init__(name=run.__name__, daemon=True)
+        self.work, self.args, self.result, self.error = run, args, None, None
+
+    def run(self) -> None:
+        try:
+            self.result = self.work(*self.args)
+        except BaseException as err:  # handed to the test that reads the outcome, in the main thread
+            self.error = err
+
+    def outcome(self, timeout: float):
+        self.join(timeout)
+        if self.is_alive():
+            raise AssertionError(f"{self.name} did not finish in {timeout:.0f} s")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@pytest.fixture(scope="module", autouse=True)
+def box_b(world):
+    """Box B's power-cut run, started with the module so that it runs beside box A's tests."""
+    run = Beside(power_cuts_then_the_bundle, world)
+    run.start()
+    yield run
+    run.join(3600)  # its VM is closed by the run itself, whatever happens
+
+
+@pytest.fixture(scope="class")
 def box_a(world):
-    vm = VM(Path(world["images"]["1"]["image"]), world["work"] / "box-a")
+    vm = update_box(world, "box-a")
     vm.start()
     vm.wait_health(version="1")
     with vm.client() as client:
@@ -137,26 +187,6 @@ def variants(world) -> dict[str, str]:
     return expected
 
 
-def test_refusals_leave_the_running_slot_untouched(world, box_a):
-    """Each bad source gets a specific error; slot A (root and verity) stays byte-identical."""
-    expected = variants(world)
-    before = partition_digest(box_a.disk, 2), partition_digest(box_a.disk, 3)
-    errors = {}
-    with box_a.client() as client:
-        for name, message in expected.items():
-            since = request_update(client, f"{world['url']}/{name}", reboot=False)
-            errors[name] = wait_update(client, since)["update"]
-        junk = world["work"] / "junk.bundle"
-        junk.write_bytes(os.urandom(100_000))
-        since = upload_bundle(client, junk, reboot=False)
-        errors["not-a-bundle"] = wait_update(client, since)["update"]
-        expected["not-a-bundle"] = "not a PAL-adin update bundle"
-        assert update_status(client)["running"] == "1"
-    for name, message in expected.items():
-        assert errors[name]["phase"] == "failed" and message in errors[name]["error"], (name, errors[name])
-    assert (partition_digest(box_a.disk, 2), partition_digest(box_a.disk, 3)) == before
-
-
 def wait_blessed(vm: VM, version: str, timeout: float = 600) -> dict:
     """The status once `version` booted, passed its assessment and systemd-bless-boot marked it good."""
     deadline = time.monotonic() + timeout
@@ -170,58 +200,78 @@ def wait_blessed(vm: VM, version: str, timeout: float = 600) -> dict:
     raise AssertionError(f"{version} was not marked good: {status}")
 
 
-def test_online_update_to_v2_keeps_v1_in_the_other_slot(world, box_a):
-    with box_a.client() as client:
-        since = request_update(client, f"{world['url']}/repo", reboot=True)
-        done = wait_update(client, since)
-        assert done["update"]["phase"] in ("installed", "rebooting"), done
-    assert box_a.wait_health(version="2")["status"] == "ok"
-    status = wait_blessed(box_a, "2")
-    labels = {s["label"]: s for s in status["slots"] if s["kind"] == "root"}
-    assert labels["paladin_2"]["booted"] and not labels["paladin_1"]["booted"]
-    assert {k["file"] for k in status["kernels"]} == {"paladin_1.efi", "paladin_2.efi"}
-    with box_a.client() as client:
-        assert conversation_intact(client, world["conversation_a"])
+class TestBoxA:
+    """v1 -> refusals -> v2 online -> a replayed snapshot refused -> v3 rolls back to v2."""
 
+    def test_refusals_leave_the_running_slot_untouched(self, world, box_a):
+        """Each bad source gets a specific error; slot A (root and verity) stays byte-identical."""
+        expected = variants(world)
+        before = partition_digest(box_a.disk, 2), partition_digest(box_a.disk, 3)
+        errors = {}
+        with box_a.client() as client:
+            for name, message in expected.items():
+                since = request_update(client, f"{world['url']}/{name}", reboot=False)
+                errors[name] = wait_update(client, since)["update"]
+            junk = world["work"] / "junk.bundle"
+            junk.write_bytes(os.urandom(100_000))
+            since = upload_bundle(client, junk, reboot=False)
+            errors["not-a-bundle"] = wait_update(client, since)["update"]
+            expected["not-a-bundle"] = "not a PAL-adin update bundle"
+            assert update_status(client)["running"] == "1"
+        for name, message in expected.items():
+            assert errors[name]["phase"] == "failed" and message in errors[name]["error"], (name, errors[name])
+        assert (partition_digest(box_a.disk, 2), partition_digest(box_a.disk, 3)) == before
 
-def test_a_replayed_old_snapshot_is_refused(world, box_a):
-    """A new timestamp, but the snapshot it names replaced by the first, validly signed one."""
-    world["repo"].publish()  # a snapshot the box has not seen yet, so it must fetch it
-    replay = world["www"] / "replayed"
-    shutil.copytree(world["repo"].path, replay, copy_function=os.link, ignore=shutil.ignore_patterns("bundles"))
-    current = json.loads((replay / "metadata/timestamp.json").read_text())["signed"]["meta"]["snapshot.json"]
-    (replay / f"metadata/{current['version']}.snapshot.json").unlink()
-    shutil.copy(replay / "metadata/1.snapshot.json", replay / f"metadata/{current['version']}.snapshot.json")
-    with box_a.client() as client:
-        since = request_update(client, f"{world['url']}/replayed", reboot=False)
-        refused = wait_update(client, since)["update"]
-    assert refused["phase"] == "failed" and "BadVersionNumberError" in refused["error"], refused
+    def test_online_update_to_v2_keeps_v1_in_the_other_slot(self, world, box_a):
+        with box_a.client() as client:
+            since = request_update(client, f"{world['url']}/repo", reboot=True)
+            done = wait_update(client, since)
+            assert done["update"]["phase"] in ("installed", "rebooting"), done
+        assert box_a.wait_health(version="2")["status"] == "ok"
+        status = wait_blessed(box_a, "2")
+        labels = {s["label"]: s for s in status["slots"] if s["kind"] == "root"}
+        assert labels["paladin_2"]["booted"] and not labels["paladin_1"]["booted"]
+        assert {k["file"] for k in status["kernels"]} == {"paladin_1.efi", "paladin_2.efi"}
+        with box_a.client() as client:
+            assert conversation_intact(client, world["conversation_a"])
 
+    def test_a_replayed_old_snapshot_is_refused(self, world, box_a):
+        """A new timestamp, but the snapshot it names replaced by the first, validly signed one."""
+        world["repo"].publish()  # a snapshot the box has not seen yet, so it must fetch it
+        replay = world["www"] / "replayed"
+        shutil.copytree(world["repo"].path, replay, copy_function=os.link, ignore=shutil.ignore_patterns("bundles"))
+        current = json.loads((replay / "metadata/timestamp.json").read_text())["signed"]["meta"]["snapshot.json"]
+        (replay / f"metadata/{current['version']}.snapshot.json").unlink()
+        shutil.copy(replay / "metadata/1.snapshot.json", replay / f"metadata/{current['version']}.snapshot.json")
+        with box_a.client() as client:
+            since = request_update(client, f"{world['url']}/replayed", reboot=False)
+            refused = wait_update(client, since)["update"]
+        assert refused["phase"] == "failed" and "BadVersionNumberError" in refused["error"], refused
 
-def test_a_v3_that_fails_its_health_check_rolls_back_to_v2(world, box_a):
-    release_image(world["images"]["3"], world["www"] / "repo", world["keys"])
-    with box_a.client() as client:
-        since = request_update(client, f"{world['url']}/repo", reboot=True)
-        wait_update(client, since)
-    wait_down(box_a)  # v2 going down for the reboot into v3
-    assert box_a.wait_health(version="2", timeout=1800)["status"] == "ok"
-    with box_a.client() as client:
-        status = update_status(client)
-    kernels = {k["version"]: k for k in status["kernels"]}
-    assert kernels["3"]["state"] == "bad" and kernels["3"]["tries_left"] == 0, status["kernels"]
-    assert kernels["2"]["state"] == "good"
-    failures = [a for a in status["attempts"] if a["version"] == "3"]
-    assert len(failures) == 3 and all(a["result"] == "failed" for a in failures), status["attempts"]
-    assert "paladin.service failed" in failures[-1]["reason"], failures
-    with box_a.client() as client:
-        assert conversation_intact(client, world["conversation_a"])
+    def test_a_v3_that_fails_its_health_check_rolls_back_to_v2(self, world, box_a):
+        release_image(world["images"]["3"], world["www"] / "repo", world["keys"])
+        with box_a.client() as client:
+            since = request_update(client, f"{world['url']}/repo", reboot=True)
+            wait_update(client, since)
+        wait_down(box_a)  # v2 going down for the reboot into v3
+        assert box_a.wait_health(version="2", timeout=1800)["status"] == "ok"
+        with box_a.client() as client:
+            status = update_status(client)
+        kernels = {k["version"]: k for k in status["kernels"]}
+        assert kernels["3"]["state"] == "bad" and kernels["3"]["tries_left"] == 0, status["kernels"]
+        assert kernels["2"]["state"] == "good"
+        failures = [a for a in status["attempts"] if a["version"] == "3"]
+        assert len(failures) == 3 and all(a["result"] == "failed" for a in failures), status["attempts"]
+        assert "paladin.service failed" in failures[-1]["reason"], failures
+        with box_a.client() as client:
+            assert conversation_intact(client, world["conversation_a"])
 
 
 # -- box B: the bundle path, with power cuts ---------------------------------------------
 
-def test_power_cuts_in_every_phase_then_the_bundle_installs_v2(world):
+def power_cuts_then_the_bundle(world) -> list[str]:
     """A power cut in each phase; after each, the box boots a good version and the conversation is there."""
-    vm = VM(Path(world["images"]["1"]["image"]), world["work"] / "box-b")
+    vm = update_box(world, "box-b")
     bundle = world["www"] / "repo/bundles/paladin_2_x86-64.bundle"
     cuts = []
     try:
@@ -249,5 +299,12 @@ def test_power_cuts_in_every_phase_then_the_bundle_installs_v2(world):
         assert {s["label"] for s in status["slots"] if s["kind"] == "root"} == {"paladin_1", "paladin_2"}
         with vm.client() as client:
             assert conversation_intact(client, conversation)
+        return cuts
     finally:
         vm.close()
+
+
+def test_power_cuts_in_every_phase_then_the_bundle_installs_v2(box_b):
+    """Box B's run (box_b), which asserted as it went; a failure there is raised here."""
+    cuts = box_b.outcome(timeout=3600)
+    assert len(cuts) == 4, cuts
