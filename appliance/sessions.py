@@ -73,4 +73,6 @@ def csrf_token(key: bytes, raw: str) -> str:
 
 
 def csrf_matches(key: bytes, raw: str, presented: str | None) -> bool:
-    return bool(presented) and hmac.compare_digest(csrf_token(key, raw), presented)
+    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500), and a forged
+    # token may hold any.
+    return bool(presented) and hmac.compare_digest(csrf_token(key, raw).encode(), presented.encode())

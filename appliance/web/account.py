@@ -40,16 +40,16 @@ async def login(request: Request):
         return RedirectResponse("/setup", status_code=303)
     form = await read_form(request)
     target = _local(form.get("next", "/"))
-    if wait := failures.wait(client):
+    if wait := failures.take(client):  # charged before the hash, given back below if right
         return render(request, "login.html", {"next": target, "error": f"Too many wrong passwords from this device. "
                                               f"Wait {wait} seconds, then try again."}, 429)
     async with HASHING:
         right = await asyncio.to_thread(owner.check_login, db, form.get("name", ""), form.get("password", ""))
     if not right:
-        failures.take(client)
         return render(request, "login.html", {"next": target, "name": form.get("name", ""), "error":
                       "The name or the password is wrong. Check both (the password is case-sensitive) and try "
                       "again; forgotten passwords need a factory reset on the box's console."}, 401)
+    failures.refund(client)
     response = RedirectResponse(target, status_code=303)
     set_session(request, response, sessions.start(db, "owner"))
     return response

@@ -13,10 +13,11 @@ accident.  Cookies count only over HTTPS, and a state-changing request that a co
 authorises must carry the session's CSRF token (header `X-CSRF-Token`, or the form field `csrf`).
 Browser routes (pages, and forms) are served over HTTPS only: over plain HTTP they redirect there.
 
-Guessing: every wrong token, password or setup code takes one from its client's bucket of failures
-(`ratelimit.Buckets`); while the bucket is empty, the client's tokens are not even checked, and routes
-that need one answer 429 instead of 401, so a right token found by guessing is worth nothing until the
-bucket refills.
+Guessing: every token, password or setup code is charged one from its client's bucket of failures
+(`ratelimit.Buckets`) before it is checked, and the charge is given back when it is right, so guesses
+checked at once (a password hash takes a tenth of a second) cannot outrun the budget; while the bucket
+is empty, the client's tokens are not even checked, and routes that need one answer 429 instead of 401,
+so a right token found by guessing is worth nothing until the bucket refills.
 """
 
 from __future__ import annotations
@@ -85,10 +86,10 @@ class Identify:
             headers = Headers(scope=scope)
             token = presented_token(headers)
             name, locked_out, client = None, 0, client_of(scope)
-            if token and not (locked_out := self.failures.wait(client)):
+            if token and not (locked_out := self.failures.take(client)):
                 name = tokens.verify(self.db, token)
-                if name is None:
-                    self.failures.take(client)
+                if name is not None:
+                    self.failures.refund(client)
             identities = {Identity.PUBLIC} | ({Identity.TOKEN} if name else set())
             session = None if plain(scope) else cookie_parser(headers.get("cookie", "")).get(sessions.COOKIE)
             kind = sessions.find(self.db, session, self.session_seconds) if session else None

@@ -67,6 +67,13 @@ class Buckets:
             self._table[client] = (tokens - 1, then)
         return wait
 
+    def refund(self, client: str) -> None:
+        """Give back the token taken for a check that passed.  A guess is charged before it is checked
+        (take, then check, then refund if right), so checks that run at once cannot outrun the bucket."""
+        if self.rate and client in self._table:
+            tokens, then = self._table[client]
+            self._table[client] = (min(self.burst, tokens + 1), then)
+
 
 class RateLimit:
     """429 with Retry-After for a client over its rate, before anything else is done for the request."""

@@ -115,6 +115,13 @@ class Worker(UvicornWorker):
     on connections, and open streams stopped before gunicorn's SIGKILL (uvicorn would wait for them
     without limit)."""
 
+    # A client is its peer address (docs/security.md): no X-Forwarded-For, not even from loopback, where
+    # uvicorn trusts it by default and a guesser's forged header would wear a new address per request.
+    # The headers every response carries, uvicorn's own refusals included, are set here once: no
+    # content sniffing, and no `server` header naming the software.
+    CONFIG_KWARGS = UvicornWorker.CONFIG_KWARGS | {"proxy_headers": False, "server_header": False,
+                                                   "headers": [("X-Content-Type-Options", "nosniff")]}
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         box = self.app.config  # the box's Config, from Server below

@@ -66,17 +66,18 @@ def _locked(request: Request) -> bool:
 
 async def code(request: Request):
     db, failures, client = request.state.db, request.state.failures, client_of(request.scope)
+    # The body first, then the verdict with no await in between: a request whose body comes after the
+    # lock is judged by the lock, and each attempt is counted before another is judged.
+    typed = device.normalise_code((await read_form(request)).get("code", ""))
     if owner.finished(db):
         return RedirectResponse("/login", status_code=303)
     if _locked(request):
         return _step_page(request, "code", 423, locked=True)
-    if wait := failures.wait(client):
+    if wait := failures.take(client):  # charged now, given back below if right
         return _step_page(request, "code", 429, error=f"Too many wrong codes from this device. Wait {wait} seconds, "
                                                       "then type the code from the box's screen again.")
-    typed = device.normalise_code((await read_form(request)).get("code", ""))
     expected = device.secrets_of(request.state.config.data_path).setup_code() or ""
     if not expected or not hmac.compare_digest(typed.encode(), expected.encode()):
-        failures.take(client)
         left = request.state.config.server.setup_attempts - owner.count_failure(db)
         if left <= 0:
             log.warning("setup locked after too many wrong codes; restart the box or run 'paladin setup reset'")
@@ -84,6 +85,7 @@ async def code(request: Request):
         return _step_page(request, "code", 400, error=f"That is not the setup code. Type the code shown on the box's "
                                                       f"screen (letters and digits; case and dashes do not matter). "
                                                       f"{left} tries left before setup locks.")
+    failures.refund(client)
     owner.clear_failures(db)
     owner.complete(db, "code")
     response = RedirectResponse("/setup", status_code=303)

@@ -40,6 +40,18 @@ def test_refused_requests_take_nothing_and_retry_after_is_rounded_up():
 
 
 @pytest.mark.unit
+def test_a_check_that_passed_gets_its_token_back_but_never_more_than_the_burst():
+    buckets = Buckets(rate=1 / 60, burst=2, clock=Clock())
+    assert [buckets.take("a"), buckets.take("a"), buckets.take("a")] == [0, 0, 60]
+    buckets.refund("a")
+    assert buckets.take("a") == 0 and buckets.take("a") == 60
+    buckets.refund("a")
+    buckets.refund("a")
+    buckets.refund("a")
+    assert [buckets.take("a") for _ in range(3)] == [0, 0, 60]  # refunds fill up to the burst, no further
+
+
+@pytest.mark.unit
 def test_a_rate_of_0_is_no_limit():
     buckets = Buckets(rate=0, burst=1, clock=Clock())
     assert {buckets.take("a") for _ in range(1000)} == {0}
@@ -118,3 +130,15 @@ def test_after_three_wrong_tokens_even_the_right_one_gets_429_but_public_pages_s
     assert openai_shape.json()["error"]["code"] == "rate_limit_exceeded"
     assert "too many wrong tokens" in openai_shape.json()["error"]["message"]
     assert "too many wrong tokens" in ollama_shape.json()["error"]
+
+
+@pytest.mark.service
+def test_a_forwarded_for_header_makes_no_new_client_even_from_loopback(strict):
+    """X-Forwarded-For is not trusted from 127.0.0.1 either (uvicorn's proxy headers are off): a guesser
+    that names a new address per request is still one client, locked out after three wrong tokens."""
+    with from_address(strict, "127.0.0.1") as guesser:
+        for n, guess in enumerate(("pal_a", "pal_b", "pal_c")):
+            headers = {"Authorization": f"Bearer {guess}", "X-Forwarded-For": f"192.0.2.{n + 1}"}
+            assert guesser.get("/v1/models", headers=headers).status_code == 401
+        again = guesser.get("/v1/models", headers={"Authorization": "Bearer pal_d", "X-Forwarded-For": "192.0.2.9"})
+    assert again.status_code == 429

@@ -31,6 +31,18 @@ def test_ready_only_after_the_model_is_loaded_then_watchdog_pings(service):
     assert messages.count("WATCHDOG=1") >= 3  # WATCHDOG_USEC=0.4 s: pinged every 0.2 s from the event loop
 
 
+def test_every_response_says_nosniff_and_names_no_server(service):
+    """JSON, a page, a static file, an error, a redirect and a stream: uvicorn adds the header to each."""
+    with service.client() as client:
+        responses = [client.get(path) for path in ("/health", "/login", "/static/site.css", "/no/such/path", "/")]
+        with client.stream("POST", "/v1/completions", json={"prompt": "hi", "max_tokens": 2, "stream": True}) as stream:
+            stream.read()
+            responses.append(stream)
+    for response in responses:
+        assert response.headers.get("x-content-type-options") == "nosniff", (response.url, response.headers)
+        assert "server" not in response.headers, response.url
+
+
 def test_one_worker_holds_the_model(service):
     master = psutil.Process(service.process.pid)
     workers = master.children()

@@ -4,6 +4,8 @@ service's listeners: TLS with the box's own certificate, the redirect port, the 
 import re
 import ssl
 import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -105,7 +107,10 @@ def test_the_code_is_typed_loosely_and_every_step_survives_a_reload(setup_app):
 def test_state_changes_need_the_pages_csrf_token(setup_app):
     csrf = through_setup(setup_app, until="owner")
     form = {"name": "Ada", "password": PASSWORD, "password2": PASSWORD}
-    for headers, data in (({}, form), ({}, {**form, "csrf": "0" * 64}), ({"X-CSRF-Token": "nope"}, form)):
+    # Non-ASCII tokens too, in the form and in the header (latin-1 on the wire): a 403, not a 500 from
+    # comparing str with str.
+    for headers, data in (({}, form), ({}, {**form, "csrf": "0" * 64}), ({"X-CSRF-Token": "nope"}, form),
+                          ({}, {**form, "csrf": "é" * 64}), ({"X-CSRF-Token": "\xe9t\xe9".encode("latin-1")}, form)):
         refused = setup_app.post("/setup/owner", data=data, headers=headers)
         assert refused.status_code == 403 and "reload it" in refused.json()["error"]["message"]
     assert owner.account(database.connect(setup_app.cfg.database_path)) is None
@@ -193,6 +198,47 @@ def test_wrong_passwords_are_rate_limited_per_client(two_models):
         statuses = [setup_app.post("/login", data={"name": "Ada", "password": "wrong"}).status_code for _ in range(3)]
         assert statuses == [401, 401, 429]
         assert setup_app.post("/login", data={"name": "Ada", "password": PASSWORD}).status_code == 429
+
+
+@pytest.mark.unit
+def test_wrong_passwords_sent_at_once_are_held_to_the_budget(two_models):
+    """Thirty at once (each hash takes a tenth of a second): only the budget's three are checked."""
+    cfg = config.parse({"data_dir": str(two_models), "server": {"auth_failures_per_minute": 3}})
+    with TestClient(create_app(cfg), base_url="https://paladin.local") as setup_app:
+        db = database.connect(cfg.database_path)
+        owner.set_account(db, "Ada", PASSWORD)
+        owner.finish(db)
+        with ThreadPoolExecutor(30) as pool:
+            statuses = list(pool.map(lambda _: setup_app.post("/login", data={"name": "Ada", "password": "wrong"})
+                                     .status_code, range(30)))
+    assert sorted(statuses) == [401] * 3 + [429] * 27
+
+
+@pytest.mark.service
+def test_a_code_whose_body_comes_after_the_lock_is_judged_by_the_lock(tiny_model, tmp_path):
+    """The right code, sent in a request begun before wrong codes locked the wizard, gets the lock."""
+    service = Service(tiny_model, tmp_path, config={"server": {"setup_attempts": 3, "auth_failures_per_minute": 0}})
+    try:
+        context = ssl.create_default_context(cafile=device.secrets_of(tmp_path).tls_certificate)
+        context.check_hostname = False
+        body = f"code={device.secrets_of(tmp_path).setup_code()}".encode()
+        with socket.create_connection(("127.0.0.1", service.https_port)) as raw, \
+                context.wrap_socket(raw, server_hostname="paladin.local") as early:
+            early.sendall(b"POST /setup/code HTTP/1.1\r\nHost: paladin.local\r\nConnection: close\r\n"
+                          b"Content-Type: application/x-www-form-urlencoded\r\n"
+                          b"Content-Length: %d\r\n\r\n" % len(body))
+            time.sleep(0.5)  # the request is in: its route waits for the body
+            with httpx.Client(verify=context, base_url=service.https_url) as https:
+                wrong = [https.post("/setup/code", data={"code": "WRONG-CODE-0000"}).status_code for _ in range(3)]
+            early.sendall(body)
+            early.settimeout(30)
+            answer = b""
+            while chunk := early.recv(65536):
+                answer += chunk
+        assert wrong == [400, 400, 423]
+        assert answer.startswith(b"HTTP/1.1 423"), answer[:200]
+    finally:
+        service.stop()
 
 
 @pytest.mark.service
