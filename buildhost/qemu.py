@@ -91,7 +91,7 @@ def qemu_argv(image: Path, arch: str, forwards: dict[int, int], vars_copy: Path,
 
     `units` are started in the guest beside the one that prints an API token; the serial console goes
     to the terminal, or to the file `serial`.  Each of the `cpus` vCPUs is one host thread (MTTCG): two
-    guests at once on a 2-core host run best with one each (docs/benchmarks.md).
+    vCPUs boot a box in half the time of one, with less CPU in all (docs/benchmarks.md).
     """
     spec = QEMU[arch]
     code, variables = spec["firmware"]

@@ -53,7 +53,7 @@ class VM:
 
     The box's ports are on 127.0.0.1: `url` (the assistant's plain API), `https_url` and `redirect_url`
     (port 80).  With a `lan`, the box has a second NIC on that LAN (tests/support/lan.py).  `cpus` is
-    qemu's -smp: one when two boxes run at once on this 2-core host (docs/benchmarks.md).
+    qemu's -smp (docs/benchmarks.md: two pay off under TCG, even for two boxes at once on 2 cores).
     """
 
     def __init__(self, image: Path, work: Path, grow_by: int = 2 << 30, units: dict[str, str] | None = None,

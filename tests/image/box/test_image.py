@@ -26,7 +26,7 @@ VERITY_X86_64 = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5"
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 LINUX_GENERIC = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def seen_on_the_lan(booted, lan, laptop) -> dict:
     """What a laptop on the box's LAN sees over mDNS, from its own network namespace."""
     return lan.mdns(laptop, facts.MDNS_NAME, "_https._tcp.local.")
