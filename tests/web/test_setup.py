@@ -188,13 +188,18 @@ def test_the_owner_asks_through_the_page_and_a_token_cannot(setup_app):
     assert setup_app.get("/system/firewall", headers=api).status_code in (401, 403)
 
 
+def finished_owner(data_dir, failures_per_minute: int) -> TestClient:
+    """The app of a box whose wizard is finished, with this budget of wrong passwords per client."""
+    cfg = config.parse({"data_dir": str(data_dir), "server": {"auth_failures_per_minute": failures_per_minute}})
+    db = database.connect(cfg.database_path)
+    owner.set_account(db, "Ada", PASSWORD)
+    owner.finish(db)
+    return TestClient(create_app(cfg), base_url="https://paladin.local")
+
+
 @pytest.mark.unit
 def test_wrong_passwords_are_rate_limited_per_client(two_models):
-    cfg = config.parse({"data_dir": str(two_models), "server": {"auth_failures_per_minute": 2}})
-    with TestClient(create_app(cfg), base_url="https://paladin.local") as setup_app:
-        db = database.connect(cfg.database_path)
-        owner.set_account(db, "Ada", PASSWORD)
-        owner.finish(db)
+    with finished_owner(two_models, 2) as setup_app:
         statuses = [setup_app.post("/login", data={"name": "Ada", "password": "wrong"}).status_code for _ in range(3)]
         assert statuses == [401, 401, 429]
         assert setup_app.post("/login", data={"name": "Ada", "password": PASSWORD}).status_code == 429
@@ -203,14 +208,9 @@ def test_wrong_passwords_are_rate_limited_per_client(two_models):
 @pytest.mark.unit
 def test_wrong_passwords_sent_at_once_are_held_to_the_budget(two_models):
     """Thirty at once (each hash takes a tenth of a second): only the budget's three are checked."""
-    cfg = config.parse({"data_dir": str(two_models), "server": {"auth_failures_per_minute": 3}})
-    with TestClient(create_app(cfg), base_url="https://paladin.local") as setup_app:
-        db = database.connect(cfg.database_path)
-        owner.set_account(db, "Ada", PASSWORD)
-        owner.finish(db)
-        with ThreadPoolExecutor(30) as pool:
-            statuses = list(pool.map(lambda _: setup_app.post("/login", data={"name": "Ada", "password": "wrong"})
-                                     .status_code, range(30)))
+    with finished_owner(two_models, 3) as setup_app, ThreadPoolExecutor(30) as pool:
+        statuses = list(pool.map(lambda _: setup_app.post("/login", data={"name": "Ada", "password": "wrong"})
+                                 .status_code, range(30)))
     assert sorted(statuses) == [401] * 3 + [429] * 27
 
 
