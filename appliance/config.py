@@ -130,8 +130,8 @@ class InferenceConfig:
     max_tokens: int = setting(1024, "Tokens generated when a request names no limit; JSON then closes up.",
                               minimum=1, maximum=131072)
     cpu_variant: str = setting("", "llama.cpp CPU backend to use (haswell, alderlake, icelake, ...); empty: the "
-                                   "best this CPU reports.  Only for a host that reports instructions it "
-                                   "then faults on (the service dies with SIGILL).",
+                                   "best this CPU reports that proves to run (the box tries it in a child "
+                                   "first and falls back on SIGILL).",
                                pattern=r"^[a-z0-9_]{0,32}$", allowed="a variant name such as haswell")
     queue_size: int = setting(16, "Requests that may wait for the model; beyond it the API answers 429.",
                               minimum=1, maximum=1024)

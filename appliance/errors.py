@@ -57,6 +57,10 @@ class TooLarge(ServiceError):
     """The request body is larger than the route accepts."""
 
 
+class UnsupportedMediaType(ServiceError):
+    """The body is not of the type the route reads (a JSON route sent a form or plain text)."""
+
+
 class TooManyRequests(ServiceError):
     """One client address sent more requests, or more wrong tokens, than the box takes from it; retry
     after `retry_after` seconds."""

@@ -36,6 +36,7 @@ from ..metrics import Metrics
 from .grammar import Grammar
 from . import prompts
 from .llama import Model, ModelError, Sampler, Sampling
+from .probe import Proofs
 from .prompts import ChatTemplate, PromptError
 from .stops import MAX_STOP_CHARS, MAX_STOPS, StopScanner
 
@@ -134,9 +135,12 @@ class _Swap:
 class Engine:
     SWAP, JOB = 0, 1
 
-    def __init__(self, settings: config_module.InferenceConfig, metrics: Metrics):
+    def __init__(self, settings: config_module.InferenceConfig, metrics: Metrics, proofs: Proofs | None = None):
+        """`proofs`: prove each model file and the CPU variant in a child before loading (the service's
+        worker; probe.py says why); without it a model is loaded as it is."""
         self.settings = settings
         self.metrics = metrics
+        self.proofs = proofs
         self.threads = settings.threads or config_module.default_threads()
         self.state = "no_model"
         self.reason = "no model is configured"
@@ -314,8 +318,10 @@ class Engine:
         self.model = self.template = None
 
     def _load(self, path: Path, strength: Strength) -> None:
-        model = Model(path, threads=strength.threads, context_tokens=strength.context_tokens,
-                      cpu_variant=self.settings.cpu_variant)
+        variant = self.settings.cpu_variant
+        if self.proofs is not None:
+            variant = self.proofs.prove(path, variant)
+        model = Model(path, threads=strength.threads, context_tokens=strength.context_tokens, cpu_variant=variant)
         self.template = ChatTemplate(model.meta("tokenizer.chat_template"),
                                      model.special_text("bos"), model.special_text("eos"))
         self.model = model
@@ -344,9 +350,9 @@ class Engine:
                 self._load(swap.path, swap.strength)
             else:
                 self.state, self.reason = "no_model", "no model is configured"
-        except ModelError as err:
-            error = err
-            log.error("%s", err)
+        except Exception as err:  # anything but a ModelError is a bug: still never leave a swap unanswered
+            error = err if isinstance(err, ModelError) else ModelError(f"{swap.path}: loading failed: {err!r}")
+            log.error("%s", error, exc_info=not isinstance(err, ModelError))
             self.state, self.reason = "failed", str(err)
             if previous is not None:
                 try:

@@ -82,6 +82,20 @@ def _variant_file(variant: str) -> Path:
     return found[variant]
 
 
+def ranked_variants() -> list[str]:
+    """This build's CPU variants that the CPU reports it can run, best first, by ggml's own score (each
+    plugin's `ggml_backend_score`, what ggml_backend_load_all picks the best by).  A CPU can report what it
+    then faults on: inference.probe proves the pick."""
+    scored = []
+    for d in plugin_dirs():
+        for path in d.glob("libggml-cpu-*.so"):
+            plugin = ctypes.CDLL(str(path), mode=os.RTLD_LOCAL)
+            plugin.ggml_backend_score.restype = ctypes.c_int
+            if score := plugin.ggml_backend_score():
+                scored.append((score, path.stem.removeprefix("libggml-cpu-")))
+    return [name for _, name in sorted(scored, reverse=True)]
+
+
 def plugin_dirs() -> list[Path]:
     """Where the CPU backends are: llama.cpp's install rules put them in <prefix>/bin, which
     the wheel maps to site-packages/bin; a build that installs them beside libllama works too."""

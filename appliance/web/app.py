@@ -19,6 +19,7 @@ from ..config import Config
 from ..errors import MethodNotAllowed, NotFound, ServiceError
 from ..inference.engine import Engine, Finished, Request as Generation
 from ..inference.llama import ModelError
+from ..inference.probe import Proofs
 from ..metrics import Metrics
 from ..update import status as update_status
 from . import access, account, chat, governed as governor, models, ollama_api, openai_api, setup, system, updates
@@ -28,6 +29,8 @@ from .listeners import Listeners
 from .ratelimit import Buckets, RateLimit
 
 log = logging.getLogger(__name__)
+# What the worker proved before it loaded a model (inference/probe.py), in the data directory.
+PROOFS = "proofs.json"
 # The release this software belongs to (IMAGE_VERSION of the image; "0" outside one).
 VERSION = update_status.running_version()
 
@@ -84,6 +87,7 @@ async def health(request: Request):
     if engine.state == "ready":
         return JSONResponse({"status": "ok", "model": status["model"], "tier": store.tier_of(status["path"]),
                              "threads": status["threads"], "context_tokens": status["context_tokens"],
+                             "cpu_variant": proofs.current().get("variant") if (proofs := request.state.proofs) else None,
                              "version": VERSION, "governor": governor})
     if engine.state == "no_model":  # deliberately up without a model: healthy, waiting for the owner
         return JSONResponse({"status": "no_model", "model": None, "reason": engine.reason, "version": VERSION,
@@ -125,8 +129,10 @@ def routes() -> list:
             *setup.routes, *account.routes, *access.routes, *system.routes, *governor.routes]
 
 
-def create_app(config: Config, model_path=None) -> Starlette:
-    """The app for `config`, serving the model at `model_path`, loaded at start (None: no model yet)."""
+def create_app(config: Config, model_path=None, *, prove: bool = True) -> Starlette:
+    """The app for `config`, serving the model at `model_path`, loaded at start (None: no model yet).
+    `prove`: each model file, and the CPU variant, is first proven in a child (inference/probe.py); only
+    in-process tests, which start no process, turn it off."""
     db = database.connect(config.database_path)
     metrics = Metrics()
     live = config_module.Live(config)
@@ -134,10 +140,11 @@ def create_app(config: Config, model_path=None) -> Starlette:
     # Wrong tokens, passwords and setup codes all count against their client's one bucket.
     failures = Buckets(server.auth_failures_per_minute / 60, server.auth_failures_per_minute)
     session_key = device.ensure(config.data_path).session_key()
+    proofs = Proofs(config.data_path / PROOFS) if prove else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        engine = Engine(config.inference, metrics)
+        engine = Engine(config.inference, metrics, proofs)
         interval = systemd.watchdog_interval()
         heartbeat = asyncio.create_task(systemd.heartbeat(interval)) if interval else None
         if model_path is not None:
@@ -152,7 +159,8 @@ def create_app(config: Config, model_path=None) -> Starlette:
         following = asyncio.create_task(governed.run())
         try:
             yield {"engine": engine, "db": db, "metrics": metrics, "config": config, "downloads": models.Downloads(),
-                   "live": live, "failures": failures, "session_key": session_key, "governed": governed}
+                   "live": live, "failures": failures, "session_key": session_key, "governed": governed,
+                   "proofs": proofs}
         finally:
             systemd.notify("STOPPING=1", "STATUS=shutting down")
             following.cancel()

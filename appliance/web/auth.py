@@ -13,6 +13,12 @@ accident.  Cookies count only over HTTPS, and a state-changing request that a co
 authorises must carry the session's CSRF token (header `X-CSRF-Token`, or the form field `csrf`).
 Browser routes (pages, and forms) are served over HTTPS only: over plain HTTP they redirect there.
 
+Ambient identities: a browser attaches cookies and HTTP Basic credentials by itself, even to a request another
+site makes it send.  A state-changing request proven only by one of them is refused when the browser says it
+came from another origin (`Sec-Fetch-Site`, or an `Origin` that is not the box's), and its JSON body must say
+it is JSON (an HTML form cannot send `application/json`).  Only a Bearer token, which a caller sets on purpose,
+is free of both.  401s offer Bearer alone, so a browser never prompts for Basic credentials and keeps them.
+
 Guessing: every token, password or setup code is charged one from its client's bucket of failures
 (`ratelimit.Buckets`) before it is checked, and the charge is given back when it is right, so guesses
 checked at once (a password hash takes a tenth of a second) cannot outrun the budget; while the bucket
@@ -59,17 +65,32 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def presented_token(headers: Headers) -> str | None:
+    return presented(headers)[1]
+
+
+def presented(headers: Headers) -> tuple[str, str | None]:
+    """The Authorization header's scheme (lower case) and the token it carries (None: none readable)."""
     scheme, _, credentials = headers.get("authorization", "").partition(" ")
     scheme = scheme.lower()
     if scheme == "bearer":
-        return credentials.strip() or None
+        return scheme, credentials.strip() or None
     if scheme == "basic":
         try:
             _, _, password = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
         except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8 once decoded
-            return None
-        return password or None
-    return None
+            return scheme, None
+        return scheme, password or None
+    return scheme, None
+
+
+def from_another_origin(scope: Scope) -> bool:
+    """Whether the browser says this request was made by a page of another origin (a missing header, as from
+    curl or an app, says nothing)."""
+    headers = Headers(scope=scope)
+    if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return True
+    origin = headers.get("origin")
+    return origin is not None and origin != f"{scope.get('scheme', 'http')}://{headers.get('host', '')}"
 
 
 class Identify:
@@ -84,7 +105,7 @@ class Identify:
         if scope["type"] == "http":
             state = scope.setdefault("state", {})
             headers = Headers(scope=scope)
-            token = presented_token(headers)
+            scheme, token = presented(headers)
             name, locked_out, client = None, 0, client_of(scope)
             if token and not (locked_out := self.failures.take(client)):
                 name = tokens.verify(self.db, token)
@@ -99,6 +120,8 @@ class Identify:
                 identities.add(Identity.SETUP)
             state["identities"] = identities
             state["token_name"] = name
+            # Proven by what a browser attaches by itself (a cookie, or Basic): see the module's docstring.
+            state["ambient"] = scheme != "bearer" or name is None
             state["session"] = session if kind else None
             state["locked_out"] = locked_out
         await self.app(scope, receive, send)
@@ -160,8 +183,13 @@ def route(path: str, endpoint: Endpoint, *, needs: Identity | tuple[Identity, ..
         granted = needed & request.state.identities
         if not granted:
             raise _refusal(request, needed)
-        if granted <= COOKIE_IDENTITIES and request.method not in SAFE_METHODS:
-            await _check_csrf(request)
+        if request.method not in SAFE_METHODS:
+            if Identity.TOKEN not in granted or request.state.ambient:
+                if from_another_origin(request.scope):
+                    raise Forbidden("a request from another site cannot change anything here: send it from the "
+                                    "box's own pages, or with an API token as Authorization: Bearer")
+            if granted <= COOKIE_IDENTITIES:
+                await _check_csrf(request)
         return await endpoint(request)
 
     made = Route(path, guarded, methods=methods, name=endpoint.__name__)

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import config, errors, files
-from ..errors import Conflict, InvalidRequest, NoSpace, ServiceError, TooLarge, TooSlow
+from ..errors import Conflict, InvalidRequest, NoSpace, ServiceError, TooLarge, TooSlow, UnsupportedMediaType
 
 # Each domain error as HTTP: status, OpenAI's error type and code.  The most specific class wins.
 STATUS: dict[type[ServiceError], tuple[int, str, str | None]] = {
@@ -33,6 +33,7 @@ STATUS: dict[type[ServiceError], tuple[int, str, str | None]] = {
     errors.TooSlow: (408, "invalid_request_error", "request_timeout"),
     errors.Conflict: (409, "invalid_request_error", "conflict"),
     errors.TooLarge: (413, "invalid_request_error", "body_too_large"),
+    errors.UnsupportedMediaType: (415, "invalid_request_error", "unsupported_media_type"),
     errors.ModelUnusable: (422, "invalid_request_error", "model_unusable"),
     errors.TooManyRequests: (429, "rate_limit_error", "rate_limit_exceeded"),
     errors.QueueFull: (429, "rate_limit_error", "queue_full"),
@@ -50,7 +51,8 @@ def status_of(err: ServiceError) -> tuple[int, str, str | None]:
 def error_headers(err: ServiceError) -> dict[str, str]:
     headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else {}
     if isinstance(err, errors.Unauthenticated):
-        headers["WWW-Authenticate"] = 'Bearer realm="paladin", Basic realm="paladin"'
+        # Not Basic: a browser that once prompted for it would attach it to other sites' requests by itself.
+        headers["WWW-Authenticate"] = 'Bearer realm="paladin"'
     return headers
 
 
@@ -79,7 +81,16 @@ def client_of(scope: Scope) -> str:
     return str(address) if address else host
 
 
+JSON_TYPES = ("application/json", "+json")
+
+
 async def read_json(request: Request) -> dict:
+    """The body as a JSON object.  It must be declared JSON unless a Bearer token proved the caller: a cross-site
+    HTML form can send text/plain with a browser's cookie or Basic credentials, never application/json."""
+    declared = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if getattr(request.state, "ambient", True) and not declared.endswith(JSON_TYPES):
+        raise UnsupportedMediaType(f"send the body as JSON with Content-Type: application/json "
+                                   f"(not {declared[:60] or 'nothing'})")
     body = await request.body()
     try:
         data = json.loads(body)
@@ -219,7 +230,8 @@ async def _pour(request: Request, out: BinaryIO, directory: Path, *, what: str, 
 
 
 async def receive_file(request: Request, dest: Path, *, what: str, max_bytes: int, space_factor: int = 1,
-                       magic: bytes = b"", sha256: str | None = None) -> Received:
+                       magic: bytes = b"", sha256: str | None = None,
+                       check: Callable[[Path], Any] | None = None) -> Received:
     """Stream the request body into `dest`, never whole in memory, and put it in place (durably, replacing
     what was there) only once all of it is in and checked; a refused or cut-short upload leaves nothing.
 
@@ -227,7 +239,8 @@ async def receive_file(request: Request, dest: Path, *, what: str, max_bytes: in
     written `space_factor` times the announced length must fit beside files.RESERVE_BYTES, and each
     byte past the announced length is checked as it comes, so no or a wrong Content-Length never fills the
     partition; a pause of `server.header_seconds` ends it; the body must begin with `magic` and, when
-    `sha256` pins it, hash to that.  A second upload to `dest` while one runs is a Conflict.
+    `sha256` pins it, hash to that, and then `check` (run in a thread on the complete partial file; it raises
+    a ServiceError) must pass.  A second upload to `dest` while one runs is a Conflict.
     """
     length = request.headers.get("content-length", "")
     # More digits than any disk has bytes is no announcement (and int() refuses 4300 digits).
@@ -253,6 +266,8 @@ async def receive_file(request: Request, dest: Path, *, what: str, max_bytes: in
             raise InvalidRequest(f"{dest.name} must have SHA-256 {sha256} (its pin), what arrived has "
                                  f"{digest.hexdigest()}: a different or damaged file. Nothing was kept; send an "
                                  "intact copy, or a different file under another name")
+        if check is not None:
+            await asyncio.to_thread(check, partial)
     except BaseException:
         partial.unlink(missing_ok=True)  # still ours: unlinked before the lock goes
         out.close()

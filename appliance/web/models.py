@@ -9,7 +9,8 @@ the next start serves it.  A choice that failed is never saved; one that is save
 A download runs in a thread of its own (`Downloads`, one per app, one download at a time), so the event
 loop never waits on the network or the disk; the page polls GET /models/download.  An upload streams
 the request body into the store (`http.receive_file`) and is checked against the catalog's pin when the
-catalog knows its file name.
+catalog knows its file name, then proven in a child (`inference.probe`) before it is put in place: a file
+that would crash llama.cpp is refused with the reason and never kept.
 """
 
 from __future__ import annotations
@@ -155,8 +156,16 @@ async def upload(request: Request):
                        "under another name", param="name")
     tier = store.tier_with_file(name)
     config.models_path.mkdir(parents=True, exist_ok=True)
+    def usable(partial: Path) -> None:  # llama.cpp may abort on a malformed file: never in this process
+        if (proofs := request.state.proofs) is None:
+            return
+        try:
+            proofs.prove(partial, config.inference.cpu_variant, name=name)
+        except ModelError as err:
+            raise ModelUnusable(f"{name} cannot be used: {err}. Nothing was kept", param="name") from None
+
     received = await receive_file(request, config.models_path / name, what="a GGUF model", magic=b"GGUF",
-                                  max_bytes=MODEL_MAX_BYTES, sha256=tier.sha256 if tier else None)
+                                  max_bytes=MODEL_MAX_BYTES, sha256=tier.sha256 if tier else None, check=usable)
     return JSONResponse({"name": name, "id": model_id(Path(name)), "size": received.size,
                          "sha256": received.sha256, "tier": tier.name if tier else None}, status_code=201)
 

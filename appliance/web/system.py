@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 
 from .. import command, device, store
 from ..config import Config
+from ..inference.probe import Proofs
 from ..update import status as update_status
 from .auth import Identity, page, route
 from .models import total_ram
@@ -95,6 +96,12 @@ def fingerprint(config: Config) -> str | None:
         return None
 
 
+def cpu_variant(proofs: Proofs | None) -> dict:
+    """The llama.cpp CPU variant the worker proved and runs, and why ({} before any model was loaded)."""
+    current = proofs.current() if proofs else {}
+    return {key: current[key] for key in ("variant", "why") if key in current}
+
+
 async def state(request: Request) -> dict:
     config: Config = request.state.config
     engine = request.state.engine.status()
@@ -106,6 +113,7 @@ async def state(request: Request) -> dict:
             "fingerprint": fingerprint(config), "disk": disk(config), "memory": memory(),
             "uptime": round(time.clock_gettime(time.CLOCK_BOOTTIME)),
             "model": {key: engine.get(key) for key in ("state", "reason", "model", "path", "size_bytes")},
+            "cpu_variant": cpu_variant(request.state.proofs),
             "journal": await asyncio.to_thread(journal_errors)}
 
 

@@ -26,3 +26,16 @@ def fake_image(out: Path, version: str, arch: str = "x86-64", machine: int = 0x8
     struct.pack_into("<H", pe, 0x84, machine)
     (out / f"{stem}.efi").write_bytes(bytes(pe) + version.encode())
     return out / f"{stem}.raw"
+
+
+EPSILON = b"llama.attention.layer_norm_rms_epsilon"
+
+
+def malformed_model(model: Path, dest: Path) -> Path:
+    """`model` with a negative RMS-norm epsilon: llama.cpp loads it, then GGML_ASSERTs at the first decode,
+    as it does on a damaged or hand-edited GGUF, aborting the process that mapped it."""
+    data = model.read_bytes()
+    at = data.index(EPSILON) + len(EPSILON)
+    assert struct.unpack_from("<I", data, at)[0] == 6  # GGUF's FLOAT32
+    dest.write_bytes(data[:at + 4] + struct.pack("<f", -1.0) + data[at + 8:])
+    return dest

@@ -1,5 +1,6 @@
 """The HTTP API in-process (Starlette's test client, real llama.cpp on a generated model)."""
 
+import base64
 import json
 
 import pytest
@@ -19,7 +20,7 @@ def api(tiny_model, tmp_path_factory):
     cfg = config.parse({"data_dir": str(data), "server": {"max_body_bytes": 4096, "requests_per_second": 0},
                         "inference": {"threads": 1, "context_tokens": 256, "max_tokens": 16}})
     token = tokens.create(database.connect(cfg.database_path), "test")
-    with TestClient(create_app(cfg, tiny_model), headers={"Authorization": f"Bearer {token}"}) as client:
+    with TestClient(create_app(cfg, tiny_model, prove=False), headers={"Authorization": f"Bearer {token}"}) as client:
         client.data_dir = data
         yield client
 
@@ -38,7 +39,41 @@ def test_health_is_public_and_names_the_model(api):
 def test_everything_else_needs_a_token(api, path):
     response = api.get(path, headers={"Authorization": "Bearer pal_wrong"})
     assert response.status_code == 401
-    assert "Basic" in response.headers["www-authenticate"]
+    # Bearer only: a browser that once showed a Basic prompt would attach its answer to other sites' posts.
+    assert response.headers["www-authenticate"] == 'Bearer realm="paladin"'
+
+
+def basic(token: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"any:{token}".encode()).decode()}
+
+
+def test_basic_credentials_change_nothing_from_another_site(api):
+    """What a browser holding Basic credentials would send on a form post from another origin: refused, while
+    the same request from an app (no fetch metadata) or with a Bearer token is served."""
+    token = api.headers["authorization"].split()[1]
+    pull = {"model": "nothing-here"}
+    for site in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                 {"Origin": "https://evil.example"}, {"Origin": "null"}):
+        refused = api.post("/api/pull", json=pull, headers=basic(token) | site)
+        assert refused.status_code == 403 and "another site" in refused.json()["error"], (site, refused.text)
+        assert api.post("/api/pull", json=pull, headers=site).status_code == 404  # Bearer: the caller's own choice
+    assert api.post("/api/pull", json=pull, headers=basic(token)).status_code == 404  # an app: no fetch metadata
+    own = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+    assert api.post("/api/pull", json=pull, headers=basic(token) | own).status_code == 404
+    assert api.get("/api/tags", headers=basic(token) | {"Sec-Fetch-Site": "cross-site"}).status_code == 200
+
+
+def test_a_json_body_must_say_so_unless_a_bearer_token_sent_it(api):
+    """An HTML form can post text/plain that parses as JSON, never application/json."""
+    token = api.headers["authorization"].split()[1]
+    body = json.dumps({"model": "nothing-here"})
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        headers = basic(token) | ({"Content-Type": kind} if kind else {})
+        refused = api.post("/api/pull", content=body, headers=headers)
+        assert refused.status_code == 415 and "application/json" in refused.json()["error"], (kind, refused.text)
+        assert api.post("/api/pull", content=body, headers={"Content-Type": kind or ""}).status_code == 404  # curl -d
+    typed = basic(token) | {"Content-Type": "application/json; charset=utf-8"}
+    assert api.post("/api/pull", content=body, headers=typed).status_code == 404
 
 
 def test_chat_completion_with_usage_and_max_tokens(api):
@@ -170,7 +205,7 @@ def test_metrics_labels_are_route_templates_whatever_the_paths(api):
 def test_hostile_json_is_a_400_not_a_500(tmp_path, body):
     cfg = config.parse({"data_dir": str(tmp_path)})  # the default body limit (1 MiB) lets these through
     token = tokens.create(database.connect(cfg.database_path), "test")
-    with TestClient(create_app(cfg), headers={"Authorization": f"Bearer {token}"}) as client:
+    with TestClient(create_app(cfg, prove=False), headers={"Authorization": f"Bearer {token}"}) as client:
         for path in ("/v1/chat/completions", "/api/chat"):
             response = client.post(path, content=body, headers={"Content-Type": "application/json"})
             assert response.status_code == 400, response.text

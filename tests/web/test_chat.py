@@ -25,7 +25,7 @@ def chat_api(tiny_model, tmp_path_factory):
     cfg = config.parse({"data_dir": str(data), "server": {"requests_per_second": 0},
                         "inference": {"threads": 1, "context_tokens": 256, "max_tokens": 24}})
     token = tokens.create(database.connect(cfg.database_path), "test")
-    with TestClient(create_app(cfg, tiny_model), headers={"Authorization": f"Bearer {token}"}) as client:
+    with TestClient(create_app(cfg, tiny_model, prove=False), headers={"Authorization": f"Bearer {token}"}) as client:
         yield client
 
 

@@ -19,8 +19,10 @@ import yaml
 from starlette.testclient import TestClient
 
 from appliance import config, db as database, files, store, tokens
+from appliance.inference import llama
 from appliance.web import models
 from appliance.web.app import create_app
+from tests.support.fakes import malformed_model
 from tests.support.served import UNLIMITED, Service
 
 HI = [{"role": "user", "content": "hi"}]
@@ -30,7 +32,7 @@ HI = [{"role": "user", "content": "hi"}]
 def owner(two_models):
     cfg = config.parse({"data_dir": str(two_models), "inference": {"threads": 1, "context_tokens": 256}})
     token = tokens.create(database.connect(cfg.database_path), "test")
-    with TestClient(create_app(cfg, cfg.models_path / "tiny.gguf"), headers={"Authorization": f"Bearer {token}"}) as c:
+    with TestClient(create_app(cfg, cfg.models_path / "tiny.gguf", prove=False), headers={"Authorization": f"Bearer {token}"}) as c:
         c.config = cfg
         yield c
 
@@ -313,6 +315,25 @@ def test_an_upload_of_a_file_the_catalog_pins_must_match_the_pin(catalog_service
         assert left_in(catalog_service.models, "huge") == []
         pinned = c.put("/models/upload?name=huge.gguf", content=Tiers.body)
         assert pinned.status_code == 201 and pinned.json()["tier"] == "huge"
+
+
+@pytest.mark.service
+def test_a_model_that_would_crash_llama_cpp_is_refused_and_the_worker_serves_on(catalog_service, tiny_model, tmp_path):
+    """Proven in a child first (inference/probe.py): uploaded, it is refused and not kept; put into the store
+    another way (a USB import) and chosen, the swap is refused; the worker never maps it and never dies."""
+    bad = malformed_model(tiny_model, tmp_path / "bad.gguf").read_bytes()
+    with catalog_service.client() as c:
+        before = c.get("/health").json()
+        assert before["cpu_variant"] == llama.ranked_variants()[0]
+        refused = c.put("/models/upload?name=bad.gguf", content=bad)
+        assert refused.status_code == 422 and "crashed on it (SIGABRT)" in refused.json()["error"]["message"]
+        assert left_in(catalog_service.models, "bad") == []
+        (catalog_service.models / "imported.gguf").write_bytes(bad)
+        chosen = c.put("/models/default", json={"model": "imported.gguf"})
+        assert chosen.status_code == 422 and "GGML_ASSERT" in chosen.json()["error"]["message"], chosen.text
+        assert c.post("/v1/chat/completions", json={"model": "paladin", "messages": HI, "max_tokens": 2}).status_code == 200
+        assert c.get("/health").json()["model"] == before["model"]
+    assert catalog_service.output().count("Booting worker") == 1  # the first worker, never restarted
 
 
 @pytest.mark.service

@@ -39,7 +39,7 @@ def finished_app(two_models, tiny_model):
     db = database.connect(cfg.database_path)
     owner.set_account(db, "Ada", PASSWORD)
     owner.finish(db)
-    with TestClient(create_app(cfg, cfg.models_path / "tiny.gguf"), base_url="https://paladin.local") as client:
+    with TestClient(create_app(cfg, cfg.models_path / "tiny.gguf", prove=False), base_url="https://paladin.local") as client:
         client.cfg, client.token = cfg, tokens.create(db, "script")
         yield client
 
@@ -66,7 +66,7 @@ def test_strangers_go_to_the_login_and_a_token_does_not_open_the_pages(finished_
 def test_the_setup_wizard_has_no_frame_nav(two_models):
     cfg = config.parse({"data_dir": str(two_models)})
     code = firstboot.prepare(cfg).setup_code()
-    with TestClient(create_app(cfg), base_url="https://paladin.local") as client:
+    with TestClient(create_app(cfg, prove=False), base_url="https://paladin.local") as client:
         page = client.post("/setup/code", data={"code": code})
         assert 'name="csrf"' in page.text and "<nav" not in page.text and 'action="/logout"' not in page.text
 

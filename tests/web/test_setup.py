@@ -39,7 +39,7 @@ def setup_app(two_models):
     cfg = config.parse({"data_dir": str(two_models), "inference": {"threads": 1, "context_tokens": 256},
                         "server": {"setup_attempts": 3}})
     code = firstboot.prepare(cfg).setup_code()
-    with TestClient(create_app(cfg, cfg.models_path / "tiny.gguf"), base_url="https://paladin.local") as client:
+    with TestClient(create_app(cfg, cfg.models_path / "tiny.gguf", prove=False), base_url="https://paladin.local") as client:
         client.cfg, client.code = cfg, code
         yield client
 
@@ -118,6 +118,20 @@ def test_state_changes_need_the_pages_csrf_token(setup_app):
 
 
 @pytest.mark.unit
+def test_a_logged_in_browser_changes_nothing_for_another_site(setup_app):
+    """A cross-site post carries the owner's cookie but not the page's CSRF token; even with a token it stole,
+    the browser's own word on where the request came from is enough to refuse it."""
+    csrf = csrf_of(setup_app.post("/setup/finish", data={"csrf": through_setup(setup_app)}))
+    for site in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example"}):
+        refused = setup_app.post("/tokens", data={"csrf": csrf, "name": "stolen"}, headers=site)
+        assert refused.status_code == 403 and "another site" in refused.text, site
+        plain = setup_app.post("/conversations", content='{"title": "x"}',
+                               headers={"X-CSRF-Token": csrf, "Content-Type": "text/plain"})
+        assert plain.status_code == 415
+    own = {"Sec-Fetch-Site": "same-origin", "Origin": "https://paladin.local"}
+    assert setup_app.post("/tokens", data={"csrf": csrf, "name": "mine"}, headers=own).status_code == 201
+
+
 def test_the_model_step_offers_the_store_and_the_catalog_with_a_fit_check(setup_app):
     through_setup(setup_app, until="model")
     page = setup_app.get("/setup")
@@ -194,7 +208,7 @@ def finished_owner(data_dir, failures_per_minute: int) -> TestClient:
     db = database.connect(cfg.database_path)
     owner.set_account(db, "Ada", PASSWORD)
     owner.finish(db)
-    return TestClient(create_app(cfg), base_url="https://paladin.local")
+    return TestClient(create_app(cfg, prove=False), base_url="https://paladin.local")
 
 
 @pytest.mark.unit

@@ -92,6 +92,27 @@ def test_a_reply_shows_its_markdown(owner_page, ui_service, shots):
     shots(owner_page, "1-chat")
 
 
+def test_the_address_names_the_open_conversation_through_reloads_and_back(owner_page, ui_service):
+    from playwright.sync_api import expect
+
+    owner_page.goto(ui_service.https_url + "/")
+    owner_page.locator("#conversations button", has_text="Sorting names in Python").click()
+    expect(owner_page).to_have_url(re.compile(r"/#[\w-]+$"))
+    addressed = owner_page.url
+    owner_page.reload()
+    expect(owner_page.locator("#title")).to_have_text("Sorting names in Python")
+    expect(last_reply(owner_page).locator("pre code")).to_contain_text("sorted(names")
+    owner_page.click("#new")
+    expect(owner_page).to_have_url(ui_service.https_url + "/")
+    expect(owner_page.locator("#messages > li")).to_have_count(0)
+    owner_page.go_back()
+    expect(owner_page.locator("#title")).to_have_text("Sorting names in Python")
+    assert owner_page.url == addressed
+    owner_page.goto(ui_service.https_url + "/#no-such-chat")  # deleted since, or mistyped
+    expect(owner_page.locator("#error")).to_contain_text("no such conversation")
+    expect(owner_page.locator("#title")).to_have_text("New chat")
+
+
 def test_a_chat_streams_stops_regenerates_and_outgrows_its_context(owner_page, ui_service, shots):
     from playwright.sync_api import expect
 

@@ -94,9 +94,16 @@ function setTitle(title) {
   $("rename").hidden = $("delete").hidden = !current;
 }
 
+// The open conversation is named in the address (/#ID), as in every chat app: a reload or a bookmark opens
+// it again, and Back returns to the one before.
+function showInAddress(id) {
+  if ((location.hash.slice(1) || null) !== id) history.pushState(null, "", id ? "#" + id : location.pathname);
+}
+
 async function open(id) {
   current = id;
-  const conversation = await (await api("/conversations/" + id)).json();
+  showInAddress(id);
+  const conversation = await (await api("/conversations/" + encodeURIComponent(id))).json();
   $("messages").replaceChildren();
   conversation.messages.forEach(addMessage);
   markLastReply();
@@ -148,6 +155,7 @@ async function send(text) {
   if (!current) {
     const created = await (await api("/conversations", { method: "POST", body: JSON.stringify({ title: text.slice(0, 60) }) })).json();
     current = created.id;
+    showInAddress(current);
     setTitle(created.title);
   }
   addMessage({ role: "user", content: text });
@@ -226,6 +234,7 @@ $("prompt").onkeydown = (e) => {
 $("stop").onclick = () => { if (streaming) streaming.abort(); };
 $("new").onclick = () => {
   current = null;
+  showInAddress(null);
   $("messages").replaceChildren();
   setTitle("New chat");
   showList(false);
@@ -252,7 +261,16 @@ $("show-list").onclick = () => showList(true);
 $("hide-list").onclick = () => showList(false);
 $("model-picker").onchange = () => run(chooseModel);
 
-run(() => Promise.all([loadList(), loadModels()]));
+// The conversation the address names (a reload, Back, a bookmark); one deleted since is said so, and the page
+// is a new chat.
+async function openAddressed() {
+  const id = decodeURIComponent(location.hash.slice(1));
+  if (!id) { if (current) $("new").onclick(); return; }
+  try { await open(id); } catch (err) { $("new").onclick(); throw err; }
+}
+window.onpopstate = () => run(openAddressed);
+
+run(() => Promise.all([loadList(), loadModels(), openAddressed()]));
 // Send is enabled only now: on a slow box a click before this script ran would post the form natively
 // (a reload to "/?") and lose the message.
 $("send").disabled = false;
