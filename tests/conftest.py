@@ -10,6 +10,7 @@ import pytest
 
 from buildhost import tinymodel
 from buildhost.wheels import smollm2
+from tests.support.images import Builds
 from tests.support.served import UNLIMITED, Service
 from tests.support.variants import working_variant
 
@@ -56,6 +57,18 @@ def two_models(tmp_path, tiny_model, other_model) -> Path:
     for model in (tiny_model, other_model):
         shutil.copy(model, models / model.name)
     return tmp_path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def image_builds(request, tmp_path_factory, tiny_model) -> Builds | None:
+    """When image tests are selected, their images are built from the first test on, beside the faster
+    layers (tests/support/images.py); None otherwise."""
+    if not any(item.path.is_relative_to(IMAGE_TESTS) for item in request.session.items):
+        yield None
+        return
+    builds = Builds(tmp_path_factory.mktemp("images"), tiny_model)
+    yield builds
+    builds.close()
 
 
 @pytest.fixture(scope="session")

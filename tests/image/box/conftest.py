@@ -17,7 +17,7 @@ from tests.support.vm import VM
 
 @pytest.fixture(scope="package")
 def image(build_image) -> dict:
-    report = build_image(VERSION, compress=True)  # the one image whose size for flashing is checked
+    report = build_image(VERSION)  # the one image compressed (tests/support/images.py): its size is checked
     print(f"\nimage: {report['raw_bytes'] / 2**20:.0f} MiB raw, {report['compressed_bytes'] / 2**20:.0f} MiB zstd, "
           f"mkosi build {report['build_seconds']} s")
     return report

@@ -36,11 +36,6 @@ from tests.support.vm import (VM, conversation_intact, cut_first_boot, cut_power
 
 pytestmark = pytest.mark.image
 SEED = int(os.environ.get("PALADIN_POWERCUT_SEED", time.time()))
-# Valid for the updater, fatal for the assistant: no listener can bind an address the box does not have.
-BROKEN_CONFIG = "data_dir: /var/lib/paladin\nserver:\n  listen: 192.0.2.1:8080\n"
-# v3's assistant fails once and stays failed, so each of its three boots is assessed as soon as it starts
-# instead of after StartLimitBurst restarts 5 s apart.
-NO_RESTART = "[Service]\nRestart=no\n"
 # The update boxes boot the very v1 the shared box does; only this credential keeps their governor off.
 UPDATE_BOX_UNITS = {"paladin-governor.service/off.conf": "[Unit]\nConditionPathExists=/nonexistent\n"}
 # Under TCG one vCPU boots a box in twice the time of two, with a third more CPU (docs/benchmarks.md).
@@ -53,16 +48,10 @@ class Quiet(SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def world(build_image, release_keys, tmp_path_factory):
+def world(build_image, image_builds, release_keys, tmp_path_factory):
     work = tmp_path_factory.mktemp("updates")
-    broken = work / "broken-tree"
-    (broken / "etc/paladin").mkdir(parents=True)
-    (broken / "etc/paladin/paladin.yaml").write_text(BROKEN_CONFIG)
-    (broken / "etc/systemd/system/paladin.service.d").mkdir(parents=True)
-    (broken / "etc/systemd/system/paladin.service.d/test-no-restart.conf").write_text(NO_RESTART)
-    images = {"1": build_image("1"), "2": build_image("2"), "3": build_image("3", broken)}
-    www = work / "www"
-    release_image(images["2"], www / "repo", release_keys)
+    images = {version: build_image(version) for version in ("1", "2", "3")}  # v2 released as it was built
+    www = image_builds.repository.parent
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(www)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"\npower-cut seed {SEED} (PALADIN_POWERCUT_SEED)")
