@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from appliance import channel, config
 from appliance.config import ConfigError
 from appliance.firewall import helper, rules
 from buildhost.debian import ensure_host_packages
+from tests.support.lan import Lan, run_in
 
 FIREWALL = Path(sys.executable).with_name("paladin-firewall")
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs9Bq0t0z9yJ8y3xYv1n2oE9k4gq5o2q0v9u3c5Wm7a owner@laptop"
@@ -51,6 +53,58 @@ def test_every_kind_of_ruleset_passes_nft_check(raw, nft):
     rules.check(rules.render(config.parse(raw), ["192.0.2.7", "2001:db8::7"]))
 
 
+@pytest.mark.system
+@pytest.mark.parametrize("raw", [
+    # the defaults plus the owner's own subnet, inside one of them: nft refuses overlapping intervals
+    {"firewall": {"lan": "10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 192.168.1.0/24 169.254.0.0/16 fc00::/7 "
+                         "fe80::/10 fd00::/8 fd00::/16"}},
+    # every listener on loopback and SSH off: no port for the LAN at all
+    {"server": {"listen": "127.0.0.1:8080", "https": "127.0.0.1:443", "redirect": "127.0.0.1:80"}},
+])
+def test_overlapping_ranges_and_no_open_port_still_make_a_ruleset_nft_takes(raw, nft):
+    text = rules.render(config.parse(raw))
+    rules.check(text)
+    if "lan" in raw.get("firewall", {}):
+        assert "elements = { 10.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16 }" in text
+        assert "elements = { fc00::/7, fe80::/10 }" in text
+
+
+@pytest.fixture
+def two_hosts(nft, tmp_path):
+    """A box and a laptop on one LAN of network namespaces (tests/support/lan.py): their namespaces."""
+    with Lan(tmp_path / "lan") as lan:
+        yield lan.add_host("box", "10.77.7.50/24"), lan.add_host("laptop", "10.77.7.10/24")
+
+
+@pytest.mark.system
+def test_a_lone_ack_draws_nothing_and_a_ping_run_is_held_to_its_limit(two_hosts, tmp_path):
+    """The defaults' ruleset in the box's namespace, a listener on 8080, and the laptop trying what
+    conntrack would otherwise let through: an ACK with no connection (a RST would say the port is there;
+    nmap's ACK scan calls that "unfiltered") and a fast run of pings (after the first reply conntrack calls
+    the run established)."""
+    box, laptop = two_hosts
+    ruleset = tmp_path / "ruleset.nft"
+    ruleset.write_text(rules.render(config.parse({})))
+    run_in(box, ["nft", "-f", ruleset])
+    listener = subprocess.Popen(["ip", "netns", "exec", box, sys.executable, "-m", "http.server", "8080", "--bind",
+                                 "10.77.7.50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not run_in(box, ["ss", "-Hltn", "sport = :8080"]).strip():
+            assert time.monotonic() < deadline and listener.poll() is None, "the listener did not start"
+            time.sleep(0.1)
+        assert "8080/tcp open" in run_in(laptop, ["nmap", "-n", "-Pn", "-sT", "-p", "8080", "10.77.7.50"])
+        acked = run_in(laptop, ["nmap", "-n", "-Pn", "-sA", "--max-retries", "1", "-p", "8080", "10.77.7.50"])
+        assert "8080/tcp filtered" in acked, acked
+    finally:
+        listener.kill()
+        listener.wait()
+    pinged = subprocess.run(["ip", "netns", "exec", laptop, "ping", "-n", "-q", "-c", "100", "-i", "0.002", "-W", "1",
+                             "10.77.7.50"], capture_output=True, text=True, timeout=60).stdout
+    received, ms = map(int, re.search(r"(\d+) received.* time (\d+)ms", pinged).groups())
+    assert 10 <= received <= 10 + 5 * ms / 1000 + 1, pinged  # a burst of 10, then 5 a second
+
+
 @pytest.mark.unit
 def test_the_ruleset_opens_the_services_to_the_lan_only_and_drops_the_rest():
     text = rules.render(config.parse({"firewall": {"ssh": True, "ssh_key": KEY, "lan": "192.168.1.0/24 fd00::/8"},
@@ -72,12 +126,18 @@ def test_privacy_mode_lets_out_only_dns_the_network_and_the_update_server():
     assert "elements = { 192.0.2.7 }" in text
     assert "udp dport 123" not in output  # network time is off in privacy mode
     assert not cfg.network_time
+    # DHCP and mDNS only to where they belong: broadcast, the LAN's server, their multicast groups
+    assert re.findall(r"udp dport (?:67|547|5353) [^\n]*accept", output) == [
+        "udp dport 67 ip daddr 255.255.255.255 accept", "udp dport 67 ip daddr @lan4 accept",
+        "udp dport 547 ip6 daddr ff02::1:2 accept", "udp dport 5353 ip daddr 224.0.0.251 accept",
+        "udp dport 5353 ip6 daddr ff02::fb accept"]
 
 
 @pytest.mark.unit
 @pytest.mark.parametrize("raw, message", [
     ({"lan": "192.168.1.1/24"}, "firewall.lan: '192.168.1.1/24' is not a list of address ranges"),
     ({"lan": "0.0.0.0/0"}, "opens the box to every address"),
+    ({"lan": "0.0.0.0/1 128.0.0.0/1"}, "opens the box to every address"),
     ({"lan": ""}, "names no range"),
     ({"ssh_key": "ssh-dss AAAAB3"}, "is not an OpenSSH public key"),
     ({"ssh_key": "ssh-rsa " + KEY.split()[1]}, "does not match its type"),

@@ -11,8 +11,11 @@ SSH_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "e
 
 
 def networks(ranges: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """The address ranges in a space-separated list (CIDR), or ConfigError-ready ValueError."""
-    return [ipaddress.ip_network(part, strict=True) for part in ranges.split()]
+    """The address ranges in a space-separated list (CIDR), merged where they overlap or touch (nft refuses
+    overlapping intervals in one set), IPv4 first; or a ConfigError-ready ValueError."""
+    parts = [ipaddress.ip_network(part, strict=True) for part in ranges.split()]
+    return [merged for version in (4, 6) for merged in
+            ipaddress.collapse_addresses(net for net in parts if net.version == version)]
 
 
 def lan_problem(ranges: str) -> str | None:
@@ -25,8 +28,8 @@ def lan_problem(ranges: str) -> str | None:
         found = networks(ranges)
     except ValueError as err:
         return f"is not a list of address ranges: {err} (allowed: e.g. 192.168.1.0/24 fd00::/8)"
-    if any(net.prefixlen == 0 for net in found):
-        return "opens the box to every address (0.0.0.0/0 or ::/0): name the LAN's ranges"
+    if any(net.prefixlen == 0 for net in found):  # the union is judged: 0.0.0.0/1 128.0.0.0/1 is everything too
+        return "opens the box to every address (0.0.0.0/0 or ::/0, alone or together): name the LAN's ranges"
     return None
 
 
