@@ -156,7 +156,7 @@ class Governor:
         settings = self._settings()
         if report is None or not settings.enabled or not self.policy.rungs:
             return  # nothing to govern: the samples are still worth keeping
-        decision = self.policy.decide(sample, self._limits(record), report["pinned"])
+        decision = self.policy.decide(sample, self._limits(record), report["pinned"], report["served"])
         if decision is not None:
             log.warning("%s: %s -> %s: %s", decision.action, decision.source, decision.target, decision.reason)
             self.history.add_decision(decision.as_dict())
@@ -190,6 +190,8 @@ class Governor:
                         reply = await self.answer(json.loads(line))
                     except (ReportError, ValueError) as err:
                         reply = {"error": str(err)[:200]}
+                    except RecursionError:  # the parser's own bound on nesting, far past any report's
+                        reply = {"error": "the message is nested too deeply"}
                     writer.write(json.dumps(reply).encode() + b"\n")
                     await asyncio.wait_for(writer.drain(), READ_SECONDS)
             except (asyncio.TimeoutError, asyncio.LimitOverrunError, ValueError, ConnectionError):

@@ -5,10 +5,13 @@ chose) down to the smallest model on the box, by the memory each needs (its file
 KV cache).  Between two models a graded rung keeps the model but halves its threads and its context:
 less heat and CPU, less memory, without giving up the model's quality at once.
 
-A limit crossed for `breach_seconds` without a break steps one rung down; everything safe (each value a
-margin back from its limit, and the bigger rung's memory fitting in what is available) for
-`calm_seconds` steps one rung up; no two steps come closer than `dwell_seconds`.  A value that only
-touches its limit now and then resets the window every time: it never moves the model.
+A limit crossed for `breach_seconds` without a break steps one rung down (each limit has a window of its
+own: two limits crossed in turn hold neither long enough, and a decision names what really held);
+everything safe (each value a margin back from its limit, and the bigger rung's memory fitting in what is
+available) for `calm_seconds` steps one rung up; no two steps come closer than `dwell_seconds`.  A value
+that only touches its limit now and then resets its window every time: it never moves the model.  While
+the assistant has not yet swapped to the rung wanted (a long reply holds the old model), no window runs:
+each step is judged on the rung actually served.
 """
 
 from __future__ import annotations
@@ -128,7 +131,8 @@ def calm(sample: Sample, limits: Limits) -> bool:
     if sample.warnings:
         return False
     hot = sample.temperature is not None and sample.temperature > limits.temperature * (1 - limits.margin)
-    busy = sample.other_cpu > limits.cpu_percent * (1 - limits.margin)
+    # A CPU limit of 100 % is no CPU limit: it never breaches, so it cannot keep the model down either.
+    busy = limits.cpu_percent < 100 and sample.other_cpu > limits.cpu_percent * (1 - limits.margin)
     stalled = sample.pressure.get("memory_full", 0.0) > MEMORY_PRESSURE * (1 - limits.margin)
     return not (hot or busy or stalled)
 
@@ -146,7 +150,7 @@ class Policy:
     def __init__(self) -> None:
         self.rungs: list[Rung] = []
         self.index = 0
-        self.breach_since: float | None = None
+        self.breach_since: dict[str, float] = {}  # each limit crossed without a break since
         self.calm_since: float | None = None
         self.last_change = float("-inf")
         self.warned = False
@@ -167,17 +171,24 @@ class Policy:
         self.rungs = rungs
         self.index = next((i for i, r in enumerate(rungs) if r.key() == keep), 0)
 
-    def decide(self, sample: Sample, limits: Limits, pinned: bool) -> Decision | None:
+    def decide(self, sample: Sample, limits: Limits, pinned: bool, served: tuple | None = None) -> Decision | None:
+        """The decision `sample` brings, if any; `served` is the rung the assistant serves (its key), when
+        known: until it is the rung wanted, nothing is judged."""
         t = sample.t
+        if served is not None and self.wanted is not None and served != self.wanted.key():
+            self.breach_since, self.calm_since = {}, None
+            return None
         crossed = breaches(sample, limits)
         if crossed:
             self.calm_since = None
-            self.breach_since = self.breach_since if self.breach_since is not None else t
-            if t - self.breach_since < limits.breach_seconds or t - self.last_change < limits.dwell_seconds:
+            names = {limit for limit, *_ in crossed}
+            self.breach_since = {name: self.breach_since.get(name, t) for name in names}
+            held = [c for c in crossed if t - self.breach_since[c[0]] >= limits.breach_seconds]
+            if not held or t - self.last_change < limits.dwell_seconds:
                 return None
-            limit, value, threshold, reading = crossed[0]
-            window = t - self.breach_since
-            self.breach_since = None  # the next step needs a window of its own, on the new rung
+            limit, value, threshold, reading = max(held, key=lambda c: t - self.breach_since[c[0]])
+            window = t - self.breach_since[limit]
+            self.breach_since = {}  # the next step needs a window of its own, on the new rung
             source = self.wanted
             if pinned or self.index + 1 >= len(self.rungs):
                 if self.warned:
@@ -190,7 +201,7 @@ class Policy:
             self.last_change = t
             return Decision(t, "down", label(source), label(self.wanted), f"{reading} for {window:.0f} s",
                             limit, value, threshold, window)
-        self.breach_since = None
+        self.breach_since = {}
         if not calm(sample, limits):
             self.calm_since = None
             return None

@@ -73,10 +73,10 @@ def _temperature_files(sys: Path) -> list[Path]:
     return (zones + hwmon)[:MAX_SENSORS]
 
 
-def temperature(sys: Path) -> tuple[float | None, list[str]]:
-    """The hottest sane reading of all thermal zones and hwmon sensors, in degrees Celsius."""
+def temperature(files: list[Path]) -> tuple[float | None, list[str]]:
+    """The hottest sane reading of these thermal zone and hwmon sensor files, in degrees Celsius."""
     hottest, warnings = None, []
-    for path in _temperature_files(sys):
+    for path in files:
         try:
             milli = int(_read(path, 32).strip())
         except (OSError, ValueError):
@@ -96,7 +96,7 @@ class Sensors:
         self.sys, self.proc = Path(sys), Path(proc)
         self.cores = psutil.cpu_count() or 1
         self._last = psutil.cpu_times()
-        self._had_temperature = False
+        self._seen: set[Path] = set()  # every temperature sensor seen since the start (at most MAX_SENSORS)
 
     def sample(self, t: float, assistant_cpu_seconds: float = 0.0, interval: float = 1.0) -> Sample:
         """A sample now; `assistant_cpu_seconds` is what the assistant used since the last one (its report)."""
@@ -110,11 +110,13 @@ class Sensors:
         memory = psutil.virtual_memory()
         psi, problems = pressure(self.proc)
         warnings += problems
-        hottest, problems = temperature(self.sys)
+        files = _temperature_files(self.sys)
+        hottest, problems = temperature(files)
         warnings += problems
-        if hottest is None and self._had_temperature and not problems:
-            warnings.append(f"the temperature sensors under {self.sys / 'class'} are gone")
-        self._had_temperature = self._had_temperature or hottest is not None
+        # One sensor of several gone (a hot chip unbound, say) leaves the others' cool readings: not calm.
+        warnings += [f"{path}: the sensor is gone" for path in sorted(self._seen.difference(files))]
+        if len(self._seen) < MAX_SENSORS:
+            self._seen.update(files[:MAX_SENSORS - len(self._seen)])
         return Sample(t=t, cpu=round(cpu, 1), other_cpu=round(max(0.0, cpu - own), 1), cores=self.cores,
                       mhz=freqs,
                       memory_available=memory.available, memory_total=memory.total,

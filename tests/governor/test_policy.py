@@ -107,7 +107,8 @@ def test_a_garbage_or_vanished_sensor_warns_and_moves_nothing(tree):
     assert any("1000000.0 °C is not a plausible temperature" in w for w in sample.warnings)
     tree.zone.unlink()
     tree.hwmon.unlink()
-    assert any("are gone" in w for w in sensors.sample(3.0).warnings)
+    assert {w for w in sensors.sample(3.0).warnings if "the sensor is gone" in w} == {
+        f"{tree.zone}: the sensor is gone", f"{tree.hwmon}: the sensor is gone"}
     # A broken sensor is not heat (no step down) and not known calm (no step up).
     governing = Policy()
     governing.set_ladder(ladder(MODELS, "big", 4, 4096))
@@ -118,6 +119,73 @@ def test_a_garbage_or_vanished_sensor_warns_and_moves_nothing(tree):
                                      memory_total=32 * GIB, pressure={})
         assert governing.decide(sample, limits, pinned=False) is None
     assert governing.index == 1
+
+
+def test_one_sensor_of_several_gone_warns_and_keeps_the_model_down(tree):
+    """The hot chip's driver unbound: the cool zone alone would read as calm."""
+    sensors = Sensors(tree.root, tree.root / "proc")
+    tree.set(45.0, hwmon=90.0)
+    assert sensors.sample(1.0).temperature == 90.0
+    tree.hwmon.unlink()
+    governing = Policy()
+    governing.set_ladder(ladder(MODELS, "big", 4, 4096))
+    governing.index = 1
+    limits = Limits.for_board(SETTINGS, 32 * GIB, 4)
+    for t in range(1000, 1300):
+        sample = dataclasses.replace(sensors.sample(float(t)), other_cpu=0.0, memory_available=16 * GIB,
+                                     memory_total=32 * GIB, pressure={})
+        assert sample.temperature == 45.0 and sample.warnings == (f"{tree.hwmon}: the sensor is gone",)
+        assert governing.decide(sample, limits, pinned=False) is None
+    assert governing.index == 1
+
+
+def calm_box(t: float, **change):
+    sample = Sensors().sample(t)
+    return dataclasses.replace(sample, t=t, temperature=45.0, other_cpu=0.0, warnings=(), pressure={},
+                               memory_total=32 * GIB, memory_available=16 * GIB) if not change else \
+        dataclasses.replace(calm_box(t), **change)
+
+
+def test_a_cpu_limit_of_100_neither_steps_down_nor_keeps_the_model_down():
+    governing = Policy()
+    governing.set_ladder(ladder(MODELS, "big", 4, 4096))
+    governing.index = 1
+    limits = dataclasses.replace(Limits.for_board(SETTINGS, 32 * GIB, 4), cpu_percent=100)
+    decisions = [governing.decide(calm_box(float(t), other_cpu=99.0), limits, pinned=False) for t in range(200)]
+    assert [d.action for d in decisions if d] == ["up"] and governing.index == 0
+
+
+def test_limits_crossed_in_turn_each_keep_a_window_of_their_own():
+    """Heat for 2 s, then short memory for 2 s, over and over: neither limit holds for the 10 s window, so
+    nothing steps; heat that does hold is named with the time it really held."""
+    governing = Policy()
+    governing.set_ladder(ladder(MODELS, "big", 4, 4096))
+    limits = Limits.for_board(SETTINGS, 32 * GIB, 4)
+    hot, short = {"temperature": 90.0}, {"memory_available": GIB}
+    turns = [governing.decide(calm_box(float(t), **(hot if t % 4 < 2 else short)), limits, False) for t in range(120)]
+    assert [d for d in turns if d] == [] and governing.index == 0
+    held = [governing.decide(calm_box(float(t), **hot), limits, False) for t in range(200, 215)]
+    step = next(d for d in held if d)
+    assert step.limit == "temperature" and step.window == 10 and step.reason.endswith("for 10 s")
+
+
+def test_while_the_swap_waits_no_window_runs_and_steps_are_judged_on_the_rung_served():
+    """A long reply holds the big model after a step down: the heat that goes on is not yet the new rung's,
+    and piles up no decisions; once the smaller rung serves, its own window begins."""
+    governing = Policy()
+    governing.set_ladder(ladder(MODELS, "big", 4, 4096))
+    limits = Limits.for_board(SETTINGS, 32 * GIB, 4)
+    top = governing.wanted.key()
+    hot = [governing.decide(calm_box(float(t), temperature=90.0), limits, False, served=top) for t in range(11)]
+    assert [d.action for d in hot if d] == ["down"] and governing.index == 1
+    waiting = [governing.decide(calm_box(float(t), temperature=90.0), limits, False, served=top)
+               for t in range(11, 100)]
+    assert [d for d in waiting if d] == [] and governing.index == 1
+    swapped = governing.wanted.key()
+    after = [governing.decide(calm_box(float(t), temperature=90.0), limits, False, served=swapped)
+             for t in range(100, 111)]
+    step = next(d for d in after if d)
+    assert step.action == "down" and step.t == 110 and step.source == "big (2 threads, 2048 context)"
 
 
 def test_memory_short_steps_down_and_a_bigger_model_must_fit_to_step_up(tree):
@@ -234,6 +302,7 @@ async def _socket(tmp_path, tree, monkeypatch):
     assert reply["rung"] == {"model": "m", "threads": 2, "context": 512, "need": 1034}
     assert (await say(b"[1,2]\n"))["error"].startswith("a message is an object")
     assert "error" in await say(b'{"report": {"models": []}}\n')
+    assert await say(b"[" * 30000 + b"]" * 30000 + b"\n") == {"error": "the message is nested too deeply"}
     await asyncio.sleep(0.2)
     history = await say(b'{"history": {"since": 0}}\n')
     assert history["samples"] and history["samples"][-1]["rung"] == 0
