@@ -155,6 +155,19 @@ def test_the_owners_config_file_cannot_touch_the_firewall(tmp_path):
         config.load(None, {"data_dir": str(tmp_path)}, tmp_path / "none.yaml")
 
 
+@pytest.mark.system
+def test_render_shows_what_load_loads_with_the_update_server_resolved(nft, tmp_path):
+    state, data = tmp_path / "state", tmp_path / "data"
+    state.mkdir()
+    (state / config.FIREWALL_SETTINGS.name).write_text("privacy: true\n")
+    system = tmp_path / "paladin.yaml"
+    system.write_text("update:\n  url: http://localhost:8443/repo\n")
+    shown = subprocess.run([FIREWALL, "render", "--state", state, "--data-dir", data, "--config", system],
+                           capture_output=True, text=True, check=True).stdout
+    assert "set update4" in shown and "elements = { 127.0.0.1 }" in shown, shown
+    assert "ip daddr @update4 tcp dport 8443 accept" in shown
+
+
 def load_in(netns, state: Path, data: Path) -> subprocess.CompletedProcess:
     """`paladin-firewall load` as its unit runs it (umask 0077) in `netns`."""
     return netns("sh", "-c", 'umask 077 && exec "$@"', "sh", FIREWALL, "load", "--state", state, "--data-dir", data,

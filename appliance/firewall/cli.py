@@ -31,7 +31,8 @@ def cmd_request(args, state: helper.State) -> None:
 
 
 def cmd_render(args, state: helper.State) -> None:
-    print(rules.render(Config() if args.defaults else _loader(args, state)()), end="")
+    """Exactly what `load` would load: in privacy mode with the update server's addresses resolved now."""
+    print(rules.render(Config()) if args.defaults else helper.checked_ruleset(_loader(args, state)()), end="")
 
 
 def cmd_show(args, state: helper.State) -> None:

@@ -67,7 +67,7 @@ class State:
         return self.ssh / "ssh_host_ed25519_key.pub"
 
 
-def _ruleset(config: Config) -> str:
+def checked_ruleset(config: Config) -> str:
     """The checked ruleset for `config`; in privacy mode the update server's name is resolved now."""
     endpoint = rules.update_endpoint(config) if config.firewall.privacy else None
     ruleset = rules.render(config, rules.resolve(endpoint[0]) if endpoint else [])
@@ -125,7 +125,7 @@ def boot(load_config, state: State) -> None:
     """Load the configured ruleset; if the configuration is unusable, the last good one (or the defaults')."""
     try:
         config = load_config()
-        ruleset = _ruleset(config)
+        ruleset = checked_ruleset(config)
     except (ConfigError, CommandError, OSError) as err:
         if state.last_good.exists():
             fallback, which = state.last_good.read_text(), "the last good ruleset"
@@ -181,7 +181,7 @@ def _apply(load_config, wanted: dict, state: State) -> None:
     files.write(state.settings, yaml.safe_dump(wanted, sort_keys=True).encode(), mode=0o644)
     try:
         config = load_config()
-        _load(_ruleset(config), state)
+        _load(checked_ruleset(config), state)
     except BaseException:
         # Nothing changed on the box yet: the settings on disk go back to what is loaded.
         if previous is None:
