@@ -74,13 +74,14 @@ class ServerConfig:
                                                         "(tokens then never cross the LAN in clear text).")
     max_body_bytes: int = setting(1_048_576, "Largest accepted request body.",
                                   minimum=1024, maximum=64 * 1_048_576)
-    graceful_timeout: int = setting(20, "Seconds in-flight streams get to finish on shutdown.",
-                                    minimum=1, maximum=600)
+    graceful_timeout: int = setting(20, "Seconds in-flight streams get to finish on shutdown.", minimum=1, maximum=600)
     header_seconds: int = setting(10, "Seconds a client has to send a request's headers (and, once more, "
                                       "its body) before the box hangs up: slow clients cannot hold connections.",
                                   minimum=1, maximum=300)
-    max_connections: int = setting(128, "Open connections and requests at once; beyond them the box "
-                                        "answers 503 at once.", minimum=8, maximum=4096)
+    max_connections: int = setting(128, "Open connections and requests at once; beyond them 503 at once.",
+                                   minimum=8, maximum=4096)
+    connections_per_client: int = setting(32, "Connections one client address may hold at once; beyond them it is "
+                                              "hung up on, so one device cannot take every slot.", minimum=1, maximum=4096)
     requests_per_second: int = setting(20, "Requests one client address may send per second, on average; "
                                            "beyond it (and its burst) the box answers 429 with Retry-After. "
                                            "0: no limit.", minimum=0, maximum=10000)
@@ -90,7 +91,6 @@ class ServerConfig:
                                                 "(all at once, then one every 60/N seconds); beyond them its "
                                                 "requests that need a token get 429, even with the right one. "
                                                 "0: no limit.", minimum=0, maximum=1000)
-
 
     session_hours: int = setting(168, "Hours an owner's browser session lasts without use before the owner logs "
                                       "in again.", minimum=1, maximum=8760)

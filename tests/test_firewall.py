@@ -4,6 +4,7 @@ bad, and the owner's requests through the request channel."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -69,6 +70,22 @@ def test_overlapping_ranges_and_no_open_port_still_make_a_ruleset_nft_takes(raw,
         assert "elements = { fc00::/7, fe80::/10 }" in text
 
 
+@contextlib.contextmanager
+def listening(box: str):
+    """An HTTP server on port 8080 of the box's namespace, once it listens."""
+    server = subprocess.Popen(["ip", "netns", "exec", box, sys.executable, "-m", "http.server", "8080", "--bind",
+                               "10.77.7.50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not run_in(box, ["ss", "-Hltn", "sport = :8080"]).strip():
+            assert time.monotonic() < deadline and server.poll() is None, "the listener did not start"
+            time.sleep(0.1)
+        yield
+    finally:
+        server.kill()
+        server.wait()
+
+
 @pytest.fixture
 def two_hosts(nft, tmp_path):
     """A box and a laptop on one LAN of network namespaces (tests/support/lan.py): their namespaces."""
@@ -86,23 +103,40 @@ def test_a_lone_ack_draws_nothing_and_a_ping_run_is_held_to_its_limit(two_hosts,
     ruleset = tmp_path / "ruleset.nft"
     ruleset.write_text(rules.render(config.parse({})))
     run_in(box, ["nft", "-f", ruleset])
-    listener = subprocess.Popen(["ip", "netns", "exec", box, sys.executable, "-m", "http.server", "8080", "--bind",
-                                 "10.77.7.50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while not run_in(box, ["ss", "-Hltn", "sport = :8080"]).strip():
-            assert time.monotonic() < deadline and listener.poll() is None, "the listener did not start"
-            time.sleep(0.1)
+    with listening(box):
         assert "8080/tcp open" in run_in(laptop, ["nmap", "-n", "-Pn", "-sT", "-p", "8080", "10.77.7.50"])
         acked = run_in(laptop, ["nmap", "-n", "-Pn", "-sA", "--max-retries", "1", "-p", "8080", "10.77.7.50"])
         assert "8080/tcp filtered" in acked, acked
-    finally:
-        listener.kill()
-        listener.wait()
     pinged = subprocess.run(["ip", "netns", "exec", laptop, "ping", "-n", "-q", "-c", "100", "-i", "0.002", "-W", "1",
                              "10.77.7.50"], capture_output=True, text=True, timeout=60).stdout
     received, ms = map(int, re.search(r"(\d+) received.* time (\d+)ms", pinged).groups())
     assert 10 <= received <= 10 + 5 * ms / 1000 + 1, pinged  # a burst of 10, then 5 a second
+
+
+# Connects `count` times to the box and prints how many got through within 2 s each (run on the laptop).
+CONNECT = """
+import socket, sys
+held = []
+for _ in range(int(sys.argv[2])):
+    try:
+        held.append(socket.create_connection((sys.argv[1], 8080), timeout=2))
+    except OSError:
+        pass
+print(len(held))
+"""
+
+
+@pytest.mark.system
+def test_one_address_holds_at_most_its_connections(two_hosts, tmp_path):
+    """ct count per address on the box's ports: the laptop's fifth connection never gets an answer."""
+    box, laptop = two_hosts
+    ruleset = tmp_path / "ruleset.nft"
+    ruleset.write_text(rules.render(config.parse({"server": {"connections_per_client": 4}})))
+    run_in(box, ["nft", "-f", ruleset])
+    with listening(box):
+        assert run_in(laptop, [sys.executable, "-c", CONNECT, "10.77.7.50", 6]).strip() == "4"
+    crowded = run_in(box, ["nft", "list", "counter", "inet", "paladin", "crowded"])
+    assert int(re.search(r"packets (\d+)", crowded).group(1)) >= 2, crowded  # two SYNs, and their retries
 
 
 @pytest.mark.unit

@@ -74,6 +74,7 @@ def render(config: Config, update_addresses: list[str] = ()) -> str:
         lan4=[str(n) for n in lan if n.version == 4], lan6=[str(n) for n in lan if n.version == 6],
         services=[f"{name} {port}" for name, port in ports.items()], ports=sorted(set(ports.values())),
         rate=config.firewall.connections_per_second, burst=config.firewall.connection_burst,
+        per_client=config.server.connections_per_client,
         log_rate=config.firewall.logged_drops_per_minute, mdns_port=facts.MDNS_PORT,
         privacy=config.firewall.privacy, update_port=endpoint[1] if endpoint else None,
         update4=[a for a in update_addresses if ipaddress.ip_address(a).version == 4],

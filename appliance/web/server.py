@@ -8,6 +8,7 @@ engine's queue decides who generates next.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import socket
 import ssl
@@ -40,13 +41,16 @@ class Protocol(HttpToolsProtocol):
 
     Hang up on a client that has not sent a request's headers `header_seconds` after connecting or
     after starting the request (slowloris: uvicorn would wait for ever); idle keep-alive connections
-    are uvicorn's own `timeout_keep_alive`.
+    are uvicorn's own `timeout_keep_alive`.  A client address holding `per_client` connections already
+    (counted in `peers`, shared by the worker's connections) is hung up on at once: below the worker's
+    whole bound (`limit_concurrency`), so one device cannot take every slot from the others.
     """
 
-    def __init__(self, *args, header_seconds: float, kinds: dict[int, str], **kwargs):
+    def __init__(self, *args, header_seconds: float, kinds: dict[int, str], peers: collections.Counter,
+                 per_client: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self.header_seconds, self.kinds = header_seconds, kinds
-        self.header_timer, self.kind = None, "listen"
+        self.header_seconds, self.kinds, self.peers, self.per_client = header_seconds, kinds, peers, per_client
+        self.header_timer, self.kind, self.peer = None, "listen", None
 
     def _arm(self) -> None:
         self._disarm()
@@ -60,6 +64,12 @@ class Protocol(HttpToolsProtocol):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self.kind = self.kinds.get(self.server[1] if self.server else None, "listen")
+        if self.client:
+            self.peer = self.client[0]
+            self.peers[self.peer] += 1
+            if self.peers[self.peer] > self.per_client:
+                transport.close()
+                return
         self._arm()
 
     def on_message_begin(self) -> None:
@@ -73,6 +83,11 @@ class Protocol(HttpToolsProtocol):
 
     def connection_lost(self, exc) -> None:
         self._disarm()
+        if self.peer is not None:
+            self.peers[self.peer] -= 1
+            if not self.peers[self.peer]:
+                del self.peers[self.peer]  # the counter holds only addresses with connections open
+            self.peer = None
         super().connection_lost(exc)
 
 
@@ -128,7 +143,8 @@ class Worker(UvicornWorker):
         server = box.server
         self.config.timeout_graceful_shutdown = max(1, self.cfg.graceful_timeout - 2)
         self.config.http = functools.partial(Protocol, header_seconds=server.header_seconds,
-                                             kinds={port: kind for kind, (_, port) in box.listeners().items()})
+                                             kinds={port: kind for kind, (_, port) in box.listeners().items()},
+                                             peers=collections.Counter(), per_client=server.connections_per_client)
         self.config.limit_concurrency = server.max_connections
         self.https_port = box.listeners().get("https", (None, None))[1]
         self.tls = tls_context(box) if self.https_port else None

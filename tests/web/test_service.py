@@ -203,6 +203,35 @@ def test_slow_idle_and_too_many_clients_are_cut_off_and_others_served(tiny_model
         running.stop()
 
 
+@pytest.mark.service
+def test_one_address_cannot_hold_every_connection(tiny_model, tmp_path):
+    """A device holding its connections_per_client is hung up on at its next, while another address is served:
+    max_connections is never reached by one device alone."""
+    (tmp_path / "config.yaml").write_text("server:\n  max_connections: 16\n  connections_per_client: 4\n")
+    running = Service(tiny_model, tmp_path)
+    box = ("127.0.0.1", running.port)
+    held = [socket.create_connection(box, source_address=("127.0.0.3", 0)) for _ in range(4)]
+    try:
+        time.sleep(0.5)
+        with socket.create_connection(box, source_address=("127.0.0.3", 0)) as fifth:
+            fifth.settimeout(5)
+            assert fifth.recv(4096) == b"", "a fifth connection from one address is hung up on at once"
+        with socket.create_connection(box, source_address=("127.0.0.2", 0)) as other:
+            other.sendall(b"GET /health HTTP/1.1\r\nHost: box\r\nConnection: close\r\n\r\n")
+            other.settimeout(10)
+            assert other.recv(4096).startswith(b"HTTP/1.1 200")
+        held.pop().close()
+        time.sleep(0.5)
+        with socket.create_connection(box, source_address=("127.0.0.3", 0)) as again:  # one freed, one more
+            again.sendall(b"GET /health HTTP/1.1\r\nHost: box\r\nConnection: close\r\n\r\n")
+            again.settimeout(10)
+            assert again.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in held:
+            s.close()
+        running.stop()
+
+
 def test_ollama_client_as_open_webui_uses_it_ps_delete_images_and_a_chat_past_the_context(service, tiny_model):
     client = ollama.Client(host=service.url, headers={"Authorization": f"Bearer {service.token}"})
     [loaded] = client.ps().models
