@@ -82,18 +82,23 @@ def _variant_file(variant: str) -> Path:
     return found[variant]
 
 
-def ranked_variants() -> list[str]:
-    """This build's CPU variants that the CPU reports it can run, best first, by ggml's own score (each
-    plugin's `ggml_backend_score`, what ggml_backend_load_all picks the best by).  A CPU can report what it
-    then faults on: inference.probe proves the pick."""
-    scored = []
+@functools.cache
+def scores() -> dict[str, int]:
+    """Each CPU variant of this build, scored by ggml for this CPU from the features it reports (each
+    plugin's `ggml_backend_score`, what ggml_backend_load_all picks the best by; 0: it cannot run here)."""
+    found = {}
     for d in plugin_dirs():
-        for path in d.glob("libggml-cpu-*.so"):
+        for path in sorted(d.glob("libggml-cpu-*.so")):
             plugin = ctypes.CDLL(str(path), mode=os.RTLD_LOCAL)
             plugin.ggml_backend_score.restype = ctypes.c_int
-            if score := plugin.ggml_backend_score():
-                scored.append((score, path.stem.removeprefix("libggml-cpu-")))
-    return [name for _, name in sorted(scored, reverse=True)]
+            found[path.stem.removeprefix("libggml-cpu-")] = plugin.ggml_backend_score()
+    return found
+
+
+def ranked_variants() -> list[str]:
+    """The CPU variants this CPU reports it can run, best first.  A CPU can report what it then faults on:
+    inference.probe proves the pick."""
+    return [name for name, score in sorted(scores().items(), key=lambda item: -item[1]) if score]
 
 
 def plugin_dirs() -> list[Path]:

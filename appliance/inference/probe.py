@@ -26,22 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import files
-from .llama import Model, ModelError, load_backends, plugin_dirs, ranked_variants
+from .llama import Model, ModelError, load_backends, plugin_dirs, ranked_variants, scores
 
 log = logging.getLogger(__name__)
 PROMPT = "The box on the shelf answers its owner, and nobody else. " * 8  # about a hundred tokens
 # Loading a few GB from an SD card and decoding the prompt on a Pi's slowest variant fit in this.
 DEADLINE = 600
 MAX_PROVEN = 64  # model files remembered; more than any box's store holds
-CPU_KEYS = ("model name", "flags", "Features", "CPU implementer", "CPU part")
 
 
 def fingerprint() -> str:
-    """This CPU as it describes itself and this llama.cpp build's libraries: a proof holds while both do."""
-    lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
-    cpu = sorted({line for line in lines if line.partition(":")[0].strip() in CPU_KEYS})
+    """What the CPU reports as each variant scores it (ggml reads the CPU's feature flags; the service's
+    sandbox hides /proc/cpuinfo) and this llama.cpp build's libraries: a proof holds while both do."""
     libraries = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for d in plugin_dirs() for p in sorted(d.glob("*.so"))]
-    return hashlib.sha256(json.dumps([cpu, libraries]).encode()).hexdigest()[:32]
+    return hashlib.sha256(json.dumps([scores(), libraries]).encode()).hexdigest()[:32]
 
 
 class Faulted(Exception):
