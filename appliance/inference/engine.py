@@ -41,6 +41,9 @@ from .prompts import ChatTemplate, PromptError
 from .stops import MAX_STOP_CHARS, MAX_STOPS, StopScanner
 
 log = logging.getLogger(__name__)
+# Under a limit the client named, a reply held to a grammar from its first token keeps 1/CLOSING_SHARE of
+# it for closing what it has open.
+CLOSING_SHARE = 4
 
 
 @dataclass(frozen=True)
@@ -417,12 +420,16 @@ class Engine:
         room = self._context(request) - len(tokens)
         limit = request.max_tokens or min(self.settings.max_tokens, room)
         # A reply held to a grammar from its first token (JSON, a schema, a required call) is useless cut
-        # short, and Home Assistant's AI tasks name no limit: at the owner's default such a reply is steered
-        # to close what it has open (a small model can ramble inside a string), with the rest of the context
-        # to do it in.
+        # short, so it is steered to close what it has open (a small model can ramble inside a string):
+        # Home Assistant's AI tasks name no limit, and at the owner's default such a reply gets the rest of
+        # the context to close in; under a limit the client named (Home Assistant's OpenAI integration
+        # names 150) the last quarter of it is kept for closing.
         closing_at = None
-        if request.grammar is not None and not request.grammar.triggers and not request.max_tokens:
-            closing_at, limit = limit, room
+        if request.grammar is not None and not request.grammar.triggers:
+            if request.max_tokens:
+                closing_at = limit - max(1, limit // CLOSING_SHARE)
+            else:
+                closing_at, limit = limit, room
         stops = request.stop + (tuple(self.template.stop_strings()) if request.messages is not None else ())
         scanner = StopScanner(stops)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")

@@ -43,10 +43,11 @@ def words_and_calls(events: AsyncIterator, offer: Offer) -> AsyncIterator[str | 
     """The job's events with its tool calls read out: text as it streams, the calls (one list, once the
     job has finished) and then the job's `Finished`.  Without tools, the job's own events: no extra step
     per token."""
-    return events if offer.family is None else _split(events, offer.family)
+    return events if offer.family is None else _split(events, offer)
 
 
-async def _split(events: AsyncIterator, family: tools.Family) -> AsyncIterator[str | list[Call] | Finished]:
+async def _split(events: AsyncIterator, offer: Offer) -> AsyncIterator[str | list[Call] | Finished]:
+    family = offer.family
     splitter = tools.Splitter(family.start)
     async for event in events:
         if not isinstance(event, Finished):
@@ -54,7 +55,12 @@ async def _split(events: AsyncIterator, family: tools.Family) -> AsyncIterator[s
                 yield words
             continue
         words, calls = family.parse(splitter.held) if splitter.calling else (splitter.held, [])
-        if words:
+        # A call the token limit cut (or cut inside its opening marker) is no call and not words either: its
+        # markup never reaches the reply, whose finish reason, "length", says it was cut.  Only Llama 3's bare
+        # "{" can open words as well, unless a call was required.
+        markup = splitter.calling or family.start.startswith(splitter.held)
+        cut = event.reason == "length" and not calls and markup
+        if words and not (cut and (family.start != "{" or not offer.grammar.triggers)):
             yield words
         if calls:
             yield calls

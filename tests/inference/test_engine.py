@@ -256,6 +256,27 @@ def test_a_reply_held_to_a_grammar_closes_up_at_the_default_limit(tiny_model):
     assert free.completion_tokens == 12  # free text keeps the default
 
 
+def test_a_reply_held_to_a_grammar_closes_within_a_limit_the_client_named(tiny_model):
+    """Home Assistant's OpenAI integration names 150 tokens: the last quarter of them is kept for closing
+    what is open, so the JSON ends whole within the limit (it was cut inside its first string)."""
+    schema = {"type": "object", "properties": {"summary": {"type": "string"}, "rain": {"type": "boolean"},
+                                               "rooms": {"type": "array", "items": {"type": "string"}}},
+              "required": ["summary", "rain", "rooms"], "additionalProperties": False}
+
+    async def main():
+        engine = await started_engine(tiny_model, context_tokens=1024)
+        try:
+            return [await collect((await engine.begin(Request(
+                messages=[{"role": "user", "content": "weather?"}], grammar=from_schema(schema, "format"),
+                max_tokens=150, sampling=Sampling(seed=seed))))[1]) for seed in range(3)]
+        finally:
+            await engine.close()
+
+    for text, done in asyncio.run(main()):
+        jsonschema.validate(json.loads(text), schema)
+        assert done.reason == "stop" and done.completion_tokens <= 150, text
+
+
 def test_a_turn_dropped_is_a_user_message_and_what_answered_it():
     system, u1, a1, u2, a2, u3 = ({"role": r, "content": str(i)} for i, r in
                                   enumerate(["system", "user", "assistant", "user", "assistant", "user"]))

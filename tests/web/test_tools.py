@@ -87,6 +87,22 @@ def test_tool_choice_required_always_yields_valid_calls(tool_service, family):
         valid(call.function.name, json.loads(call.function.arguments))
 
 
+@pytest.mark.parametrize("family", ["hermes", "mistral"])
+def test_a_required_call_the_limit_cuts_never_comes_back_as_markup(tool_service, family):
+    """Too few tokens for any call: the reply says it was cut, with no call and none of the call's markup as
+    text, in both APIs."""
+    serve(tool_service, family)
+    for seed in range(3):
+        reply = tool_service.openai.chat.completions.create(model="paladin", messages=ASK, tools=TOOLS, tool_choice="required",
+                                                   seed=seed, max_tokens=6)
+        choice = reply.choices[0]
+        assert choice.finish_reason == "length" and not choice.message.tool_calls, choice
+        assert not choice.message.content, choice.message.content
+    ollama = tool_service.ollama.chat(model="paladin", messages=ASK, tools=TOOLS, options={"num_predict": 6})
+    assert ollama.done_reason == "length" and "TOOL_CALLS" not in ollama.message.content \
+        and "<tool_call>" not in ollama.message.content
+
+
 def test_a_named_tool_is_the_one_called_and_calls_stream_as_deltas(tool_service):
     serve(tool_service, "hermes")
     stream = tool_service.openai.chat.completions.create(
