@@ -110,6 +110,12 @@ def test_a_garbage_or_vanished_sensor_warns_and_moves_nothing(tree):
     assert {w for w in sensors.sample(3.0).warnings if "the sensor is gone" in w} == {
         f"{tree.zone}: the sensor is gone", f"{tree.hwmon}: the sensor is gone"}
     # A broken sensor is not heat (no step down) and not known calm (no step up).
+    stays_a_rung_down(sensors)
+
+
+def stays_a_rung_down(sensors: Sensors, each=lambda sample: None) -> None:
+    """Five minutes of `sensors`' samples, the rest of the box calm, one rung down: no decision at all;
+    `each` checks every sample."""
     governing = Policy()
     governing.set_ladder(ladder(MODELS, "big", 4, 4096))
     governing.index = 1
@@ -117,6 +123,7 @@ def test_a_garbage_or_vanished_sensor_warns_and_moves_nothing(tree):
     for t in range(1000, 1300):
         sample = dataclasses.replace(sensors.sample(float(t)), other_cpu=0.0, memory_available=16 * GIB,
                                      memory_total=32 * GIB, pressure={})
+        each(sample)
         assert governing.decide(sample, limits, pinned=False) is None
     assert governing.index == 1
 
@@ -127,16 +134,11 @@ def test_one_sensor_of_several_gone_warns_and_keeps_the_model_down(tree):
     tree.set(45.0, hwmon=90.0)
     assert sensors.sample(1.0).temperature == 90.0
     tree.hwmon.unlink()
-    governing = Policy()
-    governing.set_ladder(ladder(MODELS, "big", 4, 4096))
-    governing.index = 1
-    limits = Limits.for_board(SETTINGS, 32 * GIB, 4)
-    for t in range(1000, 1300):
-        sample = dataclasses.replace(sensors.sample(float(t)), other_cpu=0.0, memory_available=16 * GIB,
-                                     memory_total=32 * GIB, pressure={})
+
+    def only_the_cool_zone_and_a_warning(sample) -> None:
         assert sample.temperature == 45.0 and sample.warnings == (f"{tree.hwmon}: the sensor is gone",)
-        assert governing.decide(sample, limits, pinned=False) is None
-    assert governing.index == 1
+
+    stays_a_rung_down(sensors, only_the_cool_zone_and_a_warning)
 
 
 def calm_box(t: float, **change):
