@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,12 @@ from buildhost.wheels import smollm2
 from tests.support.images import Builds
 from tests.support.served import UNLIMITED, Service
 from tests.support.variants import working_variant
+from tests.support.vm import GUESTS
 
 IMAGE_TESTS = Path(__file__).parent / "image"
 LAYERS = ("unit", "system", "service", "browser", "emulated", "image")  # pyproject.toml's markers
 layer_seconds: collections.Counter = collections.Counter()
+SESSION_STARTED = time.monotonic()
 
 
 def pytest_collection_modifyitems(items):
@@ -36,6 +39,10 @@ def pytest_terminal_summary(terminalreporter):
     if layer_seconds:
         terminalreporter.write_line("time per layer: " + ", ".join(
             f"{layer} {seconds / 60:.1f} min" for layer, seconds in layer_seconds.items()))
+    for vm in GUESTS:  # when each box's qemu ran and what it cost: no guest idles beside a working one
+        runs = ", ".join(f"{start - SESSION_STARTED:.0f}-{end - SESSION_STARTED:.0f} s" for start, end, _ in vm.lives)
+        terminalreporter.write_line(f"guest {vm.work.name}: qemu ran {runs} since the session began, "
+                                    f"{sum(cpu for *_, cpu in vm.lives):.0f} CPU s")
 
 
 @pytest.fixture(scope="session")

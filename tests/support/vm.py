@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import time
@@ -17,6 +18,7 @@ from buildhost.qemu import ensure_qemu, free_ports, image_arch, qemu_argv
 from tests.support.lan import Lan
 
 BOOT_TIMEOUT = 900
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # The updater and the boot assessment say what they do on the console, so a failing test shows it.
 CONSOLE_DROPINS = {f"{unit}/console.conf": "[Service]\nStandardOutput=journal+console\nStandardError=journal+console\n"
                    for unit in ("paladin-update.service", "paladin-update-fetch.service", "paladin-health.service",
@@ -48,6 +50,15 @@ class BootFailed(AssertionError):
     pass
 
 
+def cpu_seconds(pid: int) -> float:
+    """The user and system CPU time of a running process, all its threads (a TCG vCPU each) included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+GUESTS: list[VM] = []  # every box this process made, for the session's account of their lives (tests/conftest.py)
+
+
 class VM:
     """One disk, booted as often as a test needs; each boot's serial console goes to its own file.
 
@@ -73,10 +84,14 @@ class VM:
         self.redirect_url = f"http://127.0.0.1:{redirect}"
         self.cpus = cpus
         self.qemu: subprocess.Popen | None = None
-        self.boots = 0
+        self.boots, self.closed = 0, False
+        self.lives: list[tuple[float, float, float]] = []  # per qemu run: started, killed (monotonic), CPU seconds
+        GUESTS.append(self)
         self.serial = work / "serial-0.log"
 
     def start(self) -> None:
+        if self.closed:  # by another thread: the session is ending (tests/support/update_boxes.py)
+            raise BootFailed("this box was shut down for good")
         self.boots += 1
         self.serial = self.work / f"serial-{self.boots}.log"
         argv = qemu_argv(self.disk, self.arch, self.forwards, self.work / "efivars.fd", self.units, serial=self.serial,
@@ -87,6 +102,7 @@ class VM:
         for netdev in self.netdevs:  # everything the box sends and receives, per NIC, as pcap (tests/support/capture.py)
             argv += ["-object", f"filter-dump,id=dump-{netdev},netdev={netdev},file={self.capture(netdev)}"]
         self.qemu = subprocess.Popen(argv, pass_fds=tap, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.started = time.monotonic()
 
     @property
     def netdevs(self) -> tuple[str, ...]:
@@ -100,8 +116,10 @@ class VM:
     def kill(self) -> None:
         """A power cut: qemu dies at once, nothing is flushed or shut down."""
         if self.qemu and self.qemu.poll() is None:
+            cpu = cpu_seconds(self.qemu.pid)
             self.qemu.kill()
             self.qemu.wait()
+            self.lives.append((self.started, time.monotonic(), cpu))
 
     def console(self) -> str:
         return self.serial.read_text(errors="replace") if self.serial.exists() else ""
@@ -147,6 +165,7 @@ class VM:
         return httpx.Client(base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {self.token()}"})
 
     def close(self) -> None:
+        self.closed = True
         self.kill()
 
 
@@ -204,6 +223,19 @@ def wait_update(client: httpx.Client, since: float, phases=TERMINAL, timeout: fl
                 raise AssertionError(f"the update failed instead of reaching {phases}: {update.get('error')}")
         time.sleep(poll)
     raise AssertionError(f"the update did not reach {phases} in {timeout} s: {status}")
+
+
+def wait_blessed(vm: VM, version: str, timeout: float = 600) -> dict:
+    """The status once `version` booted, passed its assessment and systemd-bless-boot marked it good."""
+    deadline = time.monotonic() + timeout
+    with vm.client() as client:
+        while time.monotonic() < deadline:
+            status = update_status(client)
+            if any(k["version"] == version and k["state"] == "good" for k in status.get("kernels", [])) and \
+                    status["running"] == version:
+                return status
+            time.sleep(3)
+    raise AssertionError(f"{version} was not marked good: {status}")
 
 
 def box_time(client: httpx.Client) -> float:

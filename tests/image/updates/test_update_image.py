@@ -6,22 +6,19 @@ to a repository served over HTTP from the host (10.0.2.2 inside qemu).  Box A go
 v2 (online) -> v3 -> back to v2 by itself.  Box B takes v2 from the bundle while its power is cut
 during the download, the write, the UKI install and the first boot.  Boots are few and shared.
 
-One box runs at a time, each shut down when its last test is done: box A's tests are a class, box B's
-run is the module's last test.  Two at once gained nothing here (TCG keeps both host cores busy with
-one box) and, slowed by each other, a box's systemd timed out its generators and froze at boot
-(docs/benchmarks.md).  Only v3 and the update boxes carry test-only settings, none of them in the
-shipped image: v3's assistant is not restarted (its extra tree), and the governor does not start in the
-update boxes (a credential drop-in), whose in-image checks are the shared box's (tests/image/box/).
+The two boxes run at once: box B in a thread from the image layer's first test on
+(tests/support/update_boxes.py), box A as this module's class; each is shut down when its last step is
+done.  Only v3 and the update boxes carry test-only settings, none of them in the shipped image: v3's
+assistant is not restarted (its extra tree), and the governor does not start in the update boxes (a
+credential drop-in), whose in-image checks are the shared box's (tests/image/box/).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import threading
-import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,15 +28,11 @@ import pytest
 from buildhost import release
 from tests.support.fakes import fake_image
 from tests.support.vm import release as release_image
-from tests.support.vm import (VM, conversation_intact, cut_first_boot, cut_power, partition_digest, request_update, update_status,
-                upload_bundle, wait_down, wait_update, write_conversation)
+from tests.support.update_boxes import update_box
+from tests.support.vm import (conversation_intact, partition_digest, request_update, update_status, upload_bundle,
+                              wait_blessed, wait_down, wait_update, write_conversation)
 
 pytestmark = pytest.mark.image
-SEED = int(os.environ.get("PALADIN_POWERCUT_SEED", time.time()))
-# The update boxes boot the very v1 the shared box does; only this credential keeps their governor off.
-UPDATE_BOX_UNITS = {"paladin-governor.service/off.conf": "[Unit]\nConditionPathExists=/nonexistent\n"}
-# Under TCG one vCPU boots a box in twice the time of two, with a third more CPU (docs/benchmarks.md).
-CPUS = 2
 
 
 class Quiet(SimpleHTTPRequestHandler):
@@ -54,20 +47,14 @@ def world(build_image, image_builds, release_keys, tmp_path_factory):
     www = image_builds.repository.parent
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(www)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    print(f"\npower-cut seed {SEED} (PALADIN_POWERCUT_SEED)")
     yield {"images": images, "www": www, "repo": release.Repository(www / "repo", release_keys),
-           "keys": release_keys, "url": f"http://10.0.2.2:{server.server_address[1]}", "work": work,
-           "random": random.Random(SEED)}
+           "keys": release_keys, "url": f"http://10.0.2.2:{server.server_address[1]}", "work": work}
     server.shutdown()
-
-
-def update_box(world, name: str) -> VM:
-    return VM(Path(world["images"]["1"]["image"]), world["work"] / name, units=UPDATE_BOX_UNITS, cpus=CPUS)
 
 
 @pytest.fixture(scope="class")
 def box_a(world):
-    vm = update_box(world, "box-a")
+    vm = update_box(world["images"]["1"], world["work"] / "box-a")
     vm.start()
     vm.wait_health(version="1")
     with vm.client() as client:
@@ -146,19 +133,6 @@ def variants(world) -> dict[str, str]:
     return expected
 
 
-def wait_blessed(vm: VM, version: str, timeout: float = 600) -> dict:
-    """The status once `version` booted, passed its assessment and systemd-bless-boot marked it good."""
-    deadline = time.monotonic() + timeout
-    with vm.client() as client:
-        while time.monotonic() < deadline:
-            status = update_status(client)
-            if any(k["version"] == version and k["state"] == "good" for k in status.get("kernels", [])) and \
-                    status["running"] == version:
-                return status
-            time.sleep(3)
-    raise AssertionError(f"{version} was not marked good: {status}")
-
-
 class TestBoxA:
     """v1 -> refusals -> v2 online -> a replayed snapshot refused -> v3 rolls back to v2."""
 
@@ -226,43 +200,7 @@ class TestBoxA:
             assert conversation_intact(client, world["conversation_a"])
 
 
-# -- box B: the bundle path, with power cuts ---------------------------------------------
-
-def power_cuts_then_the_bundle(world) -> list[str]:
-    """A power cut in each phase; after each, the box boots a good version and the conversation is there."""
-    vm = update_box(world, "box-b")
-    bundle = world["www"] / "repo/bundles/paladin_2_x86-64.bundle"
-    cuts = []
-    try:
-        vm.start()
-        vm.wait_health(version="1")
-        with vm.client() as client:
-            conversation = write_conversation(client)
-        for phase in ("download", "write", "uki", "first boot"):
-            if phase == "first boot":
-                cuts.append(cut_first_boot(vm, bundle, world["random"]))
-            else:
-                cuts.append(cut_power(vm, bundle, phase, world["random"]))
-            if phase == "uki":
-                continue  # the next boot may be the new version's first: cut_first_boot decides
-            vm.start()
-            health = vm.wait_health()
-            with vm.client() as client:
-                assert conversation_intact(client, conversation), cuts
-        print(f"\npower cuts: {', '.join(cuts)}")
-        if health["version"] == "1":  # no cut came late enough for v2: install it from the bundle now
-            with vm.client() as client:
-                wait_update(client, upload_bundle(client, bundle, reboot=True))
-            vm.wait_health(version="2")
-        status = wait_blessed(vm, "2")
-        assert {s["label"] for s in status["slots"] if s["kind"] == "root"} == {"paladin_1", "paladin_2"}
-        with vm.client() as client:
-            assert conversation_intact(client, conversation)
-        return cuts
-    finally:
-        vm.close()
-
-
-def test_power_cuts_in_every_phase_then_the_bundle_installs_v2(world):
-    cuts = power_cuts_then_the_bundle(world)
+def test_power_cuts_in_every_phase_then_the_bundle_installs_v2(power_cuts):
+    cuts = power_cuts.result()  # box B, run beside the shared box and box A
+    print(f"\npower cuts: {', '.join(cuts)}")
     assert len(cuts) == 4, cuts
