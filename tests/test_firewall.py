@@ -20,7 +20,7 @@ from appliance import channel, config
 from appliance.config import ConfigError
 from appliance.firewall import helper, rules
 from buildhost.debian import ensure_host_packages
-from tests.support.lan import Lan, run_in
+from tests.support.lan import OUTSIDE_GATEWAY, SERVER, Lan, run_in
 
 FIREWALL = Path(sys.executable).with_name("paladin-firewall")
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs9Bq0t0z9yJ8y3xYv1n2oE9k4gq5o2q0v9u3c5Wm7a owner@laptop"
@@ -137,6 +137,49 @@ def test_one_address_holds_at_most_its_connections(two_hosts, tmp_path):
         assert run_in(laptop, [sys.executable, "-c", CONNECT, "10.77.7.50", 6]).strip() == "4"
     crowded = run_in(box, ["nft", "list", "counter", "inet", "paladin", "crowded"])
     assert int(re.search(r"packets (\d+)", crowded).group(1)) >= 2, crowded  # two SYNs, and their retries
+
+
+# In the box's namespace: the senders of the datagrams that reach its DHCP client's port within 5 s.
+DHCP_CLIENT = """
+import json, socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 68))
+print("bound", flush=True)
+senders, deadline = [], time.monotonic() + 5
+while (left := deadline - time.monotonic()) > 0:
+    s.settimeout(left)
+    try:
+        senders.append(s.recvfrom(64)[1][0])
+    except TimeoutError:
+        break
+print(json.dumps(senders))
+"""
+# On a host: a DHCP server's answer, from port 67 to the box's client.
+DHCP_SERVER = "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('', 67)); " \
+              "s.sendto(b'offer', (sys.argv[1], 68))"
+
+
+@pytest.mark.system
+def test_dhcp_answers_are_taken_from_the_lan_only(nft, tmp_path):
+    """A DHCP server on the LAN reaches the box's client (renewals arrive on its UDP socket); a host
+    beyond a router sending from port 67 does not (the box routes back to it, so only the ruleset stops it)."""
+    with Lan(tmp_path / "lan") as lan:
+        box = lan.add_host("box", "10.77.7.50/24", gateway=SERVER.partition("/")[0])
+        server = lan.add_host("laptop", "10.77.7.10/24")
+        stranger = lan.add_host("outsider", "198.51.100.10/24", gateway=OUTSIDE_GATEWAY)
+        ruleset = tmp_path / "ruleset.nft"
+        ruleset.write_text(rules.render(config.parse({})))
+        run_in(box, ["nft", "-f", ruleset])
+        client = subprocess.Popen(["ip", "netns", "exec", box, sys.executable, "-c", DHCP_CLIENT],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert client.stdout.readline().strip() == "bound"
+            for host in (stranger, server):
+                run_in(host, [sys.executable, "-c", DHCP_SERVER, "10.77.7.50"])
+            assert json.loads(client.stdout.readline()) == ["10.77.7.10"]
+        finally:
+            client.kill()
+            client.wait()
 
 
 @pytest.mark.unit
