@@ -29,6 +29,13 @@ class Call:
 
 
 @dataclass(frozen=True)
+class Cut:
+    """A call the token limit cut: its tool, and its arguments as far as they were written (not whole JSON)."""
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     start: str  # what opens the calls in the model's output: the lazy grammar's trigger
@@ -50,15 +57,32 @@ class Family:
         """The words before the calls, and the whole calls; all of `text` as words when it holds none (a
         call cut by the token limit, say)."""
         at = text.find(self.start)
-        calls = [call for found in self._objects(text[at:]) if (call := _call(found, self.arguments))] \
+        calls = [call for found in self._objects(text[at:])[0] if (call := _call(found, self.arguments))] \
             if at >= 0 else []
         return (text[:at].strip(), calls) if calls else (text, [])
 
-    def _objects(self, text: str) -> list:
-        """The JSON objects of the calls in `text` (which begins with `start`), as far as they are whole."""
+    def cut(self, text: str) -> Cut | None:
+        """The call after the whole ones in `text` (held from `start` on), which the token limit cut, once
+        its tool's name is whole."""
+        rest = self._objects(text)[1]
+        opened = re.match(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*(,\s*"' + self.arguments + r'"\s*:\s*)?', rest)
+        if not opened:
+            return None
+        arguments = rest[opened.end():] if opened.group(2) else ""
+        try:  # whole, and only what closes the call is missing: the arguments alone
+            arguments = arguments[:json.JSONDecoder(strict=False).raw_decode(arguments)[1]]
+        except ValueError:
+            pass
+        return Cut(json.loads(f'"{opened.group(1)}"'), arguments)
+
+    def _objects(self, text: str) -> tuple[list, str]:
+        """The JSON objects of the calls in `text` (which begins with `start`), as far as they are whole, and
+        what follows the last of them (a call the limit cut)."""
         decoder = json.JSONDecoder(strict=False)  # a model may write a raw newline inside a string
         if self.name == "hermes":
             bodies = re.findall(r"<tool_call>(.*?)</tool_call>", text, re.S)
+            last = text.rpartition(self.start)[2]
+            bodies.append("" if "</tool_call>" in last else last)
         elif self.name == "mistral":
             bodies = [text.removeprefix(self.start).strip().removeprefix("[")]
         else:
@@ -73,7 +97,7 @@ class Family:
                     break
                 found.append(value)
                 rest = rest.lstrip(" ,\n\t")[end:]
-        return found
+        return found, rest.lstrip(" ,\n\t")
 
 
 def _call(found: object, arguments: str) -> Call | None:

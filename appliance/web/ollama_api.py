@@ -82,6 +82,12 @@ def _format(body: dict) -> Grammar | None:
     raise InvalidRequest("'format' is \"json\" or a JSON schema (an object)", param="format")
 
 
+def whole(event: object) -> bool:
+    """Whole calls (of `_respond`'s events), not a cut one: Ollama's arguments are an object, which a cut
+    call's are not yet."""
+    return isinstance(event, list) and bool(event) and isinstance(event[0], Call)
+
+
 async def _respond(request: Request, engine: Engine, name: str, generation: Generation, stream: bool, chat: bool,
                    offer: Offer = Offer()):
     started = time.monotonic_ns()
@@ -93,14 +99,14 @@ async def _respond(request: Request, engine: Engine, name: str, generation: Gene
         if not chat:
             return out | {"response": text}
         message = {"role": "assistant", "content": text}
-        if calls:
+        if whole(calls):
             message["tool_calls"] = [{"function": {"name": c.name, "arguments": c.arguments}} for c in calls]
         return out | {"message": message}
 
     def final(done: Finished, text: str = "", calls: list[Call] = ()) -> dict:
         total = time.monotonic_ns() - started
         return piece(text, calls) | {
-            "done": True, "done_reason": "length" if done.reason == "length" and not calls else "stop",
+            "done": True, "done_reason": "length" if done.reason == "length" and not whole(calls) else "stop",
             "total_duration": total, "load_duration": 0, "prompt_eval_count": done.prompt_tokens,
             "prompt_eval_duration": 0, "eval_count": done.completion_tokens, "eval_duration": int(done.seconds * 1e9)}
 
@@ -120,9 +126,9 @@ async def _respond(request: Request, engine: Engine, name: str, generation: Gene
         async for event in events:
             if isinstance(event, Finished):
                 yield final(event)
-            elif isinstance(event, list):  # as Ollama streams them: all calls in one message
+            elif whole(event):  # as Ollama streams them: all calls in one message
                 yield piece("", event) | {"done": False}
-            else:
+            elif isinstance(event, str):
                 yield piece(event) | {"done": False}
 
     return _ndjson(lines())

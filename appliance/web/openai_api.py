@@ -16,7 +16,7 @@ from ..inference import prompts
 from ..inference.engine import Engine, Finished, Request as Generation
 from ..inference.grammar import Grammar
 from ..inference.llama import Sampling
-from ..inference.tools import Call, Offer
+from ..inference.tools import Call, Cut, Offer
 from . import constrained
 from .auth import Identity, route
 from .http import field, openai_error, read_json, unless_disconnected
@@ -65,11 +65,13 @@ def _response_format(form: dict | None) -> Grammar | None:
     raise InvalidRequest("'response_format.type' is text, json_object or json_schema", param="response_format")
 
 
-def _tool_calls(calls: list[Call], streamed: bool) -> list[dict]:
-    """OpenAI's tool_calls: ids of its own form, the arguments as a JSON string."""
+def _tool_calls(calls: list[Call] | list[Cut], streamed: bool) -> list[dict]:
+    """OpenAI's tool_calls: ids of its own form, the arguments as a JSON string (a cut call's as far as
+    they were written, as OpenAI gives them under finish_reason "length")."""
     return [({"index": i} if streamed else {}) | {
         "id": "call_" + secrets.token_hex(12), "type": "function",
-        "function": {"name": call.name, "arguments": json.dumps(call.arguments)}} for i, call in enumerate(calls)]
+        "function": {"name": call.name, "arguments": call.arguments if isinstance(call, Cut) else
+                     json.dumps(call.arguments)}} for i, call in enumerate(calls)]
 
 
 SLOT = "\x00text\x00"
@@ -98,8 +100,9 @@ async def _complete(request: Request, *, chat: bool):
                 {"tool_calls": _tool_calls(calls, False)} if calls else {})
         return {"index": 0, ("delta" if delta else "message"): message, "logprobs": None, "finish_reason": finish}
 
-    def finish_reason(done: Finished, calls: list[Call]) -> str:
-        return "tool_calls" if calls else "length" if done.reason == "length" else "stop"
+    def finish_reason(done: Finished, calls: list[Call] | list[Cut]) -> str:
+        whole = calls and not isinstance(calls[0], Cut)
+        return "tool_calls" if whole else "length" if done.reason == "length" else "stop"
 
     started, events = await unless_disconnected(request, engine.begin(generation))
     events = constrained.words_and_calls(events, offer)

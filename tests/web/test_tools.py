@@ -103,6 +103,28 @@ def test_a_required_call_the_limit_cuts_never_comes_back_as_markup(tool_service,
         and "<tool_call>" not in ollama.message.content
 
 
+@pytest.mark.parametrize("family", ["hermes", "mistral"])
+def test_a_required_call_the_limit_cuts_is_given_as_far_as_it_was_written(tool_service, family):
+    """Limits with room for the tool's name but not the whole call: OpenAI's API gives the call as far as
+    it was written, in tool_calls under finish_reason "length" (as OpenAI does), never as content;
+    Ollama's, whose arguments are an object, says "length" and gives no call."""
+    serve(tool_service, family)
+    cut = []
+    for limit in range(50, 100, 2):
+        choice = tool_service.openai.chat.completions.create(
+            model="paladin", messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, seed=0,
+            max_tokens=limit).choices[0]
+        if choice.finish_reason == "length" and choice.message.tool_calls:
+            call = choice.message.tool_calls[0]
+            assert call.function.name in SCHEMAS and not choice.message.content, choice
+            assert call.function.arguments[:1] in ("", "{") and "tool_call" not in call.function.arguments
+            ollama = tool_service.ollama.chat(model="paladin", messages=ASK, tools=TOOLS,
+                                              options={"num_predict": limit, "seed": 0})
+            assert ollama.done_reason == "length" and not ollama.message.tool_calls, ollama
+            cut.append(limit)
+    assert cut, "no limit cut a call after its tool's name"
+
+
 def test_a_named_tool_is_the_one_called_and_calls_stream_as_deltas(tool_service):
     serve(tool_service, "hermes")
     stream = tool_service.openai.chat.completions.create(
