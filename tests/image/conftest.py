@@ -1,6 +1,6 @@
 """The image tests' builds (tests/support/images.py, started at the session's first test): release keys
 made for the run, and each planned image built once for both packages (tests/image/box/: one shared box;
-tests/image/updates/: the update boxes); and box B's power cuts, begun with the image layer."""
+tests/image/updates/: the update boxes, whose scenarios begin with the image layer)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.update_boxes import SEED, PowerCuts
+from tests.image.updates.boxes import SEED, BoxA, BoxB, Scenario, World
 
 UPDATES = Path(__file__).parent / "updates"
 
@@ -27,14 +27,19 @@ def build_image(image_builds):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def power_cuts(request, image_builds, tmp_path_factory) -> PowerCuts | None:
-    """Box B's run (tests/support/update_boxes.py), begun at the image layer's first test when the update
-    tests are selected: its guest works beside the shared box's and box A's, on the cores they leave idle
-    while they wait on their own guests; tests/image/updates/ waits for its result.  None otherwise."""
+def update_boxes(request, image_builds, tmp_path_factory) -> dict[str, Scenario] | None:
+    """Box A's and box B's scenarios (tests/image/updates/boxes.py), begun at the image layer's first test
+    when the update tests are selected: their guests work beside the shared box's, on the cores a single
+    guest leaves idle while it waits; the tests of tests/image/updates/ wait for their steps.  None
+    otherwise."""
     if not any(item.path.is_relative_to(UPDATES) for item in request.session.items):
         yield None
         return
     print(f"\npower-cut seed {SEED} (PALADIN_POWERCUT_SEED)")
-    run = PowerCuts(image_builds, tmp_path_factory.mktemp("box-b"))
-    yield run
-    run.close()
+    world = World(image_builds, tmp_path_factory.mktemp("updates"))
+    box_b = BoxB(world)
+    boxes = {"b": box_b, "a": BoxA(world, after=box_b)}
+    yield boxes
+    for box in boxes.values():
+        box.close()
+    world.close()

@@ -90,7 +90,7 @@ class VM:
         self.serial = work / "serial-0.log"
 
     def start(self) -> None:
-        if self.closed:  # by another thread: the session is ending (tests/support/update_boxes.py)
+        if self.closed:  # by another thread: the session is ending (tests/image/updates/boxes.py)
             raise BootFailed("this box was shut down for good")
         self.boots += 1
         self.serial = self.work / f"serial-{self.boots}.log"
