@@ -23,8 +23,12 @@ SESSION_STARTED = time.monotonic()
 
 
 def pytest_collection_modifyitems(items):
-    """The image layer last (a stable sort: its order within is kept): the faster layers answer first, and
-    no VM boots while they run."""
+    """Every test in a layer (`-m` selects by them, so one without would run in none of the loops), and the
+    image layer last (a stable sort: its order within is kept): the faster layers answer first, and no VM
+    boots while they run."""
+    unmarked = [item.nodeid for item in items if not any(item.get_closest_marker(layer) for layer in LAYERS)]
+    if unmarked:
+        raise pytest.UsageError(f"tests without a layer marker ({', '.join(LAYERS)}): {', '.join(unmarked)}")
     items.sort(key=lambda item: item.path.is_relative_to(IMAGE_TESTS))
 
 

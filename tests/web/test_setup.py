@@ -132,6 +132,7 @@ def test_a_logged_in_browser_changes_nothing_for_another_site(setup_app):
     assert setup_app.post("/tokens", data={"csrf": csrf, "name": "mine"}, headers=own).status_code == 201
 
 
+@pytest.mark.unit
 def test_the_model_step_offers_the_store_and_the_catalog_with_a_fit_check(setup_app):
     through_setup(setup_app, until="model")
     page = setup_app.get("/setup")
