@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from tests.support.lan import Lan
 
 BOOT_TIMEOUT = 900
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Two guests at once keep 2 host cores busy; a third starves the others' vCPU threads under TCG until a
+# guest kernel stalls at boot (RCU stalls, seen with three): a box waits for its turn (VM below).
+GUEST_SLOTS = threading.BoundedSemaphore(2)
+SLOT_TIMEOUT = 3600
 # The updater and the boot assessment say what they do on the console, so a failing test shows it.
 CONSOLE_DROPINS = {f"{unit}/console.conf": "[Service]\nStandardOutput=journal+console\nStandardError=journal+console\n"
                    for unit in ("paladin-update.service", "paladin-update-fetch.service", "paladin-health.service",
@@ -60,7 +65,8 @@ GUESTS: list[VM] = []  # every box this process made, for the session's account 
 
 
 class VM:
-    """One disk, booted as often as a test needs; each boot's serial console goes to its own file.
+    """One disk, booted as often as a test needs; each boot's serial console goes to its own file.  A box
+    holds one of the two guest slots from its making to its close: a third waits (GUEST_SLOTS).
 
     The box's ports are on 127.0.0.1: `url` (the assistant's plain API), `https_url` and `redirect_url`
     (port 80).  With a `lan`, the box has a second NIC on that LAN (tests/support/lan.py).  `cpus` is
@@ -69,6 +75,9 @@ class VM:
 
     def __init__(self, image: Path, work: Path, grow_by: int = 2 << 30, units: dict[str, str] | None = None,
                  lan: Lan | None = None, cpus: int = 2):
+        if not GUEST_SLOTS.acquire(timeout=SLOT_TIMEOUT):
+            raise BootFailed(f"no guest slot came free in {SLOT_TIMEOUT} s (two boxes hold them)")
+        self.slot, self._closing = True, threading.Lock()
         work.mkdir(parents=True, exist_ok=True)
         self.arch = image_arch(image)
         ensure_qemu(self.arch)  # qemu and the UEFI firmware of the image's architecture
@@ -167,6 +176,10 @@ class VM:
     def close(self) -> None:
         self.closed = True
         self.kill()
+        with self._closing:  # a scenario's thread and the session's end may both close a box
+            if self.slot:
+                self.slot = False
+                GUEST_SLOTS.release()
 
 
 # -- what the update tests and the power-cut run do to a box ---------------------------------

@@ -1,6 +1,8 @@
 """The image the image tests share (tests/image/box/), built once and booted once on a test LAN: every
 check of test_image.py and test_network.py talks to this one box, which is shut down (package scope) as
-soon as the last of them is done, before the update boxes of tests/image/updates/ start."""
+soon as the last of them is done.  It boots when one of the two guest slots is free (tests/support/vm.py):
+the update boxes, begun with the image layer (tests/image/updates/boxes.py), hold both until box B's run
+ends."""
 
 from __future__ import annotations
 
