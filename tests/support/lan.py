@@ -1,10 +1,12 @@
 """A LAN made of network namespaces for the image tests: the booted box's second NIC on a bridge with a
 DHCP server, and hosts beside it that reach the box as a laptop on the owner's network would.
 
-    netns paladin-PID-lan    br0 10.77.7.1/24 with dnsmasq (DHCP only) on it; tap0, the box's NIC, in br0
+    netns paladin-PID-lan    br0 10.77.7.1/24 with dnsmasq (DHCP, router advertisements) on it; tap0, the box's NIC, in br0
     netns paladin-PID-NAME   eth0 with the address add_host() gives it; its veth peer NAME in br0
 
-The LAN's namespace also routes to one network that is not the LAN (OUTSIDE, a documentation range):
+Router advertisements on br0 give the box a global IPv6 address from a home's ISP prefix (ISP_PREFIX), as
+a home with IPv6 does.  The LAN's namespace also routes to one network that is not the LAN (OUTSIDE, a
+documentation range):
 br0 carries its gateway address too, and DHCP gives the box a route to it (option 121), so a host there
 reaches the box as a stranger beyond a router would, and the box's answers find their way back.
 
@@ -33,6 +35,9 @@ BOX_MAC = "52:54:00:4c:41:4e"
 BOX_ADDRESS = "10.77.7.50"
 OUTSIDE = "198.51.100.0/24"  # TEST-NET-2: never an address anyone owns
 OUTSIDE_GATEWAY = "198.51.100.1"
+# The home's ISP IPv6 prefix (a documentation one): announced on the LAN, so the box takes a global
+# address from it by SLAAC, as it would at home; outside every LAN range of the firewall.
+ISP_PREFIX = "2001:db8:77::"
 MDNS_PROBE = Path(__file__).with_name("mdns_probe.py")
 
 # qemu runs in the host's namespace (its user-mode NIC forwards the box's ports to the host's 127.0.0.1),
@@ -83,7 +88,8 @@ class Lan:
     def _build(self) -> None:
         self._add_netns(self.netns)
         for command in (["link", "add", "br0", "type", "bridge"], ["addr", "add", SERVER, "dev", "br0"],
-                        ["addr", "add", f"{OUTSIDE_GATEWAY}/24", "dev", "br0"], ["link", "set", "br0", "up"]):
+                        ["addr", "add", f"{OUTSIDE_GATEWAY}/24", "dev", "br0"],
+                        ["addr", "add", f"{ISP_PREFIX}1/64", "dev", "br0"], ["link", "set", "br0", "up"]):
             run_in(self.netns, ["ip", *command])
         run_in(self.netns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
         parent, child = socket.socketpair()
@@ -99,6 +105,9 @@ class Lan:
                  # No router and no DNS server: the box's way out stays qemu's user-mode NIC.
                  "--dhcp-option=option:router", "--dhcp-option=option:dns-server",
                  f"--dhcp-option=option:classless-static-route,{OUTSIDE},{SERVER.partition('/')[0]}",
+                 # Router advertisements of the ISP prefix, for addresses only: no default route, no DNS.
+                 "--enable-ra", f"--dhcp-range={ISP_PREFIX},ra-only,64", "--ra-param=br0,60,0",
+                 "--dhcp-option=option6:dns-server",
                  f"--dhcp-leasefile={self.work / 'dnsmasq.leases'}", f"--pid-file={self.work / 'dnsmasq.pid'}",
                  "--log-facility=-", "--log-dhcp"], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from zeroconf import AddressResolverIPv4, IPVersion, ServiceBrowser, Zeroconf, ZeroconfServiceTypes
+from zeroconf import AddressResolverIPv4, AddressResolverIPv6, IPVersion, ServiceBrowser, Zeroconf, ZeroconfServiceTypes
 
 
 def fqdn(name: str) -> str:
@@ -42,9 +42,13 @@ def main(interface: str, name: str, service_type: str, seconds: float) -> dict:
             services[instance] = info and {"port": info.port, "server": info.server,
                                            "addresses": info.parsed_addresses(IPVersion.V4Only)}
         types = ZeroconfServiceTypes.find(zc=zc, timeout=5)
+        # The name's IPv6 addresses, asked over IPv4 (responders publish AAAA records there too)
+        host6 = AddressResolverIPv6(fqdn(name))
+        host6.request(zc, 3000)
     finally:
         zc.close()
-    return {"addresses": host.parsed_addresses(), "types": list(types), "services": services}
+    return {"addresses": host.parsed_addresses(), "ipv6": host6.parsed_addresses(), "types": list(types),
+            "services": services}
 
 
 if __name__ == "__main__":

@@ -97,8 +97,11 @@ def test_no_host_code_is_in_the_image(booted):
 
 
 def test_box_answers_as_paladin_local_with_its_lan_address(lan, seen_on_the_lan):
-    """The name resolves, over mDNS from another host, to the address the LAN's DHCP server gave the box."""
+    """The name resolves, over mDNS from another host, to the address the LAN's DHCP server gave the box,
+    and to no IPv6 address: not the global one the box took from the home's ISP prefix too
+    (tests/support/lan.py), which the firewall's LAN ranges do not hold and clients would try first."""
     assert seen_on_the_lan["addresses"] == [BOX_ADDRESS], lan.dhcp_log()[-3000:]
+    assert seen_on_the_lan["ipv6"] == []
 
 
 def test_box_advertises_https_and_nothing_else(seen_on_the_lan):
