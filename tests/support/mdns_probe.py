@@ -47,8 +47,8 @@ def main(interface: str, name: str, service_type: str, seconds: float) -> dict:
         host6.request(zc, 3000)
     finally:
         zc.close()
-    return {"addresses": host.parsed_addresses(), "ipv6": host6.parsed_addresses(), "types": list(types),
-            "services": services}
+    return {"addresses": host.parsed_addresses(), "ipv6": host6.parsed_addresses(IPVersion.V6Only),
+            "types": list(types), "services": services}
 
 
 if __name__ == "__main__":
