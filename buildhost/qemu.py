@@ -16,11 +16,19 @@ from appliance import facts
 from .debian import ensure_host_packages
 from .steps import StepError, say, step
 
+# An x86-64 guest's kernel patches its own code while running (static keys, text_poke_bp's int3);
+# with one host thread per vCPU (MTTCG) a vCPU can still run the int3 after the patch is done, and
+# the kernel panics ("Oops: int3": twice in about a hundred test boots, in
+# sched_clock_idle_wakeup_event and __netif_receive_skb_core).  One thread for all vCPUs has no such
+# window; two guests at once boot no slower with it (docs/benchmarks.md).  arm64 patches under
+# stop_machine and keeps a thread per vCPU.
 QEMU = {
     "x86-64": {"qemu": "qemu-system-x86_64", "args": ["-machine", "q35", "-cpu", "max"],
+               "accel": "tcg,thread=single",
                "firmware": ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
                "packages": ["qemu-system-x86", "ovmf"]},
     "arm64": {"qemu": "qemu-system-aarch64", "args": ["-machine", "virt", "-cpu", "max"],
+              "accel": "tcg",
               "firmware": ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
               "packages": ["qemu-system-arm", "qemu-efi-aarch64", "qemu-user-static"]},
 }
@@ -86,19 +94,19 @@ def ensure_qemu(arch: str) -> None:
 
 
 def qemu_argv(image: Path, arch: str, forwards: dict[int, int], vars_copy: Path, units: dict[str, str] | None = None,
-              serial: Path | None = None, cpus: int = 2) -> list[str]:
+              serial: Path | None = None, cpus: int = 2, accel: str | None = None) -> list[str]:
     """qemu for `image` under TCG, UEFI, each of the box's ports in `forwards` ({box: host}) on 127.0.0.1:host.
 
     `units` are started in the guest beside the one that prints an API token; the serial console goes
-    to the terminal, or to the file `serial`.  Each of the `cpus` vCPUs is one host thread (MTTCG): two
-    vCPUs boot a box in half the time of one, with less CPU in all (docs/benchmarks.md).
+    to the terminal, or to the file `serial`.  Two vCPUs (`cpus`) boot a box in half the time of one, with
+    less CPU in all; `accel` replaces the architecture's TCG threading for a benchmark (docs/benchmarks.md).
     """
     spec = QEMU[arch]
     code, variables = spec["firmware"]
     if not vars_copy.exists():
         shutil.copy(variables, vars_copy)
     console = ["-nographic"] if serial is None else ["-display", "none", "-serial", f"file:{serial}"]
-    return [spec["qemu"], *spec["args"], "-accel", "tcg", "-smp", str(cpus), "-m", "2048", *console,
+    return [spec["qemu"], *spec["args"], "-accel", accel or spec["accel"], "-smp", str(cpus), "-m", "2048", *console,
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
             "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
             "-drive", f"if=virtio,format=raw,file={image}",

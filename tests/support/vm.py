@@ -70,14 +70,12 @@ class VM:
 
     The box's ports are on 127.0.0.1: `url` (the assistant's plain API), `https_url` and `redirect_url`
     (port 80).  With a `lan`, the box has a second NIC on that LAN (tests/support/lan.py).  `cpus` is
-    qemu's -smp (docs/benchmarks.md: two pay off under TCG, even for two boxes at once on 2 cores).
+    qemu's -smp (docs/benchmarks.md: two pay off under TCG, even for two boxes at once on 2 cores);
+    `accel` is for the benchmark that weighs TCG's threading (buildhost.qemu.qemu_argv).
     """
 
     def __init__(self, image: Path, work: Path, grow_by: int = 2 << 30, units: dict[str, str] | None = None,
-                 lan: Lan | None = None, cpus: int = 2):
-        if not GUEST_SLOTS.acquire(timeout=SLOT_TIMEOUT):
-            raise BootFailed(f"no guest slot came free in {SLOT_TIMEOUT} s (two boxes hold them)")
-        self.slot, self._closing = True, threading.Lock()
+                 lan: Lan | None = None, cpus: int = 2, accel: str | None = None):
         work.mkdir(parents=True, exist_ok=True)
         self.arch = image_arch(image)
         ensure_qemu(self.arch)  # qemu and the UEFI firmware of the image's architecture
@@ -85,18 +83,23 @@ class VM:
         subprocess.run(["cp", "--sparse=always", image, self.disk], check=True)
         with self.disk.open("r+b") as f:
             f.truncate(self.disk.stat().st_size + grow_by)
+        # After the disk (a full one fails the copy, and must not hold a slot), before the ports (held
+        # from their choice to the boot, not through a wait).
+        if not GUEST_SLOTS.acquire(timeout=SLOT_TIMEOUT):
+            raise BootFailed(f"no guest slot came free in {SLOT_TIMEOUT} s (two boxes hold them)")
+        self.slot, self._closing = True, threading.Lock()
         self.units = CONSOLE_DROPINS | (units or {})
         web, https, redirect = free_ports(3)
         self.forwards = {facts.WEB_PORT: web, facts.HTTPS_PORT: https, facts.REDIRECT_PORT: redirect}
         self.url = f"http://127.0.0.1:{web}"
         self.https_url = f"https://127.0.0.1:{https}"
         self.redirect_url = f"http://127.0.0.1:{redirect}"
-        self.cpus = cpus
+        self.cpus, self.accel = cpus, accel
         self.qemu: subprocess.Popen | None = None
         self.boots, self.closed = 0, False
         self.lives: list[tuple[float, float, float]] = []  # per qemu run: started, killed (monotonic), CPU seconds
-        GUESTS.append(self)
         self.serial = work / "serial-0.log"
+        GUESTS.append(self)
 
     def start(self) -> None:
         if self.closed:  # by another thread: the session is ending (tests/image/updates/boxes.py)
@@ -104,7 +107,7 @@ class VM:
         self.boots += 1
         self.serial = self.work / f"serial-{self.boots}.log"
         argv = qemu_argv(self.disk, self.arch, self.forwards, self.work / "efivars.fd", self.units, serial=self.serial,
-                         cpus=self.cpus)
+                         cpus=self.cpus, accel=self.accel)
         tap: tuple[int, ...] = ()
         if self.lan:
             argv, tap = argv + self.lan.qemu_args(), (self.lan.tap,)
