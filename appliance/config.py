@@ -22,7 +22,7 @@ import psutil
 import yaml
 
 from . import facts, files
-from .firewall.values import lan_problem, ssh_key_problem
+from .access import lan_problem, ssh_key_problem
 
 SYSTEM_CONFIG = Path(facts.SYSTEM_CONFIG)
 OWNER_CONFIG_NAME = "config.yaml"

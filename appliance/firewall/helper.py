@@ -8,9 +8,7 @@ defaults', is loaded instead and the helper fails loudly.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -22,6 +20,7 @@ from .. import channel, command, config as config_module, facts, files
 from ..command import CommandError
 from ..config import Config, ConfigError
 from . import rules
+from .state import State
 
 log = logging.getLogger(__name__)
 SSH_UNIT = "ssh.service"
@@ -31,40 +30,6 @@ TOOL_SECONDS = 60  # systemctl's and ssh-keygen's deadline
 
 class FirewallError(RuntimeError):
     """The owner's settings or the configuration could not be applied; what is loaded is named."""
-
-
-@dataclasses.dataclass(frozen=True)
-class State:
-    """Where the helper keeps what it owns (root's; the assistant may read all but the host keys)."""
-    directory: Path = Path(facts.FIREWALL_STATE)
-
-    @property
-    def settings(self) -> Path:
-        return self.directory / config_module.FIREWALL_SETTINGS.name
-
-    @property
-    def last_good(self) -> Path:
-        return self.directory / "ruleset.nft"
-
-    @property
-    def outcome(self) -> Path:
-        return self.directory / "outcome.json"
-
-    @property
-    def ssh(self) -> Path:
-        return self.directory / "ssh"
-
-    @property
-    def authorized_keys(self) -> Path:
-        return self.ssh / "authorized_keys"
-
-    @property
-    def host_key(self) -> Path:
-        return self.ssh / "ssh_host_ed25519_key"
-
-    @property
-    def host_key_public(self) -> Path:
-        return self.ssh / "ssh_host_ed25519_key.pub"
 
 
 def checked_ruleset(config: Config) -> str:
@@ -112,15 +77,6 @@ def ensure_host_key(state: State) -> None:
         public.chmod(0o644)  # ssh-keygen wrote it under this unit's umask (0077)
 
 
-def host_key_fingerprint(state: State) -> str | None:
-    """The host key's fingerprint as ssh shows it (SHA256:...), or None before there is one."""
-    try:
-        blob = base64.b64decode(state.host_key_public.read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-
-
 def boot(load_config, state: State) -> None:
     """Load the configured ruleset; if the configuration is unusable, the last good one (or the defaults')."""
     try:
@@ -146,18 +102,6 @@ def _systemctl(*argv: str) -> None:
 
 def _record(state: State, ok: bool, message: str) -> None:
     files.write(state.outcome, json.dumps({"time": time.time(), "ok": ok, "message": message}).encode(), mode=0o644)
-
-
-def settings(state: State) -> dict:
-    """The owner's firewall settings as the helper keeps them (the defaults' where none were made)."""
-    return dataclasses.asdict(config_module.read_firewall(state.settings))
-
-
-def outcome(state: State) -> dict | None:
-    try:
-        return json.loads(state.outcome.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def apply_request(load_config, data_dir: Path, state: State) -> None:

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import jinja2
 
 from .. import command, facts
+from ..access import networks
 from ..config import Config
-from .values import networks
 
 TEMPLATE = Path(__file__).with_name("ruleset.nft")
 RESOLVE_SECONDS = 10

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, RedirectResponse
 from .. import channel, config as config_module
 from ..config import ConfigError
 from ..errors import InvalidRequest
-from ..firewall import helper
+from ..firewall import state as firewall
 from .auth import Identity, page, route
 from .http import read_form, read_json
 from .pages import render
@@ -27,15 +27,15 @@ FIELDS = tuple(f.name for f in dataclasses.fields(channel.FirewallRequest))
 
 def _state(request: Request) -> dict:
     data_dir = request.state.config.data_path
-    state = helper.State()
-    return {"settings": helper.settings(state), "outcome": helper.outcome(state),
+    state = firewall.State()
+    return {"settings": firewall.settings(state), "outcome": firewall.outcome(state),
             "pending": channel.pending(data_dir, "firewall"), "network_time": request.state.config.device.time_sync,
-            "host_key": helper.host_key_fingerprint(state)}
+            "host_key": firewall.host_key_fingerprint(state)}
 
 
 def _request(changes: dict) -> channel.FirewallRequest:
     """The whole settings the helper gets: what is kept, with `changes`, checked as the helper will."""
-    wanted = helper.settings(helper.State()) | changes
+    wanted = firewall.settings(firewall.State()) | changes
     wanted = {name: wanted[name] for name in FIELDS}
     try:
         checked = config_module.check_firewall(wanted, "firewall")

@@ -1,4 +1,5 @@
-"""What the firewall's settings may be: the LAN's address ranges and the owner's SSH public key."""
+"""What the owner's access settings may be: the LAN's address ranges and the SSH public key.  The config
+checks them (in every process that reads it), the firewall helper applies them."""
 
 from __future__ import annotations
 

@@ -1,0 +1,68 @@
+"""What the firewall helper keeps, read without privilege: the owner's settings, the last outcome, the
+SSH host key's fingerprint.  The assistant's worker imports this and nothing else of the helper's package
+(tests/web/test_imports.py); what writes here is root's (helper.py)."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from .. import config as config_module, facts
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """Where the helper keeps what it owns (root's; the assistant may read all but the host keys)."""
+    directory: Path = Path(facts.FIREWALL_STATE)
+
+    @property
+    def settings(self) -> Path:
+        return self.directory / config_module.FIREWALL_SETTINGS.name
+
+    @property
+    def last_good(self) -> Path:
+        return self.directory / "ruleset.nft"
+
+    @property
+    def outcome(self) -> Path:
+        return self.directory / "outcome.json"
+
+    @property
+    def ssh(self) -> Path:
+        return self.directory / "ssh"
+
+    @property
+    def authorized_keys(self) -> Path:
+        return self.ssh / "authorized_keys"
+
+    @property
+    def host_key(self) -> Path:
+        return self.ssh / "ssh_host_ed25519_key"
+
+    @property
+    def host_key_public(self) -> Path:
+        return self.ssh / "ssh_host_ed25519_key.pub"
+
+
+def settings(state: State) -> dict:
+    """The owner's firewall settings as the helper keeps them (the defaults' where none were made)."""
+    return dataclasses.asdict(config_module.read_firewall(state.settings))
+
+
+def outcome(state: State) -> dict | None:
+    try:
+        return json.loads(state.outcome.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def host_key_fingerprint(state: State) -> str | None:
+    """The host key's fingerprint as ssh shows it (SHA256:...), or None before there is one."""
+    try:
+        blob = base64.b64decode(state.host_key_public.read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
