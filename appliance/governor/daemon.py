@@ -8,14 +8,13 @@ finish and holds new requests until the new model serves.  A governor that is do
 therefore never stops the assistant: it keeps serving what it serves.
 
 Only the assistant's user (and root) may talk to the socket (SO_PEERCRED); every message is one line
-of JSON of bounded size, checked field by field, and every read has a deadline.
+of JSON of bounded size, checked field by field (protocol.py), and every read has a deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import os
 import pwd
@@ -27,63 +26,27 @@ from pathlib import Path
 from .. import config as config_module, systemd
 from ..config import ConfigError, GovernorConfig
 from .history import History
-from .policy import Limits, Model, Policy, label, ladder
+from .policy import Limits, Policy, label, ladder
+from .protocol import MAX_LINE, Answer, HistoryQuery, MessageError, Report, encode, read_request
 from .sensors import Sensors
 
 log = logging.getLogger(__name__)
-MAX_LINE = 64 * 1024
-MAX_MODELS = 64
 READ_SECONDS = 5
 FLUSH_SECONDS = 60
 
 
-class ReportError(ValueError):
-    """A message from the assistant that does not fit; it changes nothing."""
-
-
-def _get(raw: dict, key: str, kind: type, low: float = 0, high: float = 2**53):
-    value = raw.get(key)
-    if type(value) is not kind and not (kind is float and type(value) is int):
-        raise ReportError(f"report.{key} must be {kind.__name__}")
-    if kind in (int, float) and not low <= value <= high:
-        raise ReportError(f"report.{key} is out of range")
-    if kind is str and len(value) > 256:
-        raise ReportError(f"report.{key} is too long")
-    return value
-
-
-def parse_report(raw: object) -> dict:
-    if not isinstance(raw, dict):
-        raise ReportError("a report is a JSON object")
-    models = raw.get("models")
-    if not isinstance(models, list) or len(models) > MAX_MODELS or not all(isinstance(m, dict) for m in models):
-        raise ReportError(f"report.models must be a list of at most {MAX_MODELS} objects")
-    served = raw.get("served")
-    if served is not None and not isinstance(served, dict):
-        raise ReportError("report.served must be an object or null")
-    settings = raw.get("settings") or {}
-    if not isinstance(settings, dict) or len(settings) > 32 or \
-            not all(isinstance(v, (str, int, float, bool)) for v in settings.values()):
-        raise ReportError("report.settings must be an object of plain values")
-    return {
-        "models": [Model(_get(m, "id", str), _get(m, "bytes", int), _get(m, "kv_bytes_per_token", int, 0, 2**30))
-                   for m in models],
-        "chosen": _get(raw, "chosen", str), "pinned": _get(raw, "pinned", bool),
-        "threads": _get(raw, "threads", int, 1, 1024), "context": _get(raw, "context", int, 1, 2**24),
-        "served": served and (_get(served, "model", str), _get(served, "threads", int, 1, 1024),
-                              _get(served, "context", int, 1, 2**24)),
-        "cpu_seconds": _get(raw, "cpu_seconds", float), "tokens_per_second": _get(raw, "tokens_per_second", float),
-        "settings": _settings(tuple(sorted(settings.items()))),
-    }
+def settings_of(report: Report) -> GovernorConfig:
+    """The owner's governor settings a report carries, checked as configuration."""
+    return _checked(report.settings)
 
 
 @functools.lru_cache(maxsize=4)
-def _settings(items: tuple) -> GovernorConfig:
-    """The owner's governor settings, checked as configuration; the same ones every second are checked once."""
+def _checked(items: tuple) -> GovernorConfig:
+    """The same settings every second are checked once."""
     try:
         return config_module.parse({"governor": dict(items)}, "report.settings").governor
     except ConfigError as err:
-        raise ReportError(str(err)) from None
+        raise MessageError(str(err)) from None
 
 
 def peer_uid(writer: asyncio.StreamWriter) -> int:
@@ -97,7 +60,7 @@ class Governor:
         self.history = History(Path(state) / "history.sqlite")
         self.sensors, self.interval = sensors, interval
         self.policy = Policy()
-        self.report: dict | None = None
+        self.report: Report | None = None
         self.reported_at = 0.0
         # The assistant's CPU use as a rate (CPU seconds per second) between its last two reports: it reports
         # less often than the governor samples, and each sample must carry its own share, not a lump.
@@ -108,26 +71,25 @@ class Governor:
 
     # -- the assistant's side ---------------------------------------------
 
-    def take_report(self, report: dict) -> dict:
+    def take_report(self, report: Report) -> Answer:
+        settings = settings_of(report)
         now = time.monotonic()
-        if self.cpu_seconds is not None and report["cpu_seconds"] >= self.cpu_seconds and now > self.reported_at:
-            self.assistant_rate = (report["cpu_seconds"] - self.cpu_seconds) / (now - self.reported_at)
-        self.cpu_seconds = report["cpu_seconds"]
+        if self.cpu_seconds is not None and report.cpu_seconds >= self.cpu_seconds and now > self.reported_at:
+            self.assistant_rate = (report.cpu_seconds - self.cpu_seconds) / (now - self.reported_at)
+        self.cpu_seconds = report.cpu_seconds
         self.report, self.reported_at = report, now
-        self.policy.set_ladder(ladder(report["models"], report["chosen"], report["threads"], report["context"]),
-                               report["served"])
-        if not report["settings"].enabled or report["pinned"]:
+        self.policy.set_ladder(ladder(report.models, report.chosen, report.threads, report.context), report.served)
+        if not settings.enabled or report.pinned:
             self.policy.index = 0  # the owner's model (or the pinned one) at full strength
-        return {"rung": self.policy.wanted.as_dict() if self.policy.wanted else None, "status": self.status()}
+        return Answer(self.policy.wanted, self.status())
 
     def _settings(self) -> GovernorConfig:
-        return self.report["settings"] if self.report else GovernorConfig()
+        return settings_of(self.report) if self.report else GovernorConfig()
 
     def status(self) -> dict:
         latest = self.latest or {}
-        report = self.report or {}
-        served = report.get("served")
-        return {"enabled": self._settings().enabled, "pinned": report.get("pinned", False),
+        served = self.report and self.report.served
+        return {"enabled": self._settings().enabled, "pinned": bool(self.report and self.report.pinned),
                 "rung": self.policy.wanted.as_dict() if self.policy.wanted else None,
                 "index": self.policy.index, "ladder": [r.as_dict() for r in self.policy.rungs],
                 "served": served and dict(zip(("model", "threads", "context"), served)),
@@ -145,7 +107,7 @@ class Governor:
         fresh = self.report is not None and time.monotonic() - self.reported_at < 5 * max(self.interval, 1)
         report = self.report if fresh else None
         record = sample.as_dict() | {
-            "tokens_per_second": report["tokens_per_second"] if report else None,
+            "tokens_per_second": report.tokens_per_second if report else None,
             "rung": self.policy.index if report and self.policy.rungs else None,
             "model": label(self.policy.wanted) if report else None}
         self.latest = record
@@ -156,7 +118,7 @@ class Governor:
         settings = self._settings()
         if report is None or not settings.enabled or not self.policy.rungs:
             return  # nothing to govern: the samples are still worth keeping
-        decision = self.policy.decide(sample, self._limits(record), report["pinned"], report["served"])
+        decision = self.policy.decide(sample, self._limits(record), report.pinned, report.served)
         if decision is not None:
             log.warning("%s: %s -> %s: %s", decision.action, decision.source, decision.target, decision.reason)
             self.history.add_decision(decision.as_dict())
@@ -167,32 +129,26 @@ class Governor:
 
     # -- the daemon -------------------------------------------------------
 
-    async def answer(self, message: object) -> dict:
-        if not isinstance(message, dict) or len(message) != 1:
-            raise ReportError("a message is an object with one key: report or history")
-        if "report" in message:
-            return self.take_report(parse_report(message["report"]))
-        if "history" in message and isinstance(message["history"], dict):
-            since = message["history"].get("since", 0)
-            if type(since) not in (int, float):
-                raise ReportError("history.since must be a number")
-            return self.history_reply(float(since))
-        raise ReportError("a message is an object with one key: report or history")
+    def answer(self, line: bytes) -> Answer | dict:
+        message = read_request(line)
+        if isinstance(message, HistoryQuery):
+            return self.history_reply(message.since)
+        return self.take_report(message)
 
     async def serve(self, path: Path, allowed: set[int]) -> None:
         async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 if peer_uid(writer) not in allowed:
-                    writer.write(b'{"error": "not allowed"}\n')
+                    writer.write(encode({"error": "not allowed"}))
                     return
                 while line := await asyncio.wait_for(reader.readline(), READ_SECONDS):
                     try:
-                        reply = await self.answer(json.loads(line))
-                    except (ReportError, ValueError) as err:
+                        reply = self.answer(line)
+                    except ValueError as err:  # MessageError, or broken JSON
                         reply = {"error": str(err)[:200]}
                     except RecursionError:  # the parser's own bound on nesting, far past any report's
                         reply = {"error": "the message is nested too deeply"}
-                    writer.write(json.dumps(reply).encode() + b"\n")
+                    writer.write(encode(reply))
                     await asyncio.wait_for(writer.drain(), READ_SECONDS)
             except (asyncio.TimeoutError, asyncio.LimitOverrunError, ValueError, ConnectionError):
                 pass  # a slow, silent or oversized client loses its connection, nothing else

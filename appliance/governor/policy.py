@@ -20,6 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..config import GovernorConfig
+from .protocol import Model, Rung
 from .sensors import Sample
 
 GIB = 2**30
@@ -46,28 +47,6 @@ class Limits:
                    memory_percent=settings.memory_percent or (15 if memory_total <= 8 * GIB else 10),
                    margin=settings.margin_percent / 100, breach_seconds=settings.breach_seconds,
                    calm_seconds=settings.calm_seconds, dwell_seconds=settings.dwell_seconds)
-
-
-@dataclass(frozen=True)
-class Model:
-    """A model on the box as the assistant reports it."""
-    id: str
-    bytes: int
-    kv_bytes_per_token: int
-
-
-@dataclass(frozen=True)
-class Rung:
-    model: str
-    threads: int
-    context: int
-    need: int  # bytes of memory: the weights and the KV cache
-
-    def key(self) -> tuple:
-        return self.model, self.threads, self.context
-
-    def as_dict(self) -> dict:
-        return {"model": self.model, "threads": self.threads, "context": self.context, "need": self.need}
 
 
 def ladder(models: list[Model], chosen: str, threads: int, context: int) -> list[Rung]:

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .. import config as config_module, db as database, device, store, systemd
 from ..config import Config
 from ..errors import MethodNotAllowed, NotFound, ServiceError
+from ..governor import client as governor_client
 from ..inference.engine import Engine, Finished, Request as Generation
 from ..inference.llama import ModelError
 from ..inference.probe import Proofs
@@ -155,7 +156,7 @@ def create_app(config: Config, model_path=None, *, prove: bool = True) -> Starle
                 log.error("serving without a model: %s", err)
         systemd.notify("READY=1", f"STATUS={engine.reason}")
         log.info("ready: %s", engine.reason)
-        governed = governor.Governed(governor.SOCKET, engine, live, model_path)
+        governed = governor_client.Governed(governor_client.SOCKET, engine, live, model_path)
         following = asyncio.create_task(governed.run())
         try:
             yield {"engine": engine, "db": db, "metrics": metrics, "config": config, "downloads": models.Downloads(),

@@ -17,9 +17,11 @@ import pytest
 
 from appliance import config
 from appliance.governor import daemon, history as history_module
-from appliance.governor.daemon import Governor, ReportError, parse_report
+from appliance.governor.daemon import Governor, settings_of
 from appliance.governor.history import History
-from appliance.governor.policy import Limits, Model, Policy, ladder
+from appliance.governor.policy import Limits, Policy, ladder
+from appliance.governor.protocol import (Answer, HistoryQuery, MessageError, Model, Report, Rung, encode, read_reply,
+                                         read_request)
 from appliance.governor.sensors import Sensors, pressure
 from appliance.inference import gguf
 from buildhost import tinymodel
@@ -278,8 +280,30 @@ REPORT = {"models": [{"id": "m", "bytes": 10, "kv_bytes_per_token": 2}], "chosen
     ({"settings": {"socket": "/etc"}}, "governor.socket: unknown key"),
 ])
 def test_a_bad_report_is_refused_by_name(change, message):
-    with pytest.raises(ReportError, match=message):
-        parse_report(REPORT | change)
+    with pytest.raises(MessageError, match=message):
+        settings_of(Report.read(REPORT | change))
+
+
+def test_every_message_reads_back_as_it_was_sent():
+    """Both ends share one codec: what the assistant writes is what the governor reads, and back."""
+    report = Report.read(REPORT | {"served": {"model": "m", "threads": 2, "context": 512},
+                                   "settings": {"pin": "m", "enabled": True}})
+    assert read_request(encode(report)) == report
+    assert report.models == (Model("m", 10, 2),) and report.served == ("m", 2, 512)
+    assert read_request(encode(HistoryQuery(12.5))) == HistoryQuery(12.5)
+    answer = Answer(Rung("m", 2, 512, 1034), {"index": 0})
+    assert Answer.read(read_reply(encode(answer))) == answer
+    assert Answer.read({"rung": None, "status": {}}) == Answer(None, {})
+    with pytest.raises(MessageError, match="the governor answered: not allowed"):
+        read_reply(encode({"error": "not allowed"}))
+    with pytest.raises(MessageError, match="no status"):
+        Answer.read({"rung": None})
+    with pytest.raises(MessageError, match="report.threads is out of range"):
+        Answer.read({"rung": {"model": "m", "threads": 0, "context": 512, "need": 1}, "status": {}})
+    with pytest.raises(MessageError, match="one key: report or history"):
+        read_request(b'{"report": {}, "history": {}}\n')
+    with pytest.raises(MessageError, match="history.since must be a number"):
+        read_request(b'{"history": {"since": "now"}}\n')
 
 
 def test_the_socket_answers_reports_and_refuses_garbage_and_strangers(tmp_path, tree, monkeypatch):
@@ -351,7 +375,7 @@ def test_a_fresh_governor_takes_the_served_rung_and_a_changed_ladder_keeps_it():
 def test_the_assistants_cpu_is_a_rate_spread_over_every_sample(tmp_path, tree):
     """It reports every 2 s, the governor samples every second: each sample carries its share, not a lump."""
     governor = Governor(tmp_path, Sensors(tree.root, tmp_path), interval=1.0)
-    governor.take_report(parse_report(REPORT | {"cpu_seconds": 10.0}))
+    governor.take_report(Report.read(REPORT | {"cpu_seconds": 10.0}))
     governor.reported_at -= 2.0  # as if the first report came 2 s ago
-    governor.take_report(parse_report(REPORT | {"cpu_seconds": 11.0}))
+    governor.take_report(Report.read(REPORT | {"cpu_seconds": 11.0}))
     assert governor.assistant_rate == pytest.approx(0.5, rel=0.05)

@@ -18,7 +18,8 @@ create_app(config.parse({"data_dir": sys.argv[1]}))
 print(json.dumps(sorted(sys.modules)))
 """
 # Everything of the appliance the worker may hold besides its own packages (web, inference): the modules
-# every process shares, and of each root helper its privilege-free read side alone.
+# every process shares, of each root helper its privilege-free read side alone, of the governor (its own
+# user) the client and the protocol they share.
 WORKER_PACKAGES = ("appliance.web", "appliance.inference")
 SHARED = {"appliance", "appliance.access", "appliance.certificate", "appliance.channel", "appliance.command",
           "appliance.config", "appliance.conversations", "appliance.db", "appliance.device", "appliance.errors",
@@ -26,6 +27,7 @@ SHARED = {"appliance", "appliance.access", "appliance.certificate", "appliance.c
           "appliance.sessions", "appliance.store", "appliance.systemd", "appliance.tokens"}
 READ_SIDES = {"appliance.firewall", "appliance.firewall.state",  # the owner's settings, the outcome, the host key
               "appliance.update", "appliance.update.status"}  # the updater's state files, the running version
+CLIENT_SIDES = {"appliance.governor", "appliance.governor.client", "appliance.governor.protocol"}
 
 
 def test_the_web_worker_imports_only_the_appliance_modules_it_may_no_tuf_and_no_host_code(tmp_path):
@@ -33,7 +35,7 @@ def test_the_web_worker_imports_only_the_appliance_modules_it_may_no_tuf_and_no_
     modules = set(json.loads(out.stdout))
     assert "appliance.web.app" in modules and "appliance.inference.engine" in modules
     ours = {m for m in modules if m.split(".")[0] == "appliance"}
-    assert {m for m in ours if not m.startswith(WORKER_PACKAGES)} - SHARED - READ_SIDES == set()
+    assert {m for m in ours if not m.startswith(WORKER_PACKAGES)} - SHARED - READ_SIDES - CLIENT_SIDES == set()
     assert not {m for m in modules if m.split(".")[0] in ("tuf", "securesystemslib", "buildhost")}
 
 
