@@ -1,4 +1,5 @@
-"""`paladin-update`: signed A/B updates on the box (root).  The verbs are the units' entry points."""
+"""`paladin-update`: signed A/B updates on the box (root).  The verbs are the units' entry points; the
+unprivileged fetcher has its own (`paladin-update-fetch`, fetcher.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from pathlib import Path
 from .. import command, config as config_module, logs
 from ..verbs import arg, parser, verb
 from .assess import assess, attempt, boot_failed
-from .fetch import run_fetcher
 from .install import install, run_service
 from .progress import UpdateError, write_json
 from .slots import kernels, machine_arch, slots
@@ -65,10 +65,6 @@ def cmd_run(args) -> None:
     run_service(config_module.load())
 
 
-def cmd_fetch(args) -> None:
-    print(f"fetched {run_fetcher(STATE)}")
-
-
 def cmd_assess(args) -> None:
     try:
         config = config_module.load()
@@ -90,7 +86,6 @@ VERBS = {
                     arg("source", help="an http(s) repository URL, a repository directory or a bundle file"),
                     arg("--reboot", action="store_true", help="reboot into the new version when installed")),
     "run": verb(cmd_run, "paladin-update.service: handle the web UI's request or the automatic update"),
-    "fetch": verb(cmd_fetch, "paladin-update-fetch.service: fetch and check the release run asks for, unprivileged"),
     "assess": verb(cmd_assess, "paladin-health.service: check that this boot's assistant answers"),
     "boot-failed": verb(cmd_boot_failed, "record a failed assessment and reboot while tries are left"),
 }

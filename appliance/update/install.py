@@ -1,9 +1,9 @@
 """Installing a verified release, and the request the web UI or the daily timer makes.
 
-The release is fetched and checked unprivileged (`fetch.fetch_release`, in paladin-update-fetch.service
-when the web UI or the timer asks), checked again by root from what the fetcher left
-(`fetch.verified_release`), systemd-sysupdate writes the root and verity slots that are not running
-(it never touches the booted version), the written partitions are read back against the signed
+The release is fetched and checked unprivileged (`fetcher.py`, in paladin-update-fetch.service when the
+web UI or the timer asks), checked again by root from what the fetcher left (`verify.py`),
+systemd-sysupdate writes the root and verity slots that are not running (it never touches the booted
+version), the written partitions are read back against the signed
 SHA-256 of the uncompressed bytes, and only then is the UKI installed, with 3 boot tries.  The next
 boot is assessed (`assess`).
 """
@@ -18,10 +18,13 @@ from typing import Callable
 from .. import channel, command, config as config_module, files
 from . import bundle
 from .assess import failed_versions
-from .fetch import Box, Job, Source, fetch_release, trust, verified_release
+from .fetcher import Job, Source, fetch_release
 from .progress import Progress, UpdateError
+from .release import Box
 from .slots import check_slot, empty_slot, esp, kernels, machine_arch, room, sha256_prefix, sysupdate
 from .status import STATE, fetch_dir, running_version
+from .trust import publish
+from .verify import verified_release
 
 FETCH_UNIT = "paladin-update-fetch.service"
 # Fetching leaves a mirror of the release; this gets it there (box, progress, trusted metadata).
@@ -51,7 +54,7 @@ def _attempt(state: Path, label: str, fetched: Fetch, *, offline: bool, reboot: 
     try:
         arch, running = machine_arch(), running_version()
         box = Box(arch, running, room(arch, running), frozenset() if retry_failed else failed_versions(state))
-        version = _install(fetched(box, progress, trust(state)), state, progress, box, offline)
+        version = _install(fetched(box, progress, publish(state)), state, progress, box, offline)
     except (UpdateError, bundle.BundleError, command.CommandError, OSError) as err:
         progress.set(phase="failed", error=str(err))
         raise UpdateError(str(err)) from None

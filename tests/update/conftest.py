@@ -7,7 +7,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from appliance.update import fetch as update
+from appliance.update import trust
 from buildhost import release
 from tests.support.fakes import fake_image
 
@@ -44,7 +44,7 @@ class QuietHandler(SimpleHTTPRequestHandler):
 @pytest.fixture
 def update_state(tmp_path, keys, monkeypatch):
     """A box's update state directory trusting `keys`' root, as the image bakes it in."""
-    monkeypatch.setattr(update, "TRUSTED_ROOT", keys / "root.json")
+    monkeypatch.setattr(trust, "TRUSTED_ROOT", keys / "root.json")
     state = tmp_path / "state"
     state.mkdir()
     return state

@@ -10,25 +10,29 @@ from pathlib import Path
 import pytest
 
 from appliance import channel, files
-from appliance.update import fetch as update, install
+from appliance.update import install
+from appliance.update.fetcher import Job, run_fetcher
 from appliance.update.progress import Progress, UpdateError
+from appliance.update.release import Box
 from appliance.update.status import fetch_dir, progress as shown
+from appliance.update.trust import publish
+from appliance.update.verify import verified_release
 
 pytestmark = pytest.mark.unit
-BOX = update.Box("x86-64", "1", {"root": 1 << 20, "verity": 1 << 20})
+BOX = Box("x86-64", "1", {"root": 1 << 20, "verity": 1 << 20})
 
 
 def fetched_by_the_job(source: str, state: Path, data_dir: Path) -> Path:
     """The root side leaves the job, the fetcher runs it: what paladin-update-fetch.service does."""
-    update.trust(state)
-    update.Job(source, str(data_dir), BOX).save(state)
-    assert update.run_fetcher(state) == "2"
+    publish(state)
+    Job(source, str(data_dir), BOX).save(state)
+    assert run_fetcher(state) == "2"
     return fetch_dir(data_dir) / "mirror"
 
 
 def test_the_fetcher_leaves_a_mirror_that_root_checks_again(served, update_state, tmp_path):
     mirror = fetched_by_the_job(served, update_state, tmp_path / "data")
-    version, chosen = update.verified_release(mirror, update_state, Progress(update_state), BOX, offline=False)
+    version, chosen = verified_release(mirror, update_state, Progress(update_state), BOX, offline=False)
     assert version == "2"
     for info in chosen.values():
         staged = (update_state / "staging" / Path(info.path).name).read_bytes()
@@ -41,7 +45,7 @@ def test_a_bundle_job_takes_the_upload_from_the_request_channel(repo, update_sta
     bundle = repo.path / "bundles" / "paladin_2_x86-64.bundle"
     channel.attachment(data_dir, "update", "bundle").write_bytes(bundle.read_bytes())
     mirror = fetched_by_the_job("bundle", update_state, data_dir)
-    assert update.verified_release(mirror, update_state, Progress(update_state), BOX, offline=True)[0] == "2"
+    assert verified_release(mirror, update_state, Progress(update_state), BOX, offline=True)[0] == "2"
     assert not (fetch_dir(data_dir) / "bundle").exists()  # unpacked only for as long as it was needed
 
 
@@ -96,7 +100,7 @@ def test_root_refuses_a_mirror_the_fetcher_tampered_with(served, update_state, t
     trusted = {p.name: p.read_bytes() for p in (update_state / "metadata").glob("*.json")}
     problem = tamper(mirror, update_state)
     with pytest.raises(UpdateError) as refused:
-        update.verified_release(mirror, update_state, Progress(update_state), BOX, offline=False)
+        verified_release(mirror, update_state, Progress(update_state), BOX, offline=False)
     assert problem in str(refused.value) and "TOPSECRET" not in str(refused.value), str(refused.value)
     assert not (update_state / "staging").exists()
     if tamper is plant_link:  # refused before any new metadata was trusted
@@ -118,7 +122,7 @@ def test_the_fetchers_error_reaches_the_web_ui_bounded_and_printable(tmp_path):
 def test_the_trusted_copy_is_readable_by_the_fetcher_whatever_the_updaters_umask(update_state):
     old = os.umask(0o077)  # paladin-update.service's
     try:
-        published = update.trust(update_state)
+        published = publish(update_state)
     finally:
         os.umask(old)
     assert published.stat().st_mode & 0o777 == 0o755

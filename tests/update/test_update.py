@@ -19,7 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from appliance import files
-from appliance.update import assess, bundle as bundles, fetch as update, progress
+from appliance.update import assess, bundle as bundles, progress, trust
+from appliance.update.fetcher import fetch_release
+from appliance.update.release import Box
+from appliance.update.trust import publish
+from appliance.update.verify import verified_release
 from buildhost import release
 from tests.support.fakes import fake_image
 
@@ -30,14 +34,14 @@ def fetch(source, state, *, arch="x86-64", running="1", room=ROOM, failed=frozen
     """What the updater fetches from `source` (a URL, a directory or a bundle file) and then verifies
     again from the fetcher's mirror, as the two halves do on the box."""
     record = progress.Progress(state, source=str(source))
-    this_box = update.Box(arch, running, room, failed)
-    work, trusted, offline = state / "fetch", update.trust(state), Path(source).is_file()
+    this_box = Box(arch, running, room, failed)
+    work, trusted, offline = state / "fetch", publish(state), Path(source).is_file()
     if offline:
         with open(source, "rb") as bundle:
-            update.fetch_release(bundle, work, trusted, record, this_box)
+            fetch_release(bundle, work, trusted, record, this_box)
     else:
-        update.fetch_release(source, work, trusted, record, this_box)
-    return update.verified_release(work / "mirror", state, record, this_box, offline=offline)
+        fetch_release(source, work, trusted, record, this_box)
+    return verified_release(work / "mirror", state, record, this_box, offline=offline)
 
 
 @pytest.mark.unit
@@ -236,7 +240,7 @@ def test_a_stored_root_torn_by_a_power_cut_falls_back_to_the_image_root(served, 
 @pytest.mark.system
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
 def test_a_bundle_larger_than_the_free_space_is_refused_before_unpacking(repo, keys, tmp_path, monkeypatch):
-    monkeypatch.setattr(update, "TRUSTED_ROOT", keys / "root.json")
+    monkeypatch.setattr(trust, "TRUSTED_ROOT", keys / "root.json")
     state = tmp_path / "small"
     state.mkdir()
     bundle = repo.path / "bundles" / "paladin_2_x86-64.bundle"
@@ -280,7 +284,7 @@ class Drip(SimpleHTTPRequestHandler):
 
 @pytest.mark.unit
 def test_a_mirror_that_drips_is_cut_off(update_state, monkeypatch):
-    monkeypatch.setattr(update, "GRACE_SECONDS", 1)
+    monkeypatch.setattr(trust, "GRACE_SECONDS", 1)
     server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
