@@ -1,22 +1,12 @@
 """The web worker runs unprivileged: once its app exists, nothing root-only is imported in it."""
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 from appliance import device
+from tests.support.closure import WORKER, loaded
 
 pytestmark = pytest.mark.system
 
-SCRIPT = """
-import json, sys
-from appliance import config
-from appliance.web.app import create_app
-create_app(config.parse({"data_dir": sys.argv[1]}))
-print(json.dumps(sorted(sys.modules)))
-"""
 # Everything of the appliance the worker may hold besides its own packages (web, inference): the modules
 # every process shares, of each root helper its privilege-free read side alone, of the governor (its own
 # user) the client and the protocol they share.
@@ -31,8 +21,7 @@ CLIENT_SIDES = {"appliance.governor", "appliance.governor.client", "appliance.go
 
 
 def test_the_web_worker_imports_only_the_appliance_modules_it_may_no_tuf_and_no_host_code(tmp_path):
-    out = subprocess.run([sys.executable, "-c", SCRIPT, tmp_path], capture_output=True, text=True, check=True)
-    modules = set(json.loads(out.stdout))
+    modules = loaded(WORKER, tmp_path)
     assert "appliance.web.app" in modules and "appliance.inference.engine" in modules
     ours = {m for m in modules if m.split(".")[0] == "appliance"}
     assert {m for m in ours if not m.startswith(WORKER_PACKAGES)} - SHARED - READ_SIDES - CLIENT_SIDES == set()
@@ -42,17 +31,15 @@ def test_the_web_worker_imports_only_the_appliance_modules_it_may_no_tuf_and_no_
 WORKER_ONLY = {"cryptography", "llama_cpp", "numpy", "jinja2", "markdown_it", "nh3"}
 # What `paladin serve` does before gunicorn forks its worker, on a box whose secrets exist.
 ARBITER = """
-import json, sys
+import sys
 from appliance import cli, config, firstboot
 from appliance.web import server
 firstboot.prepare(config.parse({"data_dir": sys.argv[1]}))
-print(json.dumps(sorted(sys.modules)))
 """
 
 
 def test_gunicorns_arbiter_loads_no_model_code_and_no_cryptography(tmp_path):
     """The arbiter holds no model and no secret: what it imports only costs memory (the RSS budget)."""
     device.ensure(tmp_path)  # the first boot's, made before
-    out = subprocess.run([sys.executable, "-c", ARBITER, tmp_path], capture_output=True, text=True, check=True)
-    loaded = {m.split(".")[0] for m in json.loads(out.stdout)} & WORKER_ONLY
-    assert not loaded, loaded
+    heavy = {m.split(".")[0] for m in loaded(ARBITER, tmp_path)} & WORKER_ONLY
+    assert not heavy, heavy
