@@ -88,3 +88,8 @@ class NoSpace(ServiceError):
 
 class GenerationFailed(ServiceError):
     """llama.cpp failed in the middle of a job; the engine lives on."""
+
+
+class ModelError(RuntimeError):
+    """A model file could not be loaded or used (raised where a model is loaded: the engine, its probe, the
+    binding; the store and the handlers turn it into a ServiceError in their words)."""

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from .. import facts, store
 from ..config import Config, Live
+from ..errors import ModelError
 from ..inference import gguf
 from ..inference.engine import Engine, Strength, model_id
-from ..inference.llama import ModelError
 from .protocol import MAX_MODELS, MAX_REPLY, Answer, HistoryQuery, Model, Report, Rung, encode, read_reply
 
 log = logging.getLogger(__name__)

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from .. import config as config_module
-from ..errors import (GenerationFailed, InvalidRequest, NotReady, PromptTooLong, QueueFull, ServiceError,
-                      UnknownModel)
+from ..errors import (GenerationFailed, InvalidRequest, ModelError, NotReady, PromptTooLong, QueueFull,
+                      ServiceError, UnknownModel)
 from ..metrics import Metrics
 from .grammar import Grammar
 from . import prompts
-from .llama import Model, ModelError, Sampler, Sampling
+from .llama import Model, Sampler
 from .probe import Proofs
 from .prompts import ChatTemplate, PromptError
 from .stops import MAX_STOP_CHARS, MAX_STOPS, StopScanner
@@ -44,6 +44,14 @@ log = logging.getLogger(__name__)
 # Under a limit the client named, a reply held to a grammar from its first token keeps 1/CLOSING_SHARE of
 # it for closing what it has open.
 CLOSING_SHARE = 4
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    seed: int | None = None
 
 
 @dataclass(frozen=True)

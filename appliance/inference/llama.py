@@ -12,13 +12,17 @@ import functools
 import logging
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import llama_cpp
 import numpy as np
 
+from ..errors import ModelError
 from .grammar import Grammar
+
+if TYPE_CHECKING:
+    from .engine import Sampling
 
 _backends: list[str] | None = None
 log = logging.getLogger("llama.cpp")
@@ -33,10 +37,6 @@ def _forward_log(level: int, text: bytes, _user) -> None:
     if level in (WARN, ERROR) or LOADED in message:
         log.log(logging.ERROR if level == ERROR else logging.WARNING if level == WARN else logging.INFO,
                 "%s", message)
-
-
-class ModelError(RuntimeError):
-    """A model file could not be loaded or used."""
 
 
 def load_backends(variant: str = "") -> list[str]:
@@ -106,14 +106,6 @@ def plugin_dirs() -> list[Path]:
     the wheel maps to site-packages/bin; a build that installs them beside libllama works too."""
     package = Path(llama_cpp.__file__).parent
     return [d for d in (package / "lib", package.parent / "bin") if any(d.glob("libggml-cpu*.so"))]
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    seed: int | None = None
 
 
 class Sampler:

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import files
-from .llama import Model, ModelError, load_backends, plugin_dirs, ranked_variants, scores
+from ..errors import ModelError
+from .llama import Model, load_backends, plugin_dirs, ranked_variants, scores
 
 log = logging.getLogger(__name__)
 PROMPT = "The box on the shelf answers its owner, and nobody else. " * 8  # about a hundred tokens

@@ -16,10 +16,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import config as config_module, db as database, device, store, systemd
 from ..config import Config
-from ..errors import MethodNotAllowed, NotFound, ServiceError
+from ..errors import MethodNotAllowed, ModelError, NotFound, ServiceError
 from ..governor import client as governor_client
 from ..inference.engine import Engine, Finished, Request as Generation
-from ..inference.llama import ModelError
 from ..inference.probe import Proofs
 from ..metrics import Metrics
 from ..update import status as update_status

@@ -26,9 +26,8 @@ from starlette.responses import JSONResponse
 
 from .. import store
 from ..config import Config
-from ..errors import Conflict, InvalidRequest, ModelUnusable, UnknownModel
+from ..errors import Conflict, InvalidRequest, ModelError, ModelUnusable, UnknownModel
 from ..inference.engine import Engine, model_id
-from ..inference.llama import ModelError
 from ..store import StoreError, Tier
 from .auth import Identity, page, route
 from .http import field, read_json, receive_file

@@ -15,9 +15,8 @@ from starlette.responses import JSONResponse, StreamingResponse
 from .. import store
 from ..errors import DownloadFailed, InvalidRequest, NotReady, ServiceError, UnknownModel
 from ..inference import prompts, tools
-from ..inference.engine import Engine, Finished, Request as Generation, Served, model_id
+from ..inference.engine import Engine, Finished, Request as Generation, Sampling, Served, model_id
 from ..inference.grammar import Grammar
-from ..inference.llama import Sampling
 from ..inference.tools import Call, Offer
 from . import constrained, models
 from .auth import Identity, route

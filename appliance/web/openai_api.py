@@ -13,9 +13,8 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from ..errors import InvalidRequest, ServiceError
 from ..inference import prompts
-from ..inference.engine import Engine, Finished, Request as Generation
+from ..inference.engine import Engine, Finished, Request as Generation, Sampling
 from ..inference.grammar import Grammar
-from ..inference.llama import Sampling
 from ..inference.tools import Call, Cut, Offer
 from . import constrained
 from .auth import Identity, route

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from appliance.errors import ModelError
 from appliance.inference import llama
 from tests.support.variants import GENERATE, generates
 
@@ -42,5 +43,5 @@ def test_a_named_variant_is_used_instead_of_the_best(tiny_model):
 @pytest.mark.unit
 @X86
 def test_a_variant_this_build_lacks_is_a_clear_error():
-    with pytest.raises(llama.ModelError, match="no CPU variant 'pentium'; it has .*sse42"):
+    with pytest.raises(ModelError, match="no CPU variant 'pentium'; it has .*sse42"):
         llama._variant_file("pentium")

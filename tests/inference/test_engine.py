@@ -10,11 +10,10 @@ import pytest
 
 from appliance import config
 from appliance.errors import InvalidRequest, NotReady, PromptTooLong, QueueFull, ServiceError
-from appliance.inference.engine import Engine, Finished, Request
+from appliance.inference.engine import Engine, Finished, Request, Sampling
 from appliance.inference.grammar import from_schema
 from appliance.inference.prompts import older_turn_dropped
 from appliance.inference.stops import StopScanner
-from appliance.inference.llama import Sampling
 from appliance.metrics import Metrics
 from appliance.web.http import status_of
 

@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 
+from appliance.errors import ModelError
 from appliance.inference import llama
 from appliance.inference.probe import Proofs
 from tests.support.fakes import malformed_model
@@ -20,12 +21,12 @@ QEMU = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
 def test_a_file_that_aborts_llama_cpp_is_refused_with_the_reason(tiny_model, tmp_path):
     bad = malformed_model(tiny_model, tmp_path / "bad.gguf")
     proofs = Proofs(tmp_path / "proofs.json")
-    with pytest.raises(llama.ModelError, match=r"crashed on it \(SIGABRT\): .*GGML_ASSERT"):
+    with pytest.raises(ModelError, match=r"crashed on it \(SIGABRT\): .*GGML_ASSERT"):
         proofs.prove(bad)
     assert not proofs.path.exists()  # nothing proven: neither the file nor the variant
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"GGUF" + os.urandom(4000))
-    with pytest.raises(llama.ModelError, match="could not be loaded: .*llama.cpp could not load"):
+    with pytest.raises(ModelError, match="could not be loaded: .*llama.cpp could not load"):
         proofs.prove(junk)
 
 
@@ -45,7 +46,7 @@ def test_a_proof_is_remembered_until_the_file_or_the_cpu_changes(tiny_model, tmp
     os.utime(model, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     assert proofs.prove(model) == variant
     os.utime(model)  # a file changed since its proof is proven again
-    with pytest.raises(llama.ModelError, match="SIGABRT"):
+    with pytest.raises(ModelError, match="SIGABRT"):
         proofs.prove(model)
     # Another CPU or llama.cpp build (another fingerprint): nothing proven holds.
     proofs.path.write_text(json.dumps(record | {"fingerprint": "0" * 32}))
@@ -67,6 +68,6 @@ def test_variants_that_cannot_run_here_are_passed_over_for_the_best_that_runs(ti
     assert above, "this host's CPU reports nothing above SSE4.2: no variant can fail under emulation"
     assert proofs.prove(tiny_model) == "sse42"
     assert proofs.current()["why"] == f"the best one that runs here ({', '.join(v + ' refused this CPU' for v in above)})"
-    with pytest.raises(llama.ModelError, match="no CPU variant .* runs here: haswell refused this CPU.*Clear"):
+    with pytest.raises(ModelError, match="no CPU variant .* runs here: haswell refused this CPU.*Clear"):
         Proofs(tmp_path / "named.json", launcher=(QEMU, "-cpu", "Nehalem")).prove(tiny_model, "haswell")
 
