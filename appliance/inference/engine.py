@@ -78,6 +78,12 @@ class Started:
     dropped_tokens: int = 0  # and the prompt tokens they would have taken
 
 
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A piece of the reply as it streams."""
+    text: str
+
+
 @dataclass(frozen=True)
 class Embedded:
     vector: list[float]
@@ -229,7 +235,7 @@ class Engine:
         raise UnknownModel(f"the model '{name}' does not exist on this box; it serves '{served.id}' and "
                            f"'{self.ALIAS}'", param="model")
 
-    async def begin(self, request: Request) -> tuple[Started, AsyncIterator[object]]:
+    async def begin(self, request: Request) -> tuple[Started, AsyncIterator[Text | Finished]]:
         """Queue a job and wait until it starts; errors (queue full, prompt too long) raise here."""
         events = self.events(self.submit(request))
         return await anext(events), events
@@ -258,7 +264,7 @@ class Engine:
         finally:
             await events.aclose()
 
-    async def events(self, job: Job) -> AsyncIterator[object]:
+    async def events(self, job: Job) -> AsyncIterator[Started | Text | Embedded | Finished]:
         """Yield the job's events; stop generation if the consumer goes away."""
         try:
             while True:
@@ -460,7 +466,7 @@ class Engine:
                 generated += 1
                 text, stopped = scanner.feed(decoder.decode(model.piece(token, special)))
                 if text:
-                    job.emit(text)
+                    job.emit(Text(text))
                 if stopped:
                     reason = "stop"
                     break
@@ -469,7 +475,7 @@ class Engine:
         finally:
             sampler.close()
         if reason == "length" and scanner.held:
-            job.emit(scanner.held)
+            job.emit(Text(scanner.held))
         seconds = time.monotonic() - start
         self.metrics.finished(generated, seconds)
         job.emit(Finished(reason, len(tokens), generated, seconds))

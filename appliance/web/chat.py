@@ -130,8 +130,8 @@ async def _reply(request: Request, conversation_id: str, history: list[dict], ac
                     finish = event.reason
                     yield _event({"done": True, "reason": finish, "html": markdown.render("".join(parts))})
                     continue
-                parts.append(event)
-                update = {"text": event}
+                parts.append(event.text)
+                update = {"text": event.text}
                 if (now := time.monotonic()) >= next_render:
                     update["html"] = markdown.render("".join(parts))
                     next_render = time.monotonic() + max(RENDER_SECONDS, (time.monotonic() - now) / RENDER_SHARE)

@@ -15,9 +15,10 @@ from starlette.responses import JSONResponse, StreamingResponse
 from .. import store
 from ..errors import DownloadFailed, InvalidRequest, NotReady, ServiceError, UnknownModel
 from ..inference import prompts, tools
-from ..inference.engine import Engine, Finished, Request as Generation, Sampling, Served, model_id
+from ..inference.engine import Engine, Finished, Request as Generation, Sampling, Served, Text, model_id
 from ..inference.grammar import Grammar
-from ..inference.tools import Call, Offer
+from ..inference.replies import Calls, collect, words_and_calls
+from ..inference.tools import Offer
 from . import constrained, models
 from .auth import Identity, route
 from .http import error_headers, field, read_json, status_of, unless_disconnected
@@ -81,54 +82,41 @@ def _format(body: dict) -> Grammar | None:
     raise InvalidRequest("'format' is \"json\" or a JSON schema (an object)", param="format")
 
 
-def whole(event: object) -> bool:
-    """Whole calls (of `_respond`'s events), not a cut one: Ollama's arguments are an object, which a cut
-    call's are not yet."""
-    return isinstance(event, list) and bool(event) and isinstance(event[0], Call)
-
-
 async def _respond(request: Request, engine: Engine, name: str, generation: Generation, stream: bool, chat: bool,
                    offer: Offer = Offer()):
     started = time.monotonic_ns()
     _, events = await unless_disconnected(request, engine.begin(generation))
-    events = constrained.words_and_calls(events, offer)
+    events = words_and_calls(events, offer)
 
-    def piece(text: str, calls: list[Call] = ()) -> dict:
+    def piece(text: str, calls: Calls = Calls()) -> dict:
         out = {"model": name, "created_at": _now()}
         if not chat:
             return out | {"response": text}
         message = {"role": "assistant", "content": text}
-        if whole(calls):
-            message["tool_calls"] = [{"function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+        if calls.whole:  # a cut call's arguments are not yet the object Ollama gives
+            message["tool_calls"] = [{"function": {"name": c.name, "arguments": c.arguments}} for c in calls.calls]
         return out | {"message": message}
 
-    def final(done: Finished, text: str = "", calls: list[Call] = ()) -> dict:
+    def final(done: Finished, text: str = "", calls: Calls = Calls()) -> dict:
         total = time.monotonic_ns() - started
         return piece(text, calls) | {
-            "done": True, "done_reason": "length" if done.reason == "length" and not whole(calls) else "stop",
+            "done": True, "done_reason": "length" if done.reason == "length" and not calls.whole else "stop",
             "total_duration": total, "load_duration": 0, "prompt_eval_count": done.prompt_tokens,
             "prompt_eval_duration": 0, "eval_count": done.completion_tokens, "eval_duration": int(done.seconds * 1e9)}
 
     if not stream:
-        async def collect():
-            parts, calls = [], []
-            async for event in events:
-                if isinstance(event, Finished):
-                    return final(event, "".join(parts), calls)
-                if isinstance(event, list):
-                    calls = event
-                else:
-                    parts.append(event)
-        return JSONResponse(await unless_disconnected(request, collect()))
+        reply = await unless_disconnected(request, collect(events))
+        return JSONResponse(final(reply.finished, reply.text, reply.calls))
 
     async def lines():
         async for event in events:
-            if isinstance(event, Finished):
-                yield final(event)
-            elif whole(event):  # as Ollama streams them: all calls in one message
-                yield piece("", event) | {"done": False}
-            elif isinstance(event, str):
-                yield piece(event) | {"done": False}
+            match event:
+                case Text():
+                    yield piece(event.text) | {"done": False}
+                case Calls() if event.whole:  # as Ollama streams them: all calls in one message
+                    yield piece("", event) | {"done": False}
+                case Finished():
+                    yield final(event)
 
     return _ndjson(lines())
 

@@ -13,9 +13,10 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from ..errors import InvalidRequest, ServiceError
 from ..inference import prompts
-from ..inference.engine import Engine, Finished, Request as Generation, Sampling
+from ..inference.engine import Engine, Finished, Request as Generation, Sampling, Text
 from ..inference.grammar import Grammar
-from ..inference.tools import Call, Cut, Offer
+from ..inference.replies import Calls, collect, words_and_calls
+from ..inference.tools import Cut, Offer
 from . import constrained
 from .auth import Identity, route
 from .http import field, openai_error, read_json, unless_disconnected
@@ -64,13 +65,13 @@ def _response_format(form: dict | None) -> Grammar | None:
     raise InvalidRequest("'response_format.type' is text, json_object or json_schema", param="response_format")
 
 
-def _tool_calls(calls: list[Call] | list[Cut], streamed: bool) -> list[dict]:
+def _tool_calls(calls: Calls, streamed: bool) -> list[dict]:
     """OpenAI's tool_calls: ids of its own form, the arguments as a JSON string (a cut call's as far as
     they were written, as OpenAI gives them under finish_reason "length")."""
     return [({"index": i} if streamed else {}) | {
         "id": "call_" + secrets.token_hex(12), "type": "function",
         "function": {"name": call.name, "arguments": call.arguments if isinstance(call, Cut) else
-                     json.dumps(call.arguments)}} for i, call in enumerate(calls)]
+                     json.dumps(call.arguments)}} for i, call in enumerate(calls.calls)]
 
 
 SLOT = "\x00text\x00"
@@ -89,37 +90,29 @@ async def _complete(request: Request, *, chat: bool):
     include_usage = bool(field(body, "stream_options", dict, {}).get("include_usage"))
     kind = "chat.completion" if chat else "text_completion"
 
-    def choice(text: str | None, finish: str | None, delta: bool, calls: list[Call] = ()) -> dict:
+    def choice(text: str | None, finish: str | None, delta: bool, calls: Calls = Calls()) -> dict:
         if not chat:
             return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        given = bool(calls.calls)
         if delta:
-            message = ({"content": text} if text else {}) | ({"tool_calls": _tool_calls(calls, True)} if calls else {})
+            message = ({"content": text} if text else {}) | ({"tool_calls": _tool_calls(calls, True)} if given else {})
         else:
-            message = {"role": "assistant", "content": text or (None if calls else "")} | (
-                {"tool_calls": _tool_calls(calls, False)} if calls else {})
+            message = {"role": "assistant", "content": text or (None if given else "")} | (
+                {"tool_calls": _tool_calls(calls, False)} if given else {})
         return {"index": 0, ("delta" if delta else "message"): message, "logprobs": None, "finish_reason": finish}
 
-    def finish_reason(done: Finished, calls: list[Call] | list[Cut]) -> str:
-        whole = calls and not isinstance(calls[0], Cut)
-        return "tool_calls" if whole else "length" if done.reason == "length" else "stop"
+    def finish_reason(done: Finished, calls: Calls) -> str:
+        return "tool_calls" if calls.whole else "length" if done.reason == "length" else "stop"
 
     started, events = await unless_disconnected(request, engine.begin(generation))
-    events = constrained.words_and_calls(events, offer)
+    events = words_and_calls(events, offer)
     base = {"id": ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12), "created": int(time.time()),
             "model": started.model, "system_fingerprint": "paladin"}
     if not stream:
-        async def collect() -> tuple[str, list[Call], Finished]:
-            parts, calls = [], []
-            async for event in events:
-                if isinstance(event, Finished):
-                    return "".join(parts), calls, event
-                if isinstance(event, list):
-                    calls = event
-                else:
-                    parts.append(event)
-        text, calls, done = await unless_disconnected(request, collect())
-        return JSONResponse(base | {"object": kind, "choices": [choice(text, finish_reason(done, calls), False, calls)],
-                                    "usage": _usage(done)})
+        reply = await unless_disconnected(request, collect(events))
+        done = reply.finished
+        return JSONResponse(base | {"object": kind, "choices": [choice(reply.text, finish_reason(done, reply.calls),
+                                                                        False, reply.calls)], "usage": _usage(done)})
 
     chunk_kind = "chat.completion.chunk" if chat else "text_completion"
 
@@ -132,18 +125,19 @@ async def _complete(request: Request, *, chat: bool):
     async def body_stream():
         if chat:
             yield sse([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        calls = []
+        calls = Calls()
         try:
             async for event in events:
-                if isinstance(event, Finished):
-                    yield sse([choice("", finish_reason(event, calls), True)])
-                    if include_usage:
-                        yield sse([], usage=_usage(event))
-                elif isinstance(event, list):
-                    calls = event
-                    yield sse([choice(None, None, True, calls)])
-                else:
-                    yield head + json.dumps(event) + tail
+                match event:
+                    case Text():
+                        yield head + json.dumps(event.text) + tail
+                    case Calls():
+                        calls = event
+                        yield sse([choice(None, None, True, calls)])
+                    case Finished():
+                        yield sse([choice("", finish_reason(event, calls), True)])
+                        if include_usage:
+                            yield sse([], usage=_usage(event))
         except ServiceError as err:  # the status is sent already: the SDKs raise the error object they read
             yield "data: " + openai_error(err).body.decode() + "\n\n"
         yield "data: [DONE]\n\n"

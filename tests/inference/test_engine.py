@@ -11,6 +11,7 @@ import pytest
 from appliance import config
 from appliance.errors import InvalidRequest, NotReady, PromptTooLong, QueueFull, ServiceError
 from appliance.inference.engine import Engine, Finished, Request, Sampling
+from appliance.inference import replies
 from appliance.inference.grammar import from_schema
 from appliance.inference.prompts import older_turn_dropped
 from appliance.inference.stops import StopScanner
@@ -32,12 +33,8 @@ async def started_engine(model, **changes) -> Engine:
 
 
 async def collect(events) -> tuple[str, Finished]:
-    parts = []
-    async for event in events:
-        if isinstance(event, Finished):
-            return "".join(parts), event
-        if isinstance(event, str):
-            parts.append(event)
+    reply = await replies.collect(events)
+    return reply.text, reply.finished
 
 
 def test_generated_model_never_ends_early_and_streams_valid_text(tiny_model):

@@ -1,11 +1,15 @@
 """Tool calls and schemas without a model: reading calls back per family, the stream splitter, and what
 a request's tools and schemas may be."""
 
+import asyncio
+
 import pytest
 
 from appliance.inference import grammar, tools
+from appliance.inference.engine import Finished, Text
+from appliance.inference.replies import Calls, Reply, collect, words_and_calls
 from appliance.inference.grammar import SchemaError
-from appliance.inference.tools import HERMES, LLAMA3, MISTRAL, Call
+from appliance.inference.tools import HERMES, LLAMA3, MISTRAL, Call, Cut
 from buildhost.tinymodel import TEMPLATES
 
 pytestmark = pytest.mark.unit
@@ -36,6 +40,29 @@ def test_the_splitter_streams_words_and_holds_what_may_open_a_call():
     assert [splitter.feed(p) for p in ("Hello <", "to", "day ", "<tool", "_call>{", "...")] == \
         ["Hello ", "", "<today ", "", "", ""]
     assert splitter.calling and splitter.held == "<tool_call>{..."
+
+
+async def _events(pieces, reason):
+    for piece in pieces:
+        yield Text(piece)
+    yield Finished(reason, 5, len(pieces), 0.1)
+
+
+async def _read(pieces, reason, offer):
+    return [event async for event in words_and_calls(_events(pieces, reason), offer)]
+
+
+def test_a_replys_events_are_text_then_its_calls_then_its_end_and_collect_into_one_reply():
+    offer = tools.offer(TEMPLATES["hermes"], LIGHT)
+    done = Finished("stop", 5, 4, 0.1)
+    said = ["Sure. <tool", '_call>{"name": "light", ', '"arguments": {"on": true}}', "</tool_call>"]
+    events = asyncio.run(_read(said, "stop", offer))
+    assert events == [Text("Sure. "), Calls((Call("light", {"on": True}),)), done]
+    assert events[1].whole and not events[1].cut
+    assert asyncio.run(collect(_events(said, "stop"))) == Reply("".join(said), Calls(), done)  # offered no tools
+    cut = asyncio.run(_read(['<tool_call>{"name": "light", "arguments": {"o'], "length", offer))
+    assert cut[0] == Calls((Cut("light", '{"o'),)) and cut[0].cut and not cut[0].whole
+    assert asyncio.run(_read(["plain"], "stop", tools.Offer())) == [Text("plain"), Finished("stop", 5, 1, 0.1)]
 
 
 def test_each_template_family_is_recognised():
