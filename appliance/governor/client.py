@@ -20,7 +20,8 @@ from .. import facts, store
 from ..config import Config, Live
 from ..errors import ModelError
 from ..inference import gguf
-from ..inference.engine import Engine, Strength, model_id
+from ..inference.engine import Engine
+from ..inference.served import Strength, model_id
 from .protocol import MAX_MODELS, MAX_REPLY, Answer, HistoryQuery, Model, Report, Rung, encode, read_reply
 
 log = logging.getLogger(__name__)

@@ -33,69 +33,18 @@ from .. import config as config_module
 from ..errors import (GenerationFailed, InvalidRequest, ModelError, NotReady, PromptTooLong, QueueFull,
                       ServiceError, UnknownModel)
 from ..metrics import Metrics
-from .grammar import Grammar
 from . import prompts
+from .generation import Embedded, Finished, Request, Started, Text
 from .llama import Model, Sampler
 from .probe import Proofs
-from .prompts import ChatTemplate, PromptError
+from .served import Served, Strength, model_id
+from .prompts import ChatTemplate
 from .stops import MAX_STOP_CHARS, MAX_STOPS, StopScanner
 
 log = logging.getLogger(__name__)
 # Under a limit the client named, a reply held to a grammar from its first token keeps 1/CLOSING_SHARE of
-# it for closing what it has open.
+# it for closing what it has open (Engine._limits).
 CLOSING_SHARE = 4
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    seed: int | None = None
-
-
-@dataclass(frozen=True)
-class Request:
-    prompt: str | None = None
-    messages: list[dict] | None = None
-    max_tokens: int | None = None
-    stop: tuple[str, ...] = ()
-    sampling: Sampling = Sampling()
-    ignore_eos: bool = False  # llama-server's extension: generate exactly max_tokens (benchmarks)
-    truncate: bool = False  # leave out the oldest turns of `messages` that do not fit the context
-    tools: list[dict] | None = None  # offered to the model through its chat template (OpenAI's shape)
-    grammar: Grammar | None = None  # what the output must match (JSON, a schema, tool calls)
-    embed: bool = False  # the prompt's embedding (`Embedded`) instead of a completion
-    context: int | None = None  # a smaller context than the model's for this request (Ollama's num_ctx)
-
-
-@dataclass(frozen=True)
-class Started:
-    prompt_tokens: int
-    reused_tokens: int
-    model: str  # the id of the model the job runs on (a request for the alias may meet a swap)
-    dropped: int = 0  # the oldest messages left out so that the rest fits the context (Request.truncate)
-    dropped_tokens: int = 0  # and the prompt tokens they would have taken
-
-
-@dataclass(frozen=True, slots=True)
-class Text:
-    """A piece of the reply as it streams."""
-    text: str
-
-
-@dataclass(frozen=True)
-class Embedded:
-    vector: list[float]
-    tokens: int
-
-
-@dataclass(frozen=True)
-class Finished:
-    reason: str  # "stop", "length" or "cancelled"
-    prompt_tokens: int
-    completion_tokens: int
-    seconds: float
 
 
 @dataclass
@@ -118,27 +67,6 @@ class _Item:
     priority: int
     seq: int
     work: object = field(compare=False)
-
-
-@dataclass(frozen=True)
-class Served:
-    """The loaded model as request handlers may see it."""
-    id: str
-    path: Path
-    size_bytes: int
-    context_tokens: int
-    parameters: int
-    architecture: str
-    file_type: str
-    template: str
-    threads: int
-
-
-@dataclass(frozen=True)
-class Strength:
-    """How a model is run: the resource governor's graded rungs lower these before it picks a smaller model."""
-    threads: int
-    context_tokens: int
 
 
 @dataclass
@@ -385,65 +313,47 @@ class Engine:
     def _context(self, request: Request) -> int:
         return min(self.model.n_ctx, request.context or self.model.n_ctx)
 
-    def _prompt_tokens(self, request: Request) -> tuple[list[int], int, int]:
-        """The prompt's tokens, and how many of the oldest messages (and their tokens) were left out to fit
-        the context."""
-        n_ctx, messages, dropped, whole = self._context(request), request.messages, 0, None
-        # Truncating, older turns go to leave the reply room for a useful answer, not only for whatever the
-        # history left over; once none is left to go, a request that named no limit is served with the room
-        # there is, as Ollama serves it (Home Assistant's tool results can fill most of the context).
-        reserve = request.max_tokens or min(self.settings.max_tokens, n_ctx // 4)
-        while True:
-            try:
-                text = self.template.render(messages, request.tools) if messages is not None else request.prompt
-            except PromptError as err:
-                raise InvalidRequest(str(err), param="messages") from None
-            tokens = self.model.tokenize(text)
-            whole = whole or len(tokens)
-            too_long = request.truncate and len(tokens) + reserve > n_ctx
-            shorter = prompts.older_turn_dropped(messages) if too_long else None
-            if shorter is None:
-                break
-            dropped += len(messages) - len(shorter)
-            messages = shorter
-        needed = request.max_tokens or 1
-        if len(tokens) + needed > n_ctx:
-            raise PromptTooLong(f"this model's context is {n_ctx} tokens, but the request needs "
-                                f"{len(tokens) + needed} ({len(tokens)} in the prompt, {needed} to generate)"
-                                + (" with only the newest message left" if dropped else ""),
-                                param="messages" if request.messages else "prompt")
-        return tokens, dropped, whole - len(tokens)
+    def _limits(self, request: Request, room: int) -> tuple[int, int | None]:
+        """How many tokens the reply may have, and after how many it is steered to close what it has open.
+
+        A reply held to a grammar from its first token (JSON, a schema, a required call) is useless cut
+        short, so it is steered to close (a small model can ramble inside a string): Home Assistant's AI
+        tasks name no limit, and at the owner's default such a reply gets the rest of the context to close
+        in; under a limit the client named (Home Assistant's OpenAI integration names 150) the last quarter
+        of it is kept for closing."""
+        limit = request.max_tokens or min(self.settings.max_tokens, room)
+        if request.grammar is None or request.grammar.triggers:
+            return limit, None
+        if request.max_tokens:
+            return limit, limit - max(1, limit // CLOSING_SHARE)
+        return room, limit
+
+    def _embed(self, job: Job) -> None:
+        model, request = self.model, job.request
+        tokens = model.tokenize(request.prompt)
+        if not tokens:
+            raise InvalidRequest("an embedding input must not be empty", param="input")
+        if len(tokens) > model.batch and not request.truncate:
+            raise PromptTooLong(f"an embedding input is at most {model.batch} tokens; this one is {len(tokens)} "
+                                "(or let the box truncate it)", param="input")
+        job.emit(Embedded(model.embed(tokens[:model.batch]), min(len(tokens), model.batch)))
 
     def _run(self, job: Job) -> None:
         model, request = self.model, job.request
         if request.embed:
-            tokens = model.tokenize(request.prompt)
-            if not tokens:
-                raise InvalidRequest("an embedding input must not be empty", param="input")
-            if len(tokens) > model.batch and not request.truncate:
-                raise PromptTooLong(f"an embedding input is at most {model.batch} tokens; this one is {len(tokens)} "
-                                    "(or let the box truncate it)", param="input")
-            job.emit(Embedded(model.embed(tokens[:model.batch]), min(len(tokens), model.batch)))
-            return
+            return self._embed(job)
         start = time.monotonic()
-        tokens, dropped, dropped_tokens = self._prompt_tokens(request)
+        n_ctx = self._context(request)
+        # Truncating, older turns go to leave the reply room for a useful answer, not only for whatever the
+        # history left over; once none is left to go, a request that named no limit is served with the room
+        # there is, as Ollama serves it (Home Assistant's tool results can fill most of the context).
+        reserve = request.max_tokens or min(self.settings.max_tokens, n_ctx // 4)
+        tokens, dropped, dropped_tokens = prompts.fitted(self.template, model.tokenize, request, n_ctx, reserve)
         try:
             sampler = Sampler(request.sampling, request.grammar, model.vocab)
         except ModelError as err:
             raise InvalidRequest(str(err)) from None
-        room = self._context(request) - len(tokens)
-        limit = request.max_tokens or min(self.settings.max_tokens, room)
-        # A reply held to a grammar from its first token (JSON, a schema, a required call) is useless cut
-        # short, so it is steered to close what it has open (a small model can ramble inside a string):
-        # Home Assistant's AI tasks name no limit, and at the owner's default such a reply gets the rest of
-        # the context to close in; under a limit the client named (Home Assistant's OpenAI integration
-        # names 150) the last quarter of it is kept for closing.
-        closing_at = None
-        if request.grammar is not None and not request.grammar.triggers:
-            if request.max_tokens:
-                closing_at = limit - max(1, limit // CLOSING_SHARE)
-            else:
-                closing_at, limit = limit, room
+        limit, closing_at = self._limits(request, n_ctx - len(tokens))
         stops = request.stop + (tuple(self.template.stop_strings()) if request.messages is not None else ())
         scanner = StopScanner(stops)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -480,6 +390,3 @@ class Engine:
         self.metrics.finished(generated, seconds)
         job.emit(Finished(reason, len(tokens), generated, seconds))
 
-
-def model_id(path: Path) -> str:
-    return Path(path).stem.lower()

@@ -13,16 +13,13 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import llama_cpp
 import numpy as np
 
 from ..errors import ModelError
+from .generation import Sampling
 from .grammar import Grammar
-
-if TYPE_CHECKING:
-    from .engine import Sampling
 
 _backends: list[str] | None = None
 log = logging.getLogger("llama.cpp")

@@ -1,12 +1,17 @@
-"""Chat messages to a prompt, with the model's own chat template (GGUF `tokenizer.chat_template`)."""
+"""Chat messages to a prompt, with the model's own chat template (GGUF `tokenizer.chat_template`), cut to
+fit the context by whole turns."""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Callable
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from ..errors import InvalidRequest, PromptTooLong
+from .generation import Request
 
 # ChatML: what llama.cpp falls back to as well when a model carries no template.
 CHATML = (
@@ -115,3 +120,30 @@ def older_turn_dropped(messages: list[dict] | None) -> list[dict] | None:
     if not users or (users[0] == 0 and len(users) < 2):
         return None
     return system + rest[users[0] if users[0] > 0 else users[1]:]
+
+
+def fitted(template: ChatTemplate, tokenize: Callable[[str], list[int]], request: Request, n_ctx: int,
+           reserve: int) -> tuple[list[int], int, int]:
+    """The prompt's tokens, and how many of the oldest messages (and their tokens) were left out so that
+    they and `reserve` tokens of reply fit `n_ctx` (only if the request lets them go: `truncate`)."""
+    messages, dropped, whole = request.messages, 0, None
+    while True:
+        try:
+            text = template.render(messages, request.tools) if messages is not None else request.prompt
+        except PromptError as err:
+            raise InvalidRequest(str(err), param="messages") from None
+        tokens = tokenize(text)
+        whole = whole or len(tokens)
+        too_long = request.truncate and len(tokens) + reserve > n_ctx
+        shorter = older_turn_dropped(messages) if too_long else None
+        if shorter is None:
+            break
+        dropped += len(messages) - len(shorter)
+        messages = shorter
+    needed = request.max_tokens or 1
+    if len(tokens) + needed > n_ctx:
+        raise PromptTooLong(f"this model's context is {n_ctx} tokens, but the request needs "
+                            f"{len(tokens) + needed} ({len(tokens)} in the prompt, {needed} to generate)"
+                            + (" with only the newest message left" if dropped else ""),
+                            param="messages" if request.messages else "prompt")
+    return tokens, dropped, whole - len(tokens)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from ..errors import GenerationFailed
-from .engine import Finished, Text
+from .generation import Finished, Text
 from .tools import Call, Cut, Offer, Splitter
 
 

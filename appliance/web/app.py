@@ -18,7 +18,8 @@ from .. import config as config_module, db as database, device, store, systemd
 from ..config import Config
 from ..errors import MethodNotAllowed, ModelError, NotFound, ServiceError
 from ..governor import client as governor_client
-from ..inference.engine import Engine, Finished, Request as Generation
+from ..inference.engine import Engine
+from ..inference.generation import Finished, Request as Generation
 from ..inference.probe import Proofs
 from ..metrics import Metrics
 from ..update import status as update_status

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from .. import conversations
 from ..errors import InvalidRequest, NotFound
 from ..inference import prompts
-from ..inference.engine import Finished, Request as Generation
+from ..inference.generation import Finished, Request as Generation
 from . import markdown
 from .auth import Identity, page, public_files, route
 from .http import field, read_json, unless_disconnected

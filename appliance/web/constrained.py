@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from ..errors import InvalidRequest, NotReady
 from ..inference import grammar, tools
-from ..inference.engine import Embedded, Engine
+from ..inference.engine import Engine
+from ..inference.generation import Embedded
 from ..inference.grammar import Grammar, SchemaError
 from ..inference.tools import Offer
 

@@ -27,7 +27,8 @@ from starlette.responses import JSONResponse
 from .. import store
 from ..config import Config
 from ..errors import Conflict, InvalidRequest, ModelError, ModelUnusable, UnknownModel
-from ..inference.engine import Engine, model_id
+from ..inference.engine import Engine
+from ..inference.served import model_id
 from ..store import StoreError, Tier
 from .auth import Identity, page, route
 from .http import field, read_json, receive_file

@@ -15,7 +15,9 @@ from starlette.responses import JSONResponse, StreamingResponse
 from .. import store
 from ..errors import DownloadFailed, InvalidRequest, NotReady, ServiceError, UnknownModel
 from ..inference import prompts, tools
-from ..inference.engine import Engine, Finished, Request as Generation, Sampling, Served, Text, model_id
+from ..inference.engine import Engine
+from ..inference.generation import Finished, Request as Generation, Sampling, Text
+from ..inference.served import Served, model_id
 from ..inference.grammar import Grammar
 from ..inference.replies import Calls, collect, words_and_calls
 from ..inference.tools import Offer

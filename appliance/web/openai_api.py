@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import secrets
 import struct
@@ -13,7 +14,8 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from ..errors import InvalidRequest, ServiceError
 from ..inference import prompts
-from ..inference.engine import Engine, Finished, Request as Generation, Sampling, Text
+from ..inference.engine import Engine
+from ..inference.generation import Finished, Request as Generation, Sampling, Text
 from ..inference.grammar import Grammar
 from ..inference.replies import Calls, collect, words_and_calls
 from ..inference.tools import Cut, Offer
@@ -82,6 +84,23 @@ def _usage(done: Finished) -> dict:
             "total_tokens": done.prompt_tokens + done.completion_tokens}
 
 
+def _choice(chat: bool, text: str | None, finish: str | None, delta: bool, calls: Calls = Calls()) -> dict:
+    """A completion's one choice: whole (`message`) or a streamed chunk of it (`delta`)."""
+    if not chat:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    given = bool(calls.calls)
+    if delta:
+        message = ({"content": text} if text else {}) | ({"tool_calls": _tool_calls(calls, True)} if given else {})
+    else:
+        message = {"role": "assistant", "content": text or (None if given else "")} | (
+            {"tool_calls": _tool_calls(calls, False)} if given else {})
+    return {"index": 0, ("delta" if delta else "message"): message, "logprobs": None, "finish_reason": finish}
+
+
+def _finish_reason(done: Finished, calls: Calls) -> str:
+    return "tool_calls" if calls.whole else "length" if done.reason == "length" else "stop"
+
+
 async def _complete(request: Request, *, chat: bool):
     engine: Engine = request.state.engine
     body = await read_json(request)
@@ -90,20 +109,7 @@ async def _complete(request: Request, *, chat: bool):
     include_usage = bool(field(body, "stream_options", dict, {}).get("include_usage"))
     kind = "chat.completion" if chat else "text_completion"
 
-    def choice(text: str | None, finish: str | None, delta: bool, calls: Calls = Calls()) -> dict:
-        if not chat:
-            return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        given = bool(calls.calls)
-        if delta:
-            message = ({"content": text} if text else {}) | ({"tool_calls": _tool_calls(calls, True)} if given else {})
-        else:
-            message = {"role": "assistant", "content": text or (None if given else "")} | (
-                {"tool_calls": _tool_calls(calls, False)} if given else {})
-        return {"index": 0, ("delta" if delta else "message"): message, "logprobs": None, "finish_reason": finish}
-
-    def finish_reason(done: Finished, calls: Calls) -> str:
-        return "tool_calls" if calls.whole else "length" if done.reason == "length" else "stop"
-
+    choice = functools.partial(_choice, chat)
     started, events = await unless_disconnected(request, engine.begin(generation))
     events = words_and_calls(events, offer)
     base = {"id": ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12), "created": int(time.time()),
@@ -111,7 +117,7 @@ async def _complete(request: Request, *, chat: bool):
     if not stream:
         reply = await unless_disconnected(request, collect(events))
         done = reply.finished
-        return JSONResponse(base | {"object": kind, "choices": [choice(reply.text, finish_reason(done, reply.calls),
+        return JSONResponse(base | {"object": kind, "choices": [choice(reply.text, _finish_reason(done, reply.calls),
                                                                         False, reply.calls)], "usage": _usage(done)})
 
     chunk_kind = "chat.completion.chunk" if chat else "text_completion"
@@ -135,7 +141,7 @@ async def _complete(request: Request, *, chat: bool):
                         calls = event
                         yield sse([choice(None, None, True, calls)])
                     case Finished():
-                        yield sse([choice("", finish_reason(event, calls), True)])
+                        yield sse([choice("", _finish_reason(event, calls), True)])
                         if include_usage:
                             yield sse([], usage=_usage(event))
         except ServiceError as err:  # the status is sent already: the SDKs raise the error object they read

@@ -10,7 +10,8 @@ import pytest
 
 from appliance import config
 from appliance.errors import InvalidRequest, NotReady, PromptTooLong, QueueFull, ServiceError
-from appliance.inference.engine import Engine, Finished, Request, Sampling
+from appliance.inference.engine import Engine
+from appliance.inference.generation import Finished, Request, Sampling
 from appliance.inference import replies
 from appliance.inference.grammar import from_schema
 from appliance.inference.prompts import older_turn_dropped

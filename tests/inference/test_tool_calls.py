@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from appliance.inference import grammar, tools
-from appliance.inference.engine import Finished, Text
+from appliance.inference.generation import Finished, Text
 from appliance.inference.replies import Calls, Reply, collect, words_and_calls
 from appliance.inference.grammar import SchemaError
 from appliance.inference.tools import HERMES, LLAMA3, MISTRAL, Call, Cut

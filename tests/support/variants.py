@@ -16,7 +16,8 @@ import asyncio, logging, pathlib, sys
 from appliance import config
 from appliance.inference import llama
 logging.basicConfig(level=logging.INFO)
-from appliance.inference.engine import Engine, Request
+from appliance.inference.engine import Engine
+from appliance.inference.generation import Request
 from appliance.metrics import Metrics
 async def main():
     words = int(sys.argv[3]) if len(sys.argv) > 3 else 1
