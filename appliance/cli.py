@@ -10,18 +10,15 @@ import sys
 from pathlib import Path
 
 from . import command, config as config_module, db as database, facts, firstboot, logs, store, tokens
-from .config import ConfigError
+from .config import ConfigError, schema
 from .errors import ServiceError
 from .verbs import arg, parser, verb
 
 
 def _load(args) -> config_module.Config:
-    overrides: dict = {}
+    overrides = schema.overrides(args)
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = str(Path(args.data_dir).resolve())
-    for key in ("listen", "https", "redirect"):
-        if getattr(args, key, None) is not None:
-            overrides.setdefault("server", {})[key] = getattr(args, key)
     return config_module.load(Path(args.config) if args.config else config_module.SYSTEM_CONFIG, overrides)
 
 
@@ -110,9 +107,9 @@ def cmd_model(args, config) -> None:
 
 def cmd_config(args, config) -> None:
     if args.action == "schema":
-        print(json.dumps(config_module.json_schema(), indent=2))
+        print(json.dumps(config_module.json_schema(config_module.Config), indent=2))
     elif args.action == "docs":
-        print(config_module.markdown(), end="")
+        print(config_module.reference(), end="")
     elif args.action == "get":
         value = config
         for part in (args.key or "").split("."):
@@ -128,9 +125,7 @@ def cmd_config(args, config) -> None:
 VERBS = {
     "serve": verb(cmd_serve, "run the assistant service in the foreground",
                   arg("--model", help="GGUF model to serve (overrides the configured one)"),
-                  arg("--listen", help="plain-HTTP API listener HOST:PORT, '' for none (overrides server.listen)"),
-                  arg("--https", help="HTTPS listener HOST:PORT, '' for none (overrides server.https)"),
-                  arg("--redirect", help="redirect listener HOST:PORT, '' for none (overrides server.redirect)")),
+                  *schema.options(config_module.ServerConfig, "server", ("listen", "https", "redirect"))),
     "firstboot": verb(cmd_firstboot, "make the device's missing secrets and setup code; show how to reach the box"),
     "setup": verb(cmd_setup, "on the box's console: a new setup code, unlocking the wizard after wrong codes",
                   arg("action", choices=["reset"])),

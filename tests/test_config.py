@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -54,7 +55,7 @@ def test_broken_yaml_is_reported_with_the_file(tmp_path):
 
 
 def test_json_schema_comes_from_the_same_table():
-    schema = config.json_schema()
+    schema = config.json_schema(config.Config)
     threads = schema["properties"]["inference"]["properties"]["threads"]
     assert threads == {"type": "integer", "default": 0, "minimum": 0, "maximum": 256,
                        "description": config.InferenceConfig.__dataclass_fields__["threads"].metadata["help"]}
@@ -64,8 +65,8 @@ def test_json_schema_comes_from_the_same_table():
 def test_the_configuration_reference_is_generated_from_the_same_table():
     """docs/configuration.md is `paladin config docs`; regenerate it when a setting changes."""
     reference = (ROOT / "docs/configuration.md").read_text()
-    assert reference == config.markdown()
-    for f in config.dataclasses.fields(config.UpdateConfig):
+    assert reference == config.reference()
+    for f in dataclasses.fields(config.UpdateConfig):
         assert f"`update.{f.name}`" in reference and f.metadata["help"] in reference
 
 

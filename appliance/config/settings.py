@@ -1,48 +1,19 @@
-"""The box's one typed configuration.
-
-Every part of the appliance reads a frozen `Config`.  Values come, last one
-winning, from the defaults below, the image's `/etc/paladin/paladin.yaml`, the
-owner's choices kept on the data partition (`<data_dir>/config.yaml`, written
-by the setup wizard) and the command line.  The field metadata is the single
-table that drives parsing, validation messages and the JSON Schema.
-"""
+"""The box's settings, as one table: frozen dataclasses whose fields carry their help and bounds
+(schema.setting).  Parsing, messages, the JSON Schema, docs/configuration.md and the command line's
+overrides all come from it."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import re
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
-import yaml
 
-from . import facts, files
-from .access import lan_problem, ssh_key_problem
-
-SYSTEM_CONFIG = Path(facts.SYSTEM_CONFIG)
-OWNER_CONFIG_NAME = "config.yaml"
-FIREWALL_SETTINGS = Path(facts.FIREWALL_STATE) / "settings.yaml"
-
-
-class ConfigError(ValueError):
-    """A configuration value is unusable; the message names key, value and what is allowed."""
-
-
-def setting(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
-            pattern: str | None = None, allowed: str | None = None,
-            check: Callable[[Any], str | None] | None = None) -> Any:
-    """A field with its validation: range, pattern, and `check` (returns what is wrong, or None)."""
-    return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum,
-                                            "pattern": pattern, "allowed": allowed, "check": check})
-
-
-def section(cls: type) -> Any:
-    return field(default_factory=cls)
+from .. import facts
+from ..access import lan_problem, ssh_key_problem
+from .schema import setting, section
 
 
 LISTEN_PATTERN = r"^(|(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):[0-9]{1,5})$"
@@ -146,6 +117,8 @@ class UpdateConfig:
 
 
 DEFAULT_LAN = "10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 169.254.0.0/16 fc00::/7 fe80::/10"
+
+
 @dataclass(frozen=True)
 class FirewallConfig:
     """What the box lets in and out.  The owner's changes come only through the firewall helper (root), which
@@ -228,171 +201,6 @@ class Config:
         server = self.server
         return {kind: _split(value) for kind, value in
                 (("https", server.https), ("redirect", server.redirect), ("listen", server.listen)) if value}
-
-
-def _check(path: str, f: dataclasses.Field, kind: type, value: Any, source: str) -> Any:
-    meta = f.metadata
-    expected = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[kind]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{source}: {path}: {value!r} is not {expected}")
-    low, high = meta["minimum"], meta["maximum"]
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ConfigError(f"{source}: {path}: {value!r} is out of range (allowed: {low} to {high})")
-    if meta["pattern"] and not re.match(meta["pattern"], value):
-        raise ConfigError(f"{source}: {path}: {value!r} is not allowed (allowed: {meta['allowed']})")
-    problem = meta["check"](value) if meta["check"] else None
-    if problem:
-        raise ConfigError(f"{source}: {path}: {value!r} {problem}")
-    return value
-
-
-def _merge(base: Any, raw: Any, source: str, prefix: str = "") -> Any:
-    """Return `base` (a config dataclass) updated with the mapping `raw`, validating every value."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'}: expected a mapping, got {raw!r}")
-    known = {f.name: f for f in dataclasses.fields(base)}
-    kinds = typing.get_type_hints(type(base))
-    changes = {}
-    for key, value in raw.items():
-        path = f"{prefix}{key}"
-        if key not in known:
-            raise ConfigError(f"{source}: {path}: unknown key (known: {', '.join(known)})")
-        current = getattr(base, key)
-        if dataclasses.is_dataclass(current):
-            changes[key] = _merge(current, value, source, f"{path}.")
-        else:
-            changes[key] = _check(path, known[key], kinds[key], value, source)
-    return dataclasses.replace(base, **changes)
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return raw if raw is not None else {}
-
-
-def load(system_file: Path | None = SYSTEM_CONFIG, overrides: dict | None = None,
-         firewall_file: Path = FIREWALL_SETTINGS) -> Config:
-    """Defaults, then the system file, the firewall helper's settings, the owner's file on the data
-    partition, then overrides.
-
-    `overrides` (from the command line) are applied first to find the data
-    directory and again last so that they win.
-    """
-    config = Config()
-    if system_file is not None and system_file.exists():
-        config = _merge(config, _read_yaml(system_file), str(system_file))
-    config = dataclasses.replace(config, firewall=read_firewall(firewall_file, config.firewall))
-    overrides = overrides or {}
-    config = _merge(config, overrides, "command line")
-    owner_file = config.data_path / OWNER_CONFIG_NAME
-    if owner_file.exists():
-        owner = _read_yaml(owner_file)
-        if isinstance(owner, dict) and "firewall" in owner:
-            # The assistant writes this file: what reaches the box, and SSH as root, is the helper's to change.
-            raise ConfigError(f"{owner_file}: firewall: not allowed here (the firewall helper keeps these "
-                              f"settings in {firewall_file})")
-        config = _merge(config, owner, str(owner_file))
-        config = _merge(config, overrides, "command line")
-    return config
-
-
-def check_firewall(raw: dict, source: str, base: FirewallConfig = FirewallConfig()) -> FirewallConfig:
-    """The owner's firewall settings (the helper's file, or a request from the web UI) over `base`, checked
-    alone and together: SSH needs a key, as there are no passwords."""
-    checked = _merge(base, raw, source, "firewall.")
-    if checked.ssh and not checked.ssh_key:
-        raise ConfigError(f"{source}: firewall.ssh_key: SSH needs the owner's public key, as the box has no "
-                          "passwords to log in with: paste the line from ~/.ssh/id_ed25519.pub")
-    return checked
-
-
-def read_firewall(path: Path, base: FirewallConfig = FirewallConfig()) -> FirewallConfig:
-    """The firewall helper's settings file over `base` (just `base` while there is none)."""
-    return check_firewall(_read_yaml(path), str(path), base) if path.exists() else base
-
-
-def parse(raw: dict, source: str = "config") -> Config:
-    return _merge(Config(), raw, source)
-
-
-def _deep_update(base: dict, changes: dict) -> dict:
-    merged = dict(base)
-    for key, value in changes.items():
-        merged[key] = _deep_update(merged.get(key) or {}, value) if isinstance(value, dict) else value
-    return merged
-
-
-def save_owner(data_dir: Path, changes: dict) -> Config:
-    """Merge `changes` into the owner's file on the data partition, durably, if the result is valid;
-    returns what that file alone configures (over the defaults)."""
-    owner_file = Path(data_dir) / OWNER_CONFIG_NAME
-    merged = _deep_update(_read_yaml(owner_file) if owner_file.exists() else {}, changes)
-    checked = _merge(Config(), merged, str(owner_file))
-    files.write(owner_file, yaml.safe_dump(merged, sort_keys=True).encode(), mode=0o600)
-    return checked
-
-
-class Live:
-    """The running service's configuration: the one it started with, and the owner's changes since, each
-    saved durably first (`save_owner`) and then applied."""
-
-    def __init__(self, config: Config):
-        self.config = config
-
-    def save(self, changes: dict) -> Config:
-        save_owner(self.config.data_path, changes)
-        self.config = _merge(self.config, changes, "the owner's change")
-        return self.config
-
-
-def to_dict(config: Config) -> dict:
-    return dataclasses.asdict(config)
-
-
-def json_schema(cls: type = Config) -> dict:
-    """The JSON Schema of the configuration file, from the same metadata that validates it."""
-    properties = {}
-    for f in dataclasses.fields(cls):
-        kind = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(kind):
-            properties[f.name] = json_schema(kind)
-            continue
-        prop: dict[str, Any] = {
-            "type": {str: "string", int: "integer", float: "number", bool: "boolean"}[kind],
-            "default": f.default, "description": f.metadata["help"]}
-        for key, name in (("minimum", "minimum"), ("maximum", "maximum"), ("pattern", "pattern")):
-            if f.metadata[key] is not None:
-                prop[name] = f.metadata[key]
-        properties[f.name] = prop
-    return {"type": "object", "additionalProperties": False, "properties": properties}
-
-
-def markdown(cls: type = Config, prefix: str = "") -> str:
-    """The configuration reference (docs/configuration.md), from the same metadata that validates it."""
-    if not prefix:
-        text = ("# Configuration\n\n<!-- generated by `paladin config docs` from appliance/config.py; "
-                "a test keeps it current -->\n\n"
-                "Values come, last one winning, from the defaults below, the image's `/etc/paladin/paladin.yaml`, "
-                "the owner's `<data_dir>/config.yaml` and the command line.\n\n"
-                "| key | type | default | allowed | what |\n| --- | --- | --- | --- | --- |\n")
-    else:
-        text = ""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        kind = hints[f.name]
-        if dataclasses.is_dataclass(kind):
-            text += markdown(kind, f"{prefix}{f.name}.")
-            continue
-        meta = f.metadata
-        allowed = meta["allowed"] or (f"{meta['minimum']} to {meta['maximum']}" if meta["minimum"] is not None else "")
-        name = {str: "string", int: "integer", float: "number", bool: "boolean"}[kind]
-        text += f"| `{prefix}{f.name}` | {name} | `{json.dumps(f.default)}` | {allowed} | {meta['help']} |\n"
-    return text
 
 
 def default_threads() -> int:
