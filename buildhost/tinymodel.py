@@ -81,12 +81,37 @@ def vocabulary(size: int, words: tuple[str, ...] = ()) -> tuple[list[str], list[
     return tokens + pieces, scores, types + [gguf.TokenType.NORMAL] * len(pieces)
 
 
+def _describe(writer, shape, name: str, vocabulary: tuple, template: str) -> None:
+    """The model's metadata: a llama architecture of `shape`, its vocabulary and its chat template."""
+    heads = max(1, shape.embedding // 64)
+    writer.add_name(name)
+    writer.add_context_length(8192)
+    writer.add_embedding_length(shape.embedding)
+    writer.add_block_count(shape.layers)
+    writer.add_feed_forward_length(shape.feed_forward)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(heads)
+    writer.add_rope_dimension_count(shape.embedding // heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if shape.dtype is np.float32 else gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_tokenizer_model("llama")
+    tokens, scores, types = vocabulary
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(template)
+
+
 def write(path: Path, size: str = "small", name: str | None = None, only: tuple[str, ...] = (),
           template: str = "plain") -> Path:
     shape = SIZES[size]
     rng = np.random.default_rng(SEED)
     d, ff = shape.embedding, shape.feed_forward
-    heads = max(1, d // 64)
     tokens, scores, types = vocabulary(shape.vocab, only)
     first = types.index(gguf.TokenType.NORMAL)
     allowed = range(first, first + len(only)) if only else range(first, len(tokens))
@@ -103,26 +128,7 @@ def write(path: Path, size: str = "small", name: str | None = None, only: tuple[
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")  # renamed at the end: no reader sees half a model
     writer = gguf.GGUFWriter(str(partial), "llama")
-    writer.add_name(name or f"paladin-tiny-{size}")
-    writer.add_context_length(8192)
-    writer.add_embedding_length(d)
-    writer.add_block_count(shape.layers)
-    writer.add_feed_forward_length(ff)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(heads)
-    writer.add_rope_dimension_count(d // heads)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if shape.dtype is np.float32 else gguf.LlamaFileType.MOSTLY_F16)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_unk_token_id(0)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
-    writer.add_chat_template(TEMPLATES[template])
+    _describe(writer, shape, name or f"paladin-tiny-{size}", (tokens, scores, types), TEMPLATES[template])
 
     embedding = matrix(shape.vocab, d)
     embedding[:, 0] = 1.0

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from appliance import channel, facts
+from appliance.layout import DataDir, UpdateState
 from buildhost import ROOT
 
 pytestmark = pytest.mark.unit
@@ -39,7 +40,7 @@ def test_slot_labels_are_the_ones_the_updater_reads():
 
 def test_sysupdate_transfers_use_the_release_names():
     transfers = {p.stem: ini(p) for p in (ROOT / "overlay/usr/lib/paladin-update").glob("*/*.transfer")}
-    staging = str(facts.UPDATE_STATE / "staging")
+    staging = str(UpdateState().staging)
     for kind, name in (("root", "50-root"), ("verity", "60-verity")):
         transfer = transfers[name]
         assert transfer["Source"]["Path"] == staging
@@ -54,6 +55,17 @@ def test_sysupdate_transfers_use_the_release_names():
 def test_each_helpers_path_unit_watches_the_request_channel(helper):
     unit = "paladin-update.path" if helper == "update" else f"paladin-{helper}-request.path"
     assert ini(ROOT / "units" / unit)["Path"]["PathExists"] == str(channel.inbox(Path(facts.DATA_DIR)) / f"{helper}.json")
+
+
+def test_the_fetchers_sandbox_shows_it_its_work_directory_and_the_upload_only():
+    service = ini(ROOT / "units/paladin-update-fetch.service")["Service"]
+    data = DataDir()
+    assert service["TemporaryFileSystem"] == str(data.root)
+    assert service["BindPaths"] == str(data.update.root)
+    assert service["BindReadOnlyPaths"] == "-" + str(channel.attachment(data.root, "update", "bundle"))
+    assert service["Environment"] == f"TMPDIR={data.update.tmp}"
+    tmpfiles = (ROOT / "overlay/usr/lib/tmpfiles.d/paladin.conf").read_text()
+    assert f"d {data.update.root} " in tmpfiles  # its tmp/ the fetcher makes before python-tuf writes there
 
 
 def test_the_firewall_state_is_where_sshd_and_its_unit_look():

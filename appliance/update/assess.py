@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from .. import command, config as config_module
+from ..layout import UpdateState
 from .progress import UpdateError, write_json
 from .slots import boot_counted
 from .status import STATE, read_state, running_version
@@ -19,18 +20,18 @@ HEALTH_DEADLINE = 8 * 60  # under the unit's TimeoutStartSec; a first boot may l
 KEEP_ATTEMPTS = 20
 
 
-def attempt(state: Path, result: str, reason: str) -> dict:
+def attempt(state: UpdateState, result: str, reason: str) -> dict:
     record = {"version": running_version(), "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
               "time": time.time(), "result": result, "reason": reason, "counted": boot_counted()}
-    attempts = read_state(state / "attempts.json", [])
+    attempts = read_state(state.attempts, [])
     attempts = [a for a in attempts if a.get("boot_id") != record["boot_id"]] + [record]
-    write_json(state / "attempts.json", attempts[-KEEP_ATTEMPTS:])
+    write_json(state.attempts, attempts[-KEEP_ATTEMPTS:])
     return record
 
 
-def failed_versions(state: Path = STATE) -> frozenset[str]:
+def failed_versions(state: UpdateState = STATE) -> frozenset[str]:
     """Versions whose boots on this box failed their assessment and never passed it."""
-    attempts = read_state(state / "attempts.json", [])
+    attempts = read_state(state.attempts, [])
     good = {a.get("version") for a in attempts if a.get("result") == "good"}
     return frozenset(a.get("version") for a in attempts if a.get("result") == "failed") - good
 
@@ -53,7 +54,7 @@ def base_url(config: config_module.Config) -> str:
     return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
-def assess(config: config_module.Config, state: Path = STATE, deadline: float = HEALTH_DEADLINE) -> str:
+def assess(config: config_module.Config, state: UpdateState = STATE, deadline: float = HEALTH_DEADLINE) -> str:
     """Pass when the assistant answers /health and, with a model, generates one token; else raise."""
     base = base_url(config)
     give_up, reason = time.monotonic() + deadline, "the assistant never answered"
@@ -94,10 +95,10 @@ def assess(config: config_module.Config, state: Path = STATE, deadline: float = 
     raise UpdateError(f"boot assessment failed: {reason}")
 
 
-def boot_failed(state: Path = STATE) -> None:
+def boot_failed(state: UpdateState = STATE) -> None:
     """After a failed or hung assessment: keep why, and reboot while systemd-boot still counts tries."""
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    attempts = read_state(state / "attempts.json", [])
+    attempts = read_state(state.attempts, [])
     if not any(a.get("boot_id") == boot_id and a.get("result") == "failed" for a in attempts):
         attempt(state, "failed", "boot assessment did not finish in time")
     if boot_counted():

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from .. import command, config as config_module, logs
+from ..layout import UpdateState
 from ..verbs import arg, parser, verb
 from .assess import assess, attempt, boot_failed
 from .install import install, run_service
@@ -20,15 +21,15 @@ from .status import STATE, progress, read_state, running_version
 log = logging.getLogger("paladin-update")
 
 
-def status(state: Path = STATE) -> dict:
+def status(state: UpdateState = STATE) -> dict:
     return {"running": running_version(), "arch": machine_arch(), "slots": slots(), "kernels": kernels(),
-            "update": progress(state), "attempts": read_state(state / "attempts.json", [])}
+            "update": progress(state), "attempts": read_state(state.attempts, [])}
 
 
-def save_snapshot(state: Path = STATE) -> None:
+def save_snapshot(state: UpdateState = STATE) -> None:
     """status() for the web UI, which may read neither the partition table nor the ESP."""
     with contextlib.suppress(UpdateError, command.CommandError, OSError):
-        write_json(state / "snapshot.json", status(state))
+        write_json(state.snapshot, status(state))
 
 
 def _print_status(data: dict) -> None:

@@ -23,10 +23,11 @@ from tuf.api.metadata import TargetFile
 from tuf.ngclient import FetcherInterface
 
 from .. import channel, files, logs
+from ..layout import DataDir, FetchWork, UpdateState
 from . import bundle
 from .progress import Progress, UpdateError, write_json
 from .release import Box
-from .status import STATE, fetch_dir
+from .status import STATE
 from .trust import CountingFetcher, DirectoryFetcher, Recording, client, download, refresh, refusals
 
 log = logging.getLogger("paladin-update-fetch")
@@ -41,32 +42,30 @@ class Job:
     data_dir: str
     box: Box
 
-    NAME = "job.json"
-
-    def save(self, state: Path) -> None:
+    def save(self, state: UpdateState) -> None:
         box = dataclasses.asdict(self.box) | {"failed": sorted(self.box.failed)}
-        write_json(state / self.NAME, {"source": self.source, "data_dir": self.data_dir, "box": box})
+        write_json(state.job, {"source": self.source, "data_dir": self.data_dir, "box": box})
 
     @classmethod
-    def load(cls, state: Path) -> Job:
-        raw = json.loads((state / cls.NAME).read_text())
+    def load(cls, state: UpdateState) -> Job:
+        raw = json.loads(state.job.read_text())
         box = raw["box"] | {"failed": frozenset(raw["box"]["failed"])}
         return cls(raw["source"], raw["data_dir"], Box(**box))
 
 
-def run_fetcher(state: Path) -> str:
+def run_fetcher(state: UpdateState) -> str:
     """paladin-update-fetch.service: the job the root side left in `state`, its progress and its
     outcome in the work directory, where the root side and the web UI read them."""
     job = Job.load(state)
     data_dir = Path(job.data_dir)
-    work = fetch_dir(data_dir)
-    progress = Progress(work, source=job.source, phase="metadata")
+    work = DataDir(data_dir).update
+    progress = Progress(work.status, source=job.source, phase="metadata")
     try:
         if job.source == "bundle":
             with channel.open_attachment(data_dir, "update", "bundle") as uploaded:
-                version = fetch_release(uploaded, work, state / "trusted", progress, job.box)
+                version = fetch_release(uploaded, work, state.trusted, progress, job.box)
         else:
-            version = fetch_release(job.source, work, state / "trusted", progress, job.box)
+            version = fetch_release(job.source, work, state.trusted, progress, job.box)
     except (UpdateError, bundle.BundleError, channel.RequestError, OSError) as err:
         progress.set(phase="failed", error=str(err))
         raise UpdateError(str(err)) from None
@@ -82,27 +81,26 @@ def _mirrored(info: TargetFile) -> Path:
     return Path("targets") / path
 
 
-def fetch_release(source: Source, work: Path, trusted: Path, progress: Progress, box: Box) -> str:
+def fetch_release(source: Source, work: FetchWork, trusted: Path, progress: Progress, box: Box) -> str:
     """Unprivileged: refresh the metadata from `source` as the box trusts it (`trusted`), choose the
-    release and leave it in `work/mirror`, checked; returns its version."""
-    mirror, unpacked = work / "mirror", work / "bundle"
-    with refusals(mirror, unpacked):
+    release and leave it in `work.mirror`, checked; returns its version."""
+    with refusals(work.mirror, work.bundle):
         try:
             return _fetch_release(source, work, trusted, progress, box)
         finally:
-            shutil.rmtree(unpacked, ignore_errors=True)
+            shutil.rmtree(work.bundle, ignore_errors=True)
 
 
-def _fetch_release(source: Source, work: Path, trusted: Path, progress: Progress, box: Box) -> str:
-    metadata, mirror, unpacked = work / "metadata", work / "mirror", work / "bundle"
+def _fetch_release(source: Source, work: FetchWork, trusted: Path, progress: Progress, box: Box) -> str:
+    metadata, mirror, unpacked = work.metadata, work.mirror, work.bundle
     for old in (metadata, mirror, unpacked):
         shutil.rmtree(old, ignore_errors=True)
     shutil.copytree(trusted, metadata)
-    (work / "tmp").mkdir(parents=True, exist_ok=True)
+    work.tmp.mkdir(parents=True, exist_ok=True)
     offline = not isinstance(source, str)
     if offline:
         # unpacked, then copied into the mirror (through python-tuf's temporary copy): before a byte is written
-        if problem := files.shortfall(work, 3 * bundle.unpacked_size(source)):
+        if problem := files.shortfall(work.root, 3 * bundle.unpacked_size(source)):
             raise UpdateError(problem)
         unpacked.mkdir()
         progress.set(phase="unpack")
@@ -120,7 +118,7 @@ def _fetch_release(source: Source, work: Path, trusted: Path, progress: Progress
     progress.set(phase="metadata")
     version, chosen = refresh(updater, metadata, box, unpacked if offline else None)
     progress.set(version=version, phase="download")
-    download(updater, version, chosen, box, progress, work, lambda info: mirror / _mirrored(info))
+    download(updater, version, chosen, box, progress, work.root, lambda info: mirror / _mirrored(info))
     return version
 
 

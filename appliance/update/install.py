@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Callable
 
 from .. import channel, command, config as config_module, files
+from ..layout import DataDir, UpdateState
 from . import bundle
 from .assess import failed_versions
 from .fetcher import Job, Source, fetch_release
 from .progress import Progress, UpdateError
 from .release import Box
 from .slots import check_slot, empty_slot, esp, kernels, machine_arch, room, sha256_prefix, sysupdate
-from .status import STATE, fetch_dir, running_version
+from .status import STATE, running_version
 from .trust import publish
 from .verify import verified_release
 
@@ -31,26 +32,26 @@ FETCH_UNIT = "paladin-update-fetch.service"
 Fetch = Callable[[Box, Progress, Path], Path]
 
 
-def install(source: Source, *, state: Path = STATE, reboot: bool = False, retry_failed: bool = True) -> str:
+def install(source: Source, *, state: UpdateState = STATE, reboot: bool = False, retry_failed: bool = True) -> str:
     """Verify and install the newest release from `source` (URL, directory or open bundle); returns its
     version.  Both halves run in this process: the root user named the source at the console."""
-    work = state / "fetch"
+    work = state.fetch
 
     def fetched(box: Box, progress: Progress, trusted: Path) -> Path:
         fetch_release(source, work, trusted, progress, box)
-        return work / "mirror"
+        return work.mirror
 
     try:
         return _attempt(state, source if isinstance(source, str) else "bundle", fetched,
                         offline=not isinstance(source, str), reboot=reboot, retry_failed=retry_failed)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work.root, ignore_errors=True)
 
 
-def _attempt(state: Path, label: str, fetched: Fetch, *, offline: bool, reboot: bool, retry_failed: bool) -> str:
+def _attempt(state: UpdateState, label: str, fetched: Fetch, *, offline: bool, reboot: bool, retry_failed: bool) -> str:
     """One update attempt, recorded in status.json from start to end.  Without `retry_failed`, a
     release that failed its boot assessment here is not taken again."""
-    progress = Progress(state, source=label, phase="metadata")
+    progress = Progress(state.status, source=label, phase="metadata")
     try:
         arch, running = machine_arch(), running_version()
         box = Box(arch, running, room(arch, running), frozenset() if retry_failed else failed_versions(state))
@@ -68,7 +69,7 @@ def _attempt(state: Path, label: str, fetched: Fetch, *, offline: bool, reboot: 
     return version
 
 
-def _install(mirror: Path, state: Path, progress: Progress, box: Box, offline: bool) -> str:
+def _install(mirror: Path, state: UpdateState, progress: Progress, box: Box, offline: bool) -> str:
     version, chosen = verified_release(mirror, state, progress, box, offline=offline)
     arch = box.arch
     progress.set(phase="write")
@@ -90,13 +91,13 @@ def _install(mirror: Path, state: Path, progress: Progress, box: Box, offline: b
     if not installed or sha256_prefix(esp() / "EFI/Linux" / installed[0]["file"],
                                       signed["raw_length"]) != signed["raw_sha256"]:
         raise UpdateError(f"the UKI of {version} on the ESP does not match the signed one")
-    shutil.rmtree(state / "staging", ignore_errors=True)
+    shutil.rmtree(state.staging, ignore_errors=True)
     return version
 
 
-def _refused(state: Path, message: str) -> UpdateError:
+def _refused(state: UpdateState, message: str) -> UpdateError:
     """A request refused before any attempt began, recorded where the web UI looks."""
-    Progress(state, phase="failed", error=message)
+    Progress(state.status, phase="failed", error=message)
     return UpdateError(message)
 
 
@@ -104,7 +105,8 @@ def _fetcher_error(data_dir: Path) -> str:
     """Why the unprivileged fetcher gave up, from its status file: untrusted text, so bounded and
     stripped to printable characters before it reaches the web UI."""
     try:
-        with files.open_beneath(data_dir, "update/status.json") as f:
+        data = DataDir(data_dir)
+        with files.open_beneath(data.root, data.beneath(data.update.status)) as f:
             error = json.loads(f.read(64 * 1024)).get("error")
     except (OSError, ValueError, AttributeError):
         error = None
@@ -113,7 +115,7 @@ def _fetcher_error(data_dir: Path) -> str:
     return "".join(c for c in error[:1000] if c.isprintable())
 
 
-def _by_the_fetcher(state: Path, source: str, data_dir: Path) -> Fetch:
+def _by_the_fetcher(state: UpdateState, source: str, data_dir: Path) -> Fetch:
     """Fetching as paladin-update-fetch.service does it: unprivileged, told what to do in `job.json`."""
 
     def fetched(box: Box, progress: Progress, trusted: Path) -> Path:
@@ -123,15 +125,15 @@ def _by_the_fetcher(state: Path, source: str, data_dir: Path) -> Fetch:
             command.run(["systemctl", "start", FETCH_UNIT])
         except command.CommandError:
             raise UpdateError(_fetcher_error(data_dir)) from None
-        return fetch_dir(data_dir) / "mirror"
+        return DataDir(data_dir).update.mirror
 
     return fetched
 
 
-def run_service(config: config_module.Config, state: Path = STATE) -> None:
+def run_service(config: config_module.Config, state: UpdateState = STATE) -> None:
     """paladin-update.service: the web UI's request (untrusted: validated by the channel), or, from
     the daily timer, the configured automatic update."""
-    data_dir = config.data_path
+    data_dir, data = config.data_path, DataDir(config.data_path)
     try:
         request = channel.take(data_dir, "update")
     except channel.RequestError as err:
@@ -158,4 +160,4 @@ def run_service(config: config_module.Config, state: Path = STATE) -> None:
                  reboot=reboot, retry_failed=not automatic)
     finally:
         channel.remove_attachment(data_dir, "update", "bundle")
-        files.remove_beneath(data_dir, "update/mirror")
+        files.remove_beneath(data_dir, data.beneath(data.update.mirror))

@@ -1,4 +1,4 @@
-"""The updater's own records in its state directory: the current attempt's progress (status.json),
+"""An update attempt's progress (the updater's status.json, or the fetcher's in its work directory),
 written durably and readable by the web worker (appliance.update.status reads them)."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ class Progress:
     """The current update's phase, byte counts and seconds per phase in status.json; byte counts are
     written at most twice a second."""
 
-    def __init__(self, state: Path, **fields):
-        self.path = state / "status.json"
+    def __init__(self, path: Path, **fields):
+        self.path = path
         self.fields = {"phase": "starting", "running": running_version(), "error": None, "seconds": {}} | fields
         self.last = self.phase_started = time.monotonic()
         self.set()

@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 
 from .. import facts
+from ..layout import DataDir, UpdateState
 
-STATE = Path(os.environ.get("PALADIN_UPDATE_STATE", str(facts.UPDATE_STATE)))
+STATE = UpdateState(Path(os.environ.get("PALADIN_UPDATE_STATE", str(facts.UPDATE_STATE))))
 OS_RELEASE = Path("/usr/lib/os-release")
 
 
@@ -39,17 +40,12 @@ def read_state(path: Path, default):
 FETCH_PHASES = ("metadata", "unpack", "download")
 
 
-def fetch_dir(data_dir: Path) -> Path:
-    """Where the unprivileged fetcher works, as the assistant's user, in its data directory."""
-    return Path(data_dir) / "update"
-
-
-def progress(state: Path = STATE, data_dir: Path | None = None) -> dict:
+def progress(state: UpdateState = STATE, data_dir: Path | None = None) -> dict:
     """The current or last update attempt (status.json); while the fetcher runs, with its phase and
     byte counts (the worker shows them to the owner; nothing privileged reads them)."""
-    current = read_state(state / "status.json", {"phase": "idle"})
+    current = read_state(state.status, {"phase": "idle"})
     if current.get("phase") == "fetch" and data_dir is not None:
-        fetcher = read_state(fetch_dir(data_dir) / "status.json", {})
+        fetcher = read_state(DataDir(Path(data_dir)).update.status, {})
         # Only its working phases: how the attempt ends (and why) is root's to say.
         if isinstance(fetcher, dict) and fetcher.get("phase") in FETCH_PHASES and \
                 fetcher.get("time", 0) >= current.get("time", 0):
@@ -57,6 +53,6 @@ def progress(state: Path = STATE, data_dir: Path | None = None) -> dict:
     return current
 
 
-def snapshot(state: Path = STATE) -> dict:
+def snapshot(state: UpdateState = STATE) -> dict:
     """Slots, boot entries and attempts as the updater last saw them (it alone may read the disks)."""
-    return read_state(state / "snapshot.json", {})
+    return read_state(state.snapshot, {})

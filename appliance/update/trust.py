@@ -27,6 +27,7 @@ from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 from .. import facts, files
+from ..layout import UpdateState
 from .progress import Progress, UpdateError
 from .release import Box, check_uki, for_box
 
@@ -125,10 +126,10 @@ def trust_root(metadata: Path) -> None:
 ROLES = ("root", "timestamp", "snapshot", "targets")
 
 
-def publish(state: Path) -> Path:
+def publish(state: UpdateState) -> Path:
     """The root side's trusted metadata, published for the unprivileged fetcher (readable by all:
     it is signed and public) so that both start from the same versions; returns where."""
-    metadata, published = state / "metadata", state / "trusted"
+    metadata, published = state.metadata, state.trusted
     metadata.mkdir(parents=True, exist_ok=True)
     published.mkdir(exist_ok=True)
     published.chmod(0o755)  # not left to the updater's umask (0077): the fetcher is another user

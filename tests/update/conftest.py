@@ -7,6 +7,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from appliance.layout import UpdateState
 from appliance.update import trust
 from buildhost import release
 from tests.support.fakes import fake_image
@@ -45,6 +46,6 @@ class QuietHandler(SimpleHTTPRequestHandler):
 def update_state(tmp_path, keys, monkeypatch):
     """A box's update state directory trusting `keys`' root, as the image bakes it in."""
     monkeypatch.setattr(trust, "TRUSTED_ROOT", keys / "root.json")
-    state = tmp_path / "state"
-    state.mkdir()
+    state = UpdateState(tmp_path / "state")
+    state.root.mkdir()
     return state

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from appliance import channel, config
+from appliance.layout import UpdateState
 from appliance.update import install
 from appliance.update.progress import UpdateError
 
@@ -15,8 +16,8 @@ def box(tmp_path, **update):
     return config.parse({"data_dir": str(tmp_path / "data"), "update": update})
 
 
-def status(state):
-    return json.loads((state / "status.json").read_text())
+def status(state: UpdateState):
+    return json.loads(state.status.read_text())
 
 
 @pytest.mark.parametrize("request_, settings, message", [
@@ -25,7 +26,7 @@ def status(state):
     ({"source": "file:///etc/shadow"}, {}, "refused the web UI's request: UpdateRequest.source"),
 ], ids=["online-without-url", "bundle-without-upload", "free-form-source"])
 def test_refused_requests_are_reported_where_the_web_ui_looks(tmp_path, request_, settings, message):
-    cfg, state = box(tmp_path, **settings), tmp_path / "state"
+    cfg, state = box(tmp_path, **settings), UpdateState(tmp_path / "state")
     if isinstance(request_, dict):
         channel.inbox(cfg.data_path).mkdir(parents=True)
         (channel.inbox(cfg.data_path) / "update.json").write_text(json.dumps(request_))
@@ -38,6 +39,6 @@ def test_refused_requests_are_reported_where_the_web_ui_looks(tmp_path, request_
 
 
 def test_the_timer_does_nothing_unless_automatic_updates_are_on(tmp_path, capsys):
-    install.run_service(box(tmp_path, url="http://10.0.0.2/repo"), tmp_path / "state")
+    install.run_service(box(tmp_path, url="http://10.0.0.2/repo"), UpdateState(tmp_path / "state"))
     assert "automatic updates are off" in capsys.readouterr().out
     assert not (tmp_path / "state").exists()

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from appliance import files
+from appliance.layout import UpdateState
 from appliance.update import assess, bundle as bundles, progress, trust
 from appliance.update.fetcher import fetch_release
 from appliance.update.release import Box
@@ -33,15 +34,15 @@ ROOM = {"root": 1 << 20, "verity": 1 << 20}
 def fetch(source, state, *, arch="x86-64", running="1", room=ROOM, failed=frozenset()):
     """What the updater fetches from `source` (a URL, a directory or a bundle file) and then verifies
     again from the fetcher's mirror, as the two halves do on the box."""
-    record = progress.Progress(state, source=str(source))
+    record = progress.Progress(state.status, source=str(source))
     this_box = Box(arch, running, room, failed)
-    work, trusted, offline = state / "fetch", publish(state), Path(source).is_file()
+    work, trusted, offline = state.fetch, publish(state), Path(source).is_file()
     if offline:
         with open(source, "rb") as bundle:
             fetch_release(bundle, work, trusted, record, this_box)
     else:
         fetch_release(source, work, trusted, record, this_box)
-    return verified_release(work / "mirror", state, record, this_box, offline=offline)
+    return verified_release(work.mirror, state, record, this_box, offline=offline)
 
 
 @pytest.mark.unit
@@ -49,17 +50,17 @@ def test_online_release_is_verified_and_staged(served, update_state, repo):
     version, chosen = fetch(served, update_state)
     assert version == "2" and set(chosen) == {"root", "verity", "uki"}
     for info in chosen.values():
-        staged = update_state / "staging" / Path(info.path).name
+        staged = update_state.staging / Path(info.path).name
         assert hashlib.sha256(staged.read_bytes()).hexdigest() == info.hashes["sha256"]
-    assert json.loads((update_state / "status.json").read_text())["done"] == sum(i.length for i in chosen.values())
+    assert json.loads(update_state.status.read_text())["done"] == sum(i.length for i in chosen.values())
 
 
 @pytest.mark.unit
 def test_directory_and_bundle_sources(repo, update_state, tmp_path):
     assert fetch(str(repo.path), update_state)[0] == "2"
     bundle = repo.path / "bundles" / "paladin_2_x86-64.bundle"
-    second = tmp_path / "second"
-    second.mkdir()
+    second = UpdateState(tmp_path / "second")
+    second.root.mkdir()
     assert fetch(str(bundle), second)[0] == "2"
 
 
@@ -77,8 +78,8 @@ def refused(source, state, match, **kwargs):
     with pytest.raises((progress.UpdateError, bundles.BundleError)) as err:
         fetch(source, state, **kwargs)
     assert match in str(err.value), str(err.value)
-    assert not any((state / "staging").glob("*")), "nothing unverified may stay staged"
-    assert not any((state / "fetch").glob("*/targets/*")), "nor mirrored"
+    assert not any(state.staging.glob("*")), "nothing unverified may stay staged"
+    assert not any(state.fetch.root.glob("*/targets/*")), "nor mirrored"
 
 
 def stored_target(repo, kind):
@@ -155,7 +156,7 @@ def test_an_offline_bundle_is_still_judged_as_of_its_timestamp(repo, update_stat
 
 @pytest.mark.unit
 def test_the_daily_check_does_not_take_a_release_that_failed_here_again(served, update_state):
-    (update_state / "attempts.json").write_text(json.dumps([
+    update_state.attempts.write_text(json.dumps([
         {"version": "2", "result": "failed", "reason": "paladin.service failed"},
         {"version": "1", "result": "failed", "reason": "a power cut"}, {"version": "1", "result": "good"}]))
     assert assess.failed_versions(update_state) == {"2"}
@@ -183,7 +184,7 @@ def test_replayed_old_snapshot(served, update_state, repo, tmp_path):
     shutil.copytree(repo.metadata, old)
     repo.publish()  # a newer snapshot and timestamp, which the box then sees
     fetch(served, update_state)
-    shutil.rmtree(update_state / "staging")  # as install() does once the release is written
+    shutil.rmtree(update_state.staging)  # as install() does once the release is written
     shutil.rmtree(repo.metadata)
     shutil.copytree(old, repo.metadata)  # a mirror replays the older, still validly signed set
     refused(served, update_state, "BadVersionNumberError")
@@ -225,15 +226,15 @@ def test_key_rotation_is_followed(served, update_state, repo, keys, tmp_path):
     repo.release(fake_image(tmp_path / "images", "3"))
     version, _ = fetch(served, update_state, running="2")
     assert version == "3"
-    assert json.loads((update_state / "metadata/root.json").read_text())["signed"]["version"] == 3
+    assert json.loads((update_state.metadata / "root.json").read_text())["signed"]["version"] == 3
 
 
 @pytest.mark.unit
 @pytest.mark.parametrize("damage", [b"", b'{"signed": '], ids=["empty", "torn"])
 def test_a_stored_root_torn_by_a_power_cut_falls_back_to_the_image_root(served, update_state, damage):
     """ext4 can leave a renamed but unsynced file empty after a power cut; the box must still update."""
-    (update_state / "metadata").mkdir()
-    (update_state / "metadata/root.json").write_bytes(damage)
+    update_state.metadata.mkdir()
+    (update_state.metadata / "root.json").write_bytes(damage)
     assert fetch(served, update_state)[0] == "2"
 
 
@@ -241,16 +242,16 @@ def test_a_stored_root_torn_by_a_power_cut_falls_back_to_the_image_root(served, 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
 def test_a_bundle_larger_than_the_free_space_is_refused_before_unpacking(repo, keys, tmp_path, monkeypatch):
     monkeypatch.setattr(trust, "TRUSTED_ROOT", keys / "root.json")
-    state = tmp_path / "small"
-    state.mkdir()
+    state = UpdateState(tmp_path / "small")
+    state.root.mkdir()
     bundle = repo.path / "bundles" / "paladin_2_x86-64.bundle"
     room = files.RESERVE_BYTES + 2 * bundle.stat().st_size  # unpacking and staging need three times its size
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={room}", "tmpfs", state], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={room}", "tmpfs", state.root], check=True)
     try:
         refused(str(bundle), state, "not enough space on the data partition")
-        assert not [p for p in state.rglob("*") if p.name in ("bundle", "mirror", "staging")]  # nothing unpacked
+        assert not [p for p in state.root.rglob("*") if p.name in ("bundle", "mirror", "staging")]  # nothing unpacked
     finally:
-        subprocess.run(["umount", "-l", state], check=True)
+        subprocess.run(["umount", "-l", state.root], check=True)
 
 
 @pytest.mark.unit

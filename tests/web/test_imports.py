@@ -12,8 +12,10 @@ pytestmark = pytest.mark.system
 # user) the client and the protocol they share.
 WORKER_PACKAGES = ("appliance.web", "appliance.inference")
 SHARED = {"appliance", "appliance.access", "appliance.certificate", "appliance.channel", "appliance.command",
-          "appliance.config", "appliance.conversations", "appliance.db", "appliance.device", "appliance.errors",
-          "appliance.facts", "appliance.files", "appliance.firstboot", "appliance.metrics", "appliance.owner",
+          "appliance.config", "appliance.config.schema", "appliance.config.settings", "appliance.config.sources",
+          "appliance.conversations", "appliance.db", "appliance.device", "appliance.errors",
+          "appliance.facts", "appliance.files", "appliance.firstboot", "appliance.layout", "appliance.metrics",
+          "appliance.owner",
           "appliance.sessions", "appliance.store", "appliance.systemd", "appliance.tokens"}
 READ_SIDES = {"appliance.firewall", "appliance.firewall.state",  # the owner's settings, the outcome, the host key
               "appliance.update", "appliance.update.status"}  # the updater's state files, the running version
