@@ -80,6 +80,50 @@ class UpdateState:
 
 
 @dataclass(frozen=True)
+class FirewallState:
+    """Where the helper keeps what it owns (root's; the assistant may read all but the host keys)."""
+    directory: Path = Path(facts.FIREWALL_STATE)
+
+    @property
+    def settings(self) -> Path:
+        return self.directory / "settings.yaml"  # the owner's firewall settings, the helper's to write
+
+    @property
+    def last_good(self) -> Path:
+        return self.directory / "ruleset.nft"
+
+    @property
+    def outcome(self) -> Path:
+        return self.directory / "outcome.json"
+
+    @property
+    def ssh(self) -> Path:
+        return self.directory / "ssh"
+
+    @property
+    def authorized_keys(self) -> Path:
+        return self.ssh / "authorized_keys"
+
+    @property
+    def host_key(self) -> Path:
+        return self.ssh / "ssh_host_ed25519_key"
+
+    @property
+    def host_key_public(self) -> Path:
+        return self.ssh / "ssh_host_ed25519_key.pub"
+
+
+@dataclass(frozen=True)
+class GovernorState:
+    """The resource governor's own directory (its user's): its history, which survives restarts."""
+    root: Path = Path(facts.GOVERNOR_STATE)
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.sqlite"
+
+
+@dataclass(frozen=True)
 class DataDir:
     """The assistant's data directory, on the data partition."""
     root: Path = Path(facts.DATA_DIR)

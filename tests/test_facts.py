@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from appliance import channel, facts
-from appliance.layout import DataDir, UpdateState
+from appliance.layout import DataDir, FirewallState, UpdateState
 from buildhost import ROOT
 
 pytestmark = pytest.mark.unit
@@ -69,12 +69,12 @@ def test_the_fetchers_sandbox_shows_it_its_work_directory_and_the_upload_only():
 
 
 def test_the_firewall_state_is_where_sshd_and_its_unit_look():
-    state = str(facts.FIREWALL_STATE)
+    state = FirewallState()
     sshd = (ROOT / "overlay/etc/ssh/sshd_config.d/50-paladin.conf").read_text()
-    assert f"AuthorizedKeysFile {state}/ssh/authorized_keys" in sshd and f"HostKey {state}/ssh/" in sshd
-    assert f"ConditionPathExists={state}/ssh/authorized_keys" in \
+    assert f"AuthorizedKeysFile {state.authorized_keys}" in sshd and f"HostKey {state.host_key}" in sshd
+    assert f"ConditionPathExists={state.authorized_keys}" in \
         (ROOT / "overlay/usr/lib/systemd/system/ssh.service.d/paladin.conf").read_text()
-    assert f"StateDirectory={Path(state).name}" in (ROOT / "units/paladin-firewall.service").read_text()
+    assert f"StateDirectory={state.directory.name}" in (ROOT / "units/paladin-firewall.service").read_text()
 
 
 def test_image_id_home_and_architectures():

@@ -19,7 +19,8 @@ import yaml
 from appliance import channel, config
 from appliance.config import ConfigError
 from appliance.firewall import rules
-from appliance.firewall.state import State, host_key_fingerprint, outcome
+from appliance.firewall.state import host_key_fingerprint, outcome
+from appliance.layout import FirewallState
 from buildhost.debian import ensure_host_packages
 from tests.support.lan import OUTSIDE_GATEWAY, SERVER, Lan, run_in
 
@@ -293,9 +294,9 @@ def test_an_owners_request_is_validated_then_applied_or_changes_nothing(netns, t
     applied = netns("nft", "list", "table", "inet", "paladin").stdout
     assert "10.1.0.0/16" in applied and "fd12::/16" in applied
     assert yaml.safe_load((state / "settings.yaml").read_text())["lan"] == "10.1.0.0/16 fd12::/16"
-    assert outcome(State(state))["ok"] and not channel.pending(data, "firewall")
+    assert outcome(FirewallState(state))["ok"] and not channel.pending(data, "firewall")
     public = state / "ssh" / "ssh_host_ed25519_key.pub"
-    assert host_key_fingerprint(State(state)) in subprocess.run(  # made at boot, shown as ssh does
+    assert host_key_fingerprint(FirewallState(state)) in subprocess.run(  # made at boot, shown as ssh does
         ["ssh-keygen", "-l", "-f", public], capture_output=True, text=True).stdout
     assert (public.stat().st_mode & 0o777, (state / "ssh" / "ssh_host_ed25519_key").stat().st_mode & 0o777) == \
         (0o644, 0o600)
@@ -303,7 +304,7 @@ def test_an_owners_request_is_validated_then_applied_or_changes_nothing(netns, t
     for bad in ({"lan": "0.0.0.0/0"}, {"ssh": True}, {"ssh_key": "not a key"}):
         refused = request_in(netns, state, data, **bad)
         assert refused.returncode == 1 and "were not changed" in refused.stderr
-        assert not outcome(State(state))["ok"]
+        assert not outcome(FirewallState(state))["ok"]
         assert netns("nft", "list", "table", "inet", "paladin").stdout == applied
         assert not (state / "ssh" / "authorized_keys").exists()
     # A request the worker forged past the channel's schema is refused as a whole.
@@ -311,4 +312,4 @@ def test_an_owners_request_is_validated_then_applied_or_changes_nothing(netns, t
                                                                  "ssh_key": ""}))
     assert netns(FIREWALL, "request", "--state", state, "--data-dir", data, "--config", "/nonexistent",
                  check=False).returncode == 1
-    assert "FirewallRequest.ssh" in outcome(State(state))["message"]
+    assert "FirewallRequest.ssh" in outcome(FirewallState(state))["message"]

@@ -10,12 +10,13 @@ from pathlib import Path
 import yaml
 
 from .. import facts, files
+from ..layout import FirewallState
 from .schema import ConfigError, merge, reference_rows
 from .settings import Config, FirewallConfig
 
 SYSTEM_CONFIG = Path(facts.SYSTEM_CONFIG)
 OWNER_CONFIG_NAME = "config.yaml"
-FIREWALL_SETTINGS = Path(facts.FIREWALL_STATE) / "settings.yaml"
+FIREWALL_SETTINGS = FirewallState().settings
 
 
 def _read_yaml(path: Path) -> dict:

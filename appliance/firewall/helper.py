@@ -19,8 +19,8 @@ import yaml
 from .. import channel, command, config as config_module, facts, files
 from ..command import CommandError
 from ..config import Config, ConfigError
+from ..layout import FirewallState
 from . import rules
-from .state import State
 
 log = logging.getLogger(__name__)
 SSH_UNIT = "ssh.service"
@@ -40,12 +40,12 @@ def checked_ruleset(config: Config) -> str:
     return ruleset
 
 
-def _load(ruleset: str, state: State) -> None:
+def _load(ruleset: str, state: FirewallState) -> None:
     rules.load(ruleset)
     files.write(state.last_good, ruleset.encode(), mode=0o600)
 
 
-def _sync_ssh_key(config: Config, state: State) -> bool:
+def _sync_ssh_key(config: Config, state: FirewallState) -> bool:
     """The authorized key file exists exactly while SSH is on (ssh.service starts only then); True if it
     changed."""
     wanted = f"{config.firewall.ssh_key}\n".encode() if config.firewall.ssh else None
@@ -59,7 +59,7 @@ def _sync_ssh_key(config: Config, state: State) -> bool:
     return True
 
 
-def ensure_host_key(state: State) -> None:
+def ensure_host_key(state: FirewallState) -> None:
     """SSH's host key, made on this box at its first boot (never in the image), so the owner can compare
     its fingerprint on the Network access page with what ssh shows the first time."""
     public = state.host_key_public
@@ -77,7 +77,7 @@ def ensure_host_key(state: State) -> None:
         public.chmod(0o644)  # ssh-keygen wrote it under this unit's umask (0077)
 
 
-def boot(load_config, state: State) -> None:
+def boot(load_config, state: FirewallState) -> None:
     """Load the configured ruleset; if the configuration is unusable, the last good one (or the defaults')."""
     try:
         config = load_config()
@@ -100,11 +100,11 @@ def _systemctl(*argv: str) -> None:
     command.run(["systemctl", *argv], timeout=TOOL_SECONDS)
 
 
-def _record(state: State, ok: bool, message: str) -> None:
+def _record(state: FirewallState, ok: bool, message: str) -> None:
     files.write(state.outcome, json.dumps({"time": time.time(), "ok": ok, "message": message}).encode(), mode=0o644)
 
 
-def apply_request(load_config, data_dir: Path, state: State) -> None:
+def apply_request(load_config, data_dir: Path, state: FirewallState) -> None:
     """Take the assistant's pending firewall request, validate it, and apply it: settings, ruleset, SSH, network
     time.  A request that does not fit changes nothing; the outcome is recorded for the web UI either way."""
     try:
@@ -118,7 +118,7 @@ def apply_request(load_config, data_dir: Path, state: State) -> None:
     _record(state, True, "applied")
 
 
-def _apply(load_config, wanted: dict, state: State) -> None:
+def _apply(load_config, wanted: dict, state: FirewallState) -> None:
     config_module.check_firewall(wanted, "the owner's firewall request")
     before = load_config()
     previous = state.settings.read_bytes() if state.settings.exists() else None

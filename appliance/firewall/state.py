@@ -8,58 +8,24 @@ import base64
 import dataclasses
 import hashlib
 import json
-from pathlib import Path
 
-from .. import config as config_module, facts
-
-
-@dataclasses.dataclass(frozen=True)
-class State:
-    """Where the helper keeps what it owns (root's; the assistant may read all but the host keys)."""
-    directory: Path = Path(facts.FIREWALL_STATE)
-
-    @property
-    def settings(self) -> Path:
-        return self.directory / config_module.FIREWALL_SETTINGS.name
-
-    @property
-    def last_good(self) -> Path:
-        return self.directory / "ruleset.nft"
-
-    @property
-    def outcome(self) -> Path:
-        return self.directory / "outcome.json"
-
-    @property
-    def ssh(self) -> Path:
-        return self.directory / "ssh"
-
-    @property
-    def authorized_keys(self) -> Path:
-        return self.ssh / "authorized_keys"
-
-    @property
-    def host_key(self) -> Path:
-        return self.ssh / "ssh_host_ed25519_key"
-
-    @property
-    def host_key_public(self) -> Path:
-        return self.ssh / "ssh_host_ed25519_key.pub"
+from .. import config as config_module
+from ..layout import FirewallState
 
 
-def settings(state: State) -> dict:
+def settings(state: FirewallState) -> dict:
     """The owner's firewall settings as the helper keeps them (the defaults' where none were made)."""
     return dataclasses.asdict(config_module.read_firewall(state.settings))
 
 
-def outcome(state: State) -> dict | None:
+def outcome(state: FirewallState) -> dict | None:
     try:
         return json.loads(state.outcome.read_text())
     except (OSError, ValueError):
         return None
 
 
-def host_key_fingerprint(state: State) -> str | None:
+def host_key_fingerprint(state: FirewallState) -> str | None:
     """The host key's fingerprint as ssh shows it (SHA256:...), or None before there is one."""
     try:
         blob = base64.b64decode(state.host_key_public.read_text().split()[1])

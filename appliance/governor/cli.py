@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from .. import facts, logs
+from ..layout import GovernorState
 from ..verbs import arg, parser, verb
 from .daemon import Governor, allowed_uids
 from .history import History
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 async def _run(args) -> None:
-    governor = Governor(Path(args.state), Sensors(Path(args.sys), Path(args.proc)), args.interval)
+    governor = Governor(GovernorState(Path(args.state)), Sensors(Path(args.sys), Path(args.proc)), args.interval)
     task = asyncio.create_task(governor.serve(Path(args.socket), allowed_uids(args.client_user)))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -37,7 +38,7 @@ def cmd_run(args) -> None:
 
 
 def cmd_history(args) -> None:
-    path = Path(args.state) / "history.sqlite"
+    path = GovernorState(Path(args.state)).history
     try:
         history = History(path, readonly=True)
     except sqlite3.Error as err:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .. import config as config_module, systemd
 from ..config import ConfigError, GovernorConfig
+from ..layout import GovernorState
 from .history import History
 from .policy import Limits, Policy, label, ladder
 from .protocol import MAX_LINE, Answer, HistoryQuery, MessageError, Report, encode, read_request
@@ -56,8 +57,8 @@ def peer_uid(writer: asyncio.StreamWriter) -> int:
 
 
 class Governor:
-    def __init__(self, state: Path, sensors: Sensors, interval: float = 1.0):
-        self.history = History(Path(state) / "history.sqlite")
+    def __init__(self, state: GovernorState, sensors: Sensors, interval: float = 1.0):
+        self.history = History(state.history)
         self.sensors, self.interval = sensors, interval
         self.policy = Policy()
         self.report: Report | None = None

@@ -17,6 +17,7 @@ from .. import channel, config as config_module
 from ..config import ConfigError
 from ..errors import InvalidRequest
 from ..firewall import state as firewall
+from ..layout import FirewallState
 from .auth import Identity, page, route
 from .http import read_form, read_json
 from .pages import render
@@ -27,7 +28,7 @@ FIELDS = tuple(f.name for f in dataclasses.fields(channel.FirewallRequest))
 
 def _state(request: Request) -> dict:
     data_dir = request.state.config.data_path
-    state = firewall.State()
+    state = FirewallState()
     return {"settings": firewall.settings(state), "outcome": firewall.outcome(state),
             "pending": channel.pending(data_dir, "firewall"), "network_time": request.state.config.device.time_sync,
             "host_key": firewall.host_key_fingerprint(state)}
@@ -35,7 +36,7 @@ def _state(request: Request) -> dict:
 
 def _request(changes: dict) -> channel.FirewallRequest:
     """The whole settings the helper gets: what is kept, with `changes`, checked as the helper will."""
-    wanted = firewall.settings(firewall.State()) | changes
+    wanted = firewall.settings(FirewallState()) | changes
     wanted = {name: wanted[name] for name in FIELDS}
     try:
         checked = config_module.check_firewall(wanted, "firewall")

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import config as config_module, db as database, device, store, systemd
 from ..config import Config
+from ..downloads import Downloads
 from ..errors import MethodNotAllowed, ModelError, NotFound, ServiceError
 from ..governor import client as governor_client
 from ..inference.engine import Engine
@@ -159,7 +160,7 @@ def create_app(config: Config, model_path=None, *, prove: bool = True) -> Starle
         governed = governor_client.Governed(governor_client.SOCKET, engine, live, model_path)
         following = asyncio.create_task(governed.run())
         try:
-            yield {"engine": engine, "db": db, "metrics": metrics, "config": config, "downloads": models.Downloads(),
+            yield {"engine": engine, "db": db, "metrics": metrics, "config": config, "downloads": Downloads(),
                    "live": live, "failures": failures, "session_key": session_key, "governed": governed,
                    "proofs": proofs}
         finally:

@@ -6,8 +6,8 @@ ahead of waiting jobs, the job in flight finishes first, the old model comes bac
 not load), and only then is it saved as `inference.model` in the owner's configuration, durably, so
 the next start serves it.  A choice that failed is never saved; one that is saved is served.
 
-A download runs in a thread of its own (`Downloads`, one per app, one download at a time), so the event
-loop never waits on the network or the disk; the page polls GET /models/download.  An upload streams
+A download runs in a thread of its own (`appliance.downloads`, one per app, one download at a time), so the
+event loop never waits on the network or the disk; the page polls GET /models/download.  An upload streams
 the request body into the store (`http.receive_file`) and is checked against the catalog's pin when the
 catalog knows its file name, then proven in a child (`inference.probe`) before it is put in place: a file
 that would crash llama.cpp is refused with the reason and never kept.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import threading
 from pathlib import Path
 
 from starlette.requests import Request
@@ -26,10 +25,11 @@ from starlette.responses import JSONResponse
 
 from .. import store
 from ..config import Config
+from ..downloads import Downloads
 from ..errors import Conflict, InvalidRequest, ModelError, ModelUnusable, UnknownModel
 from ..inference.engine import Engine
 from ..inference.served import model_id
-from ..store import StoreError, Tier
+from ..store import StoreError
 from .auth import Identity, page, route
 from .http import field, read_json, receive_file
 from .pages import render
@@ -42,48 +42,6 @@ RAM_HEADROOM = 512 * 2**20
 # Beyond any GGUF a small box could load (a 70B model at 4 bits is about 40 GiB): the cap that ends a
 # client's stream when the disk is larger still.
 MODEL_MAX_BYTES = 64 * 2**30
-
-
-class Downloads:
-    """The box's one model download at a time, and how far it got (GET /models/download)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()  # the download's thread reports while the event loop reads
-        self._status = {"state": "idle", "tier": None, "done": 0, "total": 0, "error": None}
-
-    def status(self) -> dict:
-        with self._lock:
-            return dict(self._status)
-
-    def start(self, tier: Tier, models: Path) -> bool:
-        """Fetch `tier` into `models` in a thread of its own; False when its file is installed already."""
-        with self._lock:
-            if self._status["state"] == "downloading":
-                raise Conflict(f"'{self._status['tier']}' is downloading ({self._status['done']} of "
-                               f"{self._status['total']} bytes); wait until GET /models/download says it is "
-                               "done or failed, then start the next one", param="tier")
-            if (size := store.installed(models).get(tier.file)) is not None:
-                self._status = {"state": "done", "tier": tier.name, "done": size, "total": size, "error": None}
-                return False
-            self._status = {"state": "downloading", "tier": tier.name, "done": 0, "total": tier.size, "error": None}
-        threading.Thread(target=self._run, args=(tier, models), name="download", daemon=True).start()
-        return True
-
-    def _progress(self, done: int, total: int) -> None:
-        with self._lock:
-            self._status.update(done=done, total=total)
-
-    def _run(self, tier: Tier, models: Path) -> None:
-        outcome = {"state": "failed", "error": "the download stopped on an unexpected error (the service log "
-                                               "says which); start it again to resume"}
-        try:
-            size = store.download_tier(tier.name, models, self._progress).stat().st_size
-            outcome = {"state": "done", "done": size, "total": size}
-        except StoreError as err:
-            outcome["error"] = str(err)
-        finally:  # whatever happened, the box must not report "downloading" for ever
-            with self._lock:
-                self._status.update(outcome)
 
 
 def installed(request: Request) -> list[dict]:

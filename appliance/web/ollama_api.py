@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from .. import store
+from ..downloads import Downloads
 from ..errors import DownloadFailed, InvalidRequest, NotReady, ServiceError, UnknownModel
 from ..inference import prompts, tools
 from ..inference.engine import Engine
@@ -248,7 +249,7 @@ async def pull(request: Request):
     model is there already; progress streams as Ollama's does."""
     body = await read_json(request)
     name, stream = _model_name(body), field(body, "stream", bool, True)
-    downloads: models.Downloads = request.state.downloads
+    downloads: Downloads = request.state.downloads
     tier = store.tier_named(name.removesuffix(":latest"))
     if _installed_file(request, name) is None:
         if tier is None:

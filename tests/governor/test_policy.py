@@ -23,6 +23,7 @@ from appliance.governor.policy import Limits, Policy, ladder
 from appliance.governor.protocol import (Answer, HistoryQuery, MessageError, Model, Report, Rung, encode, read_reply,
                                          read_request)
 from appliance.governor.sensors import Sensors, pressure
+from appliance.layout import GovernorState
 from appliance.inference import gguf
 from buildhost import tinymodel
 from tests.support.governing import SensorTree
@@ -311,7 +312,7 @@ def test_the_socket_answers_reports_and_refuses_garbage_and_strangers(tmp_path, 
 
 
 async def _socket(tmp_path, tree, monkeypatch):
-    governor = Governor(tmp_path, Sensors(tree.root, tmp_path), interval=0.05)
+    governor = Governor(GovernorState(tmp_path), Sensors(tree.root, tmp_path), interval=0.05)
     path = tmp_path / "s"
     server = asyncio.create_task(governor.serve(path, daemon.allowed_uids([])))
     while not path.exists():
@@ -374,7 +375,7 @@ def test_a_fresh_governor_takes_the_served_rung_and_a_changed_ladder_keeps_it():
 
 def test_the_assistants_cpu_is_a_rate_spread_over_every_sample(tmp_path, tree):
     """It reports every 2 s, the governor samples every second: each sample carries its share, not a lump."""
-    governor = Governor(tmp_path, Sensors(tree.root, tmp_path), interval=1.0)
+    governor = Governor(GovernorState(tmp_path), Sensors(tree.root, tmp_path), interval=1.0)
     governor.take_report(Report.read(REPORT | {"cpu_seconds": 10.0}))
     governor.reported_at -= 2.0  # as if the first report came 2 s ago
     governor.take_report(Report.read(REPORT | {"cpu_seconds": 11.0}))

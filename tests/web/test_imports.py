@@ -13,7 +13,7 @@ pytestmark = pytest.mark.system
 WORKER_PACKAGES = ("appliance.web", "appliance.inference")
 SHARED = {"appliance", "appliance.access", "appliance.certificate", "appliance.channel", "appliance.command",
           "appliance.config", "appliance.config.schema", "appliance.config.settings", "appliance.config.sources",
-          "appliance.conversations", "appliance.db", "appliance.device", "appliance.errors",
+          "appliance.conversations", "appliance.downloads", "appliance.db", "appliance.device", "appliance.errors",
           "appliance.facts", "appliance.files", "appliance.firstboot", "appliance.layout", "appliance.metrics",
           "appliance.owner",
           "appliance.sessions", "appliance.store", "appliance.systemd", "appliance.tokens"}
