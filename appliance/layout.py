@@ -10,31 +10,22 @@ from pathlib import Path
 from . import facts
 
 
+def _in_root(*parts: str) -> property:
+    """A path below the state directory's `root`."""
+    return property(lambda self: self.root.joinpath(*parts))
+
+
 @dataclass(frozen=True)
 class FetchWork:
     """Where an update's release is fetched: the unprivileged fetcher's work directory in the assistant's data
     (`DataDir.update`), or the console's install, which fetches in its own process (`UpdateState.fetch`)."""
     root: Path
 
-    @property
-    def status(self) -> Path:
-        return self.root / "status.json"  # the fetcher's phase and byte counts
-
-    @property
-    def metadata(self) -> Path:
-        return self.root / "metadata"  # its copy of the trusted metadata, refreshed
-
-    @property
-    def mirror(self) -> Path:
-        return self.root / "mirror"  # what it fetched, for root to check again
-
-    @property
-    def bundle(self) -> Path:
-        return self.root / "bundle"  # an offline bundle, unpacked while it is read
-
-    @property
-    def tmp(self) -> Path:
-        return self.root / "tmp"
+    status = _in_root("status.json")  # the fetcher's phase and byte counts
+    metadata = _in_root("metadata")  # its copy of the trusted metadata, refreshed
+    mirror = _in_root("mirror")  # what it fetched, for root to check again
+    bundle = _in_root("bundle")  # an offline bundle, unpacked while it is read
+    tmp = _in_root("tmp")
 
 
 @dataclass(frozen=True)
@@ -42,37 +33,14 @@ class UpdateState:
     """The updater's own directory (root's; its files readable by all, but for what python-tuf trusts)."""
     root: Path = Path(facts.UPDATE_STATE)
 
-    @property
-    def status(self) -> Path:
-        return self.root / "status.json"  # the current or last attempt
-
-    @property
-    def snapshot(self) -> Path:
-        return self.root / "snapshot.json"  # slots and boot entries, for the web UI
-
-    @property
-    def attempts(self) -> Path:
-        return self.root / "attempts.json"  # the boot assessments
-
-    @property
-    def job(self) -> Path:
-        return self.root / "job.json"  # what the fetcher is asked to do
-
-    @property
-    def trusted(self) -> Path:
-        return self.root / "trusted"  # the trusted metadata, published for the fetcher
-
-    @property
-    def metadata(self) -> Path:
-        return self.root / "metadata"  # python-tuf's trusted metadata, root's alone
-
-    @property
-    def staging(self) -> Path:
-        return self.root / "staging"  # the release checked again, before sysupdate writes it
-
-    @property
-    def tmp(self) -> Path:
-        return self.root / "tmp"
+    status = _in_root("status.json")  # the current or last attempt
+    snapshot = _in_root("snapshot.json")  # slots and boot entries, for the web UI
+    attempts = _in_root("attempts.json")  # the boot assessments
+    job = _in_root("job.json")  # what the fetcher is asked to do
+    trusted = _in_root("trusted")  # the trusted metadata, published for the fetcher
+    metadata = _in_root("metadata")  # python-tuf's trusted metadata, root's alone
+    staging = _in_root("staging")  # the release checked again, before sysupdate writes it
+    tmp = _in_root("tmp")
 
     @property
     def fetch(self) -> FetchWork:
@@ -81,36 +49,16 @@ class UpdateState:
 
 @dataclass(frozen=True)
 class FirewallState:
-    """Where the helper keeps what it owns (root's; the assistant may read all but the host keys)."""
-    directory: Path = Path(facts.FIREWALL_STATE)
+    """Where the firewall helper keeps what it owns (root's; the assistant may read all but the host keys)."""
+    root: Path = Path(facts.FIREWALL_STATE)
 
-    @property
-    def settings(self) -> Path:
-        return self.directory / "settings.yaml"  # the owner's firewall settings, the helper's to write
-
-    @property
-    def last_good(self) -> Path:
-        return self.directory / "ruleset.nft"
-
-    @property
-    def outcome(self) -> Path:
-        return self.directory / "outcome.json"
-
-    @property
-    def ssh(self) -> Path:
-        return self.directory / "ssh"
-
-    @property
-    def authorized_keys(self) -> Path:
-        return self.ssh / "authorized_keys"
-
-    @property
-    def host_key(self) -> Path:
-        return self.ssh / "ssh_host_ed25519_key"
-
-    @property
-    def host_key_public(self) -> Path:
-        return self.ssh / "ssh_host_ed25519_key.pub"
+    settings = _in_root("settings.yaml")  # the owner's firewall settings, the helper's to write
+    last_good = _in_root("ruleset.nft")
+    outcome = _in_root("outcome.json")
+    ssh = _in_root("ssh")
+    authorized_keys = _in_root("ssh", "authorized_keys")
+    host_key = _in_root("ssh", "ssh_host_ed25519_key")
+    host_key_public = _in_root("ssh", "ssh_host_ed25519_key.pub")
 
 
 @dataclass(frozen=True)
@@ -118,9 +66,7 @@ class GovernorState:
     """The resource governor's own directory (its user's): its history, which survives restarts."""
     root: Path = Path(facts.GOVERNOR_STATE)
 
-    @property
-    def history(self) -> Path:
-        return self.root / "history.sqlite"
+    history = _in_root("history.sqlite")
 
 
 @dataclass(frozen=True)

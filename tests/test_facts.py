@@ -74,7 +74,7 @@ def test_the_firewall_state_is_where_sshd_and_its_unit_look():
     assert f"AuthorizedKeysFile {state.authorized_keys}" in sshd and f"HostKey {state.host_key}" in sshd
     assert f"ConditionPathExists={state.authorized_keys}" in \
         (ROOT / "overlay/usr/lib/systemd/system/ssh.service.d/paladin.conf").read_text()
-    assert f"StateDirectory={state.directory.name}" in (ROOT / "units/paladin-firewall.service").read_text()
+    assert f"StateDirectory={state.root.name}" in (ROOT / "units/paladin-firewall.service").read_text()
 
 
 def test_image_id_home_and_architectures():

@@ -4,6 +4,7 @@ overrides all come from it."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ def _timezone_problem(name: str) -> str | None:
     return None if name in timezones() else "is not a time zone this box knows (allowed: e.g. Europe/Berlin, UTC)"
 
 
+@functools.cache  # the zone database is a tree of files, read once per process
 def timezones() -> frozenset[str]:
     import zoneinfo
 

@@ -50,7 +50,7 @@ VERBS = {
 }
 COMMON = (arg("--config", default=str(config_module.SYSTEM_CONFIG), help="system configuration file"),
           arg("--data-dir", help="data directory (overrides data_dir)"),
-          arg("--state", default=str(FirewallState().directory), help="the helper's state directory"))
+          arg("--state", default=str(FirewallState().root), help="the helper's state directory"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,14 +26,14 @@ class MessageError(ValueError):
     """A message that does not fit; it changes nothing."""
 
 
-def _value(raw: dict, key: str, kind: type, low: float = 0, high: float = 2**53):
+def _value(raw: dict, key: str, kind: type, low: float = 0, high: float = 2**53, where: str = "report"):
     value = raw.get(key)
     if type(value) is not kind and not (kind is float and type(value) is int):
-        raise MessageError(f"report.{key} must be {kind.__name__}")
+        raise MessageError(f"{where}.{key} must be {kind.__name__}")
     if kind in (int, float) and not low <= value <= high:
-        raise MessageError(f"report.{key} is out of range")
+        raise MessageError(f"{where}.{key} is out of range")
     if kind is str and len(value) > MAX_TEXT:
-        raise MessageError(f"report.{key} is too long")
+        raise MessageError(f"{where}.{key} is too long")
     return value
 
 
@@ -95,8 +95,9 @@ class Report:
             models=tuple(Model.read(m) for m in models),
             chosen=_value(raw, "chosen", str), pinned=_value(raw, "pinned", bool),
             threads=_value(raw, "threads", int, 1, MAX_THREADS), context=_value(raw, "context", int, 1, MAX_CONTEXT),
-            served=served and (_value(served, "model", str), _value(served, "threads", int, 1, MAX_THREADS),
-                               _value(served, "context", int, 1, MAX_CONTEXT)),
+            served=None if served is None else (_value(served, "model", str),
+                                                _value(served, "threads", int, 1, MAX_THREADS),
+                                                _value(served, "context", int, 1, MAX_CONTEXT)),
             cpu_seconds=_value(raw, "cpu_seconds", float), tokens_per_second=_value(raw, "tokens_per_second", float),
             settings=tuple(sorted(settings.items())))
 
@@ -137,8 +138,9 @@ class Answer:
             return cls(None, raw["status"])
         if not isinstance(rung, dict):
             raise MessageError("the governor's rung is not an object")
-        return cls(Rung(_value(rung, "model", str), _value(rung, "threads", int, 1, MAX_THREADS),
-                        _value(rung, "context", int, 1, MAX_CONTEXT), _value(rung, "need", int)), raw["status"])
+        return cls(Rung(_value(rung, "model", str, where="rung"), _value(rung, "threads", int, 1, MAX_THREADS, "rung"),
+                        _value(rung, "context", int, 1, MAX_CONTEXT, "rung"), _value(rung, "need", int, where="rung")),
+                   raw["status"])
 
     def as_dict(self) -> dict:
         return {"rung": self.rung.as_dict() if self.rung else None, "status": self.status}

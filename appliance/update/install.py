@@ -32,7 +32,8 @@ FETCH_UNIT = "paladin-update-fetch.service"
 Fetch = Callable[[Box, Progress, Path], Path]
 
 
-def install(source: Source, *, state: UpdateState = STATE, reboot: bool = False, retry_failed: bool = True) -> str:
+def install(source: Source, *, state: UpdateState = STATE, reboot: bool = False,
+            retry_failed: bool = True) -> str:
     """Verify and install the newest release from `source` (URL, directory or open bundle); returns its
     version.  Both halves run in this process: the root user named the source at the console."""
     work = state.fetch

@@ -276,6 +276,7 @@ REPORT = {"models": [{"id": "m", "bytes": 10, "kv_bytes_per_token": 2}], "chosen
     ({"models": [{"id": "m", "bytes": -1, "kv_bytes_per_token": 2}]}, "report.bytes is out of range"),
     ({"models": [{}] * 65}, "at most 64"),
     ({"threads": True}, "report.threads must be int"),
+    ({"served": {}}, "report.model must be str"),  # an empty object is no rung, not "nothing served"
     ({"chosen": "x" * 300}, "too long"),
     ({"settings": {"temperature": "hot"}}, "governor.temperature: 'hot' is not an integer"),
     ({"settings": {"socket": "/etc"}}, "governor.socket: unknown key"),
@@ -299,7 +300,7 @@ def test_every_message_reads_back_as_it_was_sent():
         read_reply(encode({"error": "not allowed"}))
     with pytest.raises(MessageError, match="no status"):
         Answer.read({"rung": None})
-    with pytest.raises(MessageError, match="report.threads is out of range"):
+    with pytest.raises(MessageError, match="rung.threads is out of range"):
         Answer.read({"rung": {"model": "m", "threads": 0, "context": 512, "need": 1}, "status": {}})
     with pytest.raises(MessageError, match="one key: report or history"):
         read_request(b'{"report": {}, "history": {}}\n')
