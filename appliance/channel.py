@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Literal
 
 from . import files
+from .layout import DataDir
 
-DIRECTORY = "requests"
 MAX_BYTES = 4096
 
 
@@ -52,7 +52,7 @@ class RequestError(ValueError):
 
 
 def inbox(data_dir: Path) -> Path:
-    return Path(data_dir) / DIRECTORY
+    return DataDir(Path(data_dir)).requests
 
 
 def attachment(data_dir: Path, helper: str, name: str) -> Path:
@@ -100,10 +100,16 @@ def parse(kind: type, raw: object):
     return kind(**raw)
 
 
+def _in_inbox(data_dir: Path, name: str) -> str:
+    """The inbox's file `name`, as files.open_beneath and remove_beneath take it."""
+    data = DataDir(Path(data_dir))
+    return data.beneath(data.requests / name)
+
+
 def _open(data_dir: Path, name: str):
     """A file the worker left in the inbox, opened as it is (never through a link, never a FIFO)."""
     try:
-        return files.open_beneath(Path(data_dir), f"{DIRECTORY}/{name}")
+        return files.open_beneath(Path(data_dir), _in_inbox(data_dir, name))
     except files.NotPlain as err:
         raise RequestError(str(err)) from None
 
@@ -118,7 +124,7 @@ def take(data_dir: Path, helper: str):
     except FileNotFoundError:
         return None
     finally:
-        files.remove_beneath(Path(data_dir), f"{DIRECTORY}/{path.name}")
+        files.remove_beneath(Path(data_dir), _in_inbox(data_dir, path.name))
     if len(raw) > MAX_BYTES:
         raise RequestError(f"{path} is not a request of at most {MAX_BYTES} bytes")
     try:
@@ -129,7 +135,7 @@ def take(data_dir: Path, helper: str):
 
 
 def remove_attachment(data_dir: Path, helper: str, name: str) -> None:
-    files.remove_beneath(Path(data_dir), f"{DIRECTORY}/{helper}.{name}")
+    files.remove_beneath(Path(data_dir), _in_inbox(data_dir, f"{helper}.{name}"))
 
 
 def open_attachment(data_dir: Path, helper: str, name: str):

@@ -74,7 +74,7 @@ def cmd_factory_reset(args, config) -> None:
 
 
 def cmd_token(args, config) -> None:
-    db = database.connect(config.database_path)
+    db = database.connect(config.data.database)
     if args.action == "create":
         print(f"token '{args.name}' created; it is shown only this once:", file=sys.stderr)
         print(tokens.create(db, args.name))
@@ -92,16 +92,20 @@ def _progress(done: int, total: int) -> None:
 
 
 def cmd_model(args, config) -> None:
+    ladder = store.catalog(config)
     if args.action == "list":
-        for tier in store.catalog():
-            present = (config.models_path / tier.file).exists()
+        for tier in ladder.tiers:
+            present = (config.data.models / tier.file).exists()
             print(f"{tier.name}\t{tier.size / 1e6:.0f} MB\tneeds {tier.ram / 1e6:.0f} MB RAM\t"
                   f"{'installed' if present else 'not installed'}")
         return
     if args.action == "download":
-        path = store.download_tier(args.target, config.models_path, _progress)
+        tier = ladder.named(args.target)
+        if tier is None:
+            raise store.StoreError(f"no tier {args.target!r} in the catalog (tiers: {ladder.names()})")
+        path = store.download_tier(tier, config.data.models, _progress)
     else:
-        path = store.import_file(Path(args.target), config.models_path, _progress)
+        path = store.import_file(Path(args.target), config.data.models, ladder, _progress)
     print(f"\n{path}")
 
 

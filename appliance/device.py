@@ -12,11 +12,13 @@ from __future__ import annotations
 import ipaddress
 import secrets
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from . import facts, files
+from .layout import DataDir, DeviceDir
 
 # No letters or digits that read alike on a screen (0/O, 1/I/L, 2/Z, 5/S, 8/B): 12 symbols of these 24
 # give 55 bits, far beyond what the wizard's attempt limit lets anyone guess.
@@ -24,13 +26,9 @@ CODE_ALPHABET = "3467ACDEFGHJKMNPQRTUVWXY"
 CODE_GROUPS, CODE_GROUP_LENGTH = 3, 4
 
 
-class Secrets:
-    """Where the device's secrets are, under `directory` (the data partition's `device/`)."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self.tls_key, self.tls_certificate = directory / "tls-key.pem", directory / "tls-cert.pem"
-        self.session_key_file, self.setup_code_file = directory / "session.key", directory / "setup-code"
+@dataclass(frozen=True)
+class Secrets(DeviceDir):
+    """The device's secrets (where each is: layout.DeviceDir), and what the service reads of them."""
 
     def session_key(self) -> bytes:
         return self.session_key_file.read_bytes()
@@ -50,7 +48,7 @@ class Secrets:
 
 
 def secrets_of(data_dir: Path) -> Secrets:
-    return Secrets(Path(data_dir) / "device")
+    return Secrets(DataDir(Path(data_dir)).device.root)
 
 
 def new_setup_code() -> str:
@@ -79,7 +77,7 @@ def addresses() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
 def ensure(data_dir: Path, hostname: str | None = None) -> Secrets:
     """Make whatever of the device's secrets is missing; never replace one that exists."""
     made = secrets_of(data_dir)
-    made.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    made.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not (made.tls_key.exists() and made.tls_certificate.exists()):
         _make_tls(made, hostname)
     if not made.session_key_file.exists():

@@ -44,7 +44,7 @@ class Downloads:
         outcome = {"state": "failed", "error": "the download stopped on an unexpected error (the service log "
                                                "says which); start it again to resume"}
         try:
-            size = store.download_tier(tier.name, models, self._progress).stat().st_size
+            size = store.download_tier(tier, models, self._progress).stat().st_size
             outcome = {"state": "done", "done": size, "total": size}
         except StoreError as err:
             outcome["error"] = str(err)

@@ -72,7 +72,6 @@ def target_name(arch: str, kind: str, version: str, uuid: str = "") -> str:
 # Paths and users on the box.
 SERVICE_USER = "paladin"
 DATA_DIR = P("/var/lib/paladin")
-MODELS_DIR = DATA_DIR / "models"
 UPDATE_STATE = P("/var/lib/paladin-update")
 UPDATE_DEFINITIONS = P("/usr/lib/paladin-update")
 TRUSTED_ROOT = UPDATE_DEFINITIONS / "root.json"

@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 
 from . import db as database, device, facts, files, owner
-from . import config as config_module
 from .config import Config
 
 log = logging.getLogger(__name__)
@@ -25,7 +24,7 @@ def prepare(config: Config, *, new_code: bool = False) -> device.Secrets:
     """Make the device's missing secrets and, while setup is unfinished, a setup code if there is none, the
     wizard is locked, or `new_code` asks for one."""
     made = device.ensure(config.data_path)
-    db = database.connect(config.database_path)
+    db = database.connect(config.data.database)
     try:
         if owner.finished(db):
             device.forget_code(made)
@@ -65,11 +64,11 @@ def announce(config: Config, issue: Path = ISSUE) -> None:
 def factory_reset(config: Config) -> None:
     """Back to a box fresh from its image: the owner, their sessions, tokens, conversations and settings,
     and the device's secrets are deleted (the next `prepare` makes new ones); downloaded models stay."""
-    data = config.data_path
-    doomed = [data / config_module.OWNER_CONFIG_NAME, *data.glob(config.database_path.name + "*")]
+    data = config.data
+    doomed = [data.owner_config, *data.root.glob(data.database.name + "*")]
     for path in doomed:
         path.unlink(missing_ok=True)
-    secrets = device.secrets_of(data).directory
+    secrets = data.device.root
     for path in secrets.glob("*") if secrets.is_dir() else ():
         path.unlink()
     log.warning("factory reset: the owner's account, data, settings and this box's keys were deleted")

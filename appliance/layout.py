@@ -70,9 +70,30 @@ class GovernorState:
 
 
 @dataclass(frozen=True)
+class DeviceDir:
+    """The box's own secrets on the data partition (the assistant's alone, mode 0700)."""
+    root: Path
+
+    tls_key = _in_root("tls-key.pem")
+    tls_certificate = _in_root("tls-cert.pem")
+    session_key_file = _in_root("session.key")  # signs the owner's browser sessions
+    setup_code_file = _in_root("setup-code")  # until setup is finished
+
+
+@dataclass(frozen=True)
 class DataDir:
     """The assistant's data directory, on the data partition."""
     root: Path = Path(facts.DATA_DIR)
+
+    database = _in_root("paladin.db")
+    owner_config = _in_root("config.yaml")  # the owner's settings, written by the assistant
+    models = _in_root("models")  # the model store: installed GGUF files, and downloads under way
+    requests = _in_root("requests")  # the request channel's inbox (channel.py), read by root's helpers
+    proofs = _in_root("proofs.json")  # the llama.cpp CPU variant that runs here, and the models it loaded
+
+    @property
+    def device(self) -> DeviceDir:
+        return DeviceDir(self.root / "device")
 
     @property
     def update(self) -> FetchWork:

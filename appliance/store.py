@@ -21,8 +21,7 @@ import yaml
 from . import files
 from .config import Config
 
-# PALADIN_CATALOG names another ladder: tests point it at tiers served from 127.0.0.1.
-CATALOG = Path(os.environ.get("PALADIN_CATALOG") or Path(__file__).with_name("catalog.yaml"))
+SHIPPED = Path(__file__).with_name("catalog.yaml")
 CHUNK = 1 << 20
 
 Progress = Callable[[int, int], None]
@@ -42,23 +41,34 @@ class Tier:
     sha256: str
 
 
-def catalog(path: Path = CATALOG) -> list[Tier]:
+@dataclass(frozen=True)
+class Catalog:
     """The model ladder, smallest first."""
-    return [Tier(**entry) for entry in yaml.safe_load(path.read_text())["tiers"]]
+    tiers: tuple[Tier, ...]
+
+    @classmethod
+    def read(cls, path: Path = SHIPPED) -> Catalog:
+        return cls(tuple(Tier(**entry) for entry in yaml.safe_load(path.read_text())["tiers"]))
+
+    def named(self, name: str) -> Tier | None:
+        return next((t for t in self.tiers if t.name == name), None)
+
+    def with_file(self, file: str) -> Tier | None:
+        """The tier whose file is named `file`: a copy of it from elsewhere must match its pin."""
+        return next((t for t in self.tiers if t.file == file), None)
+
+    def tier_of(self, path: str | Path | None) -> str | None:
+        tier = self.with_file(Path(path).name) if path else None
+        return tier.name if tier else None
+
+    def names(self) -> str:
+        """Its tiers' names, for messages that say what exists."""
+        return ", ".join(t.name for t in self.tiers)
 
 
-def tier_of(path: str | Path | None) -> str | None:
-    tier = tier_with_file(Path(path).name) if path else None
-    return tier.name if tier else None
-
-
-def tier_named(name: str) -> Tier | None:
-    return next((t for t in catalog() if t.name == name), None)
-
-
-def tier_with_file(file: str) -> Tier | None:
-    """The tier whose file is named `file`: a copy of it from elsewhere must match its pin."""
-    return next((t for t in catalog() if t.file == file), None)
+def catalog(config: Config) -> Catalog:
+    """The catalog this box offers: `paths.catalog`, else the one shipped."""
+    return Catalog.read(Path(config.paths.catalog) if config.paths.catalog else SHIPPED)
 
 
 def installed(models: Path) -> dict[str, int]:
@@ -78,15 +88,16 @@ def configured_model(config: Config) -> Path | None:
     if "/" in choice:
         return Path(choice)
     if choice.endswith(".gguf"):
-        return config.models_path / choice
+        return config.data.models / choice
     if choice:
-        tier = tier_named(choice)
+        ladder = catalog(config)
+        tier = ladder.named(choice)
         if tier is None:
             raise StoreError(f"inference.model: {choice!r} is neither a path, a .gguf file name nor a catalog "
-                             f"tier (tiers: {', '.join(t.name for t in catalog())})")
-        return config.models_path / tier.file
-    present = installed(config.models_path)
-    return config.models_path / next(iter(present)) if present else None
+                             f"tier (tiers: {ladder.names()})")
+        return config.data.models / tier.file
+    present = installed(config.data.models)
+    return config.data.models / next(iter(present)) if present else None
 
 
 def remove(models: Path, name: str) -> None:
@@ -181,14 +192,11 @@ def download(url: str, sha256: str, models: Path, name: str, progress: Progress 
     return _commit(part, digest.hexdigest(), sha256, dest)
 
 
-def download_tier(tier_name: str, models: Path, progress: Progress | None = None) -> Path:
-    tier = tier_named(tier_name)
-    if tier is None:
-        raise StoreError(f"no tier {tier_name!r} in the catalog (tiers: {', '.join(t.name for t in catalog())})")
+def download_tier(tier: Tier, models: Path, progress: Progress | None = None) -> Path:
     return download(tier.url, tier.sha256, models, tier.file, progress, tier.size)
 
 
-def import_file(source: Path, models: Path, progress: Progress | None = None) -> Path:
+def import_file(source: Path, models: Path, ladder: Catalog, progress: Progress | None = None) -> Path:
     """Copy a GGUF from a local path (a USB stick); a file the catalog knows must match its pin."""
     if not source.is_file():
         raise StoreError(f"{source}: no such file")
@@ -196,7 +204,7 @@ def import_file(source: Path, models: Path, progress: Progress | None = None) ->
         if f.read(4) != b"GGUF":
             raise StoreError(f"{source}: not a GGUF model file")
     models.mkdir(parents=True, exist_ok=True)
-    pinned = tier_with_file(source.name)
+    pinned = ladder.with_file(source.name)
     expected = pinned.sha256 if pinned else None
     total = source.stat().st_size
     _ensure_space(models, total)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from appliance import facts
+from appliance.layout import DataDir
 
 from . import CACHE, ROOT
 from .debian import ensure_host_packages, mkosi, MKOSI_SUITE
@@ -87,7 +88,7 @@ def build_image(arch: str, version: str, out: Path, model: Path | None, keys: Pa
     root_json.parent.mkdir(parents=True)
     shutil.copy(trusted_root, root_json)
     if model is not None:
-        models = extra / facts.MODELS_DIR.relative_to("/")
+        models = extra / DataDir().models.relative_to("/")
         models.mkdir(parents=True)
         shutil.copy(model, models / model.name)
     started = time.monotonic()

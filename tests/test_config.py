@@ -2,6 +2,7 @@ import dataclasses
 import json
 
 import pytest
+import yaml
 
 from appliance import config
 from appliance.config import ConfigError
@@ -24,7 +25,7 @@ def test_defaults_are_valid_and_complete():
     ({"inference": {"threads": -1}}, "inference.threads: -1 is out of range (allowed: 0 to 256)"),
     ({"inference": {"queue_size": "many"}}, "inference.queue_size: 'many' is not an integer"),
     ({"inference": {"queue_size": True}}, "inference.queue_size: True is not an integer"),
-    ({"inferense": {}}, "inferense: unknown key (known: data_dir, device, server, inference, update, firewall, governor)"),
+    ({"inferense": {}}, "inferense: unknown key (known: data_dir, device, server, inference, update, firewall, governor, paths)"),
     ({"device": {"timezone": "Mars/Olympus"}}, "device.timezone: 'Mars/Olympus' is not a time zone this box knows"),
     ({"device": {"name": "<script>"}}, "device.name: '<script>' is not allowed"),
     ({"data_dir": "relative/path"}, "data_dir: 'relative/path' is not allowed (allowed: an absolute path)"),
@@ -77,3 +78,14 @@ def test_the_owner_file_takes_only_valid_changes(tmp_path):
         config.save_owner(tmp_path, {"update": {"automatic": "yes"}})
     kept = config.load(None, {"data_dir": str(tmp_path)})
     assert (kept.update.url, kept.update.automatic) == ("http://10.0.0.2/repo", False)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("key, value", [("data_dir", "/etc"), ("paths", {"catalog": "/tmp/evil.yaml"})])
+def test_where_things_are_is_not_the_owners_file_to_say(tmp_path, key, value):
+    """Root's helpers read the owner's file too, and the assistant writes it: no path may come from there."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({key: value}))
+    with pytest.raises(ConfigError, match=f"config.yaml: {key}: not allowed here"):
+        config.load(None, {"data_dir": str(tmp_path)}, tmp_path / "none.yaml")
+    with pytest.raises(ConfigError, match=f"{key}: not the owner's file to set"):
+        config.Live(config.load(None, {"data_dir": str(tmp_path / "other")}, tmp_path / "none.yaml")).save({key: value})

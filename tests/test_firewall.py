@@ -20,7 +20,7 @@ from appliance import channel, config
 from appliance.config import ConfigError
 from appliance.firewall import rules
 from appliance.firewall.state import host_key_fingerprint, outcome
-from appliance.layout import FirewallState
+from appliance.layout import DataDir, FirewallState
 from buildhost.debian import ensure_host_packages
 from tests.support.lan import OUTSIDE_GATEWAY, SERVER, Lan, run_in
 
@@ -229,7 +229,7 @@ def test_bad_firewall_values_fail_the_config_check_clearly(raw, message):
 
 @pytest.mark.unit
 def test_the_owners_config_file_cannot_touch_the_firewall(tmp_path):
-    (tmp_path / config.OWNER_CONFIG_NAME).write_text("firewall: {ssh: true}\n")
+    DataDir(tmp_path).owner_config.write_text("firewall: {ssh: true}\n")
     with pytest.raises(ConfigError, match="firewall: not allowed here"):
         config.load(None, {"data_dir": str(tmp_path)}, tmp_path / "none.yaml")
 

@@ -33,7 +33,7 @@ def test_a_terminal_gets_plain_lines(monkeypatch):
 @pytest.mark.system
 def test_the_updater_reports_failures_as_errors(tmp_path):
     out = subprocess.run([sys.executable, "-c", "from appliance.update.cli import main; main()", "install",
-                          str(tmp_path / "no-such-repository")], capture_output=True, text=True,
-                         env={"JOURNAL_STREAM": "8:1", "PALADIN_UPDATE_STATE": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"})
+                          "--state", str(tmp_path / "state"), str(tmp_path / "no-such-repository")],
+                         capture_output=True, text=True, env={"JOURNAL_STREAM": "8:1", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 1
     assert out.stderr.startswith("<3>paladin-update: "), out.stderr

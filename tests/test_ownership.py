@@ -18,7 +18,7 @@ def cfg(tmp_path):
 
 @pytest.fixture
 def db(cfg):
-    return database.connect(cfg.database_path)
+    return database.connect(cfg.data.database)
 
 
 def test_two_first_boots_share_no_secret(tmp_path):
@@ -31,8 +31,8 @@ def test_two_first_boots_share_no_secret(tmp_path):
 
 def test_secrets_are_made_once_and_an_interrupted_first_boot_finishes(tmp_path):
     made = device.ensure(tmp_path)
-    before = {p.name: p.read_bytes() for p in made.directory.iterdir()}
-    assert {p.name: p.read_bytes() for p in device.ensure(tmp_path).directory.iterdir()} == before
+    before = {p.name: p.read_bytes() for p in made.root.iterdir()}
+    assert {p.name: p.read_bytes() for p in device.ensure(tmp_path).root.iterdir()} == before
     made.tls_certificate.unlink()  # a power cut between the key and its certificate
     device.ensure(tmp_path)
     assert made.tls_key.read_bytes() == before["tls-key.pem"]
@@ -86,15 +86,15 @@ def test_factory_reset_forgets_the_owner_and_the_keys_but_keeps_models(cfg, db):
     owner.set_account(db, "Ada", "correct horse battery")
     owner.finish(db)
     (cfg.data_path / "config.yaml").write_text("device: {name: Kitchen}\n")
-    cfg.models_path.mkdir()
-    (cfg.models_path / "kept.gguf").write_bytes(b"GGUF")
+    cfg.data.models.mkdir()
+    (cfg.data.models / "kept.gguf").write_bytes(b"GGUF")
     db.close()
     firstboot.factory_reset(cfg)
     again = firstboot.prepare(cfg)
-    fresh = database.connect(cfg.database_path)
+    fresh = database.connect(cfg.data.database)
     assert owner.account(fresh) is None and not owner.finished(fresh) and again.setup_code()
     assert again.fingerprint() != fingerprint
-    assert not (cfg.data_path / "config.yaml").exists() and (cfg.models_path / "kept.gguf").exists()
+    assert not (cfg.data_path / "config.yaml").exists() and (cfg.data.models / "kept.gguf").exists()
 
 
 def test_passwords_are_stretched_checked_and_refused_with_reasons(db):

@@ -91,26 +91,26 @@ def test_unreachable_server_is_a_clear_error(tmp_path):
 
 @pytest.mark.unit
 def test_import_from_a_local_path(tmp_path, tiny_model):
-    path = store.import_file(tiny_model, tmp_path / "models")
+    path = store.import_file(tiny_model, tmp_path / "models", store.Catalog.read())
     assert path.read_bytes() == tiny_model.read_bytes()
     not_a_model = tmp_path / "notes.txt"
     not_a_model.write_text("hello")
     with pytest.raises(StoreError, match="not a GGUF model file"):
-        store.import_file(not_a_model, tmp_path / "models")
+        store.import_file(not_a_model, tmp_path / "models", store.Catalog.read())
 
 
 @pytest.mark.unit
 def test_catalog_pins_every_tier():
-    tiers = store.catalog()
-    assert tiers and all(len(t.sha256) == 64 and t.url.startswith("https://") for t in tiers)
-    assert store.tier_of("/x/SmolLM2-135M-Instruct.Q4_1.gguf") == "smollm2-135m"
+    shipped = store.catalog(config.Config())
+    assert shipped.tiers and all(len(t.sha256) == 64 and t.url.startswith("https://") for t in shipped.tiers)
+    assert shipped.tier_of("/x/SmolLM2-135M-Instruct.Q4_1.gguf") == "smollm2-135m"
 
 
 @pytest.mark.unit
 def test_the_store_lists_its_gguf_files_and_serves_a_choice_by_path_file_name_or_tier(tmp_path):
     cfg = config.parse({"data_dir": str(tmp_path)})
-    assert store.installed(cfg.models_path) == {} and store.configured_model(cfg) is None
-    models = cfg.models_path
+    assert store.installed(cfg.data.models) == {} and store.configured_model(cfg) is None
+    models = cfg.data.models
     (models / ".partial").mkdir(parents=True)
     (models / ".partial/c.gguf.part").write_bytes(b"GGUF")
     (models / "b.gguf").write_bytes(b"GGUF1")
@@ -132,7 +132,7 @@ def test_the_store_lists_its_gguf_files_and_serves_a_choice_by_path_file_name_or
 
 @pytest.mark.unit
 def test_the_real_smollm2_file_matches_its_catalog_pin(smollm2_model):
-    tier = store.catalog()[0]
+    tier = store.Catalog.read().tiers[0]
     assert hashlib.sha256(smollm2_model.read_bytes()).hexdigest() == tier.sha256
     assert smollm2_model.stat().st_size == tier.size
 

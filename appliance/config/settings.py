@@ -13,6 +13,7 @@ from typing import Any
 import psutil
 
 from .. import facts
+from ..layout import DataDir
 from ..access import lan_problem, ssh_key_problem
 from .schema import setting, section
 
@@ -170,16 +171,30 @@ class GovernorConfig:
                                  minimum=1, maximum=86400)
 
 
+def _path(default: str, help: str, *, optional: bool = False) -> Any:
+    return setting(default, help, pattern=r"^(/|$)" if optional else r"^/",
+                   allowed="an absolute path" + (", or empty" if optional else ""))
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where the assistant finds what other parts of the box keep: the image's places, which tests point
+    elsewhere.  Like data_dir, not the owner's to set (their file is written by the assistant itself)."""
+    catalog: str = _path("", "The model catalog, a YAML ladder of tiers; empty: the one this software ships.",
+                         optional=True)
+    governor_socket: str = _path(facts.GOVERNOR_SOCKET, "Where the assistant reaches the resource governor.")
+
+
 @dataclass(frozen=True)
 class Config:
-    data_dir: str = setting(str(facts.DATA_DIR), "Writable state: database, models, owner config.",
-                            pattern=r"^/", allowed="an absolute path")
+    data_dir: str = _path(str(facts.DATA_DIR), "Writable state: database, models, owner config.")
     device: DeviceConfig = section(DeviceConfig)
     server: ServerConfig = section(ServerConfig)
     inference: InferenceConfig = section(InferenceConfig)
     update: UpdateConfig = section(UpdateConfig)
     firewall: FirewallConfig = section(FirewallConfig)
     governor: GovernorConfig = section(GovernorConfig)
+    paths: PathsConfig = section(PathsConfig)
 
     @property
     def network_time(self) -> bool:
@@ -191,12 +206,8 @@ class Config:
         return Path(self.data_dir)
 
     @property
-    def models_path(self) -> Path:
-        return self.data_path / "models"
-
-    @property
-    def database_path(self) -> Path:
-        return self.data_path / "paladin.db"
+    def data(self) -> DataDir:
+        return DataDir(self.data_path)
 
     def listeners(self) -> dict[str, tuple[str, int]]:
         """The server's listeners that are on, by kind: https, redirect, listen (plain API)."""

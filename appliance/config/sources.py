@@ -10,13 +10,13 @@ from pathlib import Path
 import yaml
 
 from .. import facts, files
-from ..layout import FirewallState
+from ..layout import DataDir, FirewallState
 from .schema import ConfigError, merge, reference_rows
 from .settings import Config, FirewallConfig
 
 SYSTEM_CONFIG = Path(facts.SYSTEM_CONFIG)
-OWNER_CONFIG_NAME = "config.yaml"
 FIREWALL_SETTINGS = FirewallState().settings
+SYSTEM_ONLY = frozenset({"data_dir", "paths"})
 
 
 def _read_yaml(path: Path) -> dict:
@@ -41,13 +41,17 @@ def load(system_file: Path | None = SYSTEM_CONFIG, overrides: dict | None = None
     config = dataclasses.replace(config, firewall=read_firewall(firewall_file, config.firewall))
     overrides = overrides or {}
     config = merge(config, overrides, "command line")
-    owner_file = config.data_path / OWNER_CONFIG_NAME
+    owner_file = config.data.owner_config
     if owner_file.exists():
         owner = _read_yaml(owner_file)
         if isinstance(owner, dict) and "firewall" in owner:
             # The assistant writes this file: what reaches the box, and SSH as root, is the helper's to change.
             raise ConfigError(f"{owner_file}: firewall: not allowed here (the firewall helper keeps these "
                               f"settings in {firewall_file})")
+        if isinstance(owner, dict) and (placed := sorted(owner.keys() & SYSTEM_ONLY)):
+            # Root's helpers read this file too: no path of theirs may come from what the assistant writes.
+            raise ConfigError(f"{owner_file}: {placed[0]}: not allowed here (the image's {SYSTEM_CONFIG} or the "
+                              "command line sets where things are)")
         config = merge(config, owner, str(owner_file))
         config = merge(config, overrides, "command line")
     return config
@@ -82,7 +86,9 @@ def _deep_update(base: dict, changes: dict) -> dict:
 def save_owner(data_dir: Path, changes: dict) -> Config:
     """Merge `changes` into the owner's file on the data partition, durably, if the result is valid;
     returns what that file alone configures (over the defaults)."""
-    owner_file = Path(data_dir) / OWNER_CONFIG_NAME
+    owner_file = DataDir(Path(data_dir)).owner_config
+    if kept := sorted(changes.keys() & (SYSTEM_ONLY | {"firewall"})):
+        raise ConfigError(f"{owner_file}: {kept[0]}: not the owner's file to set")
     merged = _deep_update(_read_yaml(owner_file) if owner_file.exists() else {}, changes)
     checked = merge(Config(), merged, str(owner_file))
     files.write(owner_file, yaml.safe_dump(merged, sort_keys=True).encode(), mode=0o600)

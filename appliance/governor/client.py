@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import time
 from pathlib import Path
 
-from .. import facts, store
+from .. import store
 from ..config import Config, Live
 from ..errors import ModelError
 from ..inference import gguf
@@ -30,8 +29,6 @@ log = logging.getLogger(__name__)
 INTERVAL = 2.0
 TIMEOUT = 3.0
 RETRY_SECONDS = 300  # a rung that failed to load is not asked for again sooner
-# PALADIN_GOVERNOR_SOCKET: tests run a governor of their own beside the service.
-SOCKET = Path(os.environ.get("PALADIN_GOVERNOR_SOCKET") or facts.GOVERNOR_SOCKET)
 
 
 async def exchange(socket: Path, message: Report | HistoryQuery, timeout: float = TIMEOUT) -> dict:
@@ -63,7 +60,7 @@ class Governed:
         self.chosen = path
 
     def _models(self, config: Config) -> dict[str, Path]:
-        paths = {model_id(Path(name)): config.models_path / name for name in store.installed(config.models_path)}
+        paths = {model_id(Path(name)): config.data.models / name for name in store.installed(config.data.models)}
         if self.chosen is not None:
             paths[model_id(self.chosen)] = self.chosen
         return paths

@@ -14,7 +14,7 @@ from .. import command, config as config_module
 from ..layout import UpdateState
 from .progress import UpdateError, write_json
 from .slots import boot_counted
-from .status import STATE, read_state, running_version
+from .status import read_state, running_version
 
 HEALTH_DEADLINE = 8 * 60  # under the unit's TimeoutStartSec; a first boot may load a large model
 KEEP_ATTEMPTS = 20
@@ -29,7 +29,7 @@ def attempt(state: UpdateState, result: str, reason: str) -> dict:
     return record
 
 
-def failed_versions(state: UpdateState = STATE) -> frozenset[str]:
+def failed_versions(state: UpdateState = UpdateState()) -> frozenset[str]:
     """Versions whose boots on this box failed their assessment and never passed it."""
     attempts = read_state(state.attempts, [])
     good = {a.get("version") for a in attempts if a.get("result") == "good"}
@@ -54,7 +54,7 @@ def base_url(config: config_module.Config) -> str:
     return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
-def assess(config: config_module.Config, state: UpdateState = STATE, deadline: float = HEALTH_DEADLINE) -> str:
+def assess(config: config_module.Config, state: UpdateState = UpdateState(), deadline: float = HEALTH_DEADLINE) -> str:
     """Pass when the assistant answers /health and, with a model, generates one token; else raise."""
     base = base_url(config)
     give_up, reason = time.monotonic() + deadline, "the assistant never answered"
@@ -95,7 +95,7 @@ def assess(config: config_module.Config, state: UpdateState = STATE, deadline: f
     raise UpdateError(f"boot assessment failed: {reason}")
 
 
-def boot_failed(state: UpdateState = STATE) -> None:
+def boot_failed(state: UpdateState = UpdateState()) -> None:
     """After a failed or hung assessment: keep why, and reboot while systemd-boot still counts tries."""
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     attempts = read_state(state.attempts, [])

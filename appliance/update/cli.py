@@ -9,24 +9,24 @@ import json
 import logging
 from pathlib import Path
 
-from .. import command, config as config_module, logs
+from .. import command, config as config_module, facts, logs
 from ..layout import UpdateState
 from ..verbs import arg, parser, verb
 from .assess import assess, attempt, boot_failed
 from .install import install, run_service
 from .progress import UpdateError, write_json
 from .slots import kernels, machine_arch, slots
-from .status import STATE, progress, read_state, running_version
+from .status import progress, read_state, running_version
 
 log = logging.getLogger("paladin-update")
 
 
-def status(state: UpdateState = STATE) -> dict:
+def status(state: UpdateState = UpdateState()) -> dict:
     return {"running": running_version(), "arch": machine_arch(), "slots": slots(), "kernels": kernels(),
             "update": progress(state), "attempts": read_state(state.attempts, [])}
 
 
-def save_snapshot(state: UpdateState = STATE) -> None:
+def save_snapshot(state: UpdateState = UpdateState()) -> None:
     """status() for the web UI, which may read neither the partition table nor the ESP."""
     with contextlib.suppress(UpdateError, command.CommandError, OSError):
         write_json(state.snapshot, status(state))
@@ -46,37 +46,41 @@ def _print_status(data: dict) -> None:
         print(f"boot of {past['version']}: {past['result']}: {past['reason']}")
 
 
+def _state(args) -> UpdateState:
+    return UpdateState(Path(args.state))
+
+
 def cmd_status(args) -> None:
     if args.save:
-        save_snapshot()
+        save_snapshot(_state(args))
         return
-    data = status()
+    data = status(_state(args))
     print(json.dumps(data, indent=1)) if args.json else _print_status(data)
 
 
 def cmd_install(args) -> None:
     if Path(args.source).is_file():  # an offline bundle named by the root user at the console
         with open(args.source, "rb") as bundle:
-            print(f"installed {install(bundle, reboot=args.reboot)}")
+            print(f"installed {install(bundle, state=_state(args), reboot=args.reboot)}")
     else:
-        print(f"installed {install(args.source, reboot=args.reboot)}")
+        print(f"installed {install(args.source, state=_state(args), reboot=args.reboot)}")
 
 
 def cmd_run(args) -> None:
-    run_service(config_module.load())
+    run_service(config_module.load(), _state(args))
 
 
 def cmd_assess(args) -> None:
     try:
         config = config_module.load()
     except config_module.ConfigError as err:
-        attempt(STATE, "failed", f"the configuration is invalid: {err}")
+        attempt(_state(args), "failed", f"the configuration is invalid: {err}")
         raise
-    print(f"boot assessment: {assess(config)}")
+    print(f"boot assessment: {assess(config, _state(args))}")
 
 
 def cmd_boot_failed(args) -> None:
-    boot_failed()  # needs no configuration: it must work when the configuration is what broke
+    boot_failed(_state(args))  # needs no configuration: it must work when the configuration is what broke
 
 
 VERBS = {
@@ -90,16 +94,17 @@ VERBS = {
     "assess": verb(cmd_assess, "paladin-health.service: check that this boot's assistant answers"),
     "boot-failed": verb(cmd_boot_failed, "record a failed assessment and reboot while tries are left"),
 }
+COMMON = (arg("--state", default=facts.UPDATE_STATE, help="the updater's state directory"),)
 # Whatever these did, the web UI must see the state they left.
 SNAPSHOT_AFTER = ("install", "run", "assess", "boot-failed")
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser("paladin-update", __doc__, VERBS).parse_args(argv)
+    args = parser("paladin-update", __doc__, VERBS, COMMON).parse_args(argv)
     logs.setup()
     try:
         if args.verb in SNAPSHOT_AFTER:
-            atexit.register(save_snapshot)
+            atexit.register(save_snapshot, _state(args))
         VERBS[args.verb].run(args)
     except (UpdateError, config_module.ConfigError, command.CommandError, OSError) as err:
         log.error("%s", err)

@@ -27,7 +27,6 @@ from ..layout import DataDir, FetchWork, UpdateState
 from . import bundle
 from .progress import Progress, UpdateError, write_json
 from .release import Box
-from .status import STATE
 from .trust import CountingFetcher, DirectoryFetcher, Recording, client, download, refresh, refusals
 
 log = logging.getLogger("paladin-update-fetch")
@@ -125,7 +124,7 @@ def _fetch_release(source: Source, work: FetchWork, trusted: Path, progress: Pro
 def main() -> None:
     logs.setup()
     try:
-        print(f"fetched {run_fetcher(STATE)}")
+        print(f"fetched {run_fetcher(UpdateState())}")
     except (UpdateError, OSError) as err:
         log.error("%s", err)
         raise SystemExit(1) from None

@@ -23,7 +23,7 @@ from .fetcher import Job, Source, fetch_release
 from .progress import Progress, UpdateError
 from .release import Box
 from .slots import check_slot, empty_slot, esp, kernels, machine_arch, room, sha256_prefix, sysupdate
-from .status import STATE, running_version
+from .status import running_version
 from .trust import publish
 from .verify import verified_release
 
@@ -32,7 +32,7 @@ FETCH_UNIT = "paladin-update-fetch.service"
 Fetch = Callable[[Box, Progress, Path], Path]
 
 
-def install(source: Source, *, state: UpdateState = STATE, reboot: bool = False,
+def install(source: Source, *, state: UpdateState = UpdateState(), reboot: bool = False,
             retry_failed: bool = True) -> str:
     """Verify and install the newest release from `source` (URL, directory or open bundle); returns its
     version.  Both halves run in this process: the root user named the source at the console."""
@@ -131,7 +131,7 @@ def _by_the_fetcher(state: UpdateState, source: str, data_dir: Path) -> Fetch:
     return fetched
 
 
-def run_service(config: config_module.Config, state: UpdateState = STATE) -> None:
+def run_service(config: config_module.Config, state: UpdateState = UpdateState()) -> None:
     """paladin-update.service: the web UI's request (untrusted: validated by the channel), or, from
     the daily timer, the configured automatic update."""
     data_dir, data = config.data_path, DataDir(config.data_path)

@@ -7,13 +7,10 @@ page.  The root side writes the files with `appliance.files.write`.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from .. import facts
 from ..layout import DataDir, UpdateState
 
-STATE = UpdateState(Path(os.environ.get("PALADIN_UPDATE_STATE", str(facts.UPDATE_STATE))))
 OS_RELEASE = Path("/usr/lib/os-release")
 
 
@@ -40,7 +37,7 @@ def read_state(path: Path, default):
 FETCH_PHASES = ("metadata", "unpack", "download")
 
 
-def progress(state: UpdateState = STATE, data_dir: Path | None = None) -> dict:
+def progress(state: UpdateState = UpdateState(), data_dir: Path | None = None) -> dict:
     """The current or last update attempt (status.json); while the fetcher runs, with its phase and
     byte counts (the worker shows them to the owner; nothing privileged reads them)."""
     current = read_state(state.status, {"phase": "idle"})
@@ -53,6 +50,6 @@ def progress(state: UpdateState = STATE, data_dir: Path | None = None) -> dict:
     return current
 
 
-def snapshot(state: UpdateState = STATE) -> dict:
+def snapshot(state: UpdateState = UpdateState()) -> dict:
     """Slots, boot entries and attempts as the updater last saw them (it alone may read the disks)."""
     return read_state(state.snapshot, {})

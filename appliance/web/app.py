@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,7 +33,6 @@ from .ratelimit import Buckets, RateLimit
 
 log = logging.getLogger(__name__)
 # What the worker proved before it loaded a model (inference/probe.py), in the data directory.
-PROOFS = "proofs.json"
 # The release this software belongs to (IMAGE_VERSION of the image; "0" outside one).
 VERSION = update_status.running_version()
 
@@ -87,7 +87,7 @@ async def health(request: Request):
         return JSONResponse(await probe(engine))
     governor = request.state.governed.health()
     if engine.state == "ready":
-        return JSONResponse({"status": "ok", "model": status["model"], "tier": store.tier_of(status["path"]),
+        return JSONResponse({"status": "ok", "model": status["model"], "tier": request.state.catalog.tier_of(status["path"]),
                              "threads": status["threads"], "context_tokens": status["context_tokens"],
                              "cpu_variant": proofs.current().get("variant") if (proofs := request.state.proofs) else None,
                              "version": VERSION, "governor": governor})
@@ -135,14 +135,14 @@ def create_app(config: Config, model_path=None, *, prove: bool = True) -> Starle
     """The app for `config`, serving the model at `model_path`, loaded at start (None: no model yet).
     `prove`: each model file, and the CPU variant, is first proven in a child (inference/probe.py); only
     in-process tests, which start no process, turn it off."""
-    db = database.connect(config.database_path)
+    db = database.connect(config.data.database)
     metrics = Metrics()
     live = config_module.Live(config)
     server = config.server
     # Wrong tokens, passwords and setup codes all count against their client's one bucket.
     failures = Buckets(server.auth_failures_per_minute / 60, server.auth_failures_per_minute)
     session_key = device.ensure(config.data_path).session_key()
-    proofs = Proofs(config.data_path / PROOFS) if prove else None
+    proofs = Proofs(config.data.proofs) if prove else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -157,10 +157,11 @@ def create_app(config: Config, model_path=None, *, prove: bool = True) -> Starle
                 log.error("serving without a model: %s", err)
         systemd.notify("READY=1", f"STATUS={engine.reason}")
         log.info("ready: %s", engine.reason)
-        governed = governor_client.Governed(governor_client.SOCKET, engine, live, model_path)
+        governed = governor_client.Governed(Path(config.paths.governor_socket), engine, live, model_path)
         following = asyncio.create_task(governed.run())
         try:
             yield {"engine": engine, "db": db, "metrics": metrics, "config": config, "downloads": Downloads(),
+                   "catalog": store.catalog(config),
                    "live": live, "failures": failures, "session_key": session_key, "governed": governed,
                    "proofs": proofs}
         finally:

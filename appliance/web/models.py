@@ -47,9 +47,9 @@ MODEL_MAX_BYTES = 64 * 2**30
 def installed(request: Request) -> list[dict]:
     config: Config = request.state.config
     served = request.state.engine.served
-    return [{"name": name, "id": model_id(Path(name)), "size": size, "tier": store.tier_of(name),
-             "served": served is not None and served.path == config.models_path / name}
-            for name, size in store.installed(config.models_path).items()]
+    return [{"name": name, "id": model_id(Path(name)), "size": size, "tier": request.state.catalog.tier_of(name),
+             "served": served is not None and served.path == config.data.models / name}
+            for name, size in store.installed(config.data.models).items()]
 
 
 def total_ram() -> int:
@@ -59,11 +59,11 @@ def total_ram() -> int:
 
 def catalog_fit(request: Request) -> dict:
     """The tiers, and whether each fits this box's memory with the headroom the rest of the box needs."""
-    present = store.installed(request.state.config.models_path)
+    present = store.installed(request.state.config.data.models)
     box = total_ram()
     return {"box_ram": box, "headroom": RAM_HEADROOM, "tiers": [
         {"name": t.name, "file": t.file, "size": t.size, "ram": t.ram, "needs": t.ram + RAM_HEADROOM,
-         "fits": t.ram + RAM_HEADROOM <= box, "installed": t.file in present} for t in store.catalog()]}
+         "fits": t.ram + RAM_HEADROOM <= box, "installed": t.file in present} for t in request.state.catalog.tiers]}
 
 
 def overview(request: Request) -> dict:
@@ -87,12 +87,12 @@ async def download_status(request: Request):
 async def download(request: Request):
     """POST {"tier": NAME}: fetch a catalog tier in the background (202), or nothing when it is there (200)."""
     name = field(await read_json(request), "tier", str, required=True)
-    tier = store.tier_named(name)
+    tier = request.state.catalog.named(name)
     if tier is None:
         raise UnknownModel(f"{name[:80]!r} is not a tier of the catalog; choose one of "
-                           f"{', '.join(t.name for t in store.catalog())} (GET /models/catalog)", param="tier")
+                           f"{request.state.catalog.names()} (GET /models/catalog)", param="tier")
     downloads: Downloads = request.state.downloads
-    started = downloads.start(tier, request.state.config.models_path)
+    started = downloads.start(tier, request.state.config.data.models)
     return JSONResponse(downloads.status(), status_code=202 if started else 200)
 
 
@@ -109,11 +109,11 @@ async def upload(request: Request):
     if not _bare_gguf(name):
         raise InvalidRequest("?name= is the model's file name: ending in .gguf, without directories, not starting "
                              f"with a dot, at most {MAX_NAME_BYTES} bytes", param="name")
-    if name in store.installed(config.models_path):
+    if name in store.installed(config.data.models):
         raise Conflict(f"'{name}' is installed already; choose it (PUT /models/default), or upload this file "
                        "under another name", param="name")
-    tier = store.tier_with_file(name)
-    config.models_path.mkdir(parents=True, exist_ok=True)
+    tier = request.state.catalog.with_file(name)
+    config.data.models.mkdir(parents=True, exist_ok=True)
     def usable(partial: Path) -> None:  # llama.cpp may abort on a malformed file: never in this process
         if (proofs := request.state.proofs) is None:
             return
@@ -122,30 +122,30 @@ async def upload(request: Request):
         except ModelError as err:
             raise ModelUnusable(f"{name} cannot be used: {err}. Nothing was kept", param="name") from None
 
-    received = await receive_file(request, config.models_path / name, what="a GGUF model", magic=b"GGUF",
+    received = await receive_file(request, config.data.models / name, what="a GGUF model", magic=b"GGUF",
                                   max_bytes=MODEL_MAX_BYTES, sha256=tier.sha256 if tier else None, check=usable)
     return JSONResponse({"name": name, "id": model_id(Path(name)), "size": received.size,
                          "sha256": received.sha256, "tier": tier.name if tier else None}, status_code=201)
 
 
-def _chosen(config: Config, name: str) -> Path:
+def _chosen(request: Request, name: str) -> Path:
     """The store's file for `name`: a catalog tier's, or an installed GGUF named by its bare file name."""
-    tier = store.tier_named(name)
+    config: Config = request.state.config
+    tier = request.state.catalog.named(name)
     if tier is None and not _bare_gguf(name):
         raise InvalidRequest("'model' is a catalog tier or the file name of an installed .gguf model, without "
                              f"directories, at most {MAX_NAME_BYTES} bytes; GET /models lists them", param="model")
     file = tier.file if tier else name
-    if file not in store.installed(config.models_path):
+    if file not in store.installed(config.data.models):
         raise UnknownModel(f"'{name}' is not installed on this box; GET /models lists what is, 'paladin model "
                            "download' or 'paladin model import' adds one", param="model")
-    return config.models_path / file
+    return config.data.models / file
 
 
 async def serve(request: Request, name: str) -> Path:
     """Serve the installed model `name` from the next request on, and after restarts."""
-    config: Config = request.state.config
     engine: Engine = request.state.engine
-    path = _chosen(config, name)
+    path = _chosen(request, name)
     try:
         await engine.swap(path)
     except ModelError as err:
@@ -175,7 +175,7 @@ def _default_file(config: Config) -> str | None:
         path = store.configured_model(config)
     except StoreError:  # a tier the catalog no longer has: it names no file of the store
         return None
-    return path.name if path is not None and path.parent == config.models_path else None
+    return path.name if path is not None and path.parent == config.data.models else None
 
 
 async def delete(request: Request):
@@ -185,7 +185,7 @@ async def delete(request: Request):
     if not _bare_gguf(name):
         raise InvalidRequest("name the model by its file name: ending in .gguf, without directories, not starting "
                              f"with a dot, at most {MAX_NAME_BYTES} bytes; GET /models lists them", param="name")
-    if name not in store.installed(config.models_path):
+    if name not in store.installed(config.data.models):
         raise UnknownModel(f"'{name}' is not installed on this box; GET /models lists what is", param="name")
     await remove(request, name)
     return JSONResponse({"deleted": name})
@@ -195,14 +195,14 @@ async def remove(request: Request, name: str) -> None:
     """Delete the installed model file `name` unless the box serves it, is switching to it, or serves it
     after a restart."""
     config: Config = request.state.config
-    if request.state.engine.uses(config.models_path / name):
+    if request.state.engine.uses(config.data.models / name):
         raise Conflict(f"'{name}' is the model the box serves (or is switching to): choose another one first "
                        "(PUT /models/default), then delete this one", param="name")
     if name == _default_file(config):
         raise Conflict(f"'{name}' is the model the box serves after a restart (inference.model): choose another "
                        "one first (PUT /models/default), then delete this one", param="name")
     try:
-        await asyncio.to_thread(store.remove, config.models_path, name)
+        await asyncio.to_thread(store.remove, config.data.models, name)
     except FileNotFoundError:  # deleted by a request that crossed this one
         raise UnknownModel(f"'{name}' is not installed on this box any more; GET /models lists what is",
                            param="name") from None
@@ -218,7 +218,7 @@ async def models_page(request: Request):
 def store_free(config: Config) -> int | None:
     """Bytes free on the partition that holds the store (its data partition), or None before it exists."""
     try:
-        return shutil.disk_usage(config.models_path if config.models_path.is_dir() else config.data_path).free
+        return shutil.disk_usage(config.data.models if config.data.models.is_dir() else config.data_path).free
     except OSError:
         return None
 

@@ -224,7 +224,7 @@ def _model_name(body: dict) -> str:
 def _installed_file(request: Request, name: str) -> str | None:
     """The store's file for an Ollama name (`tiny`, `tiny:latest`) or a file name."""
     wanted = name.removesuffix(":latest")
-    return next((f for f in store.installed(request.state.config.models_path)
+    return next((f for f in store.installed(request.state.config.data.models)
                  if f == wanted or model_id(Path(f)) == wanted.lower()), None)
 
 
@@ -233,7 +233,7 @@ async def delete(request: Request):
     name = _model_name(await read_json(request))
     file = _installed_file(request, name)
     if file is None:
-        installed = store.installed(request.state.config.models_path)
+        installed = store.installed(request.state.config.data.models)
         raise UnknownModel(f"model '{name[:80]}' not found; installed: {', '.join(sorted(installed)) or 'none'}",
                            param="model")
     await models.remove(request, file)
@@ -250,16 +250,16 @@ async def pull(request: Request):
     body = await read_json(request)
     name, stream = _model_name(body), field(body, "stream", bool, True)
     downloads: Downloads = request.state.downloads
-    tier = store.tier_named(name.removesuffix(":latest"))
+    tier = request.state.catalog.named(name.removesuffix(":latest"))
     if _installed_file(request, name) is None:
         if tier is None:
             raise UnknownModel(f"'{name[:80]}' is not in this box's catalog; pull one of "
-                               f"{', '.join(t.name for t in store.catalog())} (installed: "
-                               f"{', '.join(sorted(store.installed(request.state.config.models_path))) or 'none'})",
+                               f"{request.state.catalog.names()} (installed: "
+                               f"{', '.join(sorted(store.installed(request.state.config.data.models))) or 'none'})",
                                param="model")
         now = downloads.status()
         if not (now["state"] == "downloading" and now["tier"] == tier.name):  # else: watch the one running
-            downloads.start(tier, request.state.config.models_path)
+            downloads.start(tier, request.state.config.data.models)
 
     async def progress():
         yield {"status": "pulling manifest"}

@@ -83,7 +83,7 @@ def memory() -> dict:
 
 def disk(config: Config) -> dict:
     usage = shutil.disk_usage(config.data_path)
-    models = store.installed(config.models_path)
+    models = store.installed(config.data.models)
     return {"path": str(config.data_path), "total": usage.total, "used": usage.used, "free": usage.free,
             "models": {"count": len(models), "bytes": sum(models.values())}}
 

@@ -84,7 +84,7 @@ def run(governed: Governed, reps: int, results: dict) -> None:
 def screenshot(governed: Governed, png: Path) -> None:
     from tests.support.wizard import browser_page, log_in
 
-    db = database.connect(config.parse({"data_dir": str(governed.service.data_dir)}).database_path)
+    db = database.connect(config.parse({"data_dir": str(governed.service.data_dir)}).data.database)
     owner.set_account(db, "Ada", PASSWORD)
     owner.finish(db)
     db.close()

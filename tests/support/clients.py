@@ -57,7 +57,7 @@ def box(client: str):
         variant = working_variant(models / "smollm2.gguf")
         with served_catalog(data, models / "smollm2.gguf", TIER) as catalog:
             # Home Assistant asks for 8192 tokens of context; its prompt with tools is about 1 700 of SmolLM2's.
-            service = Service(None, data, extra_env={"PALADIN_CATALOG": str(catalog)}, config=UNLIMITED | {
+            service = Service(None, data, system={"paths": {"catalog": str(catalog)}}, config=UNLIMITED | {
                 "inference": {"model": f"{SERVED}.gguf", "cpu_variant": variant, "context_tokens": 8192}})
             try:
                 yield service, create_token(data, client)

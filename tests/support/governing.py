@@ -97,8 +97,8 @@ class Governed:
         self.governor = GovernorProcess(directory, self.sensors, interval)
         settings = {**UNLIMITED, "governor": FAST | (governor or {}),
                     "inference": {"model": f"{top}.gguf", "context_tokens": 1024} | (inference or {})}
-        self.service = Service(None, data, {"PALADIN_GOVERNOR_SOCKET": str(self.governor.socket),
-                                            "WATCHDOG_USEC": "2000000"}, settings)
+        self.service = Service(None, data, {"WATCHDOG_USEC": "2000000"}, settings,
+                               system={"paths": {"governor_socket": str(self.governor.socket)}})
 
     def health(self) -> dict:
         with self.service.client() as client:

@@ -14,11 +14,13 @@ from pathlib import Path
 import httpx
 import yaml
 
+from appliance.layout import DataDir
 from buildhost.qemu import free_port
 
 PALADIN = Path(sys.executable).parent / "paladin"
 # For tests and benchmarks that send many requests from 127.0.0.1 on purpose: they measure something else.
 UNLIMITED = {"server": {"requests_per_second": 0, "auth_failures_per_minute": 0}}
+SYSTEM = "system.yaml"  # the service's stand-in for the image's /etc/paladin/paladin.yaml
 
 
 def serve_argv(data_dir: Path, port: int, https_port: int | None = None, model: Path | None = None,
@@ -27,7 +29,7 @@ def serve_argv(data_dir: Path, port: int, https_port: int | None = None, model: 
     on `redirect_port` (None: none; ports 443 and 80 are the box's)."""
     return [PALADIN, "serve", *(["--model", model] if model else []), "--data-dir", data_dir,
             "--listen", f"127.0.0.1:{port}", "--https", f"127.0.0.1:{https_port}" if https_port else "",
-            "--redirect", f"127.0.0.1:{redirect_port}" if redirect_port else "", "--config", data_dir / "none.yaml"]
+            "--redirect", f"127.0.0.1:{redirect_port}" if redirect_port else "", "--config", data_dir / SYSTEM]
 
 
 def create_token(data_dir: Path, name: str = "test") -> str:
@@ -39,13 +41,15 @@ def create_token(data_dir: Path, name: str = "test") -> str:
 class Service:
     """`paladin serve` as a child process, with a notify socket standing in for systemd's.
 
-    `model` None serves the configured one; `config`, when given, becomes the owner's config.yaml."""
+    `model` None serves the configured one; `config`, when given, becomes the owner's config.yaml, and
+    `system` the image's system file (where things are: `paths`)."""
 
     def __init__(self, model: Path | None, data_dir: Path, extra_env: dict | None = None, config: dict | None = None,
-                 redirect_port: int | None = None):
+                 redirect_port: int | None = None, system: dict | None = None):
         self.data_dir = data_dir
         if config is not None:
-            (data_dir / "config.yaml").write_text(yaml.safe_dump(config))
+            DataDir(data_dir).owner_config.write_text(yaml.safe_dump(config))
+        (data_dir / SYSTEM).write_text(yaml.safe_dump(system or {}))
         self.token = create_token(data_dir)
         self.port, self.https_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"

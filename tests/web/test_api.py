@@ -19,7 +19,7 @@ def api(tiny_model, tmp_path_factory):
     # Unlimited rate: the module's tests send hundreds of requests as one client, at once.
     cfg = config.parse({"data_dir": str(data), "server": {"max_body_bytes": 4096, "requests_per_second": 0},
                         "inference": {"threads": 1, "context_tokens": 256, "max_tokens": 16}})
-    token = tokens.create(database.connect(cfg.database_path), "test")
+    token = tokens.create(database.connect(cfg.data.database), "test")
     with TestClient(create_app(cfg, tiny_model, prove=False), headers={"Authorization": f"Bearer {token}"}) as client:
         client.data_dir = data
         yield client
@@ -204,7 +204,7 @@ def test_metrics_labels_are_route_templates_whatever_the_paths(api):
                                   b'{"model": "\xff"}'], ids=["nested", "long-number", "bad-utf8"])
 def test_hostile_json_is_a_400_not_a_500(tmp_path, body):
     cfg = config.parse({"data_dir": str(tmp_path)})  # the default body limit (1 MiB) lets these through
-    token = tokens.create(database.connect(cfg.database_path), "test")
+    token = tokens.create(database.connect(cfg.data.database), "test")
     with TestClient(create_app(cfg, prove=False), headers={"Authorization": f"Bearer {token}"}) as client:
         for path in ("/v1/chat/completions", "/api/chat"):
             response = client.post(path, content=body, headers={"Content-Type": "application/json"})

@@ -25,7 +25,7 @@ def fresh_box(tiny_model, other_model, tmp_path):
     (data / "models").mkdir(parents=True)
     shutil.copy(tiny_model, data / "models" / "tiny.gguf")
     with served_catalog(tmp_path, other_model) as catalog:
-        service = Service(None, data, {"PALADIN_CATALOG": str(catalog)})
+        service = Service(None, data, system={"paths": {"catalog": str(catalog)}})
         yield service
         service.stop()
 

@@ -24,7 +24,7 @@ def chat_api(tiny_model, tmp_path_factory):
     # A context of 256 tokens: a few turns outgrow it.
     cfg = config.parse({"data_dir": str(data), "server": {"requests_per_second": 0},
                         "inference": {"threads": 1, "context_tokens": 256, "max_tokens": 24}})
-    token = tokens.create(database.connect(cfg.database_path), "test")
+    token = tokens.create(database.connect(cfg.data.database), "test")
     with TestClient(create_app(cfg, tiny_model, prove=False), headers={"Authorization": f"Bearer {token}"}) as client:
         yield client
 

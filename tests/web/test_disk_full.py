@@ -27,7 +27,7 @@ def small(tmp_path, tiny_model):
     try:
         cfg = config.parse({"data_dir": str(data), "server": {"requests_per_second": 0},  # filling takes ~60 requests
                             "inference": {"threads": 1, "context_tokens": 256}})
-        token = tokens.create(database.connect(cfg.database_path), "test")
+        token = tokens.create(database.connect(cfg.data.database), "test")
         with TestClient(create_app(cfg, tiny_model, prove=False), headers={"Authorization": f"Bearer {token}"}) as client:
             client.data_dir = data
             yield client

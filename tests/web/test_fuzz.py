@@ -26,7 +26,7 @@ bodies = st.one_of(st.dictionaries(st.sampled_from(KEYS), values, max_size=8), v
 def client(tiny_model, tmp_path_factory):
     data = tmp_path_factory.mktemp("fuzz")
     cfg = config.parse({"data_dir": str(data), "inference": {"threads": 1, "context_tokens": 128, "max_tokens": 4}})
-    token = tokens.create(database.connect(cfg.database_path), "fuzz")
+    token = tokens.create(database.connect(cfg.data.database), "fuzz")
     with TestClient(create_app(cfg, tiny_model, prove=False), headers={"Authorization": f"Bearer {token}"}) as c:
         yield c
 

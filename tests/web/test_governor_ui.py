@@ -31,7 +31,7 @@ def governed_box(tmp_path_factory):
     directory = tmp_path_factory.mktemp("governor-ui")
     data = directory / "data"
     data.mkdir()
-    db = database.connect(config.parse({"data_dir": str(data)}).database_path)
+    db = database.connect(config.parse({"data_dir": str(data)}).data.database)
     owner.set_account(db, "Ada", PASSWORD)
     owner.finish(db)
     db.close()

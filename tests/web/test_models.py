@@ -31,8 +31,8 @@ HI = [{"role": "user", "content": "hi"}]
 @pytest.fixture
 def owner(two_models):
     cfg = config.parse({"data_dir": str(two_models), "inference": {"threads": 1, "context_tokens": 256}})
-    token = tokens.create(database.connect(cfg.database_path), "test")
-    with TestClient(create_app(cfg, cfg.models_path / "tiny.gguf", prove=False), headers={"Authorization": f"Bearer {token}"}) as c:
+    token = tokens.create(database.connect(cfg.data.database), "test")
+    with TestClient(create_app(cfg, cfg.data.models / "tiny.gguf", prove=False), headers={"Authorization": f"Bearer {token}"}) as c:
         c.config = cfg
         yield c
 
@@ -46,7 +46,7 @@ def test_the_store_is_listed_with_the_served_model(owner):
     listed = owner.get("/models").json()["models"]
     assert [(m["name"], m["id"], m["tier"], m["served"]) for m in listed] == [
         ("other.gguf", "other", None, False), ("tiny.gguf", "tiny", None, True)]
-    assert listed[1]["size"] == (owner.config.models_path / "tiny.gguf").stat().st_size
+    assert listed[1]["size"] == (owner.config.data.models / "tiny.gguf").stat().st_size
 
 
 @pytest.mark.unit
@@ -74,7 +74,7 @@ def test_a_bad_choice_is_refused_and_nothing_changes(owner, name, status, says):
 
 @pytest.mark.unit
 def test_a_model_that_does_not_load_is_refused_and_the_old_one_serves_on(owner):
-    (owner.config.models_path / "broken.gguf").write_bytes(b"GGUF" + bytes(100))
+    (owner.config.data.models / "broken.gguf").write_bytes(b"GGUF" + bytes(100))
     refused = owner.put("/models/default", json={"model": "broken.gguf"})
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "model_unusable"
     assert "the box still serves 'tiny'" in refused.json()["error"]["message"]
@@ -140,7 +140,7 @@ def test_no_download_has_run_and_an_unknown_tier_is_refused_naming_the_tiers(own
                                                     "error": None}
     refused = owner.post("/models/download", json={"tier": "llama3"})
     assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
-    assert all(tier.name in refused.json()["error"]["message"] for tier in store.catalog())
+    assert all(tier.name in refused.json()["error"]["message"] for tier in store.Catalog.read().tiers)
     assert owner.post("/models/download", json={"tier": 7}).status_code == 400
     assert owner.get("/models/download").json()["state"] == "idle"
 
@@ -156,19 +156,19 @@ def left_in(models: Path, name: str) -> list[str]:
     ("?name=" + "x" * 300 + ".gguf", 400, "at most 255 bytes"), ("?name=up%00.gguf", 400, "?name="),
     ("?name=tiny.gguf", 409, "'tiny.gguf' is installed already")])
 def test_an_upload_under_a_bad_or_taken_name_is_refused(owner, query, status, says):
-    refused = owner.put("/models/upload" + query, content=(owner.config.models_path / "tiny.gguf").read_bytes())
+    refused = owner.put("/models/upload" + query, content=(owner.config.data.models / "tiny.gguf").read_bytes())
     assert refused.status_code == status and says in refused.json()["error"]["message"]
     assert refused.json()["error"]["param"] == "name"
-    assert sorted(store.installed(owner.config.models_path)) == ["other.gguf", "tiny.gguf"]
+    assert sorted(store.installed(owner.config.data.models)) == ["other.gguf", "tiny.gguf"]
 
 
 @pytest.mark.unit
 def test_an_upload_that_is_not_a_gguf_is_refused_and_nothing_is_left(owner):
     refused = owner.put("/models/upload?name=notes.gguf", content=b"GGML" + bytes(8192))
     assert refused.status_code == 400 and "is not a GGUF model" in refused.json()["error"]["message"]
-    assert left_in(owner.config.models_path, "notes") == []
+    assert left_in(owner.config.data.models, "notes") == []
     assert owner.put("/models/upload?name=notes.gguf", content=b"GG").status_code == 400  # shorter than the magic
-    assert left_in(owner.config.models_path, "notes") == []
+    assert left_in(owner.config.data.models, "notes") == []
 
 
 @pytest.mark.unit
@@ -177,21 +177,21 @@ def test_an_upload_over_the_cap_is_refused_and_nothing_is_left(owner, monkeypatc
     announced = owner.put("/models/upload?name=big.gguf", content=b"GGUF" + bytes(8192))
     unannounced = owner.put("/models/upload?name=big.gguf", content=(b"GGUF" + bytes(1020) for _ in range(8)))
     assert announced.status_code == unannounced.status_code == 413
-    assert left_in(owner.config.models_path, "big") == []
+    assert left_in(owner.config.data.models, "big") == []
 
 
 @pytest.mark.unit
 def test_a_second_upload_to_the_same_file_is_refused_and_leaves_the_first_alone(owner):
-    first = files.partial(owner.config.models_path / "up.gguf")
+    first = files.partial(owner.config.data.models / "up.gguf")
     with first.open("wb") as held:  # the first upload's partial file, under its lock
         held.write(b"GGUF first")
         fcntl.flock(held, fcntl.LOCK_EX)
         refused = owner.put("/models/upload?name=up.gguf", content=b"GGUF second")
     assert refused.status_code == 409 and "being uploaded already" in refused.json()["error"]["message"]
-    assert first.read_bytes() == b"GGUF first" and "up.gguf" not in store.installed(owner.config.models_path)
+    assert first.read_bytes() == b"GGUF first" and "up.gguf" not in store.installed(owner.config.data.models)
 
 
-# A catalog served from 127.0.0.1 (PALADIN_CATALOG), for the real service: one tier whose server holds back
+# A catalog served from 127.0.0.1 (`paths.catalog`), for the real service: one tier whose server holds back
 # all but its first HELD bytes until the test opens `GATE`, one pinned to a hash no file has, one no box fits.
 HELD = 2 * 2**20
 GATE = threading.Event()
@@ -230,8 +230,8 @@ def catalog_service(tiny_model, tmp_path_factory):
     data = tmp_path_factory.mktemp("box")
     catalog = data / "catalog.yaml"
     catalog.write_text(yaml.safe_dump({"tiers": tiers}))
-    running = Service(tiny_model, data, {"PALADIN_CATALOG": str(catalog)},
-                      {"server": UNLIMITED["server"] | {"header_seconds": 2}})
+    running = Service(tiny_model, data, config={"server": UNLIMITED["server"] | {"header_seconds": 2}},
+                      system={"paths": {"catalog": str(catalog)}})
     running.models = data / "models"
     yield running
     GATE.set()

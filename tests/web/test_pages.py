@@ -36,10 +36,10 @@ def finished_app(two_models, tiny_model):
     cfg = config.parse({"data_dir": str(two_models), "inference": {"threads": 1, "context_tokens": 256,
                                                                    "model": "other.gguf"}})
     firstboot.prepare(cfg)  # the device's keys and certificate, as on a first boot
-    db = database.connect(cfg.database_path)
+    db = database.connect(cfg.data.database)
     owner.set_account(db, "Ada", PASSWORD)
     owner.finish(db)
-    with TestClient(create_app(cfg, cfg.models_path / "tiny.gguf", prove=False), base_url="https://paladin.local") as client:
+    with TestClient(create_app(cfg, cfg.data.models / "tiny.gguf", prove=False), base_url="https://paladin.local") as client:
         client.cfg, client.token = cfg, tokens.create(db, "script")
         yield client
 
@@ -85,7 +85,7 @@ def test_the_models_page_shows_the_store_the_catalog_and_what_may_be_deleted(fin
 
 def test_a_model_is_deleted_unless_served_or_chosen_and_only_by_its_bare_name(finished_app):
     headers = logged_in(finished_app)
-    models = finished_app.cfg.models_path
+    models = finished_app.cfg.data.models
     served = finished_app.delete("/models/tiny.gguf", headers=headers)
     assert served.status_code == 409 and "serves" in served.json()["error"]["message"]
     chosen = finished_app.delete("/models/other.gguf", headers=headers)
@@ -126,7 +126,7 @@ def test_system_reports_addresses_disk_memory_the_certificate_and_the_journal(fi
     assert isinstance(state["addresses"], list) and not any(a in ("127.0.0.1", "::1") for a in state["addresses"])
     disk = state["disk"]
     assert 0 < disk["free"] <= disk["total"] and disk["models"]["count"] == 3
-    assert disk["models"]["bytes"] == sum(p.stat().st_size for p in finished_app.cfg.models_path.glob("*.gguf"))
+    assert disk["models"]["bytes"] == sum(p.stat().st_size for p in finished_app.cfg.data.models.glob("*.gguf"))
     assert 0 < state["memory"]["available"] <= state["memory"]["total"] and state["uptime"] > 0
     assert state["model"]["state"] == "ready" and state["model"]["model"] == "tiny"
     argv, kwargs = asked[0]

@@ -301,7 +301,7 @@ def test_ollama_pull_fetches_catalog_tiers_only_with_progress_and_errors(tiny_mo
     (data / "models").mkdir(parents=True)
     shutil.copy(tiny_model, data / "models" / "tiny.gguf")
     with served_catalog(tmp_path, other_model) as catalog:
-        service = Service(None, data, {"PALADIN_CATALOG": str(catalog)}, UNLIMITED)
+        service = Service(None, data, config=UNLIMITED, system={"paths": {"catalog": str(catalog)}})
         try:
             client = ollama.Client(host=service.url, headers={"Authorization": f"Bearer {service.token}"})
             with pytest.raises(ollama.ResponseError) as err:

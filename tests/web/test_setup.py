@@ -39,7 +39,7 @@ def setup_app(two_models):
     cfg = config.parse({"data_dir": str(two_models), "inference": {"threads": 1, "context_tokens": 256},
                         "server": {"setup_attempts": 3}})
     code = firstboot.prepare(cfg).setup_code()
-    with TestClient(create_app(cfg, cfg.models_path / "tiny.gguf", prove=False), base_url="https://paladin.local") as client:
+    with TestClient(create_app(cfg, cfg.data.models / "tiny.gguf", prove=False), base_url="https://paladin.local") as client:
         client.cfg, client.code = cfg, code
         yield client
 
@@ -113,7 +113,7 @@ def test_state_changes_need_the_pages_csrf_token(setup_app):
                           ({}, {**form, "csrf": "é" * 64}), ({"X-CSRF-Token": "\xe9t\xe9".encode("latin-1")}, form)):
         refused = setup_app.post("/setup/owner", data=data, headers=headers)
         assert refused.status_code == 403 and "reload it" in refused.json()["error"]["message"]
-    assert owner.account(database.connect(setup_app.cfg.database_path)) is None
+    assert owner.account(database.connect(setup_app.cfg.data.database)) is None
     assert setup_app.post("/setup/owner", data=form, headers={"X-CSRF-Token": csrf}).status_code == 200
 
 
@@ -206,7 +206,7 @@ def test_the_owner_asks_through_the_page_and_a_token_cannot(setup_app):
 def finished_owner(data_dir, failures_per_minute: int) -> TestClient:
     """The app of a box whose wizard is finished, with this budget of wrong passwords per client."""
     cfg = config.parse({"data_dir": str(data_dir), "server": {"auth_failures_per_minute": failures_per_minute}})
-    db = database.connect(cfg.database_path)
+    db = database.connect(cfg.data.database)
     owner.set_account(db, "Ada", PASSWORD)
     owner.finish(db)
     return TestClient(create_app(cfg, prove=False), base_url="https://paladin.local")

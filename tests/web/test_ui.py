@@ -48,7 +48,7 @@ def ui_service(tmp_path_factory, tiny_model):
     tinymodel.write(models / "medium.gguf", "medium")
     tinymodel.write(models / "hostile.gguf", "small", name="hostile", only=HOSTILE + ("\n\n", " "))
     shutil.copy(tiny_model, models / "tiny.gguf")
-    db = database.connect(config.parse({"data_dir": str(data)}).database_path)
+    db = database.connect(config.parse({"data_dir": str(data)}).data.database)
     owner.set_account(db, "Ada", PASSWORD)
     owner.finish(db)
     sorting = conversations.create(db, "Sorting names in Python")
