@@ -15,6 +15,7 @@ from tests.support.images import Builds
 from tests.support.served import UNLIMITED, Service
 from tests.support.variants import working_variant
 from tests.support.vm import GUESTS
+from appliance.layout import DataDir
 
 IMAGE_TESTS = Path(__file__).parent / "image"
 LAYERS = ("unit", "system", "service", "browser", "emulated", "image")  # pyproject.toml's markers
@@ -63,7 +64,7 @@ def other_model(tmp_path_factory) -> Path:
 @pytest.fixture
 def two_models(tmp_path, tiny_model, other_model) -> Path:
     """A data directory whose model store holds tiny.gguf and other.gguf."""
-    models = tmp_path / "models"
+    models = DataDir(tmp_path).models
     models.mkdir()
     for model in (tiny_model, other_model):
         shutil.copy(model, models / model.name)

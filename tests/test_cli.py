@@ -5,6 +5,7 @@ import subprocess
 import pytest
 
 from tests.support.served import PALADIN
+from appliance.layout import DataDir
 
 pytestmark = pytest.mark.system
 
@@ -29,7 +30,7 @@ def test_config_get_answers_one_key_as_json_for_units_to_test(tmp_path):
                               capture_output=True, text=True)
 
     assert get("device.time_sync").stdout == "true\n"
-    (tmp_path / "config.yaml").write_text("device: {time_sync: false}\n")
+    DataDir(tmp_path).owner_config.write_text("device: {time_sync: false}\n")
     assert get("device.time_sync").stdout == "false\n"
     missing = get("device.nope")
     assert missing.returncode != 0 and "no key 'device.nope'" in missing.stderr

@@ -6,6 +6,7 @@ import yaml
 
 from appliance import config
 from appliance.config import ConfigError
+from appliance.layout import DataDir
 from buildhost import ROOT
 
 pytestmark = pytest.mark.unit
@@ -43,7 +44,7 @@ def test_layers_system_then_owner_then_command_line(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     system.write_text(f"data_dir: {data}\ninference:\n  threads: 3\n  queue_size: 4\n")
-    (data / "config.yaml").write_text("inference:\n  queue_size: 8\n")
+    DataDir(data).owner_config.write_text("inference:\n  queue_size: 8\n")
     c = config.load(system, {"server": {"listen": "127.0.0.1:9"}})
     assert (c.inference.threads, c.inference.queue_size, c.server.listen) == (3, 8, "127.0.0.1:9")
 
@@ -84,7 +85,7 @@ def test_the_owner_file_takes_only_valid_changes(tmp_path):
 @pytest.mark.parametrize("key, value", [("data_dir", "/etc"), ("paths", {"catalog": "/tmp/evil.yaml"})])
 def test_where_things_are_is_not_the_owners_file_to_say(tmp_path, key, value):
     """Root's helpers read the owner's file too, and the assistant writes it: no path may come from there."""
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({key: value}))
+    DataDir(tmp_path).owner_config.write_text(yaml.safe_dump({key: value}))
     with pytest.raises(ConfigError, match=f"config.yaml: {key}: not allowed here"):
         config.load(None, {"data_dir": str(tmp_path)}, tmp_path / "none.yaml")
     with pytest.raises(ConfigError, match=f"{key}: not the owner's file to set"):

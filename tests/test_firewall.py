@@ -257,12 +257,12 @@ def load_in(netns, state: Path, data: Path) -> subprocess.CompletedProcess:
 def test_a_bad_configuration_keeps_the_last_good_ruleset(netns, tmp_path):
     state, data = tmp_path / "state", tmp_path / "data"
     state.mkdir()
-    (state / "settings.yaml").write_text("lan: 192.168.7.0/24\n")
+    FirewallState(state).settings.write_text("lan: 192.168.7.0/24\n")
     assert load_in(netns, state, data).returncode == 0
     good = netns("nft", "list", "table", "inet", "paladin").stdout
     assert "192.168.7.0/24" in good
 
-    (state / "settings.yaml").write_text("lan: 192.168.7.0/33\n")
+    FirewallState(state).settings.write_text("lan: 192.168.7.0/33\n")
     failed = load_in(netns, state, data)
     assert failed.returncode == 1
     assert "the last good ruleset is loaded" in failed.stderr and "firewall.lan" in failed.stderr
@@ -273,7 +273,7 @@ def test_a_bad_configuration_keeps_the_last_good_ruleset(netns, tmp_path):
 def test_with_no_good_ruleset_yet_a_bad_configuration_loads_the_defaults(netns, tmp_path):
     state, data = tmp_path / "state", tmp_path / "data"
     state.mkdir()
-    (state / "settings.yaml").write_text("privacy: maybe\n")
+    FirewallState(state).settings.write_text("privacy: maybe\n")
     failed = load_in(netns, state, data)
     assert failed.returncode == 1 and "the default ruleset is loaded" in failed.stderr
     listed = netns("nft", "list", "table", "inet", "paladin").stdout
@@ -293,7 +293,7 @@ def test_an_owners_request_is_validated_then_applied_or_changes_nothing(netns, t
     assert request_in(netns, state, data, lan="10.1.0.0/16 fd12::/16").returncode == 0
     applied = netns("nft", "list", "table", "inet", "paladin").stdout
     assert "10.1.0.0/16" in applied and "fd12::/16" in applied
-    assert yaml.safe_load((state / "settings.yaml").read_text())["lan"] == "10.1.0.0/16 fd12::/16"
+    assert yaml.safe_load(FirewallState(state).settings.read_text())["lan"] == "10.1.0.0/16 fd12::/16"
     assert outcome(FirewallState(state))["ok"] and not channel.pending(data, "firewall")
     public = state / "ssh" / "ssh_host_ed25519_key.pub"
     assert host_key_fingerprint(FirewallState(state)) in subprocess.run(  # made at boot, shown as ssh does
@@ -308,7 +308,7 @@ def test_an_owners_request_is_validated_then_applied_or_changes_nothing(netns, t
         assert netns("nft", "list", "table", "inet", "paladin").stdout == applied
         assert not (state / "ssh" / "authorized_keys").exists()
     # A request the worker forged past the channel's schema is refused as a whole.
-    (data / "requests" / "firewall.json").write_text(json.dumps({"lan": "10.0.0.0/8", "privacy": False, "ssh": 1,
+    (DataDir(data).requests / "firewall.json").write_text(json.dumps({"lan": "10.0.0.0/8", "privacy": False, "ssh": 1,
                                                                  "ssh_key": ""}))
     assert netns(FIREWALL, "request", "--state", state, "--data-dir", data, "--config", "/nonexistent",
                  check=False).returncode == 1

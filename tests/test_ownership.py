@@ -85,7 +85,7 @@ def test_factory_reset_forgets_the_owner_and_the_keys_but_keeps_models(cfg, db):
     fingerprint = made.fingerprint()
     owner.set_account(db, "Ada", "correct horse battery")
     owner.finish(db)
-    (cfg.data_path / "config.yaml").write_text("device: {name: Kitchen}\n")
+    cfg.data.owner_config.write_text("device: {name: Kitchen}\n")
     cfg.data.models.mkdir()
     (cfg.data.models / "kept.gguf").write_bytes(b"GGUF")
     db.close()
@@ -94,7 +94,7 @@ def test_factory_reset_forgets_the_owner_and_the_keys_but_keeps_models(cfg, db):
     fresh = database.connect(cfg.data.database)
     assert owner.account(fresh) is None and not owner.finished(fresh) and again.setup_code()
     assert again.fingerprint() != fingerprint
-    assert not (cfg.data_path / "config.yaml").exists() and (cfg.data.models / "kept.gguf").exists()
+    assert not cfg.data.owner_config.exists() and (cfg.data.models / "kept.gguf").exists()
 
 
 def test_passwords_are_stretched_checked_and_refused_with_reasons(db):

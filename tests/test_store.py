@@ -12,6 +12,7 @@ import pytest
 
 from appliance import config, files, store
 from appliance.store import StoreError
+from appliance.layout import DataDir
 
 PAYLOAD = b"GGUF" + bytes(range(256)) * 4096  # ~1 MB
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -91,12 +92,12 @@ def test_unreachable_server_is_a_clear_error(tmp_path):
 
 @pytest.mark.unit
 def test_import_from_a_local_path(tmp_path, tiny_model):
-    path = store.import_file(tiny_model, tmp_path / "models", store.Catalog.read())
+    path = store.import_file(tiny_model, DataDir(tmp_path).models, store.Catalog.read())
     assert path.read_bytes() == tiny_model.read_bytes()
     not_a_model = tmp_path / "notes.txt"
     not_a_model.write_text("hello")
     with pytest.raises(StoreError, match="not a GGUF model file"):
-        store.import_file(not_a_model, tmp_path / "models", store.Catalog.read())
+        store.import_file(not_a_model, DataDir(tmp_path).models, store.Catalog.read())
 
 
 @pytest.mark.unit
@@ -140,7 +141,7 @@ def test_the_real_smollm2_file_matches_its_catalog_pin(smollm2_model):
 @pytest.mark.system
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
 def test_a_download_that_cannot_fit_writes_nothing(server, tmp_path):
-    models = tmp_path / "models"
+    models = DataDir(tmp_path).models
     models.mkdir()
     # room for the model, but not for the model and the 64 MiB kept for the database
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={files.RESERVE_BYTES}", "tmpfs", models], check=True)
@@ -171,7 +172,7 @@ class Unannounced(http.server.BaseHTTPRequestHandler):
 @pytest.mark.system
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
 def test_a_download_longer_than_announced_stops_before_the_reserve(tmp_path):
-    models = tmp_path / "models"
+    models = DataDir(tmp_path).models
     models.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={files.RESERVE_BYTES + 8 * 2**20}", "tmpfs", models],
                    check=True)

@@ -1,18 +1,20 @@
-"""The engine of a settings table: each field of a frozen dataclass carries its help and what it allows
-(`setting`), and from that one table come parsing, with messages that name the key, the value and what is
-allowed (`merge`), the JSON Schema (`json_schema`), a reference (`reference_rows`) and command-line options
-(`options`, `overrides`)."""
+"""The engine of a table of typed fields: each field of a frozen dataclass carries its help and what it
+allows (`setting`), and from that one table come parsing, with messages that name the key, the value and
+what is allowed (`merge`), the JSON Schema (`json_schema`), a reference (`reference_rows`) and command-line
+options (`options`, `overrides`).  The settings are one such table; the APIs' request bodies
+(web/bodies.py) are others, parsed by web/http.py's `parse` with the APIs' own messages."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
+import types
 import typing
 from dataclasses import field
 from typing import Any, Callable
 
-TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
 
 
 class ConfigError(ValueError):
@@ -21,10 +23,21 @@ class ConfigError(ValueError):
 
 def setting(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
             pattern: str | None = None, allowed: str | None = None,
-            check: Callable[[Any], str | None] | None = None) -> Any:
-    """A field with its validation: range, pattern, and `check` (returns what is wrong, or None)."""
+            check: Callable[[Any], str | None] | None = None, required: bool = False,
+            read: Callable[[Any], Any] | None = None, shape: str | None = None) -> Any:
+    """A field with its validation: range, pattern, and `check` (returns what is wrong, or None).  A request
+    body's field may be `required`, or taken by `read` from any JSON value `shape` describes (it raises
+    ValueError saying what is wrong)."""
     return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum,
-                                            "pattern": pattern, "allowed": allowed, "check": check})
+                                            "pattern": pattern, "allowed": allowed, "check": check,
+                                            "required": required, "read": read, "shape": shape})
+
+
+def json_kinds(hint: Any) -> tuple[type, ...]:
+    """The JSON kinds a field's type admits (`int | None`: int; null always means "not given")."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return tuple(kind for kind in typing.get_args(hint) if kind is not type(None))
+    return (typing.get_origin(hint) or hint,)
 
 
 def section(cls: type) -> Any:
@@ -98,9 +111,17 @@ def reference_rows(cls: type, prefix: str = "") -> str:
             text += reference_rows(kind, f"{prefix}{f.name}.")
             continue
         meta = f.metadata
-        allowed = meta["allowed"] or (f"{meta['minimum']} to {meta['maximum']}" if meta["minimum"] is not None else "")
-        text += f"| `{prefix}{f.name}` | {TYPE_NAMES[kind]} | `{json.dumps(f.default)}` | {allowed} | {meta['help']} |\n"
+        allowed = meta["allowed"] or _bounds(meta["minimum"], meta["maximum"])
+        shape = meta["shape"] or " or ".join(TYPE_NAMES[k] for k in json_kinds(kind))
+        default = "required" if meta["required"] else f"`{json.dumps(f.default)}`"
+        text += f"| `{prefix}{f.name}` | {shape} | {default} | {allowed} | {meta['help']} |\n"
     return text
+
+
+def _bounds(low: float | None, high: float | None) -> str:
+    if low is None or high is None:
+        return "" if low is None and high is None else f"at least {low}" if high is None else f"at most {high}"
+    return f"{low} to {high}"
 
 
 def options(cls: type, path: str, names: tuple[str, ...]) -> list[tuple[tuple[str, ...], dict[str, Any]]]:

@@ -28,7 +28,7 @@ from ..update import status as update_status
 from . import access, account, chat, governed as governor, models, ollama_api, openai_api, setup, system, updates
 from .auth import ROUTE_KEY, Identify, Identity, route
 from .http import BodyLimit, openai_error, peer_address
-from .listeners import Listeners
+from .listeners import RedirectListener
 from .ratelimit import Buckets, RateLimit
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,19 @@ class CountRequests:
             self.metrics.request(scope.get(ROUTE_KEY, "unmatched"), status)
 
 
+class CurrentConfig:
+    """Give every request the configuration as it is now (`request.state.config`: the owner's changes since
+    the start included)."""
+
+    def __init__(self, app: ASGIApp, live: config_module.Live):
+        self.app, self.live = app, live
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["config"] = self.live.config
+        await self.app(scope, receive, send)
+
+
 def routes() -> list:
     return [route("/health", health, needs=Identity.PUBLIC, methods=["GET"]),
             route("/metrics", metrics_page, needs=Identity.TOKEN, methods=["GET"]),
@@ -175,7 +188,8 @@ def create_app(config: Config, model_path=None, *, prove: bool = True) -> Starle
         routes=routes(),
         middleware=[
             Middleware(CountRequests, metrics=metrics),
-            Middleware(Listeners, live=live),
+            Middleware(CurrentConfig, live=live),
+            Middleware(RedirectListener),
             Middleware(RateLimit, buckets=Buckets(server.requests_per_second, server.request_burst),
                        error=error_response),
             Middleware(BodyLimit, limit=server.max_body_bytes, seconds=server.header_seconds,

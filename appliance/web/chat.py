@@ -25,15 +25,14 @@ from .. import conversations
 from ..errors import InvalidRequest, NotFound
 from ..inference import prompts
 from ..inference.generation import Finished, Request as Generation
-from . import markdown
+from . import bodies, markdown
 from .auth import Identity, page, public_files, route
-from .http import field, read_json, unless_disconnected
+from .http import parse, read_json, unless_disconnected
 from .pages import HERE, render
 
 log = logging.getLogger(__name__)
 RENDER_SECONDS = 0.25
 RENDER_SHARE = 0.1
-MAX_MESSAGE_CHARS = 32_000  # one message the owner types or pastes; the context is the real limit
 
 
 async def chat_page(request: Request):
@@ -47,20 +46,13 @@ def _conversation(request: Request) -> dict:
     return found
 
 
-def _title(body: dict, default: str | None = None) -> str:
-    title = field(body, "title", str, default=default, required=default is None).strip()
-    if not title:
-        raise InvalidRequest("'title' must not be empty", param="title")
-    return title[:conversations.MAX_TITLE]
-
-
 async def listing(request: Request):
     return JSONResponse({"conversations": conversations.listing(request.state.db)})
 
 
 async def create(request: Request):
-    title = _title(await read_json(request), "New chat")
-    return JSONResponse(conversations.create(request.state.db, title), 201)
+    body = parse(bodies.NewConversation, await read_json(request))
+    return JSONResponse(conversations.create(request.state.db, body.title), 201)
 
 
 async def show(request: Request):
@@ -76,10 +68,10 @@ async def show(request: Request):
 
 
 async def rename(request: Request):
-    title = _title(await read_json(request))
-    if not conversations.rename(request.state.db, _conversation(request)["id"], title):
+    body = parse(bodies.Renamed, await read_json(request))
+    if not conversations.rename(request.state.db, _conversation(request)["id"], body.title):
         raise NotFound("no such conversation")
-    return JSONResponse({"id": request.path_params["id"], "title": title})
+    return JSONResponse({"id": request.path_params["id"], "title": body.title})
 
 
 async def delete(request: Request):
@@ -90,12 +82,7 @@ async def delete(request: Request):
 async def send(request: Request):
     """The owner's message, stored once the model has taken it, and the reply streamed."""
     conversation = _conversation(request)
-    content = field(await read_json(request), "content", str, required=True)
-    if not content.strip():
-        raise InvalidRequest("'content' must not be empty; type a message", param="content")
-    if len(content) > MAX_MESSAGE_CHARS:
-        raise InvalidRequest(f"a message is at most {MAX_MESSAGE_CHARS} characters ({len(content)} sent); "
-                             "shorten it or send it in parts", param="content")
+    content = parse(bodies.OwnersMessage, await read_json(request)).content
     history = conversation["messages"] + [{"role": "user", "content": content}]
     return await _reply(request, conversation["id"], history,
                         lambda: conversations.add_message(request.state.db, conversation["id"], "user", content))

@@ -38,13 +38,6 @@ def only_one(offer: Offer, output: Grammar | None) -> Grammar | None:
     return offer.grammar or output
 
 
-MAX_INPUTS = 64
-
-
-async def embeddings(engine: Engine, raw: object, truncate: bool, where: str) -> list[Embedded]:
-    """One embedding per input text (a string or a list of up to MAX_INPUTS), in order."""
-    texts = [raw] if isinstance(raw, str) else raw
-    if not isinstance(texts, list) or not 0 < len(texts) <= MAX_INPUTS or not all(isinstance(t, str) for t in texts):
-        raise InvalidRequest(f"'{where}' is a string or a list of 1 to {MAX_INPUTS} strings (text only: token ids "
-                             "are not taken)", param=where)
+async def embeddings(engine: Engine, texts: tuple[str, ...], truncate: bool) -> list[Embedded]:
+    """One embedding per text (web/bodies.py bounds them), in order."""
     return [await engine.embed(text, truncate) for text in texts]

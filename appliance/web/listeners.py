@@ -14,7 +14,7 @@ from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import facts
-from ..config import Config, Live
+from ..config import Config
 
 # Where the connection (server.Protocol) names the listener a request came in on.
 LISTENER_KEY = "paladin.listener"
@@ -37,18 +37,16 @@ def plain(scope: Scope) -> bool:
     return scope.get(LISTENER_KEY, "https") != "https"
 
 
-class Listeners:
-    """Send the redirect listener's requests to HTTPS; give every other request the configuration as it is
-    now (`request.state.config`: the owner's changes since the start included)."""
+class RedirectListener:
+    """Send the redirect listener's requests to HTTPS (below app.CurrentConfig, which gives each request the
+    configuration as it is now)."""
 
-    def __init__(self, app: ASGIApp, live: Live):
-        self.app, self.live = app, live
+    def __init__(self, app: ASGIApp):
+        self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            config = self.live.config
-            if scope.get(LISTENER_KEY) == "redirect":
-                # 308 keeps the method: a client that POSTs here learns the right place and sends nothing twice.
-                return await RedirectResponse(https_url(config, scope), status_code=308)(scope, receive, send)
-            scope.setdefault("state", {})["config"] = config
+        if scope["type"] == "http" and scope.get(LISTENER_KEY) == "redirect":
+            # 308 keeps the method: a client that POSTs here learns the right place and sends nothing twice.
+            url = https_url(scope["state"]["config"], scope)
+            return await RedirectResponse(url, status_code=308)(scope, receive, send)
         await self.app(scope, receive, send)

@@ -31,7 +31,8 @@ from ..inference.engine import Engine
 from ..inference.served import model_id
 from ..store import StoreError
 from .auth import Identity, page, route
-from .http import field, read_json, receive_file
+from . import bodies
+from .http import parse, read_json, receive_file
 from .pages import render
 
 MAX_NAME_BYTES = 255  # one file name on ext4
@@ -86,7 +87,7 @@ async def download_status(request: Request):
 
 async def download(request: Request):
     """POST {"tier": NAME}: fetch a catalog tier in the background (202), or nothing when it is there (200)."""
-    name = field(await read_json(request), "tier", str, required=True)
+    name = parse(bodies.Download, await read_json(request)).tier
     tier = request.state.catalog.named(name)
     if tier is None:
         raise UnknownModel(f"{name[:80]!r} is not a tier of the catalog; choose one of "
@@ -162,7 +163,7 @@ async def serve(request: Request, name: str) -> Path:
 
 async def choose(request: Request):
     """PUT {"model": NAME}: serve NAME from the next request on, and after restarts."""
-    name = field(await read_json(request), "model", str, required=True)
+    name = parse(bodies.ModelChoice, await read_json(request)).model
     path = await serve(request, name)
     return JSONResponse({"model": model_id(path), "choice": name})
 

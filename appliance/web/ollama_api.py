@@ -14,17 +14,16 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from .. import store
 from ..downloads import Downloads
-from ..errors import DownloadFailed, InvalidRequest, NotReady, ServiceError, UnknownModel
-from ..inference import prompts, tools
+from ..errors import DownloadFailed, NotReady, ServiceError, UnknownModel
+from ..inference import tools
 from ..inference.engine import Engine
-from ..inference.generation import Finished, Request as Generation, Sampling, Text
+from ..inference.generation import Finished, Request as Generation, Text
 from ..inference.served import Served, model_id
-from ..inference.grammar import Grammar
 from ..inference.replies import Calls, collect, words_and_calls
 from ..inference.tools import Offer
-from . import constrained, models
+from . import bodies, constrained, models
 from .auth import Identity, route
-from .http import error_headers, field, read_json, status_of, unless_disconnected
+from .http import error_headers, parse, read_json, status_of, unless_disconnected
 
 VERSION = "0.12.0"  # the Ollama API level this mirrors; clients gate features on it
 
@@ -37,52 +36,16 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _name(engine: Engine, body: dict) -> str:
-    name = field(body, "model", str, required=True)
-    engine.check_model(name)
-    return name
-
-
-def _options(body: dict) -> dict:
-    """The fields of a generation request that Ollama's `options` and its siblings set.  `keep_alive` is
-    taken and checked but changes nothing: the box keeps its one model loaded all the time.  A `num_ctx`
-    above the loaded model's context is served at that context (inference.context_tokens)."""
-    if body.get("logprobs") or body.get("top_logprobs"):
-        raise InvalidRequest("log probabilities are not returned by this box; send the request without "
-                             "'logprobs' and 'top_logprobs'", param="logprobs")
-    if body.get("think") not in (None, False):  # Home Assistant's "think before responding"
-        raise InvalidRequest("this box's models have no thinking mode; send 'think': false or leave it out",
-                             param="think")
-    if body.get("keep_alive") is not None and not isinstance(body["keep_alive"], (str, int, float)):
-        raise InvalidRequest("'keep_alive' is a duration such as \"5m\" or a number of seconds", param="keep_alive")
-    options = field(body, "options", dict, {})
-    stop = field(options, "stop", list, [])
-    if not all(isinstance(s, str) for s in stop):
-        raise InvalidRequest("'options.stop' must be an array of strings", param="options.stop")
-    predict = field(options, "num_predict", int)
-    sampling = Sampling(temperature=field(options, "temperature", float, 0.8, low=0, high=2),
-                        top_p=field(options, "top_p", float, 0.9, low=0, high=1),
-                        top_k=field(options, "top_k", int, 40, low=0),
-                        seed=field(options, "seed", int))
-    return {"sampling": sampling, "max_tokens": predict if predict and predict > 0 else None, "stop": tuple(stop),
-            "context": field(options, "num_ctx", int, low=64)}
+def _options(body: bodies.OllamaGenerating) -> dict:
+    """What Ollama's `options` set.  A `num_ctx` above the loaded model's context is served at that context
+    (inference.context_tokens)."""
+    options = body.options
+    return {"sampling": options.sampling, "max_tokens": options.limit, "stop": options.stop, "context": options.num_ctx}
 
 
 def _details(served: Served) -> dict:
     return {"parent_model": "", "format": "gguf", "family": served.architecture, "families": [served.architecture],
             "parameter_size": f"{served.parameters / 1e6:.0f}M", "quantization_level": served.file_type}
-
-
-def _format(body: dict) -> Grammar | None:
-    """Ollama's `format`: "json", or a JSON schema the reply must validate against."""
-    form = body.get("format")
-    if form in (None, ""):
-        return None
-    if form == "json":
-        return constrained.json_output(None, "format")
-    if isinstance(form, dict):
-        return constrained.json_output(form, "format")
-    raise InvalidRequest("'format' is \"json\" or a JSON schema (an object)", param="format")
 
 
 async def _respond(request: Request, engine: Engine, name: str, generation: Generation, stream: bool, chat: bool,
@@ -139,38 +102,29 @@ def _ndjson(objects: AsyncIterator[dict]) -> StreamingResponse:
 
 async def chat(request: Request):
     engine: Engine = request.state.engine
-    body = await read_json(request)
-    name = _name(engine, body)
-    try:
-        messages = prompts.messages(body.get("messages"))
-    except prompts.PromptError as err:
-        raise InvalidRequest(str(err), param="messages") from None
-    offer = constrained.tool_offer(engine, body.get("tools"))
+    body = parse(bodies.OllamaChat, await read_json(request))
+    engine.check_model(body.model)
+    offer = constrained.tool_offer(engine, body.tools)
     # As Ollama does, a conversation longer than the context loses its oldest turns instead of failing.
-    generation = Generation(messages=messages, truncate=True, tools=offer.tools,
-                            grammar=constrained.only_one(offer, _format(body)), **_options(body))
-    return await _respond(request, engine, name, generation, field(body, "stream", bool, True), True, offer)
+    generation = Generation(messages=body.messages, truncate=True, tools=offer.tools,
+                            grammar=constrained.only_one(offer, body.format), **_options(body))
+    return await _respond(request, engine, body.model, generation, body.stream, True, offer)
 
 
 async def generate(request: Request):
     engine: Engine = request.state.engine
-    body = await read_json(request)
-    name = _name(engine, body)
-    prompt = field(body, "prompt", str, "")
-    if body.get("images"):
-        raise InvalidRequest("'images': the models on this box read text only; send the prompt without images",
-                             param="images")
-    if not prompt:  # Ollama's way of asking to load a model: it is loaded already
-        return JSONResponse({"model": name, "created_at": _now(), "response": "", "done": True,
+    body = parse(bodies.OllamaGenerate, await read_json(request))
+    engine.check_model(body.model)
+    if not body.prompt:  # Ollama's way of asking to load a model: it is loaded already
+        return JSONResponse({"model": body.model, "created_at": _now(), "response": "", "done": True,
                              "done_reason": "load"})
-    common = _options(body) | {"grammar": _format(body)}
-    if field(body, "raw", bool, False):
-        generation = Generation(prompt=prompt, **common)
+    common = _options(body) | {"grammar": body.format}
+    if body.raw:
+        generation = Generation(prompt=body.prompt, **common)
     else:
-        system = field(body, "system", str)
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        generation = Generation(messages=messages, truncate=True, **common)
-    return await _respond(request, engine, name, generation, field(body, "stream", bool, True), chat=False)
+        system = [{"role": "system", "content": body.system}] if body.system else []
+        generation = Generation(messages=system + [{"role": "user", "content": body.prompt}], truncate=True, **common)
+    return await _respond(request, engine, body.model, generation, body.stream, chat=False)
 
 
 async def tags(request: Request):
@@ -188,7 +142,7 @@ async def tags(request: Request):
 
 async def show(request: Request):
     engine: Engine = request.state.engine
-    name = _model_name(await read_json(request))
+    name = parse(bodies.OllamaNamed, await read_json(request)).wanted
     engine.check_model(name)
     served = engine.served
     if served is None:  # the alias, asked during a swap
@@ -213,14 +167,6 @@ async def running(request: Request):
          "context_length": served.context_tokens}]})
 
 
-def _model_name(body: dict) -> str:
-    name = body.get("model") or body.get("name")
-    if not isinstance(name, str) or not name:
-        raise InvalidRequest("'model' is required: a model's name (GET /api/tags lists the installed ones)",
-                             param="model")
-    return name[:255]
-
-
 def _installed_file(request: Request, name: str) -> str | None:
     """The store's file for an Ollama name (`tiny`, `tiny:latest`) or a file name."""
     wanted = name.removesuffix(":latest")
@@ -230,7 +176,7 @@ def _installed_file(request: Request, name: str) -> str | None:
 
 async def delete(request: Request):
     """DELETE /api/delete {"model": NAME}: an installed model; the one being served is refused."""
-    name = _model_name(await read_json(request))
+    name = parse(bodies.OllamaNamed, await read_json(request)).wanted
     file = _installed_file(request, name)
     if file is None:
         installed = store.installed(request.state.config.data.models)
@@ -247,8 +193,8 @@ async def pull(request: Request):
     """POST /api/pull {"model": NAME}: a tier of the box's catalog, downloaded into the store (a model
     from anywhere else cannot be pulled: the catalog keeps only pins verified byte for byte).  An installed
     model is there already; progress streams as Ollama's does."""
-    body = await read_json(request)
-    name, stream = _model_name(body), field(body, "stream", bool, True)
+    body = parse(bodies.OllamaPull, await read_json(request))
+    name, stream = body.wanted, body.stream
     downloads: Downloads = request.state.downloads
     tier = request.state.catalog.named(name.removesuffix(":latest"))
     if _installed_file(request, name) is None:
@@ -284,12 +230,11 @@ async def pull(request: Request):
 async def embed(request: Request):
     """POST /api/embed {"model", "input": TEXT or [TEXT], "truncate": true}: the served model's embeddings."""
     engine: Engine = request.state.engine
-    body = await read_json(request)
-    name = _name(engine, body)
+    body = parse(bodies.OllamaEmbed, await read_json(request))
+    engine.check_model(body.model)
     started = time.monotonic_ns()
-    found = await unless_disconnected(request, constrained.embeddings(
-        engine, body.get("input"), field(body, "truncate", bool, True), "input"))
-    return JSONResponse({"model": name, "embeddings": [e.vector for e in found], "total_duration":
+    found = await unless_disconnected(request, constrained.embeddings(engine, body.input, body.truncate))
+    return JSONResponse({"model": body.model, "embeddings": [e.vector for e in found], "total_duration":
                          time.monotonic_ns() - started, "load_duration": 0,
                          "prompt_eval_count": sum(e.tokens for e in found)})
 
@@ -297,10 +242,9 @@ async def embed(request: Request):
 async def embeddings(request: Request):
     """POST /api/embeddings {"model", "prompt"}: the older form, one text."""
     engine: Engine = request.state.engine
-    body = await read_json(request)
-    _name(engine, body)
-    [found] = await unless_disconnected(request, constrained.embeddings(
-        engine, field(body, "prompt", str, required=True), True, "prompt"))
+    body = parse(bodies.OllamaEmbeddings, await read_json(request))
+    engine.check_model(body.model)
+    [found] = await unless_disconnected(request, constrained.embeddings(engine, (body.prompt,), True))
     return JSONResponse({"embedding": found.vector})
 
 

@@ -12,59 +12,25 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from ..errors import InvalidRequest, ServiceError
-from ..inference import prompts
+from ..errors import ServiceError
 from ..inference.engine import Engine
-from ..inference.generation import Finished, Request as Generation, Sampling, Text
-from ..inference.grammar import Grammar
+from ..inference.generation import Finished, Request as Generation, Text
 from ..inference.replies import Calls, collect, words_and_calls
 from ..inference.tools import Cut, Offer
-from . import constrained
+from . import bodies, constrained
 from .auth import Identity, route
-from .http import field, openai_error, read_json, unless_disconnected
+from .http import openai_error, parse, read_json, unless_disconnected
 
 
-def _generation(body: dict, engine: Engine, *, chat: bool) -> tuple[Generation, Offer]:
-    engine.check_model(field(body, "model", str, required=True))
-    stop = field(body, "stop", (str, list), [])
-    stop = [stop] if isinstance(stop, str) else stop
-    if len(stop) > 4 or not all(isinstance(s, str) for s in stop):
-        raise InvalidRequest("'stop' must be a string or an array of up to 4 strings", param="stop")
-    limit = field(body, "max_completion_tokens", int, low=1) or field(body, "max_tokens", int, low=1)
-    sampling = Sampling(temperature=field(body, "temperature", float, 1.0, low=0, high=2),
-                        top_p=field(body, "top_p", float, 1.0, low=0, high=1),
-                        top_k=field(body, "top_k", int, 40, low=0),
-                        seed=field(body, "seed", int))
-    if field(body, "n", int, 1) != 1:
-        raise InvalidRequest("only n=1 is supported", param="n")
-    if body.get("logprobs") not in (None, False, 0) or body.get("top_logprobs") is not None:
-        raise InvalidRequest("log probabilities are not returned by this box; send the request without "
-                             "'logprobs' and 'top_logprobs'", param="logprobs")
-    offer = constrained.tool_offer(engine, body.get("tools") if chat else None, body.get("tool_choice", "auto"),
-                                   field(body, "parallel_tool_calls", bool, True))
-    common = {"max_tokens": limit, "stop": tuple(stop), "sampling": sampling,
-              "ignore_eos": field(body, "ignore_eos", bool, False),
-              "grammar": constrained.only_one(offer, _response_format(field(body, "response_format", dict)))}
+def _generation(body: bodies.Sampled, engine: Engine) -> tuple[Generation, Offer]:
+    engine.check_model(body.model)
+    chat = isinstance(body, bodies.ChatCompletion)
+    offer = constrained.tool_offer(engine, body.tools, body.tool_choice, body.parallel_tool_calls) if chat else Offer()
+    common = {"max_tokens": body.limit, "stop": body.stop, "sampling": body.sampling, "ignore_eos": body.ignore_eos,
+              "grammar": constrained.only_one(offer, body.response_format)}
     if chat:
-        try:
-            messages = prompts.messages(body.get("messages"))
-        except prompts.PromptError as err:
-            raise InvalidRequest(str(err), param="messages") from None
-        return Generation(messages=messages, tools=offer.tools, **common), offer
-    return Generation(prompt=field(body, "prompt", str, required=True), **common), offer
-
-
-def _response_format(form: dict | None) -> Grammar | None:
-    kind = form.get("type") if form else "text"
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return constrained.json_output(None, "response_format")
-    if kind == "json_schema":
-        spec = form.get("json_schema")
-        return constrained.json_output(spec.get("schema") if isinstance(spec, dict) else None,
-                                       "response_format.json_schema.schema")
-    raise InvalidRequest("'response_format.type' is text, json_object or json_schema", param="response_format")
+        return Generation(messages=body.messages, tools=offer.tools, **common), offer
+    return Generation(prompt=body.prompt, **common), offer
 
 
 def _tool_calls(calls: Calls, streamed: bool) -> list[dict]:
@@ -103,10 +69,9 @@ def _finish_reason(done: Finished, calls: Calls) -> str:
 
 async def _complete(request: Request, *, chat: bool):
     engine: Engine = request.state.engine
-    body = await read_json(request)
-    generation, offer = _generation(body, engine, chat=chat)
-    stream = field(body, "stream", bool, False)
-    include_usage = bool(field(body, "stream_options", dict, {}).get("include_usage"))
+    body = parse(bodies.ChatCompletion if chat else bodies.Completion, await read_json(request))
+    generation, offer = _generation(body, engine)
+    stream, include_usage = body.stream, body.include_usage
     kind = "chat.completion" if chat else "text_completion"
 
     choice = functools.partial(_choice, chat)
@@ -164,19 +129,13 @@ async def embeddings(request: Request):
     """POST /v1/embeddings {"model", "input", "encoding_format"}: float lists, or base64 of little-endian
     float32 (what the openai client asks for by default)."""
     engine: Engine = request.state.engine
-    body = await read_json(request)
-    engine.check_model(field(body, "model", str, required=True))
-    encoding = field(body, "encoding_format", str, "float")
-    if encoding not in ("float", "base64"):
-        raise InvalidRequest("'encoding_format' is float or base64", param="encoding_format")
-    if body.get("dimensions") is not None:
-        raise InvalidRequest("'dimensions' cannot be chosen: the served model's embeddings have the size it has",
-                             param="dimensions")
-    found = await unless_disconnected(request, constrained.embeddings(engine, body.get("input"), True, "input"))
+    body = parse(bodies.Embeddings, await read_json(request))
+    engine.check_model(body.model)
+    found = await unless_disconnected(request, constrained.embeddings(engine, body.input, True))
     tokens = sum(e.tokens for e in found)
     return JSONResponse({"object": "list", "model": engine.model_id, "usage": {"prompt_tokens": tokens,
                                                                              "total_tokens": tokens},
-                         "data": [{"object": "embedding", "index": i, "embedding": _encoded(e.vector, encoding)}
+                         "data": [{"object": "embedding", "index": i, "embedding": _encoded(e.vector, body.encoding_format)}
                                   for i, e in enumerate(found)]})
 
 

@@ -12,10 +12,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .. import channel
-from ..errors import InvalidRequest
 from ..update import status as update_status
 from .auth import Identity, page, route
-from .http import field, read_json, receive_file, save_settings
+from . import bodies
+from .http import parse, read_json, receive_file, save_settings
 from .pages import render
 
 BUNDLE_PATH = "/update/bundle"
@@ -55,14 +55,9 @@ async def settings(request: Request):
 
 
 async def start(request: Request):
-    body = await read_json(request)
-    source = field(body, "source", str, default="online")
-    if source not in ("online", "bundle"):
-        raise InvalidRequest("'source' is 'online' (the configured repository, update.url) or 'bundle' "
-                             f"(one uploaded to PUT {BUNDLE_PATH}), not {source!r}", param="source")
-    reboot = field(body, "reboot", bool)
-    channel.submit(request.state.config.data_path, channel.UpdateRequest(source=source, reboot=reboot))
-    return JSONResponse({"status": "requested", "source": source}, status_code=202)
+    body = parse(bodies.UpdateStart, await read_json(request))
+    channel.submit(request.state.config.data_path, channel.UpdateRequest(source=body.source, reboot=body.reboot))
+    return JSONResponse({"status": "requested", "source": body.source}, status_code=202)
 
 
 async def upload_bundle(request: Request):

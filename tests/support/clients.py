@@ -22,6 +22,7 @@ from buildhost.wheels import smollm2
 from tests.support.catalog import served_catalog
 from tests.support.served import UNLIMITED, Service, create_token
 from tests.support.variants import working_variant
+from appliance.layout import DataDir
 
 SERVED = "smollm2-tools"
 TEMPLATE = Path(__file__).parents[1] / "templates/qwen2.5.jinja"
@@ -50,7 +51,7 @@ def box(client: str):
     one tier is served from 127.0.0.1; yields it and a token named for `client`."""
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
-        models = data / "models"
+        models = DataDir(data).models
         models.mkdir()
         shutil.copy(smollm2(), models / "smollm2.gguf")
         tools_model(models / f"{SERVED}.gguf")

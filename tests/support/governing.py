@@ -14,6 +14,7 @@ from pathlib import Path
 
 from buildhost import CACHE, tinymodel
 from tests.support.served import UNLIMITED, Service
+from appliance.layout import DataDir
 
 GOVERNOR = Path(sys.executable).parent / "paladin-governor"
 COOL, HOT = 45.0, 90.0
@@ -92,7 +93,7 @@ class Governed:
     def __init__(self, directory: Path, sizes=("small", "medium"), top: str = "medium", governor: dict | None = None,
                  interval: float = 0.25, inference: dict | None = None):
         data = directory / "data"
-        self.models = ladder_models(data / "models", sizes)
+        self.models = ladder_models(DataDir(data).models, sizes)
         self.sensors = SensorTree(directory / "sys")
         self.governor = GovernorProcess(directory, self.sensors, interval)
         settings = {**UNLIMITED, "governor": FAST | (governor or {}),

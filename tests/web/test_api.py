@@ -9,6 +9,7 @@ from starlette.testclient import TestClient
 from appliance import channel, config, db as database, tokens
 from appliance.web import updates
 from appliance.web.app import create_app, from_the_box
+from appliance.layout import DataDir
 
 pytestmark = pytest.mark.unit
 
@@ -220,7 +221,8 @@ def test_ignore_eos_generates_exactly_max_tokens(api):
 def test_an_update_request_is_handed_to_the_updater(api):
     response = api.post("/update", json={"source": "online", "reboot": False})
     assert response.status_code == 202
-    assert json.loads((api.data_dir / "requests/update.json").read_text()) == {"source": "online", "reboot": False}
+    inbox = DataDir(api.data_dir).requests
+    assert json.loads((inbox / "update.json").read_text()) == {"source": "online", "reboot": False}
     assert api.get("/update").json()["pending"] is True
     assert channel.take(api.data_dir, "update") == channel.UpdateRequest(source="online", reboot=False)
 
@@ -228,7 +230,7 @@ def test_an_update_request_is_handed_to_the_updater(api):
 def test_an_update_request_names_a_configured_source_never_a_url(api):
     response = api.post("/update", json={"source": "http://10.0.0.2/repo"})
     assert response.status_code == 400 and "the configured repository" in response.json()["error"]["message"]
-    assert not (api.data_dir / "requests/update.json").exists()
+    assert not (DataDir(api.data_dir).requests / "update.json").exists()
 
 
 def test_the_owner_sets_the_update_repository(api):
@@ -246,8 +248,9 @@ def test_a_bundle_upload_streams_past_the_body_limit(api):
     bundle = bytes(range(256)) * 40  # 10 KiB against the 4 KiB JSON body limit
     response = api.put("/update/bundle?reboot=false", content=bundle)
     assert response.status_code == 202 and response.json()["bytes"] == len(bundle)
-    assert (api.data_dir / "requests/update.bundle").read_bytes() == bundle
-    assert json.loads((api.data_dir / "requests/update.json").read_text()) == {"source": "bundle", "reboot": False}
+    assert (DataDir(api.data_dir).requests / "update.bundle").read_bytes() == bundle
+    assert json.loads((DataDir(api.data_dir).requests / "update.json").read_text()) == {"source": "bundle",
+                                                                                      "reboot": False}
 
 
 @pytest.mark.parametrize("host, ok", [("127.0.0.1", True), ("::1", True), ("::ffff:127.0.0.1", True),

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from appliance import device
+from appliance.layout import DataDir
 from tests.support.catalog import served_catalog
 from tests.support.served import Service
 from tests.support.wizard import CHROMIUM, Shots, browser_page, chat, log_out_and_in, make_token, revoke_token, run_setup
@@ -22,8 +23,8 @@ pytestmark = [pytest.mark.browser,
 def fresh_box(tiny_model, other_model, tmp_path):
     """A box before its setup: the tiny model in its store, and a catalog tier served from 127.0.0.1."""
     data = tmp_path / "data"
-    (data / "models").mkdir(parents=True)
-    shutil.copy(tiny_model, data / "models" / "tiny.gguf")
+    DataDir(data).models.mkdir(parents=True)
+    shutil.copy(tiny_model, DataDir(data).models / "tiny.gguf")
     with served_catalog(tmp_path, other_model) as catalog:
         service = Service(None, data, system={"paths": {"catalog": str(catalog)}})
         yield service

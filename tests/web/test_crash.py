@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from appliance import config, db as database, tokens
+from appliance.layout import DataDir
 from tests.support.served import PALADIN, UNLIMITED, Service
 
 pytestmark = pytest.mark.service
@@ -74,7 +75,7 @@ def test_conversation_writes_survive_a_kill_9(tiny_model, tmp_path):
     kill_9(running.process)
     stop.set()
     writer.join(30)
-    kept(tmp_path / "paladin.db", acknowledged)
+    kept(DataDir(tmp_path).database, acknowledged)
     restarted = Service(tiny_model, tmp_path)
     try:
         with restarted.client() as c:
@@ -120,7 +121,7 @@ def test_a_model_swap_survives_a_kill_9(two_models):
         stop.set()
     for worker in workers:
         worker.join(30)
-    kept(two_models / "paladin.db", acknowledged)
+    kept(DataDir(two_models).database, acknowledged)
     saved = config.load(None, {"data_dir": str(two_models)}).inference.model  # the file parses and validates
     assert saved in {chosen[-1], asked[-1]}
     restarted = Service(None, two_models)
@@ -144,6 +145,6 @@ def test_token_creation_survives_a_kill_9(tmp_path):
         out, _ = process.communicate()
         if out.strip().startswith("pal_"):
             shown.append(out.strip())
-    intact(tmp_path / "paladin.db").close()
-    conn = database.connect(tmp_path / "paladin.db")
+    intact(DataDir(tmp_path).database).close()
+    conn = database.connect(DataDir(tmp_path).database)
     assert all(tokens.verify(conn, token) for token in shown)  # a token shown to its owner works

@@ -13,6 +13,7 @@ from appliance import config, db as database, files, tokens
 from appliance.errors import NoSpace
 from appliance.web.app import create_app
 from appliance.web.http import receive_file
+from appliance.layout import DataDir
 
 pytestmark = [pytest.mark.system,
               pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")]
@@ -43,13 +44,13 @@ def chunks(total: int, size: int = 1 << 20):
 def test_a_bundle_that_cannot_fit_is_refused_up_front(small):
     response = small.put("/update/bundle", content=b"x" * (20 * 2**20))  # 4 x 20 MiB + the reserve > 96 MiB
     assert response.status_code == 507 and "kept for the database" in response.json()["error"]["message"]
-    assert sorted(p.name for p in (small.data_dir / "requests").iterdir()) == []
+    assert sorted(p.name for p in DataDir(small.data_dir).requests.iterdir()) == []
 
 
 def test_a_bundle_without_a_length_stops_before_the_reserve(small):
     response = small.put("/update/bundle", content=chunks(64 * 2**20))  # chunked: no Content-Length
     assert response.status_code == 507
-    assert sorted(p.name for p in (small.data_dir / "requests").iterdir()) == []
+    assert sorted(p.name for p in DataDir(small.data_dir).requests.iterdir()) == []
     assert os.statvfs(small.data_dir).f_bavail * os.statvfs(small.data_dir).f_frsize >= files.RESERVE_BYTES - (1 << 20)
     conversation = small.post("/conversations", json={"title": "still writable"})
     assert conversation.status_code == 201
@@ -84,7 +85,7 @@ def test_a_full_partition_refuses_chats_clearly_and_keeps_what_was_saved(small):
 
 
 def test_a_model_upload_that_cannot_fit_is_refused_before_or_while_it_is_written(small):
-    models = small.data_dir / "models"
+    models = DataDir(small.data_dir).models
     announced = small.put("/models/upload?name=big.gguf", content=b"GGUF" + bytes(40 * 2**20))
     assert announced.status_code == 507 and "kept for the database" in announced.json()["error"]["message"]
     unannounced = small.put("/models/upload?name=big.gguf", content=(b"GGUF" + bytes(2**20 - 4) for _ in range(64)))
@@ -97,7 +98,7 @@ def test_a_model_upload_that_cannot_fit_is_refused_before_or_while_it_is_written
 def test_an_upload_stops_cleanly_when_something_else_fills_the_partition(small):
     """Within its announced length an upload does not check each piece: the disk filling up under it (a
     download at the same time) ends it with 507 and nothing kept, not a server error."""
-    dest = small.data_dir / "models" / "big.gguf"
+    dest = DataDir(small.data_dir).models / "big.gguf"
     dest.parent.mkdir(exist_ok=True)
     pieces, filler = [b"GGUF" + bytes(2**20), bytes(2**20)], []
 

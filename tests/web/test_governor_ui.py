@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from appliance import config, db as database, owner
+from appliance.layout import DataDir
 from tests.support.governing import COOL, HOT, Governed
 from tests.support.wizard import CHROMIUM, PASSWORD, WIDTHS, browser_page, log_in
 
@@ -188,12 +189,12 @@ def test_settings_are_saved_and_a_bad_value_changes_nothing(governor_page, gover
     expect(governor_page.locator("#mode")).to_contain_text("pinned")
     expect(governor_page.locator("#served")).to_contain_text("small", timeout=120_000)
 
-    saved = (governed_box.service.data_dir / "config.yaml").read_text()
+    saved = DataDir(governed_box.service.data_dir).owner_config.read_text()
     governor_page.fill("#g-temperature", "500")
     governor_page.click("#save-settings")
     expect(governor_page.locator("#governor-error")).to_contain_text("The settings were not saved")
     expect(governor_page.locator("#governor-error")).to_contain_text("temperature")
-    assert (governed_box.service.data_dir / "config.yaml").read_text() == saved
+    assert DataDir(governed_box.service.data_dir).owner_config.read_text() == saved
     assert state(governed_box)["limits"]["temperature"] == 80 and state(governed_box)["pinned"]
 
     governor_page.fill("#g-temperature", "0")
@@ -202,7 +203,7 @@ def test_settings_are_saved_and_a_bad_value_changes_nothing(governor_page, gover
     expect(governor_page.locator("#governor-error")).to_be_hidden()
     expect(governor_page.locator("#settings-status")).to_contain_text("Saved")
     poll(lambda: not (s := state(governed_box))["pinned"] and s["rung"]["model"] == "medium", "the pin lifted")
-    governor = yaml.safe_load((governed_box.service.data_dir / "config.yaml").read_text())["governor"]
+    governor = yaml.safe_load(DataDir(governed_box.service.data_dir).owner_config.read_text())["governor"]
     assert governor["pin"] == "" and governor["temperature"] == 0
     expect(governor_page.locator("#mode")).to_contain_text("On")
     assert governor_page.errors == []

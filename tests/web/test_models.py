@@ -22,6 +22,7 @@ from appliance import config, db as database, files, store, tokens
 from appliance.inference import llama
 from appliance.web import models
 from appliance.web.app import create_app
+from appliance.layout import DataDir
 from tests.support.fakes import malformed_model
 from tests.support.served import UNLIMITED, Service
 
@@ -232,7 +233,7 @@ def catalog_service(tiny_model, tmp_path_factory):
     catalog.write_text(yaml.safe_dump({"tiers": tiers}))
     running = Service(tiny_model, data, config={"server": UNLIMITED["server"] | {"header_seconds": 2}},
                       system={"paths": {"catalog": str(catalog)}})
-    running.models = data / "models"
+    running.models = DataDir(data).models
     yield running
     GATE.set()
     running.stop()

@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 from appliance import command, config, db as database, device, firstboot, owner, tokens
 from appliance.web import system, updates
 from appliance.web.app import create_app
+from appliance.layout import DataDir
 
 pytestmark = pytest.mark.unit
 PASSWORD = "correct horse battery"
@@ -32,7 +33,7 @@ def logged_in(client) -> dict:
 def finished_app(two_models, tiny_model):
     """A finished box serving tiny.gguf, whose configuration names other.gguf for restarts; third.gguf is
     neither."""
-    shutil.copy(tiny_model, two_models / "models" / "third.gguf")
+    shutil.copy(tiny_model, DataDir(two_models).models / "third.gguf")
     cfg = config.parse({"data_dir": str(two_models), "inference": {"threads": 1, "context_tokens": 256,
                                                                    "model": "other.gguf"}})
     firstboot.prepare(cfg)  # the device's keys and certificate, as on a first boot

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from appliance import config
+from appliance.layout import DataDir
 from buildhost.qemu import free_port
 from tests.support.catalog import served_catalog
 from tests.support.served import PALADIN, UNLIMITED, Service, serve_argv
@@ -143,7 +144,7 @@ def test_sigterm_lets_an_open_stream_finish_then_exits_cleanly(tiny_model, tmp_p
 
 
 def test_bad_config_fails_at_start_with_key_value_and_allowed(tiny_model, tmp_path):
-    (tmp_path / "config.yaml").write_text("inference:\n  context_tokens: 10\n")
+    DataDir(tmp_path).owner_config.write_text("inference:\n  context_tokens: 10\n")
     import subprocess
     out = subprocess.run([PALADIN, "serve", "--model", tiny_model, "--data-dir", tmp_path], capture_output=True,
                          text=True, timeout=60)
@@ -175,7 +176,7 @@ def test_the_boot_assessment_probe_generates_one_token(service):
 
 
 def test_slow_idle_and_too_many_clients_are_cut_off_and_others_served(tiny_model, tmp_path):
-    (tmp_path / "config.yaml").write_text("server:\n  header_seconds: 2\n  max_connections: 16\n")
+    DataDir(tmp_path).owner_config.write_text("server:\n  header_seconds: 2\n  max_connections: 16\n")
     running = Service(tiny_model, tmp_path)
     idle = []
     try:
@@ -207,7 +208,7 @@ def test_slow_idle_and_too_many_clients_are_cut_off_and_others_served(tiny_model
 def test_one_address_cannot_hold_every_connection(tiny_model, tmp_path):
     """A device holding its connections_per_client is hung up on at its next, while another address is served:
     max_connections is never reached by one device alone."""
-    (tmp_path / "config.yaml").write_text("server:\n  max_connections: 16\n  connections_per_client: 4\n")
+    DataDir(tmp_path).owner_config.write_text("server:\n  max_connections: 16\n  connections_per_client: 4\n")
     running = Service(tiny_model, tmp_path)
     box = ("127.0.0.1", running.port)
     held = [socket.create_connection(box, source_address=("127.0.0.3", 0)) for _ in range(4)]
@@ -261,7 +262,7 @@ def test_ollama_client_as_open_webui_uses_it_ps_delete_images_and_a_chat_past_th
         client.chat(model="tiny", messages=[{"role": "user", "content": "What is this?", "images": ["aGk="]}])
     assert err.value.status_code == 400 and "'messages[0].images'" in err.value.error
 
-    models = service.data_dir / "models"
+    models = DataDir(service.data_dir).models
     models.mkdir(exist_ok=True)
     shutil.copy(tiny_model, models / "spare.gguf")
     assert client.delete("spare:latest").status == "success"
@@ -298,8 +299,8 @@ def test_ollama_pull_fetches_catalog_tiers_only_with_progress_and_errors(tiny_mo
     """Home Assistant's config flow pulls the model it is given: a catalog tier downloads (over real HTTP),
     anything else is a 404 that lists what exists, and a download that fails says why in the stream."""
     data = tmp_path / "data"
-    (data / "models").mkdir(parents=True)
-    shutil.copy(tiny_model, data / "models" / "tiny.gguf")
+    DataDir(data).models.mkdir(parents=True)
+    shutil.copy(tiny_model, DataDir(data).models / "tiny.gguf")
     with served_catalog(tmp_path, other_model) as catalog:
         service = Service(None, data, config=UNLIMITED, system={"paths": {"catalog": str(catalog)}})
         try:
@@ -312,12 +313,12 @@ def test_ollama_pull_fetches_catalog_tiers_only_with_progress_and_errors(tiny_mo
             with pytest.raises(ollama.ResponseError) as err:
                 list(client.pull("helper", stream=True))
             assert "pulling 'helper' failed" in err.value.error and "SHA-256 mismatch" in err.value.error
-            assert not (data / "models" / "helper.gguf").exists()
+            assert not (DataDir(data).models / "helper.gguf").exists()
 
             shutil.copy(other_model, tmp_path / "www" / "helper.gguf")
             updates = [u.status for u in client.pull("helper:latest", stream=True)]
             assert updates[0] == "pulling manifest" and updates[-1] == "success"
-            assert (data / "models" / "helper.gguf").read_bytes() == other_model.read_bytes()
+            assert (DataDir(data).models / "helper.gguf").read_bytes() == other_model.read_bytes()
             assert client.pull("helper").status == "success"  # installed already: nothing to fetch
             assert client.pull("tiny").status == "success"
         finally:

@@ -14,6 +14,7 @@ import pytest
 
 from buildhost import tinymodel
 from tests.support.served import UNLIMITED, Service
+from appliance.layout import DataDir
 
 pytestmark = pytest.mark.service
 
@@ -53,7 +54,7 @@ def tool_service(tiny_model, tmp_path_factory):
     """A service whose store holds a generated model per tool-call family, one that always calls (the only
     text it writes is <tool_call>, so the lazy grammar takes over at once) and the plain tiny one."""
     data = tmp_path_factory.mktemp("tools")
-    models = data / "models"
+    models = DataDir(data).models
     for family in ("hermes", "llama3", "mistral"):
         tinymodel.write(models / f"{family}.gguf", "small", family, template=family)
     tinymodel.write(models / "caller.gguf", "small", "caller", only=("<tool_call>",), template="hermes")

@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from appliance import config, conversations, db as database, owner
+from appliance.layout import DataDir
 from buildhost import tinymodel
 from tests.support.hostile import HOSTILE
 from tests.support.served import UNLIMITED, Service
@@ -44,7 +45,7 @@ def ui_service(tmp_path_factory, tiny_model):
     """A set-up box serving a slower generated model (a reply of 1000 tokens takes seconds: time to press
     Stop) with a context of 1024 tokens (two replies outgrow it), a tiny one and a hostile one installed."""
     data = tmp_path_factory.mktemp("ui")
-    models = data / "models"
+    models = DataDir(data).models
     tinymodel.write(models / "medium.gguf", "medium")
     tinymodel.write(models / "hostile.gguf", "small", name="hostile", only=HOSTILE + ("\n\n", " "))
     shutil.copy(tiny_model, models / "tiny.gguf")
@@ -232,7 +233,7 @@ def test_models_are_imported_chosen_and_deleted_on_their_page(owner_page, ui_ser
     owner_page.once("dialog", lambda dialog: dialog.accept())
     owner_page.click("button[aria-label='Delete imported.gguf']")
     expect(owner_page.locator("#installed tr", has_text="imported.gguf")).to_have_count(0)
-    assert not (ui_service.data_dir / "models" / "imported.gguf").exists()
+    assert not (DataDir(ui_service.data_dir).models / "imported.gguf").exists()
 
 
 def test_update_settings_are_checked_and_saved_on_their_page(owner_page, ui_service):
