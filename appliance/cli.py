@@ -9,7 +9,7 @@ import pwd
 import sys
 from pathlib import Path
 
-from . import command, config as config_module, db as database, facts, firstboot, logs, store, tokens
+from . import catalog, command, config as config_module, db as database, facts, firstboot, logs, store, tokens
 from .config import ConfigError, schema
 from .errors import ServiceError
 from .verbs import arg, parser, verb
@@ -92,11 +92,12 @@ def _progress(done: int, total: int) -> None:
 
 
 def cmd_model(args, config) -> None:
-    ladder = store.catalog(config)
+    ladder = catalog.of(config)
     if args.action == "list":
         for tier in ladder.tiers:
             present = (config.data.models / tier.file).exists()
-            print(f"{tier.name}\t{tier.size / 1e6:.0f} MB\tneeds {tier.ram / 1e6:.0f} MB RAM\t"
+            print(f"{tier.name}\t{tier.ollama}\t{tier.size / 1e6:.0f} MB\tneeds "
+                  f"{tier.ram(config.inference.context_tokens) / 1e6:.0f} MB RAM\t{tier.licence}\t"
                   f"{'installed' if present else 'not installed'}")
         return
     if args.action == "download":

@@ -1,27 +1,27 @@
-"""The model store on the data partition: a catalog of tiers, verified downloads and imports.
+"""The model store on the data partition: the installed models, and verified downloads and imports.
 
-Nothing half-written ever sits where a model is expected: bytes go to
-`models/.partial/NAME.part` (kept across interruptions so downloads resume),
-are checked against the pinned SHA-256, and only then renamed into place.
+Nothing half-written ever sits where a model is expected: bytes go to `models/.partial/NAME.part` (kept
+across interruptions and reboots so downloads resume), are hashed as they arrive, checked against the
+pinned size and SHA-256, and only then renamed into place.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import http.client
 import os
+import threading
+import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
-from . import files
+from . import catalog, files
+from .catalog import Catalog, Tier
 from .config import Config
 
-SHIPPED = Path(__file__).with_name("catalog.yaml")
 CHUNK = 1 << 20
 
 Progress = Callable[[int, int], None]
@@ -29,46 +29,6 @@ Progress = Callable[[int, int], None]
 
 class StoreError(RuntimeError):
     """A model could not be downloaded, imported or found; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class Tier:
-    name: str
-    file: str
-    size: int
-    ram: int
-    url: str
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """The model ladder, smallest first."""
-    tiers: tuple[Tier, ...]
-
-    @classmethod
-    def read(cls, path: Path = SHIPPED) -> Catalog:
-        return cls(tuple(Tier(**entry) for entry in yaml.safe_load(path.read_text())["tiers"]))
-
-    def named(self, name: str) -> Tier | None:
-        return next((t for t in self.tiers if t.name == name), None)
-
-    def with_file(self, file: str) -> Tier | None:
-        """The tier whose file is named `file`: a copy of it from elsewhere must match its pin."""
-        return next((t for t in self.tiers if t.file == file), None)
-
-    def tier_of(self, path: str | Path | None) -> str | None:
-        tier = self.with_file(Path(path).name) if path else None
-        return tier.name if tier else None
-
-    def names(self) -> str:
-        """Its tiers' names, for messages that say what exists."""
-        return ", ".join(t.name for t in self.tiers)
-
-
-def catalog(config: Config) -> Catalog:
-    """The catalog this box offers: `paths.catalog`, else the one shipped."""
-    return Catalog.read(Path(config.paths.catalog) if config.paths.catalog else SHIPPED)
 
 
 def installed(models: Path) -> dict[str, int]:
@@ -90,7 +50,7 @@ def configured_model(config: Config) -> Path | None:
     if choice.endswith(".gguf"):
         return config.data.models / choice
     if choice:
-        ladder = catalog(config)
+        ladder = catalog.of(config)
         tier = ladder.named(choice)
         if tier is None:
             raise StoreError(f"inference.model: {choice!r} is neither a path, a .gguf file name nor a catalog "
@@ -126,14 +86,9 @@ def _sha256_of(path: Path) -> "hashlib._Hash":
 
 
 def _pump(read, out, digest, done: int, total: int, progress: Progress | None) -> int:
-    """Copy chunks from `read` to `out`, hashing and reporting as they pass; return the bytes done.
-    Past the announced `total` (a server that sent no or a wrong length) each chunk checks free space
-    first: the partial file is then deleted rather than let eat into the database's reserve."""
-    while chunk := read(CHUNK):
-        if done + len(chunk) > total and (problem := files.shortfall(Path(out.name).parent, len(chunk))):
-            out.close()
-            Path(out.name).unlink()
-            raise StoreError(f"{problem}; more arrived than announced, and the partial file was deleted")
+    """Copy chunks from `read` to `out` until `total` bytes are done, hashing and reporting as they pass;
+    return the bytes done (fewer when `read` ends first)."""
+    while done < total and (chunk := read(min(CHUNK, total - done))):
         out.write(chunk)
         digest.update(chunk)
         done += len(chunk)
@@ -155,45 +110,102 @@ def _ensure_space(directory: Path, needed: int) -> None:
         raise StoreError(problem)
 
 
-def download(url: str, sha256: str, models: Path, name: str, progress: Progress | None = None,
-             size: int | None = None) -> Path:
-    """Fetch `url` into `models/name`, resuming a previous partial download, verifying `sha256`."""
+class Cancelled(StoreError):
+    """The owner stopped the download; what arrived is kept for the next attempt."""
+
+
+# A connection that brings nothing for this long is dropped and made again; this many attempts in a row
+# that bring no byte further than the best one before end the download (a server that is gone for good).
+STALL_SECONDS = 30
+ATTEMPTS = 5
+RETRY_SECONDS = (1, 2, 5, 10, 30)
+
+
+class _Dropped(Exception):
+    """This attempt ended before the file did: the connection broke, stalled, or the server failed."""
+
+
+def download(url: str, sha256: str, size: int, models: Path, name: str, progress: Progress | None = None, *,
+             cancelled: threading.Event | None = None, stall_seconds: float = STALL_SECONDS) -> Path:
+    """Fetch the `size` bytes at `url` into `models/name`, verified against `sha256` as they arrive.
+
+    What an earlier attempt left in `.partial/` (a dropped connection, a reboot) is resumed with an HTTP
+    Range request, and a dropped or stalled connection is made again by itself (ATTEMPTS in a row without
+    progress end it).  A server that ignores the range is read from the start again; one that sends more
+    than `size` is not read past it.  Free space for the rest is checked first.  `cancelled`, once set,
+    stops it (Cancelled) with what arrived kept."""
     models.mkdir(parents=True, exist_ok=True)
     dest, part = models / name, _partial(models, name)
     have = part.stat().st_size if part.exists() else 0
+    if have > size:  # not this file's beginning: another pin's, or damaged
+        part.unlink()
+        have = 0
+    _ensure_space(models, size - have)
     digest = _sha256_of(part) if have else hashlib.sha256()
+    best, failures = have, 0
+    while have < size:
+        if cancelled is not None and cancelled.is_set():
+            raise Cancelled(f"the download of {name} was stopped at {have} of {size} bytes; starting it again "
+                            "resumes it")
+        try:
+            have, digest = _attempt(url, part, have, digest, size, progress, cancelled, stall_seconds)
+        except _Dropped as err:
+            have = part.stat().st_size if part.exists() else 0
+            failures = 0 if have > best else failures + 1
+            best = max(best, have)
+            if failures >= ATTEMPTS:
+                raise StoreError(f"download of {url} failed {ATTEMPTS} times in a row at {have} of {size} bytes "
+                                 f"({err}); what arrived is kept: start it again to resume") from None
+            pause = RETRY_SECONDS[failures]
+            cancelled.wait(pause) if cancelled is not None else time.sleep(pause)
+    return _commit(part, digest.hexdigest(), sha256, dest)
+
+
+def _attempt(url: str, part: Path, have: int, digest, size: int, progress: Progress | None,
+             cancelled: threading.Event | None, stall_seconds: float) -> tuple[int, "hashlib._Hash"]:
+    """One request for the bytes from `have` on, written to `part`; the bytes done and the digest."""
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        response = urllib.request.urlopen(request, timeout=30)
+        response = urllib.request.urlopen(request, timeout=stall_seconds)
     except urllib.error.HTTPError as err:
-        if err.code == 416 and have:  # the partial file is already complete
-            return _commit(part, digest.hexdigest(), sha256, dest)
+        if err.code >= 500 or err.code == 429:
+            raise _Dropped(f"HTTP {err.code} {err.reason}") from None
         raise StoreError(f"download of {url} failed: HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, OSError) as err:
+        if have or isinstance(getattr(err, "reason", err), TimeoutError):
+            raise _Dropped(str(err)) from None
         raise StoreError(f"download of {url} failed: {err}") from None
     with response:
-        if have and response.status != 206:  # the server ignored the range: start over
+        if have and response.status != 206:  # the server ignored the range: it sends the file from its start
             have, digest = 0, hashlib.sha256()
-        remaining = int(response.headers.get("Content-Length") or (size or 0) - have)
-        total = have + remaining
-        _ensure_space(models, remaining)
+
+        def read(n: int) -> bytes:
+            if cancelled is not None and cancelled.is_set():
+                return b""
+            try:
+                return response.read1(n)  # what has arrived, up to n: a stall keeps what came before it
+            except (OSError, http.client.HTTPException) as err:  # a dropped, stalled or short connection
+                raise _Dropped(str(err) or type(err).__name__) from None
+
         try:
-            with part.open("ab" if have else "wb") as f:
-                have = _pump(response.read, f, digest, have, total, progress)
+            with part.open("r+b" if have else "wb") as f:
+                f.seek(have)
+                f.truncate()
+                have = _pump(read, f, digest, have, size, progress)
         except OSError as err:
             if err.errno == errno.ENOSPC:  # something else filled the partition: give the database its room back
                 part.unlink(missing_ok=True)
                 raise StoreError(f"download of {url} stopped: the data partition is full; the partial file was "
                                  "deleted; free space and download again") from None
-            raise StoreError(f"download of {url} interrupted at {part.stat().st_size} of {total} bytes ({err}); "
-                             "run it again to resume") from None
-    if have < total:
-        raise StoreError(f"download of {url} ended early at {have} of {total} bytes; run it again to resume")
-    return _commit(part, digest.hexdigest(), sha256, dest)
+            raise
+    if have < size and not (cancelled is not None and cancelled.is_set()):
+        raise _Dropped(f"the server sent {have} of {size} bytes")
+    return have, digest
 
 
-def download_tier(tier: Tier, models: Path, progress: Progress | None = None) -> Path:
-    return download(tier.url, tier.sha256, models, tier.file, progress, tier.size)
+def download_tier(tier: Tier, models: Path, progress: Progress | None = None,
+                  cancelled: threading.Event | None = None) -> Path:
+    return download(tier.url, tier.sha256, tier.size, models, tier.file, progress, cancelled=cancelled)
 
 
 def import_file(source: Path, models: Path, ladder: Catalog, progress: Progress | None = None) -> Path:

@@ -80,6 +80,7 @@ def test_the_firewall_state_is_where_sshd_and_its_unit_look():
 def test_image_id_home_and_architectures():
     assert f"ImageId={facts.IMAGE_ID}" in (ROOT / "image/mkosi.conf").read_text()
     assert str(facts.DATA_DIR) in (ROOT / "overlay/usr/lib/sysusers.d/paladin.conf").read_text()
+    assert f"The owner's choices live in {DataDir().owner_config}." in (ROOT / "overlay/etc/paladin/paladin.yaml").read_text()
     matched = {ini(p)["Match"]["Architecture"] for p in (ROOT / "image/mkosi.conf.d").glob("*.conf")}
     assert matched == set(facts.ARCHES)
 

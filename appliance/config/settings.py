@@ -170,6 +170,11 @@ class GovernorConfig:
     dwell_seconds: int = setting(30, "Least seconds between two steps, so the model never flaps.",
                                  minimum=1, maximum=86400)
 
+    def memory_reserve(self, memory_total: int) -> int:
+        """The percent of memory kept available: the owner's, or the board's default (small boards keep more
+        free: the page cache is what keeps a model's weights readable)."""
+        return self.memory_percent or (15 if memory_total <= 8 * 2**30 else 10)
+
 
 def _path(default: str, help: str, *, optional: bool = False) -> Any:
     return setting(default, help, pattern=r"^(/|$)" if optional else r"^/",

@@ -115,5 +115,7 @@ def reference() -> str:
             "Values come, last one winning, from the defaults below, the image's `/etc/paladin/paladin.yaml`, "
             "the firewall helper's settings (`firewall.*`, kept in "
             f"`{FIREWALL_SETTINGS}`: only the helper writes them, no other file may set them), "
-            "the owner's `<data_dir>/config.yaml` and the command line.\n\n"
+            "the owner's `<data_dir>/config.yaml` and the command line. The owner's file is written by the "
+            "assistant and read by root's helpers too, so it may set neither `data_dir` nor `paths.*` (where "
+            "things are: the image's file or the command line says that).\n\n"
             "| key | type | default | allowed | what |\n| --- | --- | --- | --- | --- |\n" + reference_rows(Config))

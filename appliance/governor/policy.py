@@ -40,11 +40,11 @@ class Limits:
 
     @classmethod
     def for_board(cls, settings: GovernorConfig, memory_total: int, cores: int) -> "Limits":
-        """The owner's limits, with the board's defaults where they are 0: small boards keep more memory free
-        (the page cache is what keeps a model's weights readable), few cores leave more room to others."""
+        """The owner's limits, with the board's defaults where they are 0 (GovernorConfig.memory_reserve);
+        few cores leave more room to others."""
         return cls(temperature=settings.temperature or 80,
                    cpu_percent=settings.cpu_percent or (60 if cores <= 4 else 75),
-                   memory_percent=settings.memory_percent or (15 if memory_total <= 8 * GIB else 10),
+                   memory_percent=settings.memory_reserve(memory_total),
                    margin=settings.margin_percent / 100, breach_seconds=settings.breach_seconds,
                    calm_seconds=settings.calm_seconds, dwell_seconds=settings.dwell_seconds)
 

@@ -78,12 +78,14 @@ def kv_bytes_per_token(path: Path) -> int:
         arch = None
         for _ in range(count):
             key = reader.string()
-            value = reader.value(reader.take("I"))
-            meta[key] = value
             arch = meta.get("general.architecture")
-            if arch and all(f"{arch}.{k}" in meta for k in ("block_count", "embedding_length", "attention.head_count",
-                                                            "attention.head_count_kv")):
+            # The model's keys come before the tokenizer's (its vocabulary is most of the header), but the
+            # optional key and value lengths (Gemma's heads are wider than the width over the heads) come
+            # after the head counts: the first tokenizer key, not the last head count, ends the search.
+            if key.startswith("tokenizer.") and arch and all(f"{arch}.{k}" in meta for k in (
+                    "block_count", "embedding_length", "attention.head_count")):
                 break
+            meta[key] = reader.value(reader.take("I"))
     if not arch or f"{arch}.block_count" not in meta:
         raise HeaderError(f"{path} does not say how many layers it has")
 

@@ -95,8 +95,9 @@ class ChatTemplate:
 
     def render(self, messages: list[dict], tools: list[dict] | None = None) -> str:
         try:
+            # enable_thinking: Qwen 3's template thinks aloud unless told not to; no API here asks for it yet.
             return self._template.render(messages=messages, tools=tools, add_generation_prompt=True,
-                                         bos_token=self._bos, eos_token=self._eos)
+                                         bos_token=self._bos, eos_token=self._eos, enable_thinking=False)
         except PromptError:
             raise
         except jinja2.TemplateError as err:

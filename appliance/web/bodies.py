@@ -346,21 +346,21 @@ class UpdateStart:
 @dataclass(frozen=True, kw_only=True)
 class ModelChoice:
     """PUT /models/default"""
-    model: str = setting(None, "A catalog tier, or the file name of an installed GGUF.", required=True)
+    model: str = setting(None, "A catalog tier (its name or Ollama's), or the file name of an installed GGUF.", required=True)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Download:
     """POST /models/download"""
-    tier: str = setting(None, "A tier of the catalog (GET /models/catalog).", required=True)
+    tier: str = setting(None, "A tier of the catalog, by its name or Ollama's (GET /models/catalog).", required=True)
 
 
-BODIES = (ChatCompletion, Completion, Embeddings, OllamaChat, OllamaGenerate, OllamaEmbed, OllamaEmbeddings, OllamaNamed,
-          OllamaPull,
+BODIES = (ChatCompletion, Completion, Embeddings, OllamaChat, OllamaGenerate, OllamaEmbed, OllamaEmbeddings,
+          OllamaNamed, OllamaPull,
           NewConversation, Renamed, OwnersMessage, UpdateStart, ModelChoice, Download)
 
 
 def reference() -> str:
     """docs/api.md's tables of request fields, one per body."""
-    return "\n".join(f"`{cls.__doc__}`:\n\n| field | type | default | allowed | what |\n| --- | --- | --- | --- | --- |\n"
-                     + reference_rows(cls) for cls in BODIES)
+    head = "| field | type | default | allowed | what |\n| --- | --- | --- | --- | --- |\n"
+    return "\n".join(f"`{cls.__doc__}`:\n\n{head}{reference_rows(cls)}" for cls in BODIES)

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .. import store
+from ..catalog import HEADROOM, Catalog, fits
 from ..config import Config
 from ..downloads import Downloads
 from ..errors import Conflict, InvalidRequest, ModelError, ModelUnusable, UnknownModel
@@ -37,9 +38,6 @@ from .pages import render
 
 MAX_NAME_BYTES = 255  # one file name on ext4
 UPLOAD_PATH = "/models/upload"
-# What Debian, systemd, the journal and this service (Python, gunicorn, Starlette) need beside a tier's own
-# `ram`, which counts only its weights and context: a tier that fits without it drives the box into swap.
-RAM_HEADROOM = 512 * 2**20
 # Beyond any GGUF a small box could load (a 70B model at 4 bits is about 40 GiB): the cap that ends a
 # client's stream when the disk is larger still.
 MODEL_MAX_BYTES = 64 * 2**30
@@ -53,24 +51,39 @@ def installed(request: Request) -> list[dict]:
             for name, size in store.installed(config.data.models).items()]
 
 
+def engine_name(request: Request, name: str) -> str:
+    """The name the engine knows for the model a client asks for: a catalog tier, named as the catalog or as
+    Ollama's library names it (`qwen2.5:1.5b`), is its file's model id; any other name is as it is."""
+    tier = request.state.catalog.named(name)
+    return model_id(Path(tier.file)) if tier else name
+
+
 def total_ram() -> int:
     """This box's memory, from sysconf: the service's sandbox (ProcSubset=pid) hides /proc/meminfo."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def catalog_fit(request: Request) -> dict:
-    """The tiers, and whether each fits this box's memory with the headroom the rest of the box needs."""
-    present = store.installed(request.state.config.data.models)
-    box = total_ram()
-    return {"box_ram": box, "headroom": RAM_HEADROOM, "tiers": [
-        {"name": t.name, "file": t.file, "size": t.size, "ram": t.ram, "needs": t.ram + RAM_HEADROOM,
-         "fits": t.ram + RAM_HEADROOM <= box, "installed": t.file in present} for t in request.state.catalog.tiers]}
+    """The tiers against this box: what each needs at the box's context beside the rest of the box (the
+    headroom and the governor's reserve), whether that fits, and the one a new owner is offered first."""
+    config: Config = request.state.config
+    ladder: Catalog = request.state.catalog
+    present, box, context = store.installed(config.data.models), total_ram(), config.inference.context_tokens
+    reserve = config.governor.memory_reserve(box)
+    offered = ladder.recommend(box, reserve, context)
+    return {"box_ram": box, "headroom": HEADROOM, "reserve": box * reserve // 100, "context": context,
+            "recommended": {"tier": offered.tier and offered.tier.name, "why": offered.why}, "tiers": [
+                {"name": t.name, "ollama": t.ollama, "file": t.file, "size": t.size, "licence": t.licence,
+                 "tools": t.has_tools, "context": t.context, "ram": t.ram(context),
+                 "needs": t.ram(context) + HEADROOM + box * reserve // 100, "fits": fits(t, box, reserve, context),
+                 "installed": t.file in present, "recommended": t == offered.tier} for t in ladder.tiers]}
 
 
 def overview(request: Request) -> dict:
     """What a page about the box's models shows: the installed ones, and the catalog against this box."""
     fit = catalog_fit(request)
-    return {"installed": installed(request), "catalog": fit["tiers"], "ram": fit["box_ram"]}
+    return {"installed": installed(request), "catalog": fit["tiers"], "ram": fit["box_ram"],
+            "recommended": fit["recommended"]}
 
 
 async def listing(request: Request):
@@ -83,6 +96,13 @@ async def catalog(request: Request):
 
 async def download_status(request: Request):
     return JSONResponse(request.state.downloads.status())
+
+
+async def stop_download(request: Request):
+    """DELETE: stop the download that runs; what arrived is kept, and starting it again resumes it."""
+    if not request.state.downloads.stop():
+        raise Conflict("no download is running", param="tier")
+    return JSONResponse({"stopping": request.state.downloads.status()["tier"]}, status_code=202)
 
 
 async def download(request: Request):
@@ -232,6 +252,7 @@ routes = [
     route("/models/catalog", catalog, needs=MANAGERS, methods=["GET"]),
     route("/models/download", download_status, needs=MANAGERS, methods=["GET"]),
     route("/models/download", download, needs=MANAGERS, methods=["POST"]),
+    route("/models/download", stop_download, needs=MANAGERS, methods=["DELETE"]),
     route(UPLOAD_PATH, upload, needs=MANAGERS, methods=["PUT"]),
     # {name:path}: a name with a slash reaches the handler, to be refused with a reason rather than a bare 404.
     route("/models/{name:path}", delete, needs=(Identity.OWNER, Identity.TOKEN), methods=["DELETE"]),

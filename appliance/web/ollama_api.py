@@ -103,7 +103,7 @@ def _ndjson(objects: AsyncIterator[dict]) -> StreamingResponse:
 async def chat(request: Request):
     engine: Engine = request.state.engine
     body = parse(bodies.OllamaChat, await read_json(request))
-    engine.check_model(body.model)
+    engine.check_model(models.engine_name(request, body.model))
     offer = constrained.tool_offer(engine, body.tools)
     # As Ollama does, a conversation longer than the context loses its oldest turns instead of failing.
     generation = Generation(messages=body.messages, truncate=True, tools=offer.tools,
@@ -114,7 +114,7 @@ async def chat(request: Request):
 async def generate(request: Request):
     engine: Engine = request.state.engine
     body = parse(bodies.OllamaGenerate, await read_json(request))
-    engine.check_model(body.model)
+    engine.check_model(models.engine_name(request, body.model))
     if not body.prompt:  # Ollama's way of asking to load a model: it is loaded already
         return JSONResponse({"model": body.model, "created_at": _now(), "response": "", "done": True,
                              "done_reason": "load"})
@@ -134,16 +134,17 @@ async def tags(request: Request):
         return JSONResponse({"models": []})
     file = served.path.stat()
     modified = datetime.fromtimestamp(file.st_mtime, timezone.utc).isoformat()
+    tier = request.state.catalog.with_file(served.path.name)
+    names = [f"{name}:latest" for name in (served.id, engine.ALIAS)] + ([tier.ollama] if tier else [])
     return JSONResponse({"models": [
-        {"name": f"{name}:latest", "model": f"{name}:latest", "modified_at": modified,
-         "size": file.st_size, "digest": "", "details": _details(served)}
-        for name in (served.id, engine.ALIAS)]})
+        {"name": name, "model": name, "modified_at": modified, "size": file.st_size, "digest": "",
+         "details": _details(served)} for name in names]})
 
 
 async def show(request: Request):
     engine: Engine = request.state.engine
     name = parse(bodies.OllamaNamed, await read_json(request)).wanted
-    engine.check_model(name)
+    engine.check_model(models.engine_name(request, name))
     served = engine.served
     if served is None:  # the alias, asked during a swap
         raise NotReady("the box is switching models; ask again in a few seconds", retry_after=5)
@@ -168,8 +169,9 @@ async def running(request: Request):
 
 
 def _installed_file(request: Request, name: str) -> str | None:
-    """The store's file for an Ollama name (`tiny`, `tiny:latest`) or a file name."""
-    wanted = name.removesuffix(":latest")
+    """The store's file for an Ollama name (`tiny`, `tiny:latest`, a catalog tier's `qwen2.5:1.5b`) or a file
+    name."""
+    wanted = models.engine_name(request, name).removesuffix(":latest")
     return next((f for f in store.installed(request.state.config.data.models)
                  if f == wanted or model_id(Path(f)) == wanted.lower()), None)
 
@@ -196,11 +198,10 @@ async def pull(request: Request):
     body = parse(bodies.OllamaPull, await read_json(request))
     name, stream = body.wanted, body.stream
     downloads: Downloads = request.state.downloads
-    tier = request.state.catalog.named(name.removesuffix(":latest"))
+    tier = request.state.catalog.named(name)
     if _installed_file(request, name) is None:
         if tier is None:
-            raise UnknownModel(f"'{name[:80]}' is not in this box's catalog; pull one of "
-                               f"{request.state.catalog.names()} (installed: "
+            raise UnknownModel(f"{request.state.catalog.unknown(name)} (installed: "
                                f"{', '.join(sorted(store.installed(request.state.config.data.models))) or 'none'})",
                                param="model")
         now = downloads.status()
@@ -213,7 +214,8 @@ async def pull(request: Request):
             yield {"status": f"pulling {tier.sha256[:12]}", "digest": f"sha256:{tier.sha256}", "total": now["total"],
                    "completed": now["done"]}
             await asyncio.sleep(PULL_POLL_SECONDS)
-        if tier is not None and (now := downloads.status())["state"] == "failed" and now["tier"] == tier.name:
+        now = downloads.status()
+        if tier is not None and now["state"] in ("failed", "stopped") and now["tier"] == tier.name:
             raise DownloadFailed(f"pulling '{tier.name}' failed: {now['error']}")
         for status in ("verifying sha256 digest", "writing manifest", "success"):
             yield {"status": status}
@@ -231,7 +233,7 @@ async def embed(request: Request):
     """POST /api/embed {"model", "input": TEXT or [TEXT], "truncate": true}: the served model's embeddings."""
     engine: Engine = request.state.engine
     body = parse(bodies.OllamaEmbed, await read_json(request))
-    engine.check_model(body.model)
+    engine.check_model(models.engine_name(request, body.model))
     started = time.monotonic_ns()
     found = await unless_disconnected(request, constrained.embeddings(engine, body.input, body.truncate))
     return JSONResponse({"model": body.model, "embeddings": [e.vector for e in found], "total_duration":
@@ -243,7 +245,7 @@ async def embeddings(request: Request):
     """POST /api/embeddings {"model", "prompt"}: the older form, one text."""
     engine: Engine = request.state.engine
     body = parse(bodies.OllamaEmbeddings, await read_json(request))
-    engine.check_model(body.model)
+    engine.check_model(models.engine_name(request, body.model))
     [found] = await unless_disconnected(request, constrained.embeddings(engine, (body.prompt,), True))
     return JSONResponse({"embedding": found.vector})
 

@@ -18,12 +18,14 @@ from ..inference.generation import Finished, Request as Generation, Text
 from ..inference.replies import Calls, collect, words_and_calls
 from ..inference.tools import Cut, Offer
 from . import bodies, constrained
+from .models import engine_name
 from .auth import Identity, route
 from .http import openai_error, parse, read_json, unless_disconnected
 
 
-def _generation(body: bodies.Sampled, engine: Engine) -> tuple[Generation, Offer]:
-    engine.check_model(body.model)
+def _generation(request: Request, body: bodies.Sampled) -> tuple[Generation, Offer]:
+    engine: Engine = request.state.engine
+    engine.check_model(engine_name(request, body.model))
     chat = isinstance(body, bodies.ChatCompletion)
     offer = constrained.tool_offer(engine, body.tools, body.tool_choice, body.parallel_tool_calls) if chat else Offer()
     common = {"max_tokens": body.limit, "stop": body.stop, "sampling": body.sampling, "ignore_eos": body.ignore_eos,
@@ -70,7 +72,7 @@ def _finish_reason(done: Finished, calls: Calls) -> str:
 async def _complete(request: Request, *, chat: bool):
     engine: Engine = request.state.engine
     body = parse(bodies.ChatCompletion if chat else bodies.Completion, await read_json(request))
-    generation, offer = _generation(body, engine)
+    generation, offer = _generation(request, body)
     stream, include_usage = body.stream, body.include_usage
     kind = "chat.completion" if chat else "text_completion"
 
@@ -130,7 +132,7 @@ async def embeddings(request: Request):
     float32 (what the openai client asks for by default)."""
     engine: Engine = request.state.engine
     body = parse(bodies.Embeddings, await read_json(request))
-    engine.check_model(body.model)
+    engine.check_model(engine_name(request, body.model))
     found = await unless_disconnected(request, constrained.embeddings(engine, body.input, True))
     tokens = sum(e.tokens for e in found)
     return JSONResponse({"object": "list", "model": engine.model_id, "usage": {"prompt_tokens": tokens,

@@ -18,19 +18,26 @@ class Quiet(SimpleHTTPRequestHandler):
         pass
 
 
+def tier_entry(name: str, url: str, size: int, sha256: str, **given) -> dict:
+    """One tier of a catalog file (appliance/catalog.py), of a small model's shape unless `given` says else."""
+    return {"name": name, "ollama": f"{name}:1b", "file": f"{name}.gguf", "url": url, "size": size, "sha256": sha256,
+            "licence": "Apache-2.0", "context": 8192, "tools": "hermes", "layers": 2, "kv_heads": 1,
+            "head_dim": 64} | given
+
+
 @contextlib.contextmanager
-def served_catalog(directory: Path, model: Path, tier: str = "helper"):
-    """A catalog file in `directory` naming `model` as tier `tier`, served until the block ends."""
+def served_catalog(directory: Path, model: Path, tier: str = "helper", latest: dict | None = None, **given):
+    """A catalog file in `directory` naming `model` as tier `tier` (its other fields as `given`; `latest`, what
+    bare Ollama names mean), served until the block ends."""
     www = directory / "www"
     www.mkdir()
     shutil.copy(model, www / f"{tier}.gguf")
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(www)))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     catalog = directory / "catalog.yaml"
-    catalog.write_text(yaml.safe_dump({"tiers": [{
-        "name": tier, "file": f"{tier}.gguf", "size": model.stat().st_size, "ram": 64 * 2**20,
-        "url": f"http://127.0.0.1:{httpd.server_address[1]}/{tier}.gguf",
-        "sha256": hashlib.sha256(model.read_bytes()).hexdigest()}]}))
+    catalog.write_text(yaml.safe_dump({"latest": latest or {}, "tiers": [tier_entry(
+        tier, f"http://127.0.0.1:{httpd.server_address[1]}/{tier}.gguf", model.stat().st_size,
+        hashlib.sha256(model.read_bytes()).hexdigest(), **given)]}))
     try:
         yield catalog
     finally:

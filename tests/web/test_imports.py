@@ -11,7 +11,7 @@ pytestmark = pytest.mark.system
 # every process shares, of each root helper its privilege-free read side alone, of the governor (its own
 # user) the client and the protocol they share.
 WORKER_PACKAGES = ("appliance.web", "appliance.inference")
-SHARED = {"appliance", "appliance.access", "appliance.certificate", "appliance.channel", "appliance.command",
+SHARED = {"appliance", "appliance.access", "appliance.catalog", "appliance.certificate", "appliance.channel", "appliance.command",
           "appliance.config", "appliance.config.schema", "appliance.config.settings", "appliance.config.sources",
           "appliance.conversations", "appliance.downloads", "appliance.db", "appliance.device", "appliance.errors",
           "appliance.facts", "appliance.files", "appliance.firstboot", "appliance.layout", "appliance.metrics",

@@ -19,10 +19,12 @@ import yaml
 from starlette.testclient import TestClient
 
 from appliance import config, db as database, files, store, tokens
+from appliance.catalog import HEADROOM, Catalog
 from appliance.inference import llama
 from appliance.web import models
 from appliance.web.app import create_app
 from appliance.layout import DataDir
+from tests.support.catalog import tier_entry
 from tests.support.fakes import malformed_model
 from tests.support.served import UNLIMITED, Service
 
@@ -138,10 +140,11 @@ def test_the_alias_is_served_across_swaps_and_the_choice_after_a_restart(two_mod
 @pytest.mark.unit
 def test_no_download_has_run_and_an_unknown_tier_is_refused_naming_the_tiers(owner):
     assert owner.get("/models/download").json() == {"state": "idle", "tier": None, "done": 0, "total": 0,
-                                                    "error": None}
+                                                    "error": None, "speed": 0, "seconds_left": None}
+    assert owner.delete("/models/download").status_code == 409
     refused = owner.post("/models/download", json={"tier": "llama3"})
     assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
-    assert all(tier.name in refused.json()["error"]["message"] for tier in store.Catalog.read().tiers)
+    assert all(tier.name in refused.json()["error"]["message"] for tier in Catalog.read().tiers)
     assert owner.post("/models/download", json={"tier": 7}).status_code == 400
     assert owner.get("/models/download").json()["state"] == "idle"
 
@@ -225,9 +228,8 @@ def catalog_service(tiny_model, tmp_path_factory):
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}"
     pin = hashlib.sha256(Tiers.body).hexdigest()
-    tiers = [{"name": name, "file": f"{name}.gguf", "size": len(Tiers.body), "ram": ram, "url": f"{url}/{name}.gguf",
-              "sha256": sha256} for name, ram, sha256 in
-             [("gated", 64 * 2**20, pin), ("corrupt", 64 * 2**20, "0" * 64), ("huge", 2**50, pin)]]
+    tiers = [tier_entry(name, f"{url}/{name}.gguf", len(Tiers.body), sha256, layers=layers) for name, layers, sha256 in
+             [("gated", 2, pin), ("corrupt", 2, "0" * 64), ("huge", 2**30, pin)]]
     data = tmp_path_factory.mktemp("box")
     catalog = data / "catalog.yaml"
     catalog.write_text(yaml.safe_dump({"tiers": tiers}))
@@ -252,14 +254,19 @@ def polled(client, until, seconds: float = 60) -> dict:
 def test_the_catalog_says_what_fits_this_box(catalog_service):
     with catalog_service.client() as c:
         listed = c.get("/models/catalog").json()
-    assert listed["box_ram"] == psutil.virtual_memory().total and listed["headroom"] == models.RAM_HEADROOM
-    assert [(t["name"], t["fits"], t["needs"]) for t in listed["tiers"]] == [
-        ("gated", True, 64 * 2**20 + models.RAM_HEADROOM), ("corrupt", True, 64 * 2**20 + models.RAM_HEADROOM),
-        ("huge", False, 2**50 + models.RAM_HEADROOM)]
+    box = psutil.virtual_memory().total
+    reserve = box * (15 if box <= 8 * 2**30 else 10) // 100  # the governor's default, as the box has no setting
+    assert (listed["box_ram"], listed["headroom"], listed["reserve"]) == (box, HEADROOM, reserve)
+    small = len(Tiers.body) + listed["context"] * 2 * 1 * 64 * 4  # file, and two layers' keys and values
+    huge = len(Tiers.body) + listed["context"] * 2**30 * 64 * 4
+    assert [(t["name"], t["fits"], t["ram"], t["needs"]) for t in listed["tiers"]] == [
+        ("gated", True, small, small + HEADROOM + reserve), ("corrupt", True, small, small + HEADROOM + reserve),
+        ("huge", False, huge, huge + HEADROOM + reserve)]
     assert [t["installed"] for t in listed["tiers"]] == [(catalog_service.models / t["file"]).is_file() for t in listed["tiers"]]
-    assert [(t["file"], t["size"], t["ram"]) for t in listed["tiers"]] == [
-        ("gated.gguf", len(Tiers.body), 64 * 2**20), ("corrupt.gguf", len(Tiers.body), 64 * 2**20),
-        ("huge.gguf", len(Tiers.body), 2**50)]
+    assert [(t["file"], t["size"], t["licence"], t["tools"]) for t in listed["tiers"]] == [
+        (f"{name}.gguf", len(Tiers.body), "Apache-2.0", True) for name in ("gated", "corrupt", "huge")]
+    # Both small tiers take far less than half of any box: the larger file wins, and ties go to the first.
+    assert listed["recommended"]["tier"] == "gated" and "at most half of this box's" in listed["recommended"]["why"]
 
 
 @pytest.mark.service
@@ -272,11 +279,18 @@ def test_a_download_reports_its_progress_until_installed_and_one_runs_at_a_time(
             second = c.post("/models/download", json={"tier": "corrupt"})
             assert second.status_code == 409 and "'gated' is downloading" in second.json()["error"]["message"]
             midway = polled(c, lambda status: status["done"] == HELD)
-            assert midway == {"state": "downloading", "tier": "gated", "done": HELD, "total": size, "error": None}
+            assert midway.items() >= {"state": "downloading", "tier": "gated", "done": HELD, "total": size,
+                                      "error": None}.items()
+            assert midway["speed"] > 0 and midway["seconds_left"] >= 0
             assert "gated.gguf" not in store.installed(catalog_service.models)
-            GATE.set()
-            assert polled(c, lambda status: status["state"] != "downloading") == {
-                "state": "done", "tier": "gated", "done": size, "total": size, "error": None}
+            assert c.delete("/models/download").json() == {"stopping": "gated"}
+            GATE.set()  # the server sends again: the download sees it was stopped at its next read
+            stopped = polled(c, lambda status: status["state"] != "downloading")
+            assert stopped["state"] == "stopped" and HELD <= stopped["done"] < size and "resumes" in stopped["error"]
+            assert c.delete("/models/download").status_code == 409  # none runs now
+            assert c.post("/models/download", json={"tier": "gated"}).status_code == 202
+            assert polled(c, lambda status: status["state"] != "downloading").items() >= {
+                "state": "done", "tier": "gated", "done": size, "total": size, "error": None}.items()
             assert {"name": "gated.gguf", "id": "gated", "size": size, "tier": "gated", "served": False} in \
                 c.get("/models").json()["models"]
             again = c.post("/models/download", json={"tier": "gated"})  # installed: nothing to fetch

@@ -46,6 +46,7 @@ PUT    /models/default               owner,token,setup
 GET    /models/catalog               owner,token,setup
 GET    /models/download              owner,token,setup
 POST   /models/download              owner,token,setup
+DELETE /models/download              owner,token,setup
 PUT    /models/upload                owner,token,setup
 DELETE /models/{name:path}           owner,token
 GET    /manage/models                owner

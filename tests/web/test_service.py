@@ -295,32 +295,43 @@ def test_openai_client_is_told_what_the_box_does_not_do(service):
     assert "'messages[0].content[1]'" in err.value.body["message"] and "image_url" in err.value.body["message"]
 
 
-def test_ollama_pull_fetches_catalog_tiers_only_with_progress_and_errors(tiny_model, other_model, tmp_path):
-    """Home Assistant's config flow pulls the model it is given: a catalog tier downloads (over real HTTP),
-    anything else is a 404 that lists what exists, and a download that fails says why in the stream."""
+def test_ollama_pull_fetches_catalog_tiers_by_ollamas_names_with_progress_and_errors(tiny_model, other_model,
+                                                                                     tmp_path):
+    """Home Assistant's config flow pulls the model typed in its field, by Ollama's name: a catalog tier
+    downloads (over real HTTP), anything else is a 404 that lists what exists, a download that fails says why
+    in the stream, and the pulled model then answers to that name."""
     data = tmp_path / "data"
     DataDir(data).models.mkdir(parents=True)
     shutil.copy(tiny_model, DataDir(data).models / "tiny.gguf")
-    with served_catalog(tmp_path, other_model) as catalog:
+    with served_catalog(tmp_path, other_model, ollama="qwen2.5:1.5b", latest={"llama3.2": "llama3.2:3b"}) as catalog:
         service = Service(None, data, config=UNLIMITED, system={"paths": {"catalog": str(catalog)}})
         try:
             client = ollama.Client(host=service.url, headers={"Authorization": f"Bearer {service.token}"})
             with pytest.raises(ollama.ResponseError) as err:
-                client.pull("llama3.2:latest")
-            assert err.value.status_code == 404 and "pull one of helper (installed: tiny.gguf)" in err.value.error
+                client.pull("llama3.2:latest")  # what Home Assistant's field offers first
+            assert err.value.status_code == 404 and "Ollama's 'llama3.2' is llama3.2:3b" in err.value.error
+            assert "Its tiers: helper (qwen2.5:1.5b) (installed: tiny.gguf)" in err.value.error
 
             (tmp_path / "www" / "helper.gguf").write_bytes(b"GGUF" + bytes(other_model.stat().st_size - 4))
             with pytest.raises(ollama.ResponseError) as err:
-                list(client.pull("helper", stream=True))
+                list(client.pull("qwen2.5:1.5b", stream=True))
             assert "pulling 'helper' failed" in err.value.error and "SHA-256 mismatch" in err.value.error
             assert not (DataDir(data).models / "helper.gguf").exists()
 
             shutil.copy(other_model, tmp_path / "www" / "helper.gguf")
-            updates = [u.status for u in client.pull("helper:latest", stream=True)]
+            updates = [u.status for u in client.pull("qwen2.5:1.5b", stream=True)]
             assert updates[0] == "pulling manifest" and updates[-1] == "success"
             assert (DataDir(data).models / "helper.gguf").read_bytes() == other_model.read_bytes()
-            assert client.pull("helper").status == "success"  # installed already: nothing to fetch
+            assert client.pull("helper:latest").status == "success"  # installed already: nothing to fetch
             assert client.pull("tiny").status == "success"
+
+            with service.client() as owner:
+                assert owner.put("/models/default", json={"model": "qwen2.5:1.5b"}).json()["model"] == "helper"
+            assert "qwen2.5:1.5b" in [m.model for m in client.list().models]
+            assert client.show("qwen2.5:1.5b").modelinfo["general.architecture"]
+            reply = client.chat(model="qwen2.5:1.5b", messages=[{"role": "user", "content": "Hi"}],
+                                options={"num_predict": 4})
+            assert reply.model == "qwen2.5:1.5b" and reply.done and reply.eval_count > 0
         finally:
             service.stop()
 

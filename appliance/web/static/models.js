@@ -2,7 +2,8 @@
 // Every change reloads the page, which the box renders as it now is.
 import { $, call, download, megabytes, resumeWatching, upload } from "./transfer.js";
 
-const view = { box: $("download"), name: $("download-name"), bar: $("download-progress"), status: $("download-status") };
+const view = { box: $("download"), name: $("download-name"), bar: $("download-progress"), status: $("download-status"),
+  stop: $("download-stop") };
 const reloadWhenDone = (job) => { if (job && job.state === "done") location.reload(); };
 
 function alarm(message) {

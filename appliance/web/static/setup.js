@@ -2,7 +2,8 @@
 // this computer; either way the page reloads when the model is on the box, to offer it.
 import { $, download, megabytes, resumeWatching, upload } from "./transfer.js";
 
-const view = { box: $("download"), name: $("download-name"), bar: $("download-progress"), status: $("download-status") };
+const view = { box: $("download"), name: $("download-name"), bar: $("download-progress"), status: $("download-status"),
+  stop: $("download-stop") };
 const reloadWhenDone = (job) => { if (job && job.state === "done") location.reload(); };
 
 for (const button of document.querySelectorAll("button.download")) {

@@ -4,6 +4,7 @@ export const $ = (id) => document.getElementById(id);
 export const csrf = document.querySelector('meta[name="csrf"]').content;
 export const megabytes = (n) => (n / 1e6).toFixed(1) + " MB";
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const duration = (s) => (s < 90 ? `${s} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`);
 
 // The box's explanation of a refusal ({"error": {"message": ...}}), or its status when it gave none.
 export async function failure(response) {
@@ -20,10 +21,11 @@ export async function call(method, url, body) {
   return response.json().catch(() => ({}));
 }
 
-// GET /models/download shown on `view` ({box, name, bar, status}: elements) every second until it is no
-// longer downloading; the last status, or null when the box could not be asked.
+// GET /models/download shown on `view` ({box, name, bar, status, stop}: elements) every second until it is
+// no longer downloading; the last status, or null when the box could not be asked.
 export async function watchDownload(view) {
   view.box.hidden = false;
+  view.stop.onclick = () => call("DELETE", "/models/download").catch((err) => { view.status.textContent = err.message; });
   for (;;) {
     const response = await fetch("/models/download");
     if (!response.ok) { view.status.textContent = await failure(response); return null; }
@@ -31,10 +33,15 @@ export async function watchDownload(view) {
     view.name.textContent = job.tier || "";
     view.bar.max = job.total || 1;
     view.bar.value = job.done || 0;
-    view.status.textContent = `${megabytes(job.done || 0)} of ${megabytes(job.total || 0)}`;
+    view.status.textContent = `${megabytes(job.done || 0)} of ${megabytes(job.total || 0)}` +
+      (job.speed ? `, ${megabytes(job.speed)}/s` : "") + (job.seconds_left != null ? `, ${duration(job.seconds_left)} left` : "");
     if (job.state === "failed") {
       view.status.textContent = `The download failed: ${job.error} Press Download to try again; it resumes where it stopped.`;
     }
+    if (job.state === "stopped") {
+      view.status.textContent = `Stopped at ${megabytes(job.done || 0)}. Press Download to go on where it stopped.`;
+    }
+    view.stop.hidden = job.state !== "downloading";
     if (job.state !== "downloading") return job;
     await sleep(1000);
   }
