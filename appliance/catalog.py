@@ -84,17 +84,17 @@ class Catalog:
     def read(cls, path: Path = SHIPPED) -> Catalog:
         try:
             raw = yaml.safe_load(path.read_text())
-            entries, latest = raw["tiers"], raw.get("latest") or {}
-        except (OSError, yaml.YAMLError, TypeError, KeyError) as err:
+            entries, latest = list(raw["tiers"]), dict(raw.get("latest") or {})
+        except (OSError, yaml.YAMLError, TypeError, ValueError, KeyError) as err:
             raise CatalogError(f"{path}: not a catalog ({err})") from None
-        return cls(tuple(_tier(entry, i) for i, entry in enumerate(entries)), dict(latest))
+        return cls(tuple(_tier(entry, i) for i, entry in enumerate(entries)), latest)
 
     def named(self, name: str) -> Tier | None:
         """The tier a client means: its name, its Ollama name, that with `:latest`, or a bare Ollama name
         (`llama3.2`: the tag Ollama's library serves for it, if this catalog has that one)."""
         wanted = name.strip().lower().removesuffix(":latest")
         wanted = self.latest.get(wanted, wanted)
-        return next((t for t in self.tiers if wanted in (t.name, t.ollama)), None)
+        return next((t for t in self.tiers if wanted in (t.name, t.ollama.lower())), None)
 
     def with_file(self, file: str) -> Tier | None:
         """The tier whose file is named `file`: a copy of it from elsewhere must match its pin."""

@@ -37,6 +37,7 @@ def test_every_tier_is_pinned_free_to_use_and_the_ladder_runs_small_to_large():
     ("qwen2.5:1.5b", "qwen2.5-1.5b"), ("Qwen2.5:1.5B", "qwen2.5-1.5b"), ("llama3.2:1b", "llama3.2-1b"),
     ("llama3.2", "llama3.2-3b"), ("llama3.2:latest", "llama3.2-3b"), ("gemma3:1b", "gemma3-1b"), ("qwen3:4b", "qwen3-4b"),
     ("phi4-mini", "phi4-mini"), ("smollm2", "smollm2-1.7b"), ("smollm2-135m", "smollm2-135m"),
+    ("qwen3:4b-instruct-2507-q4_K_M", "qwen3-4b-instruct-2507"), ("qwen3:4b-instruct-2507-Q4_K_M", "qwen3-4b-instruct-2507"),
     ("qwen2.5", None), ("qwen3:latest", None), ("mistral", None)])
 def test_ollama_names_map_as_ollamas_library_maps_them(asked, tier):
     found = SHIPPED.named(asked)
@@ -103,6 +104,15 @@ def test_a_broken_catalog_names_the_tier_and_the_field(tmp_path, change, message
     path = tmp_path / "catalog.yaml"
     path.write_text(yaml.safe_dump({"tiers": [entry]}))
     with pytest.raises(CatalogError, match=re.escape(message)):
+        Catalog.read(path)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text", ["tiers: 3\n", "latest: [a, b]\ntiers: []\n", "- just a list\n", "tiers: [\n"])
+def test_a_file_that_is_no_catalog_is_said_to_be_none(tmp_path, text):
+    path = tmp_path / "catalog.yaml"
+    path.write_text(text)
+    with pytest.raises(CatalogError, match="not a catalog"):
         Catalog.read(path)
 
 
