@@ -92,7 +92,7 @@ class Catalog:
     def named(self, name: str) -> Tier | None:
         """The tier a client means: its name, its Ollama name, that with `:latest`, or a bare Ollama name
         (`llama3.2`: the tag Ollama's library serves for it, if this catalog has that one)."""
-        wanted = name.strip().lower().removesuffix(":latest")
+        wanted = _bare(name)
         wanted = self.latest.get(wanted, wanted)
         return next((t for t in self.tiers if wanted in (t.name, t.ollama.lower())), None)
 
@@ -110,7 +110,7 @@ class Catalog:
 
     def unknown(self, name: str) -> str:
         """Why `name` is no tier here, and what is."""
-        bare = name.strip().lower().removesuffix(":latest")
+        bare = _bare(name)
         elsewhere = (f"; Ollama's '{bare}' is {self.latest[bare]}, which this catalog does not have"
                      if bare in self.latest else "")
         return f"'{name[:80]}' is not in this box's catalog{elsewhere}. Its tiers: {self.names()}"
@@ -133,6 +133,11 @@ class Catalog:
 def fits(tier: Tier, memory_total: int, reserve_percent: int, context: int) -> bool:
     """Whether the tier, the headroom and the governor's reserve fit the box's memory."""
     return tier.ram(context) + HEADROOM + memory_total * reserve_percent // 100 <= memory_total
+
+
+def _bare(name: str) -> str:
+    """A model's name as Ollama compares it: without case, and `:latest` the same as no tag."""
+    return name.strip().lower().removesuffix(":latest")
 
 
 def _gib(size: int) -> str:

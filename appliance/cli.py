@@ -103,7 +103,7 @@ def cmd_model(args, config) -> None:
     if args.action == "download":
         tier = ladder.named(args.target)
         if tier is None:
-            raise store.StoreError(f"no tier {args.target!r} in the catalog (tiers: {ladder.names()})")
+            raise store.StoreError(ladder.unknown(args.target))
         path = store.download_tier(tier, config.data.models, _progress)
     else:
         path = store.import_file(Path(args.target), config.data.models, ladder, _progress)

@@ -17,13 +17,17 @@ from .store import Cancelled, StoreError
 WINDOW_SECONDS = 10  # the speed is what arrived over this last stretch
 
 
+def _job(state: str, tier: str | None = None, done: int = 0, total: int = 0) -> dict:
+    return {"state": state, "tier": tier, "done": done, "total": total, "error": None, "speed": 0,
+            "seconds_left": None}
+
+
 class Downloads:
     """The box's one model download at a time, and how far it got (GET /models/download)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # the download's thread reports while the event loop reads
-        self._status = {"state": "idle", "tier": None, "done": 0, "total": 0, "error": None, "speed": 0,
-                        "seconds_left": None}
+        self._status = _job("idle")
         self._stop = threading.Event()
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
 
@@ -39,11 +43,9 @@ class Downloads:
                                f"{self._status['total']} bytes); wait until GET /models/download says it is "
                                "done or failed, or stop it, then start the next one", param="tier")
             if (size := store.installed(models).get(tier.file)) is not None:
-                self._status = {"state": "done", "tier": tier.name, "done": size, "total": size, "error": None,
-                                "speed": 0, "seconds_left": None}
+                self._status = _job("done", tier.name, size, size)
                 return False
-            self._status = {"state": "downloading", "tier": tier.name, "done": 0, "total": tier.size, "error": None,
-                            "speed": 0, "seconds_left": None}
+            self._status = _job("downloading", tier.name, 0, tier.size)
             self._stop, self._recent = threading.Event(), collections.deque()
         threading.Thread(target=self._run, args=(tier, models, self._stop), name="download", daemon=True).start()
         return True

@@ -110,8 +110,7 @@ async def download(request: Request):
     name = parse(bodies.Download, await read_json(request)).tier
     tier = request.state.catalog.named(name)
     if tier is None:
-        raise UnknownModel(f"{name[:80]!r} is not a tier of the catalog; choose one of "
-                           f"{request.state.catalog.names()} (GET /models/catalog)", param="tier")
+        raise UnknownModel(request.state.catalog.unknown(name), param="tier")
     downloads: Downloads = request.state.downloads
     started = downloads.start(tier, request.state.config.data.models)
     return JSONResponse(downloads.status(), status_code=202 if started else 200)
