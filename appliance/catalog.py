@@ -2,9 +2,10 @@
 with what an owner weighs before a download (licence, memory at the box's context, tools) and the names
 Ollama's library gives it, so that clients pull `qwen2.5:1.5b` as they would from Ollama.
 
-Which tier a box is offered first (`recommend`) is decided here, from its memory alone: the largest tier
-with tools whose memory at the box's context is at most half the box's, so the rest of the box (the
-governor's reserve, the page cache that keeps the weights readable, the service) keeps the other half.
+Which tier a box is offered first (`recommend`) is decided here: the largest tier with tools whose memory
+at the box's context is at most half the box's, so the rest of the box (the governor's reserve, the page
+cache that keeps the weights readable, the service) keeps the other half, and that writes fast enough to
+be read as it comes (appliance/speed.py's estimate, where there is one).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import yaml
 
 from .config import Config
+from .speed import FAST_ENOUGH, Estimate
 
 SHIPPED = Path(__file__).with_name("catalog.yaml")
 # What the OS and the service take beside a model: a tier fits when its memory, this and the governor's
@@ -40,9 +42,13 @@ class Tier:
     licence: str
     context: int  # tokens it was trained for
     tools: str  # the tool-call format of its chat template; "none": it takes no tools
-    layers: int  # its shape, for the KV cache it needs per token of context (as its GGUF header says)
+    layers: int  # its shape, as its GGUF header says: the KV cache it needs per token of context, and its speed
     kv_heads: int
     head_dim: int
+    embedding: int
+    heads: int
+    feed_forward: int
+    vocab: int
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -115,15 +121,23 @@ class Catalog:
                      if bare in self.latest else "")
         return f"'{name[:80]}' is not in this box's catalog{elsewhere}. Its tiers: {self.names()}"
 
-    def recommend(self, memory_total: int, reserve_percent: int, context: int) -> Recommendation:
-        """The tier a new owner is offered first on a box with `memory_total` bytes, and why."""
+    def recommend(self, memory_total: int, reserve_percent: int, context: int,
+                  speed: Callable[[Tier], Estimate | None] = lambda tier: None) -> Recommendation:
+        """The tier a new owner is offered first on a box with `memory_total` bytes, and why; `speed`, how
+        fast each tier would write here (None: not known)."""
         fitting = [t for t in self.tiers if fits(t, memory_total, reserve_percent, context)]
         offered = [t for t in fitting if t.has_tools and t.ram(context) * SHARE <= memory_total]
-        if offered:
-            best = max(offered, key=lambda t: t.size)
+        fast = [t for t in offered if (s := speed(t)) is None or s.tokens_per_second >= FAST_ENOUGH]
+        if fast:
+            best = max(fast, key=lambda t: t.size)
             return Recommendation(best, f"the largest model with tools whose memory at {context} tokens of context "
                                         f"({_gib(best.ram(context))}) is at most half of this box's "
-                                        f"{_gib(memory_total)}: the rest of the box needs the other half")
+                                        f"{_gib(memory_total)}: the rest of the box needs the other half"
+                                        + _pace(speed(best)))
+        if offered:
+            best = min(offered, key=lambda t: t.size)
+            return Recommendation(best, "the fastest model with tools; on this box even it is slower than reading"
+                                        + _pace(speed(best)))
         if fitting:
             smallest = min(fitting, key=lambda t: t.size)
             return Recommendation(smallest, f"the smallest model: this box's {_gib(memory_total)} leave little room")
@@ -133,6 +147,13 @@ class Catalog:
 def fits(tier: Tier, memory_total: int, reserve_percent: int, context: int) -> bool:
     """Whether the tier, the headroom and the governor's reserve fit the box's memory."""
     return tier.ram(context) + HEADROOM + memory_total * reserve_percent // 100 <= memory_total
+
+
+def _pace(estimate: Estimate | None) -> str:
+    if estimate is None:
+        return ""
+    where = "here" if estimate.here else "on the machine the speed table was measured on"
+    return f"; it should write about {estimate.words_per_second:.0f} words a second {where}"
 
 
 def _bare(name: str) -> str:

@@ -19,6 +19,9 @@ class Metrics:
         self.generation_seconds = 0.0
         self.last_tokens_per_second = 0.0
         self.prompt_tokens_dropped = 0
+        # The served model's file, its threads and how many tokens a second it wrote, as last measured on a
+        # reply long enough to tell (Engine): what estimates of the other models' speed are scaled by.
+        self.decoded: tuple[str, int, float] | None = None
 
     def request(self, route: str, status: int) -> None:
         self.requests[route, status] += 1

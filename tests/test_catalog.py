@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from appliance.catalog import Catalog, CatalogError
-from appliance.inference import gguf as header
+from tests.support.catalog import tier_entry
+from tests.support.generated import Generated
+from appliance.inference import gguf as header, prompts
 from appliance.inference.prompts import ChatTemplate
 
 SHIPPED = Catalog.read()
@@ -59,8 +61,8 @@ def test_each_tiers_cache_per_token_is_what_its_gguf_header_says(tmp_path):
         path = tmp_path / tier.file
         writer = gguf.GGUFWriter(str(path), "llama")
         writer.add_block_count(tier.layers)
-        writer.add_embedding_length(4096)
-        writer.add_head_count(32)
+        writer.add_embedding_length(tier.embedding)
+        writer.add_head_count(tier.heads)
         writer.add_head_count_kv(tier.kv_heads)
         writer.add_key_length(tier.head_dim)
         writer.add_value_length(tier.head_dim)
@@ -99,8 +101,7 @@ def test_a_tiers_memory_counts_the_cache_at_the_boxs_context_up_to_its_own():
     ({"extra": 1}, "tier 1: needs exactly the keys name, ollama, file"),
 ])
 def test_a_broken_catalog_names_the_tier_and_the_field(tmp_path, change, message):
-    entry = {"name": "t", "ollama": "t:1b", "file": "t.gguf", "url": "https://x/t.gguf", "size": 1, "sha256": "0" * 64,
-             "licence": "MIT", "context": 8, "tools": "none", "layers": 1, "kv_heads": 1, "head_dim": 1} | change
+    entry = tier_entry("t", "https://x/t.gguf", 1, "0" * 64) | change
     path = tmp_path / "catalog.yaml"
     path.write_text(yaml.safe_dump({"tiers": [entry]}))
     with pytest.raises(CatalogError, match=re.escape(message)):
@@ -117,15 +118,17 @@ def test_a_file_that_is_no_catalog_is_said_to_be_none(tmp_path, text):
 
 
 @pytest.mark.unit
-def test_qwen3s_template_is_told_not_to_think():
-    """The end of Qwen 3's chat template, as published: with thinking off it opens an empty thought."""
-    ending = ("{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- if enable_thinking is defined and "
-              "enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}")
-    assert ChatTemplate(ending).render([{"role": "user", "content": "hi"}]).endswith("<think>\n\n</think>\n\n")
+def test_qwen3s_template_thinks_only_when_told_to():
+    """Qwen 3's chat template, as published: with thinking off it opens an empty thought."""
+    template = ChatTemplate((Path(__file__).parent / "templates/qwen3.jinja").read_text())
+    assert prompts.thinks(template.source)
+    said = [{"role": "user", "content": "hi"}]
+    assert template.render(said).endswith("<think>\n\n</think>\n\n")
+    assert template.render(said, think=True).endswith("<|im_start|>assistant\n")
 
 
-DOC = Path(__file__).parents[1] / "docs/models.md"
-BEGIN, END = "<!-- the ladder: generated from appliance/catalog.yaml", "<!-- end of the ladder -->"
+LADDER = Generated(Path(__file__).parents[1] / "docs/models.md", "<!-- the ladder: generated from appliance/catalog.yaml",
+                   "<!-- end of the ladder -->")
 
 
 def ladder_table() -> str:
@@ -137,12 +140,9 @@ def ladder_table() -> str:
 
 @pytest.mark.unit
 def test_the_docs_list_the_ladder_as_it_is():
-    text = DOC.read_text()
-    assert text[text.index("\n\n", text.index(BEGIN)) + 2:text.index(END)] == ladder_table() + "\n", \
+    assert LADDER.read() == ladder_table() + "\n", \
         "docs/models.md's ladder is stale: run `.venv/bin/python -m tests.test_catalog`"
 
 
 if __name__ == "__main__":
-    text = DOC.read_text()
-    start = text.index("\n\n", text.index(BEGIN)) + 2
-    DOC.write_text(text[:start] + ladder_table() + "\n" + text[text.index(END):])
+    LADDER.write(ladder_table())

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 # Under a limit the client named, a reply held to a grammar from its first token keeps 1/CLOSING_SHARE of
 # it for closing what it has open (Engine._limits).
 CLOSING_SHARE = 4
+# A reply of at least this many tokens measures the model's decoding speed well enough (Metrics.decoded).
+MEASURED_TOKENS = 16
 
 
 @dataclass
@@ -357,12 +359,13 @@ class Engine:
         stops = request.stop + (tuple(self.template.stop_strings()) if request.messages is not None else ())
         scanner = StopScanner(stops)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        special = request.tools is not None  # a tool-call marker may be a control token
-        reason, generated = "length", 0
+        special = request.tools is not None or request.think  # a tool-call or thought marker may be a control token
+        reason, generated, decoding = "length", 0, start
         try:
             self.metrics.prompt_tokens_dropped += dropped_tokens
             reused = model.prefill(tokens, job.cancelled.is_set)
             job.emit(Started(len(tokens), reused, self.served.id, dropped, dropped_tokens))
+            decoding = time.monotonic()
             while generated < limit:
                 if generated == closing_at:
                     sampler.close_up(model.closers)
@@ -388,5 +391,8 @@ class Engine:
             job.emit(Text(scanner.held))
         seconds = time.monotonic() - start
         self.metrics.finished(generated, seconds)
+        if generated >= MEASURED_TOKENS and reason != "cancelled":
+            self.metrics.decoded = (self.served.path.name, self.served.threads,
+                                    generated / (time.monotonic() - decoding))
         job.emit(Finished(reason, len(tokens), generated, seconds))
 

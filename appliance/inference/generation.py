@@ -30,6 +30,7 @@ class Request:
     grammar: Grammar | None = None  # what the output must match (JSON, a schema, tool calls)
     embed: bool = False  # the prompt's embedding (`Embedded`) instead of a completion
     context: int | None = None  # a smaller context than the model's for this request (Ollama's num_ctx)
+    think: bool = False  # let a model whose template can think (prompts.thinks) think before it answers
 
 
 @dataclass(frozen=True)

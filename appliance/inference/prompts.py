@@ -85,6 +85,11 @@ def _call(call: object, where: str) -> dict:
             "function": {"name": function["name"][:64], "arguments": arguments}}
 
 
+def thinks(template: str) -> bool:
+    """Whether a chat template lets its model think before it answers, on request (Qwen 3's)."""
+    return "enable_thinking" in template
+
+
 class ChatTemplate:
     def __init__(self, source: str | None, bos: str = "", eos: str = ""):
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
@@ -93,11 +98,11 @@ class ChatTemplate:
         self._template = env.from_string(self.source)
         self._bos, self._eos = bos, eos
 
-    def render(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+    def render(self, messages: list[dict], tools: list[dict] | None = None, think: bool = False) -> str:
         try:
-            # enable_thinking: Qwen 3's template thinks aloud unless told not to; no API here asks for it yet.
+            # enable_thinking: Qwen 3's template thinks aloud unless told not to.
             return self._template.render(messages=messages, tools=tools, add_generation_prompt=True,
-                                         bos_token=self._bos, eos_token=self._eos, enable_thinking=False)
+                                         bos_token=self._bos, eos_token=self._eos, enable_thinking=think)
         except PromptError:
             raise
         except jinja2.TemplateError as err:
@@ -130,7 +135,7 @@ def fitted(template: ChatTemplate, tokenize: Callable[[str], list[int]], request
     messages, dropped, whole = request.messages, 0, None
     while True:
         try:
-            text = template.render(messages, request.tools) if messages is not None else request.prompt
+            text = template.render(messages, request.tools, request.think) if messages is not None else request.prompt
         except PromptError as err:
             raise InvalidRequest(str(err), param="messages") from None
         tokens = tokenize(text)

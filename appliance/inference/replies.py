@@ -1,5 +1,6 @@
-"""A job's events as the APIs take them: the text as it streams, the tool calls read out of it, its end;
-and the whole reply collected from them.  Each API only shapes these into its own pieces."""
+"""A job's events as the APIs take them: the thinking a model writes before its answer, the text as it
+streams, the tool calls read out of it, its end; and the whole reply collected from them.  Each API only
+shapes these into its own pieces."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ from typing import AsyncIterator
 
 from ..errors import GenerationFailed
 from .generation import Finished, Text
-from .tools import Call, Cut, Offer, Splitter
+from .tools import Call, Cut, Offer, Splitter, opening
+
+
+THINK, THOUGHT = "<think>", "</think>"
+
+
+@dataclass(frozen=True, slots=True)
+class Thought:
+    """A piece of what a thinking model (Qwen 3) writes between <think> and </think>, before its answer."""
+    text: str
 
 
 @dataclass(frozen=True)
@@ -26,7 +36,7 @@ class Calls:
         return bool(self.calls) and not self.cut
 
 
-Event = Text | Calls | Finished
+Event = Thought | Text | Calls | Finished
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,68 @@ class Reply:
     text: str
     calls: Calls
     finished: Finished
+    thinking: str = ""
+
+
+def read(events: AsyncIterator, offer: Offer, thinking: bool | None) -> AsyncIterator[Event]:
+    """The job's events as the APIs take them: its thinking (`thinking` None: the model's template does not
+    think; False: what it thinks anyway is left out, never mixed into the answer), its words and its calls."""
+    if thinking is not None:
+        events = _thoughts(events, thinking)
+    return words_and_calls(events, offer)
+
+
+class _Thinking:
+    """Splits a reply that opens with <think> into its thought and its answer as they stream: a possible
+    beginning of either marker, and whitespace around the thought, is held until it is decided."""
+
+    def __init__(self):
+        self.state, self.held = "start", ""
+
+    def feed(self, text: str) -> tuple[str, str]:
+        """The thought and the answer `text` completes."""
+        self.held += text
+        if self.state == "start":
+            opened = self.held.lstrip()
+            if THINK.startswith(opened):
+                return "", ""
+            if not opened.startswith(THINK):
+                self.state = "answer"
+                return "", self._take(len(self.held))
+            self.state, self.held = "thinking", opened[len(THINK):].lstrip()
+        if self.state == "thinking":
+            at = self.held.find(THOUGHT)
+            if at < 0:
+                return self._take(len(self.held[:len(self.held) - opening(self.held, THOUGHT)].rstrip())), ""
+            thought = self.held[:at].rstrip()
+            self.state, self.held = "after", self.held[at + len(THOUGHT):]
+            return thought, self.feed("")[1]
+        if self.state == "after":  # the blank lines between the thought and the answer
+            if not self.held.strip():
+                return "", ""
+            self.state, self.held = "answer", self.held.lstrip()
+        return "", self._take(len(self.held))
+
+    def end(self) -> tuple[str, str]:
+        """What is held when the reply ends: a thought the token limit cut, or words."""
+        held, self.held = self.held, ""
+        return (held, "") if self.state == "thinking" else ("", "" if self.state == "after" else held)
+
+    def _take(self, n: int) -> str:
+        taken, self.held = self.held[:n], self.held[n:]
+        return taken
+
+
+async def _thoughts(events: AsyncIterator, shown: bool) -> AsyncIterator:
+    split = _Thinking()
+    async for event in events:
+        thought, words = split.end() if isinstance(event, Finished) else split.feed(event.text)
+        if thought and shown:
+            yield Thought(thought)
+        if words:
+            yield Text(words)
+        if isinstance(event, Finished):
+            yield event
 
 
 def words_and_calls(events: AsyncIterator, offer: Offer) -> AsyncIterator[Event]:
@@ -46,6 +118,9 @@ async def _split(events: AsyncIterator, offer: Offer) -> AsyncIterator[Event]:
     family = offer.family
     splitter = Splitter(family.start)
     async for event in events:
+        if isinstance(event, Thought):
+            yield event
+            continue
         if not isinstance(event, Finished):
             if words := splitter.feed(event.text):
                 yield Text(words)
@@ -67,14 +142,16 @@ async def _split(events: AsyncIterator, offer: Offer) -> AsyncIterator[Event]:
 
 
 async def collect(events: AsyncIterator[Event]) -> Reply:
-    """The whole reply: its text, its calls and how it finished."""
-    parts, calls = [], Calls()
+    """The whole reply: its text, its calls, how it finished and what the model thought first."""
+    parts, thoughts, calls = [], [], Calls()
     async for event in events:
         match event:
+            case Thought():
+                thoughts.append(event.text)
             case Text():
                 parts.append(event.text)
             case Calls():
                 calls = event
             case Finished():
-                return Reply("".join(parts), calls, event)
+                return Reply("".join(parts), calls, event, "".join(thoughts))
     raise GenerationFailed("the reply ended without finishing")

@@ -3,10 +3,14 @@ how calls are read back out of the model's text.
 
 A model calls a tool by writing it in the format its chat template taught it.  The families here cover
 the small models people run: Hermes and Qwen (`<tool_call>{...}</tool_call>`), Llama 3.x (a bare JSON
-object with `parameters`) and Mistral (`[TOOL_CALLS][{...}]`).  The grammar is made from the tools'
-own JSON schemas, so a call that is written names a tool that exists and carries arguments that
-validate; with tool_choice "auto" it is lazy (the model may answer in words, and the grammar takes over
-from the call's opening marker), with "required" or a named tool it holds from the first token.
+object with `parameters`) and Mistral (`[TOOL_CALLS][{...}]`).  A model whose template shows it no tools
+but which can follow instructions (SmolLM2, Phi-4-mini: the catalog says which) is taught Hermes' format
+in its system message: the `generic` family, as llama.cpp's generic format does for such models.
+
+The grammar is made from the tools' own JSON schemas, so a call that is written names a tool that exists
+and carries arguments that validate; with tool_choice "auto" it is lazy (the model may answer in words,
+and the grammar takes over from the call's opening marker), with "required" or a named tool it holds
+from the first token.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ class Family:
         """The JSON objects of the calls in `text` (which begins with `start`), as far as they are whole, and
         what follows the last of them (a call the limit cut)."""
         decoder = json.JSONDecoder(strict=False)  # a model may write a raw newline inside a string
-        if self.name == "hermes":
+        if self.start == "<tool_call>":
             bodies = re.findall(r"<tool_call>(.*?)</tool_call>", text, re.S)
             last = text.rpartition(self.start)[2]
             bodies.append("" if "</tool_call>" in last else last)
@@ -111,13 +115,20 @@ HERMES = Family("hermes", "<tool_call>", "arguments", '"<tool_call>" "\\n"? call
                 '("<tool_call>" "\\n"? call "\\n"? "</tool_call>" "\\n"?)+')
 # Llama 3.x writes its call as a bare JSON object, `{"name"` or `{ "name"`: the whole reply from its first
 # brace on is held until it is known to be a call or not.
-LLAMA3 = Family("llama3", "{", "parameters", "call", "call")
+LLAMA3 = Family("llama3-json", "{", "parameters", "call", "call")
 MISTRAL = Family("mistral", "[TOOL_CALLS]", "arguments", '"[TOOL_CALLS]" "[" call "]"',
                  '"[TOOL_CALLS]" "[" call ("," " "? call)* "]"')
+GENERIC = Family("generic", HERMES.start, HERMES.arguments, HERMES.one, HERMES.many)
+FAMILIES = {f.name: f for f in (HERMES, LLAMA3, MISTRAL, GENERIC)}  # by the names the catalog's `tools` uses
+TEACHING = ("You can call tools. To call one, write <tool_call>{\"name\": <tool name>, \"arguments\": <its "
+            "arguments as a JSON object>}</tool_call> and nothing after it. The tools:\n")
 
 
-def family(template: str) -> Family | None:
-    """The tool-call family a chat template teaches, or None when it knows no tools."""
+def family(template: str, declared: str | None = None) -> Family | None:
+    """The tool-call family a model takes: the one its catalog tier `declared` ("none": it takes no tools), else
+    the one its chat template teaches, or None when it knows no tools."""
+    if declared is not None:
+        return FAMILIES.get(declared)
     if "tools" not in template:
         return None
     if "<tool_call>" in template:
@@ -126,6 +137,8 @@ def family(template: str) -> Family | None:
         return MISTRAL
     if "ipython" in template or '"parameters"' in template:
         return LLAMA3
+    if "<|tool|>" in template:  # Phi-4-mini's: tools in a system message field no API fills
+        return GENERIC
     return None
 
 
@@ -152,15 +165,42 @@ def checked(tools: object, where: str = "tools") -> list[dict]:
 @dataclass(frozen=True)
 class Offer:
     """What a request's tools come to: the list the chat template is given, the grammar that keeps calls
-    valid, and the family that reads them back (all None: no tools, or tool_choice "none")."""
+    valid, and the family that reads them back (all None: no tools, or tool_choice "none"); for the generic
+    family, the system message's lesson in its stead (`taught`)."""
     tools: list[dict] | None = None
     grammar: Grammar | None = None
     family: Family | None = None
+    taught: str | None = None
+
+    def messages(self, messages: list[dict]) -> list[dict]:
+        """The conversation as the model is given it: for the generic family, with the tools taught in the
+        system message and the calls and results so far written as text in that format."""
+        if self.taught is None:
+            return messages
+        system = [m for m in messages if m["role"] == "system"][:1]
+        written = [_as_text(m) for m in messages if not system or m is not system[0]]
+        return [{"role": "system", "content": (system[0]["content"] + "\n\n" if system else "") + self.taught}] \
+            + written
 
 
-def offer(template: str, tools: object, choice: object = "auto", parallel: bool = True) -> Offer:
-    """The tools of a request for the model whose chat template is `template`; SchemaError if it cannot take
-    them.  `choice` is OpenAI's tool_choice: "auto", "none", "required" or {"function": {"name"}}."""
+def _as_text(message: dict) -> dict:
+    """A message of the conversation with its tool calls, or its tool result, written as the generic family
+    teaches them."""
+    if message.get("tool_calls"):
+        calls = "".join("<tool_call>" + json.dumps({"name": call["function"]["name"],
+                                                    "arguments": call["function"]["arguments"]}) + "</tool_call>"
+                        for call in message["tool_calls"])
+        return {"role": "assistant", "content": message["content"] + calls}
+    if message["role"] == "tool":
+        return {"role": "user", "content": f"<tool_response>\n{message['content']}\n</tool_response>"}
+    return message
+
+
+def offer(template: str, tools: object, choice: object = "auto", parallel: bool = True,
+          declared: str | None = None) -> Offer:
+    """The tools of a request for the model whose chat template is `template` (and whose catalog tier
+    `declared` a tool format, if it is a tier); SchemaError if it cannot take them.  `choice` is OpenAI's
+    tool_choice: "auto", "none", "required" or {"function": {"name"}}."""
     if tools is None or tools == [] or choice == "none":
         return Offer()
     tools = checked(tools)
@@ -174,11 +214,19 @@ def offer(template: str, tools: object, choice: object = "auto", parallel: bool 
     elif choice not in ("auto", "required"):
         raise SchemaError("'tool_choice' is \"auto\", \"none\", \"required\" or {\"type\": \"function\", "
                           "\"function\": {\"name\": ...}}")
-    found = family(template)
+    found = family(template, declared)
     if found is None:
-        raise SchemaError("the model's chat template does not offer tools to it; choose a model whose template does "
-                          "(Qwen, Hermes, Llama 3.x, Mistral), or send the request without 'tools'")
+        raise SchemaError("this model does not take tools; choose one that does (Qwen, Llama 3.x, SmolLM2 360M or "
+                          "larger, Phi-4-mini, Mistral), or send the request without 'tools'")
+    if found is GENERIC:
+        return Offer(None, found.grammar(tools, required, parallel), found,
+                     TEACHING + "\n".join(json.dumps(tool["function"]) for tool in tools))
     return Offer(tools, found.grammar(tools, required, parallel), found)
+
+
+def opening(text: str, marker: str) -> int:
+    """How long the end of `text` is that may be the beginning of `marker`."""
+    return next((n for n in range(min(len(marker) - 1, len(text)), 0, -1) if marker.startswith(text[-n:])), 0)
 
 
 class Splitter:
@@ -197,7 +245,6 @@ class Splitter:
             self.calling = True
             words, self.held = self.held[:at], self.held[at:]
             return words
-        keep = next((n for n in range(min(len(self.start) - 1, len(self.held)), 0, -1)
-                     if self.start.startswith(self.held[-n:])), 0)
+        keep = opening(self.held, self.start)
         words, self.held = self.held[:len(self.held) - keep], self.held[len(self.held) - keep:]
         return words

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import catalog, config as config_module, db as database, device, systemd
+from .. import catalog, config as config_module, db as database, device, speed, systemd
 from ..config import Config
 from ..downloads import Downloads
 from ..errors import MethodNotAllowed, ModelError, NotFound, ServiceError
@@ -174,7 +174,7 @@ def create_app(config: Config, model_path=None, *, prove: bool = True) -> Starle
         following = asyncio.create_task(governed.run())
         try:
             yield {"engine": engine, "db": db, "metrics": metrics, "config": config, "downloads": Downloads(),
-                   "catalog": catalog.of(config),
+                   "catalog": catalog.of(config), "speeds": speed.Table.read(),
                    "live": live, "failures": failures, "session_key": session_key, "governed": governed,
                    "proofs": proofs}
         finally:

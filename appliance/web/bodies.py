@@ -31,6 +31,24 @@ def _refused(why: str, param: str):
     return read
 
 
+def _think(raw: object) -> bool:
+    """Ollama's `think`: true or false, or a level (gpt-oss's), which turns it on."""
+    if raw is None or isinstance(raw, bool):
+        return bool(raw)
+    if raw in ("low", "medium", "high"):
+        return True
+    raise ValueError("'think' must be true, false, \"low\", \"medium\" or \"high\"")
+
+
+def _effort(raw: object) -> bool:
+    """OpenAI's `reasoning_effort`: any effort but none or minimal turns a thinking model's thinking on."""
+    if raw is None or raw in ("none", "minimal"):
+        return False
+    if raw in ("low", "medium", "high"):
+        return True
+    raise ValueError("'reasoning_effort' must be \"none\", \"minimal\", \"low\", \"medium\" or \"high\"")
+
+
 LOGPROBS = ("log probabilities are not returned by this box; send the request without 'logprobs' and "
             "'top_logprobs'")
 
@@ -174,6 +192,10 @@ class ChatCompletion(Sampled):
                                           "{\"name\"}}`.", read=lambda raw: "auto" if raw is None else raw,
                                   shape="string or object")
     parallel_tool_calls: bool = setting(True, "Whether the model may call more than one tool at once.")
+    reasoning_effort: bool = setting(False, "`low`, `medium` or `high` let a thinking model (Qwen 3) think first; "
+                                            "its thinking comes back in `reasoning_content`, apart from the answer.  "
+                                            "Refused for a model that cannot think.", read=_effort, shape="string",
+                                     allowed="none, minimal, low, medium, high")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,9 +244,9 @@ class OllamaGenerating:
     stream: bool = setting(True, "Stream the reply, one JSON object a line.")
     format: Grammar | None = _format_field()
     options: OllamaOptions = section(OllamaOptions)
-    think: None = setting(None, "Refused when true: this box's models have no thinking mode.",
-                          read=_refused("this box's models have no thinking mode; send 'think': false or leave it "
-                                        "out", "think"), shape="boolean", allowed="absent, null or false")
+    think: bool = setting(False, "Let a thinking model (Qwen 3) think first; its thinking comes back in `thinking`, "
+                                 "apart from the answer.  Refused for a model that cannot think.", read=_think,
+                          shape="boolean or string", allowed="true, false, low, medium, high")
     keep_alive: object = setting(None, "Taken and checked, but changes nothing: the model stays loaded.",
                                  read=_duration, shape="string or number")
     logprobs: None = _logprobs_field()

@@ -25,7 +25,9 @@ from .. import conversations
 from ..errors import InvalidRequest, NotFound
 from ..inference import prompts
 from ..inference.generation import Finished, Request as Generation
-from . import bodies, markdown
+from ..inference.replies import read
+from ..inference.tools import Offer
+from . import bodies, constrained, markdown
 from .auth import Identity, page, public_files, route
 from .http import parse, read_json, unless_disconnected
 from .pages import HERE, render
@@ -105,6 +107,7 @@ async def _reply(request: Request, conversation_id: str, history: list[dict], ac
     generation = Generation(messages=prompts.messages([{"role": m["role"], "content": m["content"]}
                                                        for m in history]), truncate=True)
     started, events = await unless_disconnected(request, engine.begin(generation))
+    events = read(events, Offer(), constrained.thinking(engine, False, None, "think"))  # a thought is no answer
     if accepted:
         accepted()
 

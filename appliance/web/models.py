@@ -19,17 +19,19 @@ import asyncio
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .. import store
-from ..catalog import HEADROOM, Catalog, fits
+from ..catalog import HEADROOM, Catalog, Tier, fits
 from ..config import Config
 from ..downloads import Downloads
 from ..errors import Conflict, InvalidRequest, ModelError, ModelUnusable, UnknownModel
 from ..inference.engine import Engine
 from ..inference.served import model_id
+from ..speed import Calibration, Estimate
 from ..store import StoreError
 from .auth import Identity, page, route
 from . import bodies
@@ -44,11 +46,35 @@ MODEL_MAX_BYTES = 64 * 2**30
 
 
 def installed(request: Request) -> list[dict]:
+    """The store's models; a catalog tier's with its licence, its memory at the box's context and its speed."""
     config: Config = request.state.config
     served = request.state.engine.served
-    return [{"name": name, "id": model_id(Path(name)), "size": size, "tier": request.state.catalog.tier_of(name),
+    estimate = speed_here(request)
+    return [{"name": name, "id": model_id(Path(name)), "size": size,
              "served": served is not None and served.path == config.data.models / name}
+            | _as_tier(request.state.catalog.with_file(name), config.inference.context_tokens, estimate)
             for name, size in store.installed(config.data.models).items()]
+
+
+def _as_tier(tier: Tier | None, context: int, estimate: Callable[[Tier], Estimate | None]) -> dict:
+    if tier is None:
+        return {"tier": None, "licence": None, "ram": None, "speed": None}
+    return {"tier": tier.name, "licence": tier.licence, "ram": tier.ram(context), "speed": _speed(estimate(tier))}
+
+
+def _speed(estimate: Estimate | None) -> dict | None:
+    return estimate.as_dict() if estimate else None
+
+
+def speed_here(request: Request) -> Callable[[Tier], Estimate | None]:
+    """How fast each tier would write on this box (appliance/speed.py), scaled by what the served model's
+    last long reply measured, when it is a tier."""
+    catalog: Catalog = request.state.catalog
+    decoded = request.state.metrics.decoded
+    measured = catalog.with_file(decoded[0]) if decoded else None
+    calibration = Calibration(measured.name, decoded[1], decoded[2]) if measured else None
+    threads, table = request.state.engine.threads, request.state.speeds
+    return lambda tier: table.estimate(tier.name, threads, calibration)
 
 
 def engine_name(request: Request, name: str) -> str:
@@ -69,21 +95,23 @@ def catalog_fit(request: Request) -> dict:
     config: Config = request.state.config
     ladder: Catalog = request.state.catalog
     present, box, context = store.installed(config.data.models), total_ram(), config.inference.context_tokens
-    reserve = config.governor.memory_reserve(box)
-    offered = ladder.recommend(box, reserve, context)
+    reserve, estimate = config.governor.memory_reserve(box), speed_here(request)
+    offered = ladder.recommend(box, reserve, context, estimate)
     return {"box_ram": box, "headroom": HEADROOM, "reserve": box * reserve // 100, "context": context,
-            "recommended": {"tier": offered.tier and offered.tier.name, "why": offered.why}, "tiers": [
+            "recommended": {"tier": offered.tier and offered.tier.name, "why": offered.why},
+            "speed_measured_on": request.state.speeds.machine, "tiers": [
                 {"name": t.name, "ollama": t.ollama, "file": t.file, "size": t.size, "licence": t.licence,
                  "tools": t.has_tools, "context": t.context, "ram": t.ram(context),
                  "needs": t.ram(context) + HEADROOM + box * reserve // 100, "fits": fits(t, box, reserve, context),
-                 "installed": t.file in present, "recommended": t == offered.tier} for t in ladder.tiers]}
+                 "speed": _speed(estimate(t)), "installed": t.file in present, "recommended": t == offered.tier}
+                for t in ladder.tiers]}
 
 
 def overview(request: Request) -> dict:
     """What a page about the box's models shows: the installed ones, and the catalog against this box."""
     fit = catalog_fit(request)
     return {"installed": installed(request), "catalog": fit["tiers"], "ram": fit["box_ram"],
-            "recommended": fit["recommended"]}
+            "recommended": fit["recommended"], "speed_measured_on": fit["speed_measured_on"]}
 
 
 async def listing(request: Request):

@@ -15,11 +15,11 @@ from starlette.responses import JSONResponse, StreamingResponse
 from .. import store
 from ..downloads import Downloads
 from ..errors import DownloadFailed, NotReady, ServiceError, UnknownModel
-from ..inference import tools
+from ..inference import prompts
 from ..inference.engine import Engine
 from ..inference.generation import Finished, Request as Generation, Text
 from ..inference.served import Served, model_id
-from ..inference.replies import Calls, collect, words_and_calls
+from ..inference.replies import Calls, Thought, collect, read
 from ..inference.tools import Offer
 from . import bodies, constrained, models
 from .auth import Identity, route
@@ -49,34 +49,36 @@ def _details(served: Served) -> dict:
 
 
 async def _respond(request: Request, engine: Engine, name: str, generation: Generation, stream: bool, chat: bool,
-                   offer: Offer = Offer()):
+                   thinking: bool | None, offer: Offer = Offer()):
     started = time.monotonic_ns()
     _, events = await unless_disconnected(request, engine.begin(generation))
-    events = words_and_calls(events, offer)
+    events = read(events, offer, thinking)
 
-    def piece(text: str, calls: Calls = Calls()) -> dict:
+    def piece(text: str, calls: Calls = Calls(), thought: str = "") -> dict:
         out = {"model": name, "created_at": _now()}
         if not chat:
-            return out | {"response": text}
-        message = {"role": "assistant", "content": text}
+            return out | {"response": text} | ({"thinking": thought} if thought else {})
+        message = {"role": "assistant", "content": text} | ({"thinking": thought} if thought else {})
         if calls.whole:  # a cut call's arguments are not yet the object Ollama gives
             message["tool_calls"] = [{"function": {"name": c.name, "arguments": c.arguments}} for c in calls.calls]
         return out | {"message": message}
 
-    def final(done: Finished, text: str = "", calls: Calls = Calls()) -> dict:
+    def final(done: Finished, text: str = "", calls: Calls = Calls(), thought: str = "") -> dict:
         total = time.monotonic_ns() - started
-        return piece(text, calls) | {
+        return piece(text, calls, thought) | {
             "done": True, "done_reason": "length" if done.reason == "length" and not calls.whole else "stop",
             "total_duration": total, "load_duration": 0, "prompt_eval_count": done.prompt_tokens,
             "prompt_eval_duration": 0, "eval_count": done.completion_tokens, "eval_duration": int(done.seconds * 1e9)}
 
     if not stream:
         reply = await unless_disconnected(request, collect(events))
-        return JSONResponse(final(reply.finished, reply.text, reply.calls))
+        return JSONResponse(final(reply.finished, reply.text, reply.calls, reply.thinking))
 
     async def lines():
         async for event in events:
             match event:
+                case Thought():
+                    yield piece("", thought=event.text) | {"done": False}
                 case Text():
                     yield piece(event.text) | {"done": False}
                 case Calls() if event.whole:  # as Ollama streams them: all calls in one message
@@ -104,11 +106,13 @@ async def chat(request: Request):
     engine: Engine = request.state.engine
     body = parse(bodies.OllamaChat, await read_json(request))
     engine.check_model(models.engine_name(request, body.model))
-    offer = constrained.tool_offer(engine, body.tools)
+    offer = constrained.tool_offer(request, body.tools)
+    output = constrained.only_one(offer, body.format)
+    thinking = constrained.thinking(engine, body.think, output, "think")
     # As Ollama does, a conversation longer than the context loses its oldest turns instead of failing.
-    generation = Generation(messages=body.messages, truncate=True, tools=offer.tools,
-                            grammar=constrained.only_one(offer, body.format), **_options(body))
-    return await _respond(request, engine, body.model, generation, body.stream, True, offer)
+    generation = Generation(messages=offer.messages(body.messages), truncate=True, tools=offer.tools, grammar=output,
+                            think=bool(thinking), **_options(body))
+    return await _respond(request, engine, body.model, generation, body.stream, True, thinking, offer)
 
 
 async def generate(request: Request):
@@ -119,12 +123,14 @@ async def generate(request: Request):
         return JSONResponse({"model": body.model, "created_at": _now(), "response": "", "done": True,
                              "done_reason": "load"})
     common = _options(body) | {"grammar": body.format}
+    thinking = None if body.raw else constrained.thinking(engine, body.think, body.format, "think")
     if body.raw:
         generation = Generation(prompt=body.prompt, **common)
     else:
         system = [{"role": "system", "content": body.system}] if body.system else []
-        generation = Generation(messages=system + [{"role": "user", "content": body.prompt}], truncate=True, **common)
-    return await _respond(request, engine, body.model, generation, body.stream, chat=False)
+        generation = Generation(messages=system + [{"role": "user", "content": body.prompt}], truncate=True,
+                                think=bool(thinking), **common)
+    return await _respond(request, engine, body.model, generation, body.stream, False, thinking)
 
 
 async def tags(request: Request):
@@ -153,7 +159,8 @@ async def show(request: Request):
         "model_info": {"general.architecture": served.architecture or None,
                        "general.parameter_count": served.parameters,
                        "context_length": served.context_tokens},
-        "capabilities": ["completion"] + (["tools"] if tools.family(served.template) else []), "modified_at": _now()})
+        "capabilities": ["completion"] + (["tools"] if constrained.tool_family(request, served) else [])
+        + (["thinking"] if prompts.thinks(served.template) else []), "modified_at": _now()})
 
 
 async def running(request: Request):

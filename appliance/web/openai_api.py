@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from ..errors import ServiceError
 from ..inference.engine import Engine
 from ..inference.generation import Finished, Request as Generation, Text
-from ..inference.replies import Calls, collect, words_and_calls
+from ..inference.replies import Calls, Thought, collect, read
 from ..inference.tools import Cut, Offer
 from . import bodies, constrained
 from .models import engine_name
@@ -23,16 +23,20 @@ from .auth import Identity, route
 from .http import openai_error, parse, read_json, unless_disconnected
 
 
-def _generation(request: Request, body: bodies.Sampled) -> tuple[Generation, Offer]:
+def _generation(request: Request, body: bodies.Sampled) -> tuple[Generation, Offer, bool | None]:
+    """The job a request asks for, the tools it offers and how its reply is read for thinking."""
     engine: Engine = request.state.engine
     engine.check_model(engine_name(request, body.model))
     chat = isinstance(body, bodies.ChatCompletion)
-    offer = constrained.tool_offer(engine, body.tools, body.tool_choice, body.parallel_tool_calls) if chat else Offer()
+    offer = constrained.tool_offer(request, body.tools, body.tool_choice, body.parallel_tool_calls) if chat else Offer()
+    output = constrained.only_one(offer, body.response_format)
     common = {"max_tokens": body.limit, "stop": body.stop, "sampling": body.sampling, "ignore_eos": body.ignore_eos,
-              "grammar": constrained.only_one(offer, body.response_format)}
+              "grammar": output}
     if chat:
-        return Generation(messages=body.messages, tools=offer.tools, **common), offer
-    return Generation(prompt=body.prompt, **common), offer
+        thinking = constrained.thinking(engine, body.reasoning_effort, output, "reasoning_effort")
+        return Generation(messages=offer.messages(body.messages), tools=offer.tools, think=bool(thinking),
+                          **common), offer, thinking
+    return Generation(prompt=body.prompt, **common), offer, None
 
 
 def _tool_calls(calls: Calls, streamed: bool) -> list[dict]:
@@ -52,15 +56,19 @@ def _usage(done: Finished) -> dict:
             "total_tokens": done.prompt_tokens + done.completion_tokens}
 
 
-def _choice(chat: bool, text: str | None, finish: str | None, delta: bool, calls: Calls = Calls()) -> dict:
-    """A completion's one choice: whole (`message`) or a streamed chunk of it (`delta`)."""
+def _choice(chat: bool, text: str | None, finish: str | None, delta: bool, calls: Calls = Calls(),
+            thought: str = "") -> dict:
+    """A completion's one choice: whole (`message`) or a streamed chunk of it (`delta`); a thinking model's
+    thought in `reasoning_content`, as llama-server and DeepSeek give it."""
     if not chat:
         return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
     given = bool(calls.calls)
+    reasoning = {"reasoning_content": thought} if thought else {}
     if delta:
-        message = ({"content": text} if text else {}) | ({"tool_calls": _tool_calls(calls, True)} if given else {})
+        message = ({"content": text} if text else {}) | reasoning | (
+            {"tool_calls": _tool_calls(calls, True)} if given else {})
     else:
-        message = {"role": "assistant", "content": text or (None if given else "")} | (
+        message = {"role": "assistant", "content": text or (None if given else "")} | reasoning | (
             {"tool_calls": _tool_calls(calls, False)} if given else {})
     return {"index": 0, ("delta" if delta else "message"): message, "logprobs": None, "finish_reason": finish}
 
@@ -72,20 +80,21 @@ def _finish_reason(done: Finished, calls: Calls) -> str:
 async def _complete(request: Request, *, chat: bool):
     engine: Engine = request.state.engine
     body = parse(bodies.ChatCompletion if chat else bodies.Completion, await read_json(request))
-    generation, offer = _generation(request, body)
+    generation, offer, thinking = _generation(request, body)
     stream, include_usage = body.stream, body.include_usage
     kind = "chat.completion" if chat else "text_completion"
 
     choice = functools.partial(_choice, chat)
     started, events = await unless_disconnected(request, engine.begin(generation))
-    events = words_and_calls(events, offer)
+    events = read(events, offer, thinking)
     base = {"id": ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12), "created": int(time.time()),
             "model": started.model, "system_fingerprint": "paladin"}
     if not stream:
         reply = await unless_disconnected(request, collect(events))
         done = reply.finished
         return JSONResponse(base | {"object": kind, "choices": [choice(reply.text, _finish_reason(done, reply.calls),
-                                                                        False, reply.calls)], "usage": _usage(done)})
+                                                                        False, reply.calls, reply.thinking)],
+                                    "usage": _usage(done)})
 
     chunk_kind = "chat.completion.chunk" if chat else "text_completion"
 
@@ -102,6 +111,8 @@ async def _complete(request: Request, *, chat: bool):
         try:
             async for event in events:
                 match event:
+                    case Thought():
+                        yield sse([choice(None, None, True, thought=event.text)])
                     case Text():
                         yield head + json.dumps(event.text) + tail
                     case Calls():

@@ -248,8 +248,8 @@ def chat_and_task(ha: HomeAssistant, results: dict) -> None:
 
 
 def no_tools(box: Service, ha: HomeAssistant, results: dict) -> None:
-    """The box switched to SmolLM2's own template, which has no tools: Assist's turn fails, with the box's
-    reason in Home Assistant's log (its conversation API answers 500 for any error inside a stream)."""
+    """The box switched to SmolLM2 with its own template, which has no tools (and no catalog tier that
+    teaches it them): Assist's turn fails, with the box's reason in Home Assistant's log (its conversation API answers 500 for any error inside a stream)."""
     httpx.put(f"{box.url}/models/default", json={"model": "smollm2.gguf"},
               headers={"Authorization": f"Bearer {box.token}"}, timeout=120).raise_for_status()
     before = len(ha.output().splitlines())
@@ -258,7 +258,7 @@ def no_tools(box: Service, ha: HomeAssistant, results: dict) -> None:
     reason = ha.logged("_types.ResponseError: ", before)
     expect(results, "assist on a model without tools", {"status": answered.status_code,
                                                         "log": reason.split("ResponseError: ")[-1]},
-           "does not offer tools" in reason, "the box's 400 naming the template in Home Assistant's log")
+           "does not take tools" in reason, "the box's 400 saying so in Home Assistant's log")
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from appliance import config
 from appliance.errors import InvalidRequest, NotReady, PromptTooLong, QueueFull, ServiceError
-from appliance.inference.engine import Engine
+from appliance.inference.engine import MEASURED_TOKENS, Engine
 from appliance.inference.generation import Finished, Request, Sampling
 from appliance.inference import replies
 from appliance.inference.grammar import from_schema
@@ -50,6 +50,21 @@ def test_generated_model_never_ends_early_and_streams_valid_text(tiny_model):
     assert (done.reason, done.completion_tokens) == ("length", 200)
     assert started.prompt_tokens == done.prompt_tokens > 1
     assert "\ufffd" not in text and len(text) >= 200  # no byte tokens: every piece is whole UTF-8
+
+
+def test_a_long_enough_reply_measures_the_models_decoding_speed(tiny_model):
+    """What the speed estimates are scaled by (appliance/speed.py): the served file, its threads, tokens/s."""
+    async def main():
+        engine, seen = await started_engine(tiny_model), []
+        for limit in (MEASURED_TOKENS - 1, MEASURED_TOKENS):
+            _, events = await engine.begin(Request(prompt="hello", max_tokens=limit))
+            await collect(events)
+            seen.append(engine.metrics.decoded)
+        await engine.close()
+        return seen
+
+    short, long = asyncio.run(main())
+    assert short is None and long[:2] == ("tiny.gguf", 1) and long[2] > 0
 
 
 def test_same_seed_same_text_and_prompt_cache_reused_across_turns(tiny_model):

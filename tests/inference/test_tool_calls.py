@@ -7,7 +7,7 @@ import pytest
 
 from appliance.inference import grammar, tools
 from appliance.inference.generation import Finished, Text
-from appliance.inference.replies import Calls, Reply, collect, words_and_calls
+from appliance.inference.replies import Calls, Reply, Thought, collect, read, words_and_calls
 from appliance.inference.grammar import SchemaError
 from appliance.inference.tools import HERMES, LLAMA3, MISTRAL, Call, Cut
 from buildhost.tinymodel import TEMPLATES
@@ -65,9 +65,47 @@ def test_a_replys_events_are_text_then_its_calls_then_its_end_and_collect_into_o
     assert asyncio.run(_read(["plain"], "stop", tools.Offer())) == [Text("plain"), Finished("stop", 5, 1, 0.1)]
 
 
-def test_each_template_family_is_recognised():
+def test_each_template_family_is_recognised_unless_the_catalog_declares_one():
     assert [tools.family(TEMPLATES[name]) for name in ("hermes", "llama3", "mistral", "plain")] == \
         [HERMES, LLAMA3, MISTRAL, None]
+    assert [tools.family(TEMPLATES["hermes"], declared) for declared in ("generic", "none", "llama3-json")] == \
+        [tools.GENERIC, None, LLAMA3]
+
+
+def test_the_generic_family_teaches_its_format_in_the_system_message_and_writes_past_calls_as_text():
+    offer = tools.offer(TEMPLATES["plain"], LIGHT, declared="generic")
+    assert offer.tools is None and offer.family is tools.GENERIC and offer.grammar.triggers == ("<tool_call>",)
+    called = {"role": "assistant", "content": "Sure.", "tool_calls": [
+        {"id": "1", "type": "function", "function": {"name": "light", "arguments": {"on": True}}}]}
+    given = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Light?"}, called,
+             {"role": "tool", "content": "done"}]
+    system, user, assistant, result = offer.messages(given)
+    assert system["content"].startswith("Be brief.\n\nYou can call tools.") and '{"name": "light"' in system["content"]
+    assert assistant == {"role": "assistant",
+                         "content": 'Sure.<tool_call>{"name": "light", "arguments": {"on": true}}</tool_call>'}
+    assert (user, result) == (given[1], {"role": "user", "content": "<tool_response>\ndone\n</tool_response>"})
+    assert offer.messages(given[1:2])[0]["content"].startswith("You can call tools.")
+    assert tools.offer(TEMPLATES["hermes"], LIGHT).messages(given) is given
+
+
+@pytest.mark.parametrize("reply", [
+    "<think>\nThe light is off.\n</think>\n\nTurning it on.",
+    "  <think>The light is off.</think>Turning it on.",
+])
+def test_a_thought_comes_apart_from_the_answer_however_the_reply_is_cut_into_pieces(reply):
+    for at in range(1, len(reply)):
+        for shown in (True, False):
+            events = asyncio.run(_read_thinking([reply[:at], reply[at:]], shown))
+            thought = "".join(e.text for e in events if isinstance(e, Thought))
+            assert thought == ("The light is off." if shown else ""), (at, events)
+            assert "".join(e.text for e in events if isinstance(e, Text)) == "Turning it on.", (at, events)
+    unclosed = asyncio.run(_read_thinking(["<think>The light", " is"], True))
+    assert unclosed == [Thought("The light"), Thought(" is"), Finished("length", 5, 2, 0.1)]
+    assert asyncio.run(_read_thinking(["<thin", "king of you"], True))[0] == Text("<thinking of you")
+
+
+async def _read_thinking(pieces, shown):
+    return [event async for event in read(_events(pieces, "length"), tools.Offer(), shown)]
 
 
 def test_what_a_request_may_offer():
@@ -77,7 +115,7 @@ def test_what_a_request_may_offer():
     assert auto.family is HERMES and auto.grammar.triggers == ("<tool_call>",)
     assert tools.offer(TEMPLATES["hermes"], LIGHT, {"type": "function", "function": {"name": "light"}}).grammar.triggers == ()
     for template, offered, choice, words in (
-            (TEMPLATES["plain"], LIGHT, "auto", "does not offer tools"),
+            (TEMPLATES["plain"], LIGHT, "auto", "does not take tools"),
             (TEMPLATES["hermes"], LIGHT, "always", "'tool_choice' is"),
             (TEMPLATES["hermes"], LIGHT, {"function": {"name": "dark"}}, "not one of the tools"),
             (TEMPLATES["hermes"], "light", "auto", "a list of 1 to 128"),

@@ -22,7 +22,7 @@ def tier_entry(name: str, url: str, size: int, sha256: str, **given) -> dict:
     """One tier of a catalog file (appliance/catalog.py), of a small model's shape unless `given` says else."""
     return {"name": name, "ollama": f"{name}:1b", "file": f"{name}.gguf", "url": url, "size": size, "sha256": sha256,
             "licence": "Apache-2.0", "context": 8192, "tools": "hermes", "layers": 2, "kv_heads": 1,
-            "head_dim": 64} | given
+            "head_dim": 64, "embedding": 128, "heads": 2, "feed_forward": 384, "vocab": 1200} | given
 
 
 @contextlib.contextmanager

@@ -92,6 +92,20 @@ class Service:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60,
                             **kwargs)
 
+    def with_sdks(self) -> "Service":
+        """The service with the real `openai` and `ollama` clients on it, as Home Assistant and Open WebUI
+        call it: `self.openai`, `self.ollama`."""
+        import ollama
+        import openai
+        self.openai = openai.OpenAI(base_url=self.url + "/v1", api_key=self.token)
+        self.ollama = ollama.Client(host=self.url, headers={"Authorization": f"Bearer {self.token}"})
+        return self
+
+    def choose(self, model: str) -> None:
+        """Serve the installed `model` (a file name), as the Models page chooses it."""
+        with self.client() as client:
+            assert client.put("/models/default", json={"model": model}).status_code == 200
+
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=60)

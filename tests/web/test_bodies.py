@@ -13,21 +13,15 @@ from appliance.errors import InvalidRequest
 from appliance.web import bodies
 from appliance.web.http import parse
 from buildhost import ROOT
+from tests.support.generated import Generated
 
-DOC = ROOT / "docs/api.md"
-BEGIN = "<!-- generated from appliance/web/bodies.py"
-END = "<!-- end of the generated fields -->"
-
-
-def documented() -> str:
-    text = DOC.read_text()
-    start = text.index("\n\n", text.index(BEGIN)) + 2
-    return text[start:text.index(END)]
+FIELDS = Generated(ROOT / "docs/api.md", "<!-- generated from appliance/web/bodies.py",
+                   "<!-- end of the generated fields -->")
 
 
 @pytest.mark.unit
 def test_docs_list_every_declared_field():
-    assert documented() == bodies.reference() + "\n", "docs/api.md's request fields are stale: run " \
+    assert FIELDS.read() == bodies.reference() + "\n", "docs/api.md's request fields are stale: run " \
                                                        "`.venv/bin/python -m tests.web.test_bodies`"
 
 
@@ -66,7 +60,10 @@ def test_a_minimal_body_takes_every_default():
      "options.temperature", "'options.temperature' must be a number, got \"hot\""),
     (bodies.OllamaChat, {"model": "m", "messages": [{"role": "user"}], "options": []}, "options",
      "'options' must be an object"),
-    (bodies.OllamaChat, {"model": "m", "messages": [{"role": "user"}], "think": True}, "think", "no thinking mode"),
+    (bodies.OllamaChat, {"model": "m", "messages": [{"role": "user"}], "think": "hard"}, "think",
+     "'think' must be true, false"),
+    (bodies.ChatCompletion, {"model": "m", "messages": [{"role": "user"}], "reasoning_effort": 2}, "reasoning_effort",
+     "'reasoning_effort' must be"),
     (bodies.OllamaGenerate, {"model": "m", "images": ["x"]}, "images", "read text only"),
     (bodies.OllamaGenerate, {"model": "m", "keep_alive": []}, "keep_alive", "a duration"),
     (bodies.OllamaGenerate, {"model": "m", "format": 3}, "format", "a JSON schema"),
@@ -77,11 +74,5 @@ def test_a_wrong_field_is_a_400_naming_it(cls, body, param, message):
     assert refused.value.param == param and message in refused.value.message
 
 
-def rewrite() -> None:
-    text = DOC.read_text()
-    start = text.index("\n\n", text.index(BEGIN)) + 2
-    DOC.write_text(text[:start] + bodies.reference() + "\n" + text[text.index(END):])
-
-
 if __name__ == "__main__":
-    rewrite()
+    FIELDS.write(bodies.reference())

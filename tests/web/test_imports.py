@@ -16,7 +16,7 @@ SHARED = {"appliance", "appliance.access", "appliance.catalog", "appliance.certi
           "appliance.conversations", "appliance.downloads", "appliance.db", "appliance.device", "appliance.errors",
           "appliance.facts", "appliance.files", "appliance.firstboot", "appliance.layout", "appliance.metrics",
           "appliance.owner",
-          "appliance.sessions", "appliance.store", "appliance.systemd", "appliance.tokens"}
+          "appliance.sessions", "appliance.speed", "appliance.store", "appliance.systemd", "appliance.tokens"}
 READ_SIDES = {"appliance.firewall", "appliance.firewall.state",  # the owner's settings, the outcome, the host key
               "appliance.update", "appliance.update.status"}  # the updater's state files, the running version
 CLIENT_SIDES = {"appliance.governor", "appliance.governor.client", "appliance.governor.protocol"}

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from appliance import config, db as database, files, store, tokens
+from appliance import config, db as database, files, speed, store, tokens
 from appliance.catalog import HEADROOM, Catalog
 from appliance.inference import llama
 from appliance.web import models
@@ -47,8 +47,8 @@ def saved(cfg: config.Config) -> str:
 @pytest.mark.unit
 def test_the_store_is_listed_with_the_served_model(owner):
     listed = owner.get("/models").json()["models"]
-    assert [(m["name"], m["id"], m["tier"], m["served"]) for m in listed] == [
-        ("other.gguf", "other", None, False), ("tiny.gguf", "tiny", None, True)]
+    assert [(m["name"], m["id"], m["tier"], m["licence"], m["ram"], m["served"]) for m in listed] == [
+        ("other.gguf", "other", None, None, None, False), ("tiny.gguf", "tiny", None, None, None, True)]
     assert listed[1]["size"] == (owner.config.data.models / "tiny.gguf").stat().st_size
 
 
@@ -220,6 +220,36 @@ class Tiers(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.unit
+def test_speeds_are_the_build_machines_until_the_box_has_measured_its_own(two_models):
+    """tiny.gguf stands as the catalog's SmolLM2-135M here: once a long reply has measured it, every tier's
+    estimate is scaled by this box's speed against the table's."""
+    models = DataDir(two_models).models
+    catalog = two_models / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump({"tiers": [
+        tier_entry("smollm2-135m", "http://127.0.0.1:9/a", (models / "tiny.gguf").stat().st_size, "0" * 64,
+                   file="tiny.gguf"),
+        tier_entry("qwen3-1.7b", "http://127.0.0.1:9/b", 10**9, "0" * 64, file="big.gguf")]}))
+    cfg = config.parse({"data_dir": str(two_models), "paths": {"catalog": str(catalog)},
+                        "inference": {"threads": 1, "context_tokens": 256}})
+    token = tokens.create(database.connect(cfg.data.database), "test")
+    table = speed.Table.read()
+    with TestClient(create_app(cfg, models / "tiny.gguf", prove=False),
+                    headers={"Authorization": f"Bearer {token}"}) as c:
+        before = c.get("/models/catalog").json()
+        assert [t["speed"] for t in before["tiers"]] == [
+            speed.Estimate(table.measured(name, 1), False).as_dict() for name in ("smollm2-135m", "qwen3-1.7b")]
+        assert before["speed_measured_on"] == table.machine
+        assert c.post("/v1/completions", json={"model": "paladin", "prompt": "hi", "max_tokens": 20,
+                                               "ignore_eos": True}).status_code == 200
+        here, bigger = [t["speed"] for t in c.get("/models/catalog").json()["tiers"]]
+        assert here["here"] and bigger["here"]
+        assert bigger["tokens_per_second"] == pytest.approx(
+            here["tokens_per_second"] * table.measured("qwen3-1.7b", 1) / table.measured("smollm2-135m", 1), rel=0.05)
+        tiny = next(m for m in c.get("/models").json()["models"] if m["name"] == "tiny.gguf")
+        assert (tiny["tier"], tiny["speed"]) == ("smollm2-135m", here)
+
+
 @pytest.fixture(scope="module")
 def catalog_service(tiny_model, tmp_path_factory):
     """The real service with a catalog of local tiers; header_seconds 2 so that a stalled upload ends soon."""
@@ -291,8 +321,10 @@ def test_a_download_reports_its_progress_until_installed_and_one_runs_at_a_time(
             assert c.post("/models/download", json={"tier": "gated"}).status_code == 202
             assert polled(c, lambda status: status["state"] != "downloading").items() >= {
                 "state": "done", "tier": "gated", "done": size, "total": size, "error": None}.items()
-            assert {"name": "gated.gguf", "id": "gated", "size": size, "tier": "gated", "served": False} in \
-                c.get("/models").json()["models"]
+            gated = next(m for m in c.get("/models").json()["models"] if m["name"] == "gated.gguf")
+            tier = next(t for t in c.get("/models/catalog").json()["tiers"] if t["name"] == "gated")
+            assert gated == {"name": "gated.gguf", "id": "gated", "size": size, "tier": "gated", "served": False,
+                             "licence": tier["licence"], "ram": tier["ram"], "speed": None}  # not in the speed table
             again = c.post("/models/download", json={"tier": "gated"})  # installed: nothing to fetch
             assert again.status_code == 200 and again.json()["state"] == "done"
     finally:

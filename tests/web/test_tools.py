@@ -60,15 +60,12 @@ def tool_service(tiny_model, tmp_path_factory):
     tinymodel.write(models / "caller.gguf", "small", "caller", only=("<tool_call>",), template="hermes")
     shutil.copy(tiny_model, models / "tiny.gguf")
     service = Service(None, data, config=UNLIMITED | {"inference": {"model": "tiny.gguf", "max_tokens": 200}})
-    service.openai = openai.OpenAI(base_url=service.url + "/v1", api_key=service.token)
-    service.ollama = ollama.Client(host=service.url, headers={"Authorization": f"Bearer {service.token}"})
-    yield service
+    yield service.with_sdks()
     service.stop()
 
 
 def serve(tool_service, model: str) -> None:
-    with tool_service.client() as client:
-        assert client.put("/models/default", json={"model": model + ".gguf"}).status_code == 200
+    tool_service.choose(model + ".gguf")
 
 
 def valid(name: str, arguments: dict, schemas: dict = SCHEMAS) -> None:
@@ -204,10 +201,10 @@ def test_what_cannot_be_done_is_a_clear_400(tool_service):
     serve(tool_service, "tiny")
     with pytest.raises(openai.BadRequestError) as err:
         tool_service.openai.chat.completions.create(model="paladin", messages=ASK, tools=TOOLS)
-    assert "chat template does not offer tools" in err.value.body["message"]
+    assert "does not take tools" in err.value.body["message"]
     with pytest.raises(ollama.ResponseError) as err:
         tool_service.ollama.chat(model="paladin", messages=ASK, tools=OLLAMA_TOOLS)
-    assert err.value.status_code == 400 and "does not offer tools" in err.value.error
+    assert err.value.status_code == 400 and "does not take tools" in err.value.error
     assert tool_service.ollama.show("paladin").capabilities == ["completion"]
     serve(tool_service, "hermes")
     for tools, choice, words in (
@@ -249,7 +246,7 @@ def test_the_async_ollama_client_as_home_assistant_uses_it(tool_service):
         assert calls
         for call in calls:
             valid(call.function.name, dict(call.function.arguments), OLLAMA_SCHEMAS)
-        with pytest.raises(ollama.ResponseError, match="no thinking mode") as refused:
+        with pytest.raises(ollama.ResponseError, match="does not think") as refused:
             await client.chat(model="paladin", messages=ASK, think=True)
         assert refused.value.status_code == 400
         serve(tool_service, "tiny")
