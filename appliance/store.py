@@ -7,10 +7,12 @@ pinned size and SHA-256, and only then renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import http.client
 import os
+import socket
 import threading
 import time
 import urllib.error
@@ -161,6 +163,34 @@ def download(url: str, sha256: str, size: int, models: Path, name: str, progress
     return _commit(part, digest.hexdigest(), sha256, dest)
 
 
+STOP_POLL_SECONDS = 0.5
+
+
+@contextlib.contextmanager
+def _cut_when(cancelled: threading.Event | None, response):
+    """While the block runs, a stop shuts the connection down under a read the network holds up, so that a
+    stalled download stops at once rather than after STALL_SECONDS."""
+    if cancelled is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if cancelled.wait(STOP_POLL_SECONDS):
+                with contextlib.suppress(OSError), socket.socket(fileno=os.dup(response.fileno())) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)  # the connection itself, under the read: it ends with EOF
+                return
+
+    watcher = threading.Thread(target=watch, name="download-stop", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
 def _attempt(url: str, part: Path, have: int, digest, size: int, progress: Progress | None,
              cancelled: threading.Event | None, stall_seconds: float) -> tuple[int, "hashlib._Hash"]:
     """One request for the bytes from `have` on, written to `part`; the bytes done and the digest."""
@@ -175,7 +205,7 @@ def _attempt(url: str, part: Path, have: int, digest, size: int, progress: Progr
         if have or isinstance(getattr(err, "reason", err), TimeoutError):
             raise _Dropped(str(err)) from None
         raise StoreError(f"download of {url} failed: {err}") from None
-    with response:
+    with response, _cut_when(cancelled, response):
         if have and response.status != 206:  # the server ignored the range: it sends the file from its start
             have, digest = 0, hashlib.sha256()
 
