@@ -25,6 +25,8 @@ SHIPPED = Path(__file__).with_name("catalog.yaml")
 # reserve fit the box's memory.
 HEADROOM = 512 * 2**20
 SHARE = 2  # the recommended tier takes at most 1/SHARE of the box's memory
+# The tool-call formats a tier may take (inference/tools.py's families, by name), or none.
+TOOL_FORMATS = ("hermes", "llama3-json", "mistral", "generic", "none")
 
 
 class CatalogError(ValueError):
@@ -76,6 +78,9 @@ def _tier(entry: object, index: int) -> Tier:
     for key, kind in names.items():
         if type(entry[key]).__name__ != kind:
             raise CatalogError(f"tier {index + 1} ({entry['name']}): {key}: {entry[key]!r} is not a {kind}")
+    if entry["tools"] not in TOOL_FORMATS:
+        raise CatalogError(f"tier {index + 1} ({entry['name']}): tools: {entry['tools']!r} is not one of "
+                           f"{', '.join(TOOL_FORMATS)}")
     return Tier(**entry)
 
 

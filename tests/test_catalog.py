@@ -99,6 +99,7 @@ def test_a_tiers_memory_counts_the_cache_at_the_boxs_context_up_to_its_own():
     ({"size": "big"}, "tier 1 (t): size: 'big' is not a int"),
     ({"licence": None}, "tier 1 (t): licence: None is not a str"),
     ({"extra": 1}, "tier 1: needs exactly the keys name, ollama, file"),
+    ({"tools": "hermse"}, "tier 1 (t): tools: 'hermse' is not one of hermes, llama3-json, mistral, generic, none"),
 ])
 def test_a_broken_catalog_names_the_tier_and_the_field(tmp_path, change, message):
     entry = tier_entry("t", "https://x/t.gguf", 1, "0" * 64) | change

@@ -7,6 +7,7 @@ import pytest
 
 from appliance.inference import grammar, tools
 from appliance.inference.generation import Finished, Text
+from appliance.catalog import TOOL_FORMATS
 from appliance.inference.replies import Calls, Reply, Thought, collect, read, words_and_calls
 from appliance.inference.grammar import SchemaError
 from appliance.inference.tools import HERMES, LLAMA3, MISTRAL, Call, Cut
@@ -70,6 +71,10 @@ def test_each_template_family_is_recognised_unless_the_catalog_declares_one():
         [HERMES, LLAMA3, MISTRAL, None]
     assert [tools.family(TEMPLATES["hermes"], declared) for declared in ("generic", "none", "llama3-json")] == \
         [tools.GENERIC, None, LLAMA3]
+
+
+def test_every_tool_format_a_catalog_tier_may_declare_is_a_family():
+    assert set(TOOL_FORMATS) == set(tools.FAMILIES) | {"none"}
 
 
 def test_the_generic_family_teaches_its_format_in_the_system_message_and_writes_past_calls_as_text():
