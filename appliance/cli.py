@@ -23,10 +23,20 @@ def _load(args) -> config_module.Config:
 
 
 def cmd_serve(args, config) -> None:
+    from .backup import swap
     from .web.server import serve  # gunicorn only where it is needed
 
+    if swap.finish(config.data):  # a restore the owner confirmed: in place before anything opens the data
+        config = _load(args)
     firstboot.prepare(config)  # where no first-boot unit ran (a developer's machine): the same secrets
-    serve(config, Path(args.model).resolve() if args.model else store.configured_model(config))
+    try:
+        serve(config, Path(args.model).resolve() if args.model else store.configured_model(config))
+    except SystemExit:
+        if not swap.committed(config.data):
+            raise
+        # The owner confirmed a restore and the worker stopped gunicorn: start again, as the same process
+        # (systemd's main PID), from the top.
+        os.execv(sys.executable, sys.orig_argv)
 
 
 def _on_the_box(config) -> bool:
@@ -45,6 +55,24 @@ def _as_service_user(verb: list[str], config) -> bool:
     print(command.run(["runuser", "-u", facts.SERVICE_USER, "--", sys.argv[0], *verb, "--data-dir", config.data_dir]),
           end="")
     return True
+
+
+def cmd_backup(args, config) -> None:
+    from .backup import contents  # the age and zstd libraries only where a backup is made
+    from .backup.archive import BackupError
+
+    if args.action == "list":
+        for made in contents.listing(config.data):
+            print(f"{made.path}\t{made.size}\t{made.key}")
+        return
+    if args.action == "scheduled" and not config.backup.schedule:
+        print("paladin: scheduled backups are off (backup.schedule)")
+        return
+    if not _as_service_user(["backup", args.action], config):
+        try:
+            print(contents.attempt(config).path)
+        except BackupError as err:
+            raise SystemExit(f"paladin: {err}") from None
 
 
 def cmd_firstboot(args, config) -> None:
@@ -131,6 +159,8 @@ VERBS = {
     "serve": verb(cmd_serve, "run the assistant service in the foreground",
                   arg("--model", help="GGUF model to serve (overrides the configured one)"),
                   *schema.options(config_module.ServerConfig, "server", ("listen", "https", "redirect"))),
+    "backup": verb(cmd_backup, "make a verified, encrypted backup now (or the daily one, if on), or list them",
+                   arg("action", choices=["now", "scheduled", "list"])),
     "firstboot": verb(cmd_firstboot, "make the device's missing secrets and setup code; show how to reach the box"),
     "setup": verb(cmd_setup, "on the box's console: a new setup code, unlocking the wizard after wrong codes",
                   arg("action", choices=["reset"])),

@@ -21,3 +21,22 @@ def run(argv: list, *, check: bool = True, stdin: str | None = None, timeout: fl
         said = (done.stderr or done.stdout).strip().splitlines()[-3:]
         raise CommandError(f"{argv[0]} failed (exit {done.returncode}): {' / '.join(said) or 'no output'}")
     return done.stdout
+
+
+def stream(argv: list, *, stdin, stdout, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """A tool that works on a stream the caller feeds or reads as it goes (`stdin`, `stdout`: a file or
+    subprocess.PIPE); `said` tells how it ended."""
+    try:
+        return subprocess.Popen([str(a) for a in argv], stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
+                                pass_fds=pass_fds)
+    except FileNotFoundError:
+        raise CommandError(f"{argv[0]} is not installed") from None
+
+
+def said(process: subprocess.Popen) -> str | None:
+    """Wait for a streaming tool; None when it succeeded, else what it said on stderr (its last lines)."""
+    stderr = process.stderr.read().decode(errors="replace")
+    process.stderr.close()
+    if process.wait() == 0:
+        return None
+    return " / ".join(stderr.strip().splitlines()[-3:]) or f"{process.args[0]} failed (exit {process.returncode})"

@@ -91,7 +91,7 @@ def connect(path: Path) -> sqlite3.Connection:
         _restore(path, version)
         db = _open(path)
     elif 0 < version < len(MIGRATIONS):
-        _copy(db, snapshot_path(path, version))
+        copy(db, snapshot_path(path, version))
     migrate(db)
     return db
 
@@ -108,10 +108,10 @@ def _restore(path: Path, newer: int) -> None:
         if source.exists():
             source.replace(aside.with_name(aside.name + suffix))
     with contextlib.closing(sqlite3.connect(snapshot)) as old:
-        _copy(old, path)
+        copy(old, path)
 
 
-def _copy(db: sqlite3.Connection, dest: Path) -> None:
+def copy(db: sqlite3.Connection, dest: Path) -> None:
     """A consistent copy of `db` at `dest`, complete or not there at all (power cuts)."""
     partial = files.partial(dest)
     partial.unlink(missing_ok=True)

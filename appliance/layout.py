@@ -78,6 +78,8 @@ class DeviceDir:
     tls_certificate = _in_root("tls-cert.pem")
     session_key_file = _in_root("session.key")  # signs the owner's browser sessions
     setup_code_file = _in_root("setup-code")  # until setup is finished
+    recovery_key = _in_root("recovery-key")  # the age identity backups are encrypted to (backup/keys.py)
+    recovery_key_proposed = _in_root("recovery-key.proposed")  # shown to the owner, not yet typed back
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class DataDir:
     models = _in_root("models")  # the model store: installed GGUF files, and downloads under way
     requests = _in_root("requests")  # the request channel's inbox (channel.py), read by root's helpers
     proofs = _in_root("proofs.json")  # the llama.cpp CPU variant that runs here, and the models it loaded
+    backups = _in_root("backups")  # the backups made on the box (*.age), and `.work/` while one is made
+    restore = _in_root("restore")  # a restore's checked files, and its commit mark once the owner confirms
 
     @property
     def device(self) -> DeviceDir:

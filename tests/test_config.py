@@ -26,7 +26,7 @@ def test_defaults_are_valid_and_complete():
     ({"inference": {"threads": -1}}, "inference.threads: -1 is out of range (allowed: 0 to 256)"),
     ({"inference": {"queue_size": "many"}}, "inference.queue_size: 'many' is not an integer"),
     ({"inference": {"queue_size": True}}, "inference.queue_size: True is not an integer"),
-    ({"inferense": {}}, "inferense: unknown key (known: data_dir, device, server, inference, update, firewall, governor, paths)"),
+    ({"inferense": {}}, "inferense: unknown key (known: data_dir, device, server, inference, update, firewall, governor, backup, paths)"),
     ({"device": {"timezone": "Mars/Olympus"}}, "device.timezone: 'Mars/Olympus' is not a time zone this box knows"),
     ({"device": {"name": "<script>"}}, "device.name: '<script>' is not allowed"),
     ({"data_dir": "relative/path"}, "data_dir: 'relative/path' is not allowed (allowed: an absolute path)"),

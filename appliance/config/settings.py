@@ -176,6 +176,20 @@ class GovernorConfig:
         return self.memory_percent or (15 if memory_total <= 8 * 2**30 else 10)
 
 
+@dataclass(frozen=True)
+class BackupConfig:
+    """Encrypted backups (docs/backups.md): what they hold, the daily one, and how many are kept on the box."""
+    schedule: bool = setting(False, "Make a backup every day (paladin-backup.timer) once the recovery kit is "
+                                    "confirmed.")
+    identity: bool = setting(True, "Include the box's TLS key and certificate and its session key, so a box restored "
+                                   "from the backup keeps the certificate fingerprint its owner accepted.")
+    models: bool = setting(False, "Include the installed models (large; the catalog downloads them again by their "
+                                  "pinned hashes anyway).")
+    keep: int = setting(7, "Backups kept on the box however old they are (the newest ones).", minimum=1, maximum=365)
+    days: int = setting(30, "Backups beyond `keep` are deleted once they are older than this many days.",
+                        minimum=1, maximum=3650)
+
+
 def _path(default: str, help: str, *, optional: bool = False) -> Any:
     return setting(default, help, pattern=r"^(/|$)" if optional else r"^/",
                    allowed="an absolute path" + (", or empty" if optional else ""))
@@ -199,6 +213,7 @@ class Config:
     update: UpdateConfig = section(UpdateConfig)
     firewall: FirewallConfig = section(FirewallConfig)
     governor: GovernorConfig = section(GovernorConfig)
+    backup: BackupConfig = section(BackupConfig)
     paths: PathsConfig = section(PathsConfig)
 
     @property

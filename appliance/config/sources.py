@@ -19,7 +19,7 @@ FIREWALL_SETTINGS = FirewallState().settings
 SYSTEM_ONLY = frozenset({"data_dir", "paths"})
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -37,24 +37,30 @@ def load(system_file: Path | None = SYSTEM_CONFIG, overrides: dict | None = None
     """
     config = Config()
     if system_file is not None and system_file.exists():
-        config = merge(config, _read_yaml(system_file), str(system_file))
+        config = merge(config, read_yaml(system_file), str(system_file))
     config = dataclasses.replace(config, firewall=read_firewall(firewall_file, config.firewall))
     overrides = overrides or {}
     config = merge(config, overrides, "command line")
     owner_file = config.data.owner_config
     if owner_file.exists():
-        owner = _read_yaml(owner_file)
-        if isinstance(owner, dict) and "firewall" in owner:
-            # The assistant writes this file: what reaches the box, and SSH as root, is the helper's to change.
-            raise ConfigError(f"{owner_file}: firewall: not allowed here (the firewall helper keeps these "
-                              f"settings in {firewall_file})")
-        if isinstance(owner, dict) and (placed := sorted(owner.keys() & SYSTEM_ONLY)):
-            # Root's helpers read this file too: no path of theirs may come from what the assistant writes.
-            raise ConfigError(f"{owner_file}: {placed[0]}: not allowed here (the image's {SYSTEM_CONFIG} or the "
-                              "command line sets where things are)")
-        config = merge(config, owner, str(owner_file))
+        config = merge(config, check_owner(read_yaml(owner_file), str(owner_file), config), str(owner_file))
         config = merge(config, overrides, "command line")
     return config
+
+
+def check_owner(owner: object, source: str, base: Config = Config()) -> object:
+    """The owner's file as read (from the data partition, or a backup about to be restored), refused with
+    the file and the key when it sets what is not the owner's to set or a value that is not allowed."""
+    if isinstance(owner, dict) and "firewall" in owner:
+        # The assistant writes this file: what reaches the box, and SSH as root, is the helper's to change.
+        raise ConfigError(f"{source}: firewall: not allowed here (the firewall helper keeps these "
+                          f"settings in {FIREWALL_SETTINGS})")
+    if isinstance(owner, dict) and (placed := sorted(owner.keys() & SYSTEM_ONLY)):
+        # Root's helpers read this file too: no path of theirs may come from what the assistant writes.
+        raise ConfigError(f"{source}: {placed[0]}: not allowed here (the image's {SYSTEM_CONFIG} or the "
+                          "command line sets where things are)")
+    merge(base, owner, source)
+    return owner
 
 
 def check_firewall(raw: dict, source: str, base: FirewallConfig = FirewallConfig()) -> FirewallConfig:
@@ -69,7 +75,7 @@ def check_firewall(raw: dict, source: str, base: FirewallConfig = FirewallConfig
 
 def read_firewall(path: Path, base: FirewallConfig = FirewallConfig()) -> FirewallConfig:
     """The firewall helper's settings file over `base` (just `base` while there is none)."""
-    return check_firewall(_read_yaml(path), str(path), base) if path.exists() else base
+    return check_firewall(read_yaml(path), str(path), base) if path.exists() else base
 
 
 def parse(raw: dict, source: str = "config") -> Config:
@@ -89,7 +95,7 @@ def save_owner(data_dir: Path, changes: dict) -> Config:
     owner_file = DataDir(Path(data_dir)).owner_config
     if kept := sorted(changes.keys() & (SYSTEM_ONLY | {"firewall"})):
         raise ConfigError(f"{owner_file}: {kept[0]}: not the owner's file to set")
-    merged = _deep_update(_read_yaml(owner_file) if owner_file.exists() else {}, changes)
+    merged = _deep_update(read_yaml(owner_file) if owner_file.exists() else {}, changes)
     checked = merge(Config(), merged, str(owner_file))
     files.write(owner_file, yaml.safe_dump(merged, sort_keys=True).encode(), mode=0o600)
     return checked

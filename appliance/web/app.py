@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -16,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import catalog, config as config_module, db as database, device, speed, systemd
+from ..backup import contents
 from ..config import Config
 from ..downloads import Downloads
 from ..errors import MethodNotAllowed, ModelError, NotFound, ServiceError
@@ -25,7 +27,8 @@ from ..inference.generation import Finished, Request as Generation
 from ..inference.probe import Proofs
 from ..metrics import Metrics
 from ..update import status as update_status
-from . import access, account, chat, governed as governor, models, ollama_api, openai_api, setup, system, updates
+from . import (access, account, backups, chat, governed as governor, models, ollama_api, openai_api, setup, system,
+               updates)
 from .auth import ROUTE_KEY, Identify, Identity, route
 from .http import BodyLimit, openai_error, peer_address
 from .listeners import RedirectListener
@@ -85,16 +88,17 @@ async def health(request: Request):
         if engine.state != "ready":
             return JSONResponse({"probe": "failed", "reason": engine.reason}, status_code=503)
         return JSONResponse(await probe(engine))
-    governor = request.state.governed.health()
+    # What the box's neighbours watch besides the model: the governor, and backups that stopped succeeding.
+    watched = {"governor": request.state.governed.health(), "backup": contents.health(request.state.config.data)}
     if engine.state == "ready":
         return JSONResponse({"status": "ok", "model": status["model"], "tier": request.state.catalog.tier_of(status["path"]),
                              "threads": status["threads"], "context_tokens": status["context_tokens"],
                              "cpu_variant": proofs.current().get("variant") if (proofs := request.state.proofs) else None,
-                             "version": VERSION, "governor": governor})
+                             "version": VERSION, **watched})
     if engine.state == "no_model":  # deliberately up without a model: healthy, waiting for the owner
         return JSONResponse({"status": "no_model", "model": None, "reason": engine.reason, "version": VERSION,
-                             "governor": governor})
-    return JSONResponse({"status": engine.state, "reason": engine.reason, "governor": governor}, status_code=503)
+                             **watched})
+    return JSONResponse({"status": engine.state, "reason": engine.reason, **watched}, status_code=503)
 
 
 async def metrics_page(request: Request):
@@ -141,13 +145,15 @@ def routes() -> list:
     return [route("/health", health, needs=Identity.PUBLIC, methods=["GET"]),
             route("/metrics", metrics_page, needs=Identity.TOKEN, methods=["GET"]),
             *openai_api.routes, *ollama_api.routes, *chat.routes, *models.routes, *updates.routes,
-            *setup.routes, *account.routes, *access.routes, *system.routes, *governor.routes]
+            *setup.routes, *account.routes, *access.routes, *system.routes, *governor.routes, *backups.routes]
 
 
-def create_app(config: Config, model_path=None, *, prove: bool = True) -> Starlette:
+def create_app(config: Config, model_path=None, *, prove: bool = True,
+               restart: Callable[[], None] | None = None) -> Starlette:
     """The app for `config`, serving the model at `model_path`, loaded at start (None: no model yet).
     `prove`: each model file, and the CPU variant, is first proven in a child (inference/probe.py); only
-    in-process tests, which start no process, turn it off."""
+    in-process tests, which start no process, turn it off.  `restart`: how the worker has the whole service
+    start again (a confirmed restore is put in place at its start; in-process tests have none)."""
     db = database.connect(config.data.database)
     metrics = Metrics()
     live = config_module.Live(config)
@@ -176,7 +182,7 @@ def create_app(config: Config, model_path=None, *, prove: bool = True) -> Starle
             yield {"engine": engine, "db": db, "metrics": metrics, "config": config, "downloads": Downloads(),
                    "catalog": catalog.of(config), "speeds": speed.Table.read(),
                    "live": live, "failures": failures, "session_key": session_key, "governed": governed,
-                   "proofs": proofs}
+                   "proofs": proofs, "restart": restart}
         finally:
             systemd.notify("STOPPING=1", "STATUS=shutting down")
             following.cancel()
@@ -194,7 +200,7 @@ def create_app(config: Config, model_path=None, *, prove: bool = True) -> Starle
                        error=error_response),
             Middleware(BodyLimit, limit=server.max_body_bytes, seconds=server.header_seconds,
                        error=error_response,
-                       streamed=(updates.BUNDLE_PATH, models.UPLOAD_PATH)),
+                       streamed=(updates.BUNDLE_PATH, models.UPLOAD_PATH, backups.RESTORE_PATH)),
             Middleware(Identify, db=db, failures=failures, session_seconds=server.session_hours * 3600),
         ],
         exception_handlers={ServiceError: handle_service_error, 404: handle_no_route, 405: handle_no_route},

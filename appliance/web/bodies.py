@@ -377,9 +377,17 @@ class Download:
     tier: str = setting(None, "A tier of the catalog, by its name or Ollama's (GET /models/catalog).", required=True)
 
 
+@dataclass(frozen=True, kw_only=True)
+class RecoveryKey:
+    """POST /backups/key"""
+    group: int = setting(None, "Which group of the recovery kit's key is typed back (the kit says which).",
+                         required=True, minimum=1, maximum=20)
+    typed: str = setting(None, "That group, as the kit shows it.", required=True)
+
+
 BODIES = (ChatCompletion, Completion, Embeddings, OllamaChat, OllamaGenerate, OllamaEmbed, OllamaEmbeddings,
           OllamaNamed, OllamaPull,
-          NewConversation, Renamed, OwnersMessage, UpdateStart, ModelChoice, Download)
+          NewConversation, Renamed, OwnersMessage, UpdateStart, ModelChoice, Download, RecoveryKey)
 
 
 def reference() -> str:

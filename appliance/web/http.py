@@ -223,8 +223,8 @@ def _write(out: BinaryIO, digest: "hashlib._Hash", chunk: bytes) -> None:
     digest.update(chunk)
 
 
-async def _pour(request: Request, out: BinaryIO, directory: Path, *, what: str, max_bytes: int, expected: int,
-                magic: bytes) -> tuple[int, "hashlib._Hash"]:
+async def pour(request: Request, out: BinaryIO, directory: Path, *, what: str, max_bytes: int, expected: int,
+               magic: bytes = b"") -> tuple[int, "hashlib._Hash"]:
     """The body into `out` (a file in `directory`), hashed on the way; its size and digest."""
     idle = request.state.config.server.header_seconds
     not_it = (f"what arrived is not {what} (it does not begin with {magic.decode()!r}); nothing was kept: "
@@ -280,7 +280,7 @@ async def receive_file(request: Request, dest: Path, *, what: str, max_bytes: in
     out = _claim(partial, f"{dest.name} is being uploaded already; wait for that upload to end")
     try:
         try:
-            size, digest = await _pour(request, out, dest.parent, what=what, max_bytes=max_bytes,
+            size, digest = await pour(request, out, dest.parent, what=what, max_bytes=max_bytes,
                                        expected=expected, magic=magic)
             out.flush()
         except OSError as err:

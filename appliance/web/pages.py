@@ -16,8 +16,9 @@ from .auth import Identity
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 # The owner's frame (base.html): every page of the owner's, in the order the nav shows them.
-NAV = (("/", "Chat"), ("/manage/models", "Models"), ("/manage/updates", "Updates"), ("/manage/system", "System"),
-       ("/manage/governor", "Resources"), ("/access", "Network access"), ("/tokens", "API tokens"))
+NAV = (("/", "Chat"), ("/manage/models", "Models"), ("/manage/updates", "Updates"), ("/manage/backups", "Backups"),
+       ("/manage/system", "System"), ("/manage/governor", "Resources"), ("/access", "Network access"),
+       ("/tokens", "API tokens"))
 
 
 def when(timestamp: float, zone: str) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import os
+import signal
 import socket
 import ssl
 import sys
@@ -186,7 +188,9 @@ class Server(BaseApplication):
     def load(self):
         from .app import create_app  # in the worker only: the arbiter never maps llama.cpp or numpy
 
-        return create_app(self.config, self.model_path)
+        # A confirmed restore stops the arbiter (gunicorn's SIGTERM: a graceful stop); `paladin serve` then
+        # starts again from the top and puts the restore in place before anything opens the data.
+        return create_app(self.config, self.model_path, restart=lambda: os.kill(os.getppid(), signal.SIGTERM))
 
 
 def serve(config: Config, model_path=None) -> None:

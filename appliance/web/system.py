@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .. import command, device, store
+from ..backup import contents
 from ..config import Config
 from ..inference.probe import Proofs
 from ..update import status as update_status
@@ -113,7 +114,7 @@ async def state(request: Request) -> dict:
             "fingerprint": fingerprint(config), "disk": disk(config), "memory": memory(),
             "uptime": round(time.clock_gettime(time.CLOCK_BOOTTIME)),
             "model": {key: engine.get(key) for key in ("state", "reason", "model", "path", "size_bytes")},
-            "cpu_variant": cpu_variant(request.state.proofs),
+            "cpu_variant": cpu_variant(request.state.proofs), "backup": contents.health(config.data),
             "journal": await asyncio.to_thread(journal_errors)}
 
 

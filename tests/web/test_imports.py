@@ -16,7 +16,10 @@ SHARED = {"appliance", "appliance.access", "appliance.catalog", "appliance.certi
           "appliance.conversations", "appliance.downloads", "appliance.db", "appliance.device", "appliance.errors",
           "appliance.facts", "appliance.files", "appliance.firstboot", "appliance.layout", "appliance.metrics",
           "appliance.owner",
-          "appliance.sessions", "appliance.speed", "appliance.store", "appliance.systemd", "appliance.tokens"}
+          "appliance.sessions", "appliance.speed", "appliance.store", "appliance.systemd", "appliance.tokens",
+          # backups: the worker makes and restores them, and `paladin backup` (the daily timer) makes them
+          "appliance.backup", "appliance.backup.archive", "appliance.backup.contents", "appliance.backup.keys",
+          "appliance.backup.restore", "appliance.backup.swap"}
 READ_SIDES = {"appliance.firewall", "appliance.firewall.state",  # the owner's settings, the outcome, the host key
               "appliance.update", "appliance.update.status"}  # the updater's state files, the running version
 CLIENT_SIDES = {"appliance.governor", "appliance.governor.client", "appliance.governor.protocol"}
@@ -30,13 +33,16 @@ def test_the_web_worker_imports_only_the_appliance_modules_it_may_no_tuf_and_no_
     assert not {m for m in modules if m.split(".")[0] in ("tuf", "securesystemslib", "buildhost")}
 
 
-WORKER_ONLY = {"cryptography", "llama_cpp", "numpy", "jinja2", "markdown_it", "nh3"}
+WORKER_ONLY = {"cryptography", "llama_cpp", "numpy", "jinja2", "markdown_it", "nh3", "zstandard", "segno"}
 # What `paladin serve` does before gunicorn forks its worker, on a box whose secrets exist.
 ARBITER = """
 import sys
 from appliance import cli, config, firstboot
+from appliance.backup import swap
 from appliance.web import server
-firstboot.prepare(config.parse({"data_dir": sys.argv[1]}))
+made = config.parse({"data_dir": sys.argv[1]})
+swap.finish(made.data)
+firstboot.prepare(made)
 """
 
 

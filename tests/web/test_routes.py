@@ -74,6 +74,20 @@ GET    /governor                     owner,token
 GET    /governor/history             owner,token
 PUT    /governor/settings            owner,token
 GET    /manage/governor              owner
+GET    /backups                      owner
+POST   /backups                      owner
+PUT    /backups/settings             owner
+POST   /backups/key                  owner
+DELETE /backups/key                  owner
+GET    /backups/files/{name}         owner
+DELETE /backups/files/{name}         owner
+POST   /backups/files/{name}/restore owner
+PUT    /backups/restore              owner,setup
+GET    /backups/restore              owner,setup
+DELETE /backups/restore              owner,setup
+POST   /backups/restore/confirm      owner,setup
+GET    /manage/backups               owner
+GET    /setup/restore                setup
 """
 
 

@@ -68,13 +68,14 @@ export async function resumeWatching(view) {
   return job && job.state === "downloading" ? watchDownload(view) : null;
 }
 
-// PUT `file` to `url` as the request body, calling progress(sent, total) as it goes: the box's JSON answer,
-// or an Error whose `refused` says whether the box said no (its message) or the transfer broke off.
-export function upload(url, file, progress) {
+// PUT `file` to `url` as the request body (with `headers`), calling progress(sent, total) as it goes: the box's
+// JSON answer, or an Error whose `refused` says whether the box said no (its message) or the transfer broke off.
+export function upload(url, file, progress, headers = {}) {
   return new Promise((resolve, reject) => {
     const request = new XMLHttpRequest();
     request.open("PUT", url);
     request.setRequestHeader("X-CSRF-Token", csrf);
+    for (const [name, value] of Object.entries(headers)) request.setRequestHeader(name, value);
     request.upload.onprogress = (event) => progress(event.loaded, event.lengthComputable ? event.total : file.size);
     request.onload = () => {
       let body = {};

@@ -1,0 +1,241 @@
+"""The owner's backups (docs/backups.md): the recovery kit, backing up now, the backups on the box and their
+settings, and restoring one, from the box or uploaded (also in the setup wizard of a freshly flashed box,
+behind its setup code, instead of making a new account).
+
+Backups hold everything the owner has, so only the owner's login (or, before there is an owner, the setup
+code) reaches them; an API token does not.  An uploaded backup streams through the pipe into the
+restore's staging as it arrives (restore.stage): the encrypted file is never kept beside what it brings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from ..backup import contents, keys, restore, swap
+from ..backup.archive import BackupError, NotEnoughSpace
+from ..errors import Conflict, InvalidRequest, NoSpace, NotFound
+from . import bodies
+from .auth import Identity, page, route
+from .http import parse, pour, read_json, save_settings
+from .pages import render
+
+log = logging.getLogger(__name__)
+RESTORE_PATH = "/backups/restore"
+KEY_HEADER = "X-Recovery-Key"
+NAME_HEADER = "X-Backup-Name"  # the uploaded file's name: it says which key the backup needs
+MAX_BACKUP_BYTES = 1 << 40
+SETTINGS = ("schedule", "identity", "models", "keep", "days")
+RESTART_SECONDS = 0.5  # the confirmation's answer reaches the browser before the service stops
+_busy = asyncio.Lock()  # one backup or restore at a time
+
+
+def _keys(request: Request) -> keys.Keys:
+    return keys.Keys(request.state.config.data.device)
+
+
+def _state(request: Request) -> dict:
+    config = request.state.config
+    current = _keys(request).current()
+    return {"key": keys.fingerprint_of(current) if current else None,
+            "backups": [{"name": made.name, "bytes": made.size, "created": made.created, "key": made.key}
+                        for made in contents.listing(config.data)],
+            "last": contents.last(config.data), "restore": restore.preview(config.data),
+            "settings": {name: getattr(config.backup, name) for name in SETTINGS}}
+
+
+async def status(request: Request):
+    return JSONResponse(_state(request))
+
+
+async def backups_page(request: Request):
+    state = _state(request)
+    proposed = None if state["key"] else _kit(request)
+    return render(request, "backups.html", {**state, "kit": proposed, "timezone": request.state.config.device.timezone,
+                                            "restore_path": RESTORE_PATH})
+
+
+def _kit(request: Request) -> dict:
+    """The recovery kit of the proposed key: shown until its owner types a part of it back, never after."""
+    import segno  # the QR code is drawn on the box, where only the kit needs it
+
+    proposed = _keys(request).proposed()
+    groups = keys.groups(str(proposed))
+    return {"prefix": keys.PREFIX, "groups": groups, "fingerprint": keys.fingerprint_of(proposed),
+            "ask": secrets.randbelow(len(groups)) + 1,
+            "qr": segno.make(str(proposed), error="m").svg_inline(scale=4, title="The recovery key as a QR code")}
+
+
+async def confirm_key(request: Request):
+    body = parse(bodies.RecoveryKey, await read_json(request))
+    try:
+        confirmed = _keys(request).confirm(body.group - 1, body.typed)
+    except keys.BadKey as err:
+        raise InvalidRequest(str(err), param="typed") from None
+    log.info("backups: the recovery key %s was confirmed", keys.fingerprint_of(confirmed))
+    return JSONResponse({"key": keys.fingerprint_of(confirmed)})
+
+
+async def renew_key(request: Request):
+    """A new recovery kit to confirm (the current key stays until then, and opens the backups made with it)."""
+    _keys(request).renew()
+    return JSONResponse({"proposed": True}, status_code=201)
+
+
+async def back_up(request: Request):
+    if _busy.locked():
+        raise Conflict("a backup or restore is running already; wait for it to end")
+    async with _busy:
+        try:
+            made = await asyncio.to_thread(contents.attempt, request.state.config)
+        except BackupError as err:
+            raise _refusal(err) from None
+    return JSONResponse({"name": made.name, "bytes": made.size, "created": made.created, "key": made.key},
+                        status_code=201)
+
+
+def _made(request: Request) -> contents.Made:
+    name = request.path_params["name"]
+    found = next((made for made in contents.listing(request.state.config.data) if made.name == name), None)
+    if found is None:
+        raise NotFound(f"there is no backup {name[:100]!r} on this box (GET /backups lists them)")
+    return found
+
+
+async def download(request: Request):
+    made = _made(request)
+    return FileResponse(made.path, media_type="application/octet-stream", filename=made.name)
+
+
+async def delete(request: Request):
+    _made(request).path.unlink(missing_ok=True)
+    return Response(status_code=204)
+
+
+def _typed_key(request: Request, *, required: bool):
+    typed = request.headers.get(KEY_HEADER, "")
+    if not typed and not required:
+        return None
+    try:
+        return keys.identity(typed[:200])
+    except keys.BadKey as err:
+        raise InvalidRequest(f"{KEY_HEADER}: {err}", param="key") from None
+
+
+async def _staged(request: Request, work) -> JSONResponse:
+    if _busy.locked():
+        raise Conflict("a backup or restore is running already; wait for it to end")
+    async with _busy:
+        try:
+            preview = await work()
+        except BackupError as err:
+            raise _refusal(err) from None
+    return JSONResponse(preview)
+
+
+def _refusal(err: BackupError) -> NoSpace | InvalidRequest:
+    return (NoSpace if isinstance(err, NotEnoughSpace) else InvalidRequest)(str(err))
+
+
+async def restore_upload(request: Request):
+    """PUT the backup file as the body, its recovery key in X-Recovery-Key: checked and staged, not yet put
+    in place (POST /backups/restore/confirm does that)."""
+    key = _typed_key(request, required=True)
+    needs = contents.needs_key(request.headers.get(NAME_HEADER, "")[:300])
+    data = request.state.config.data
+
+    async def work():
+        readable, writable = (os.fdopen(fd, mode) for fd, mode in zip(os.pipe(), ("rb", "wb")))
+
+        def stage():
+            with readable:  # closed as soon as staging ends, so that the upload stops on EPIPE
+                return restore.stage(data, readable, key, needs=needs)
+
+        staging = asyncio.create_task(asyncio.to_thread(stage))
+        try:
+            with writable:
+                await pour(request, writable, data.root, what="a backup", max_bytes=MAX_BACKUP_BYTES,
+                           expected=MAX_BACKUP_BYTES)
+        except BrokenPipeError:
+            pass  # staging refused the backup and stopped reading: its reason is the answer
+        except BaseException:
+            await asyncio.gather(staging, return_exceptions=True)
+            restore.discard(data)
+            raise
+        return await staging
+
+    return await _staged(request, work)
+
+
+async def restore_from_box(request: Request):
+    """POST /backups/files/{name}/restore: stage a backup the box holds (the box's key, or X-Recovery-Key)."""
+    made = _made(request)
+    key = _typed_key(request, required=False) or _keys(request).current()
+    if key is None:
+        raise InvalidRequest(f"this box has no recovery key: send the backup's in {KEY_HEADER}", param="key")
+    data = request.state.config.data
+
+    def stage():
+        with made.path.open("rb") as source:
+            return restore.stage(data, source, key, needs=made.key)
+
+    return await _staged(request, lambda: asyncio.to_thread(stage))
+
+
+async def preview(request: Request):
+    staged = restore.preview(request.state.config.data)
+    if staged is None:
+        raise NotFound("no restore is waiting: upload a backup first")
+    return JSONResponse(staged)
+
+
+async def confirm_restore(request: Request):
+    """Put the staged restore in place: the service restarts and comes back as the backup's box."""
+    data = request.state.config.data
+    if restore.preview(data) is None:
+        raise NotFound("no restore is waiting: upload a backup first")
+    swap.commit(data)
+    log.warning("restore confirmed: the service restarts to put it in place")
+    if restart := request.state.restart:
+        asyncio.get_running_loop().call_later(RESTART_SECONDS, restart)
+    return JSONResponse({"status": "restarting"}, status_code=202)
+
+
+async def cancel_restore(request: Request):
+    restore.discard(request.state.config.data)
+    return Response(status_code=204)
+
+
+async def settings(request: Request):
+    return await save_settings(request, "backup", SETTINGS)
+
+
+async def wizard_restore(request: Request):
+    """The setup wizard's way for a freshly flashed box: restore a backup instead of making an account."""
+    return render(request, "restore.html", {"restore_path": RESTORE_PATH,
+                                            "restore": restore.preview(request.state.config.data)})
+
+
+OWNER = Identity.OWNER
+RESTORERS = (Identity.OWNER, Identity.SETUP)
+routes = [
+    route("/backups", status, needs=OWNER, methods=["GET"]),
+    route("/backups", back_up, needs=OWNER, methods=["POST"]),
+    route("/backups/settings", settings, needs=OWNER, methods=["PUT"]),
+    route("/backups/key", confirm_key, needs=OWNER, methods=["POST"]),
+    route("/backups/key", renew_key, needs=OWNER, methods=["DELETE"]),
+    route("/backups/files/{name}", download, needs=OWNER, methods=["GET"]),
+    route("/backups/files/{name}", delete, needs=OWNER, methods=["DELETE"]),
+    route("/backups/files/{name}/restore", restore_from_box, needs=OWNER, methods=["POST"]),
+    route(RESTORE_PATH, restore_upload, needs=RESTORERS, methods=["PUT"]),
+    route(RESTORE_PATH, preview, needs=RESTORERS, methods=["GET"]),
+    route(RESTORE_PATH, cancel_restore, needs=RESTORERS, methods=["DELETE"]),
+    route(RESTORE_PATH + "/confirm", confirm_restore, needs=RESTORERS, methods=["POST"]),
+    page("/manage/backups", backups_page),
+    page("/setup/restore", wizard_restore, needs=Identity.SETUP),
+]

@@ -1,0 +1,123 @@
+// The Backups page and the setup wizard's restore: confirm the recovery kit, back up now, the settings, and a
+// restore (upload with its key, the box's summary of what it holds, confirm, wait for the box to come back).
+import { $, call, megabytes, upload } from "./transfer.js";
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const on = (id, event, handler) => { if ($(id)) $(id)[event] = handler; };
+
+function alarm(message) {
+  $("backups-error").textContent = message;
+  $("backups-error").hidden = false;
+}
+
+on("print-kit", "onclick", () => window.print());
+
+on("confirm-key-form", "onsubmit", async (event) => {
+  event.preventDefault();
+  const typed = $("confirm-key");
+  try {
+    await call("POST", "/backups/key", { group: Number(typed.dataset.group), typed: typed.value });
+    location.reload();
+  } catch (err) { alarm(err.message); }
+});
+
+on("back-up", "onclick", async () => {
+  $("back-up").disabled = true;
+  $("back-up-status").textContent = "Backing up and checking the backup…";
+  try {
+    const made = await call("POST", "/backups");
+    $("back-up-status").textContent = `Done: ${made.name} (${megabytes(made.bytes)}).`;
+    location.reload();
+  } catch (err) {
+    $("back-up-status").textContent = "";
+    alarm(`No backup was made: ${err.message}`);
+    $("back-up").disabled = false;
+  }
+});
+
+on("new-key", "onclick", async () => {
+  if (!confirm("Make a new recovery key? Backups made so far still need the current key: keep its kit.")) return;
+  try { await call("DELETE", "/backups/key"); location.reload(); } catch (err) { alarm(err.message); }
+});
+
+on("backup-settings", "onsubmit", async (event) => {
+  event.preventDefault();
+  try {
+    await call("PUT", "/backups/settings", {
+      schedule: $("backup-schedule").checked, identity: $("backup-identity").checked,
+      models: $("backup-models").checked, keep: Number($("backup-keep").value), days: Number($("backup-days").value),
+    });
+    $("backup-settings-status").textContent = "Saved.";
+  } catch (err) { alarm(`The settings were not saved: ${err.message}`); }
+});
+
+function show(preview) {
+  const facts = [["Made", preview.created], ["Box", preview.box], ["Release", preview.product],
+    ["Owner", preview.owner || "none yet"], ["Conversations", `${preview.conversations} (${preview.messages} messages)`],
+    ["API tokens", preview.tokens], ["Size", megabytes(preview.bytes)]];
+  $("restore-facts").replaceChildren(...facts.flatMap(([name, value]) => {
+    const dt = document.createElement("dt"), dd = document.createElement("dd");
+    dt.textContent = name;
+    dd.textContent = String(value);
+    return [dt, dd];
+  }));
+  $("restore-preview").hidden = false;
+}
+
+on("restore-upload", "onclick", async () => {
+  const file = $("restore-file").files[0];
+  if (!file) { alarm("Choose the backup file first, then press Check the backup."); return; }
+  const key = $("restore-key").value.replace(/\s+/g, "");
+  if (!key) { alarm("Type or paste the recovery key first."); return; }
+  $("backups-error").hidden = true;
+  $("restore-upload").disabled = true;
+  const bar = $("restore-progress");
+  bar.hidden = false;
+  bar.max = file.size || 1;
+  try {
+    const preview = await upload($("restore-upload").dataset.path, file, (sent, total) => {
+      bar.value = sent;
+      $("restore-status").textContent = sent < total ? `${megabytes(sent)} of ${megabytes(total)}` : "Checking the backup…";
+    }, { "X-Recovery-Key": key, "X-Backup-Name": file.name });
+    $("restore-status").textContent = "The backup is whole and opens with this key.";
+    show(preview);
+  } catch (err) {
+    $("restore-status").textContent = "";
+    alarm(`Nothing was restored: ${err.message}`);
+  } finally {
+    bar.hidden = true;
+    $("restore-upload").disabled = false;
+  }
+});
+
+for (const button of document.querySelectorAll(".restore-this")) {
+  button.onclick = async () => {
+    try {
+      show(await call("POST", `/backups/files/${encodeURIComponent(button.dataset.name)}/restore`));
+      $("restore").scrollIntoView();
+    } catch (err) { alarm(`Nothing was restored: ${err.message}`); }
+  };
+}
+
+on("restore-cancel", "onclick", async () => {
+  await call("DELETE", "/backups/restore").catch(() => null);
+  location.reload();
+});
+
+on("restore-confirm", "onclick", async () => {
+  $("restore-confirm").disabled = true;
+  try {
+    await call("POST", "/backups/restore/confirm");
+  } catch (err) {
+    alarm(`Nothing was restored: ${err.message}`);
+    $("restore-confirm").disabled = false;
+    return;
+  }
+  $("restore-status").textContent = "Restoring: the box restarts, and this page goes to the login when it is back.";
+  await sleep(3000);
+  for (;;) {
+    const health = await fetch("/health").catch(() => null);
+    if (health && health.ok) { location.assign("/login"); return; }
+    await sleep(2000);
+  }
+});

@@ -1,0 +1,104 @@
+"""The Backups page and API in-process over (test) HTTPS: the recovery kit shown until it is typed back,
+backing up now, downloading, and a restore through the setup wizard of a freshly flashed box, with the old
+password, conversations and token working afterwards; who may do any of it."""
+
+import re
+
+import pytest
+from starlette.testclient import TestClient
+
+from appliance import config, db as database, firstboot, tokens
+from appliance.backup import keys, swap
+from appliance.web.app import create_app
+
+from tests.backup.conftest import PASSWORD, make_box, rows
+from .test_pages import csrf_of
+
+pytestmark = pytest.mark.system  # Debian's age makes the keys and does the encryption
+HTTPS = "https://paladin.local"
+
+
+@pytest.fixture
+def owned(tmp_path):
+    """A box with data whose owner has not set up backups yet (no recovery key)."""
+    box = make_box(tmp_path / "box")
+    box.data.device.recovery_key.unlink()
+    with TestClient(create_app(box.cfg, prove=False), base_url=HTTPS) as client:
+        client.box = box
+        yield client
+
+
+def logged_in(client) -> dict:
+    """Log the owner in; the headers the page's script sends (its CSRF token)."""
+    page = client.post("/login", data={"name": "Ada", "password": PASSWORD, "next": "/manage/backups"})
+    assert page.url.path == "/manage/backups", page.text
+    return {"X-CSRF-Token": csrf_of(page)}
+
+
+def confirm_kit(client, headers) -> str:
+    page = client.get("/manage/backups").text
+    groups = re.search(r'<p class="kit-key" id="kit-key">(.*?)</p>', page, re.S).group(1)
+    groups = re.findall(r"<span>([^<]+)</span>", groups)[1:]
+    ask = int(re.search(r'data-group="(\d+)"', page).group(1))
+    assert client.post("/backups/key", json={"group": ask, "typed": "WRONG1"}, headers=headers).status_code == 400
+    answer = client.post("/backups/key", json={"group": ask, "typed": groups[ask - 1]}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    return keys.PREFIX + "".join(groups)
+
+
+def test_the_kit_is_shown_until_it_is_typed_back_and_never_again(owned):
+    headers = logged_in(owned)
+    assert owned.post("/backups", headers=headers).status_code == 400  # no key yet: no backup
+    key = confirm_kit(owned, headers)
+    page = owned.get("/manage/backups").text
+    assert key[20:40] not in page and 'id="kit"' not in page
+    assert keys.fingerprint_of(keys.identity(key)) in page
+    assert owned.get("/backups").json()["key"] == keys.fingerprint_of(keys.identity(key))
+
+
+def test_a_token_reaches_no_backup(owned):
+    token = {"Authorization": f"Bearer {owned.box.token}"}
+    for method, path in (("GET", "/backups"), ("POST", "/backups"), ("PUT", "/backups/restore"),
+                         ("GET", "/backups/files/x.age")):
+        assert owned.request(method, path, headers=token).status_code in (401, 403), path
+
+
+def test_backup_download_and_restore_through_the_wizard_of_a_flashed_box(owned, tmp_path):
+    headers = logged_in(owned)
+    key = confirm_kit(owned, headers)
+    made = owned.post("/backups", headers=headers)
+    assert made.status_code == 201, made.text
+    name = made.json()["name"]
+    assert owned.get("/backups").json()["backups"][0]["name"] == name
+    backup = owned.get(f"/backups/files/{name}")
+    assert backup.status_code == 200 and backup.content.startswith(b"age-encryption.org/v1\n")
+    assert f'filename="{name}"' in backup.headers["content-disposition"]
+
+    flashed = config.parse({"data_dir": str(tmp_path / "flashed")})
+    code = firstboot.prepare(flashed).setup_code()
+    with TestClient(create_app(flashed, prove=False), base_url=HTTPS) as wizard:
+        page = wizard.post("/setup/code", data={"code": code})
+        assert 'href="/setup/restore"' in page.text
+        setup = {"X-CSRF-Token": csrf_of(wizard.get("/setup/restore"))}
+        wrong = wizard.put("/backups/restore", content=backup.content,
+                           headers={**setup, "X-Recovery-Key": str(keys.Keys(flashed.data.device).proposed()),
+                                    "X-Backup-Name": name})
+        assert wrong.status_code == 400 and f"made for the recovery key {made.json()['key']}" in wrong.text
+        staged = wizard.put("/backups/restore", content=backup.content,
+                            headers={**setup, "X-Recovery-Key": key.lower(), "X-Backup-Name": name})
+        assert staged.status_code == 200, staged.text
+        assert {k: staged.json()[k] for k in ("owner", "conversations", "tokens", "box")} == {
+            "owner": "Ada", "conversations": 2, "tokens": 1, "box": "Kitchen"}
+        assert wizard.get("/backups/restore").json() == staged.json()
+        assert wizard.post("/backups/restore/confirm", headers=setup).json() == {"status": "restarting"}
+    assert swap.finish(flashed.data)  # what `paladin serve` does when it starts again
+    assert rows(flashed.data) == rows(owned.box.data)
+    restarted = config.load(None, {"data_dir": str(flashed.data_path)})
+    assert restarted.device.name == "Kitchen" and restarted.governor.temperature == 70
+    with TestClient(create_app(restarted, prove=False), base_url=HTTPS) as box:
+        assert box.get("/setup", follow_redirects=False).headers["location"] == "/"
+        assert box.post("/login", data={"name": "Ada", "password": PASSWORD}).status_code == 200
+        assert {c["title"] for c in box.get("/conversations").json()["conversations"]} == {"Recipes", "Garden"}
+    db = database.connect(flashed.data.database)
+    assert tokens.verify(db, owned.box.token) == "home-assistant"
+    db.close()
