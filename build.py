@@ -17,7 +17,7 @@
     ./build.py boot --image FILE [--port P]
                                     boot an image in qemu; the box's web port is 127.0.0.1:P
     ./build.py bench NAME [ARGS]     run a benchmark of tests/bench/ (run, image, update, powercut, compat, governor,
-                                    speed), or a real client app against the service (homeassistant, openwebui)
+                                    speed, backup), or a real client app against the service (homeassistant, openwebui)
     ./build.py tiny-model OUT [--size S]
                                     write a generated GGUF model (random weights, real speed)
 

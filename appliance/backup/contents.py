@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import dataclasses
 import json
 import os
 import re
@@ -25,7 +24,8 @@ from pathlib import Path
 
 from .. import db as database, files, store
 from ..config import Config
-from ..layout import DataDir
+from ..firewall import state as firewall_state
+from ..layout import DataDir, FirewallState
 from ..update import status
 from . import archive, keys
 from .archive import BackupError, Member, NotEnoughSpace
@@ -142,7 +142,8 @@ def _gather(config: Config, work: Path, *, identity: bool, models: bool) -> list
     with contextlib.closing(sqlite3.connect(f"file:{data.database}?mode=ro", uri=True)) as live:
         database.copy(live, copied)
     firewall = work / FIREWALL
-    settings = dataclasses.asdict(config.firewall)
+    # As the helper keeps them now (the service's own configuration is what they were when it started).
+    settings = firewall_state.settings(FirewallState())
     firewall.write_text(json.dumps({name: settings[name] for name in FIREWALL_FIELDS}))
     sources = {DATABASE: copied, FIREWALL: firewall}
     if data.owner_config.exists():

@@ -12,6 +12,7 @@ Keys are made and read by Debian's age-keygen: no cryptography here.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import secrets
@@ -41,6 +42,7 @@ def generate() -> str:
     return next(line for line in made.splitlines() if line.startswith(PREFIX))
 
 
+@functools.lru_cache(maxsize=8)  # the pages ask for the box's key's fingerprint on every visit
 def recipient(key: str) -> str:
     """The public half of `key` (age1...), which backups are encrypted to."""
     return command.run(["age-keygen", "-y"], stdin=key + "\n", timeout=30).strip()

@@ -55,7 +55,7 @@ async def status(request: Request):
 
 async def backups_page(request: Request):
     state = _state(request)
-    proposed = None if state["key"] else _kit(request)
+    proposed = None if state["key"] else await asyncio.to_thread(_kit, request)
     return render(request, "backups.html", {**state, "kit": proposed, "timezone": request.state.config.device.timezone,
                                             "restore_path": RESTORE_PATH})
 

@@ -199,3 +199,42 @@ def test_privacy_mode_lets_nothing_out_and_stops_network_time(box_owner, ssh_on,
     assert inside() == ["inactive", "dropped"]  # while SSH from the LAN still answers
     assert not apply(box_owner, {"privacy": False})["privacy"]
     assert inside() == ["active", "refused"]
+
+
+def test_backups_daily_and_by_hand_restore_in_the_box_and_read_anywhere(booted, box_owner, ssh_on, laptop, tmp_path):
+    """Last: the recovery kit typed back, Back up now, the daily unit in its sandbox, the backup read on this
+    host by Debian's age, and a restore that restarts the service in place (the same main process) and
+    brings the owner and the wizard's conversation back."""
+    vm = booted["vm"]
+    page = box_owner.get("/manage/backups").text
+    groups = re.findall(r"<span>([^<]+)</span>", re.search(r'id="kit-key">(.*?)</p>', page, re.S).group(1))[1:]
+    ask = int(re.search(r'data-group="(\d+)"', page).group(1))
+    assert box_owner.post("/backups/key", json={"group": ask, "typed": groups[ask - 1]}).status_code == 200
+    key = "AGE-SECRET-KEY-1" + "".join(groups)
+    made = box_owner.post("/backups")
+    assert made.status_code == 201, made.text
+    assert box_owner.put("/backups/settings", json={"schedule": True}).status_code == 200
+    daily = ssh(laptop, ssh_on, "systemctl start paladin-backup.service; systemctl show -p Result --value "
+                                "paladin-backup.service; systemctl show -p MainPID --value paladin.service")
+    result, main_pid = daily.stdout.split()
+    listed = box_owner.get("/backups").json()["backups"]
+    assert result == "success" and len(listed) == 2 and listed[1]["name"] == made.json()["name"], (daily, listed)
+
+    backup = tmp_path / listed[0]["name"]
+    backup.write_bytes(box_owner.get(f"/backups/files/{listed[0]['name']}").content)
+    (tmp_path / "key.txt").write_text(key + "\n")
+    unpacked = subprocess.run(f"age -d -i key.txt {backup.name} | zstd -d | tar -t", shell=True, cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout.split()
+    assert unpacked[0] == "manifest.json" and "paladin.db" in unpacked and "firewall.json" in unpacked
+
+    preview = box_owner.post(f"/backups/files/{listed[0]['name']}/restore")
+    assert preview.status_code == 200 and preview.json()["owner"] == "Ada", preview.text
+    assert box_owner.post("/backups/restore/confirm").status_code == 202
+    time.sleep(5)
+    vm.wait_health(timeout=600)
+    after = ssh(laptop, ssh_on, "systemctl show -p MainPID --value paladin.service; systemctl show -p NRestarts "
+                                "--value paladin.service; journalctl -u paladin -g 'a backup was restored' -o cat")
+    assert after.stdout.split("\n")[:2] == [main_pid, "0"] and "restored" in after.stdout, after
+    with owner_client(vm) as owner:
+        titles = [c["title"] for c in owner.get("/conversations").json()["conversations"]]
+        assert titles, "the wizard's conversation came back"
