@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
 import os
 import pwd
@@ -65,6 +66,8 @@ def cmd_backup(args, config) -> None:
         for made in contents.listing(config.data):
             print(f"{made.path}\t{made.size}\t{made.key}")
         return
+    if args.action == "restore":
+        return _restore(args, config)
     if args.action == "scheduled" and not config.backup.schedule:
         print("paladin: scheduled backups are off (backup.schedule)")
         return
@@ -73,6 +76,42 @@ def cmd_backup(args, config) -> None:
             print(contents.attempt(config).path)
         except BackupError as err:
             raise SystemExit(f"paladin: {err}") from None
+
+
+def _restore(args, config) -> None:
+    """On the console: check a backup file whole (the key on stdin, or typed), and with --yes put it in place
+    by restarting the assistant, as the Backups page does."""
+    from .backup import contents, keys, restore, swap
+    from .backup.archive import BackupError
+
+    if not args.target:
+        raise SystemExit("paladin: backup restore needs the backup file")
+    typed = getpass.getpass("recovery key: ") if sys.stdin.isatty() else sys.stdin.readline()
+    try:
+        key = keys.identity(typed)
+    except keys.BadKey as err:
+        raise SystemExit(f"paladin: {err}") from None
+    path = Path(args.target).resolve()
+    verb = ["backup", "restore", str(path), *(["--yes"] if args.yes else [])]
+    if _on_the_box(config):  # checked and staged as the service's user, whose files they become
+        print(command.run(["runuser", "-u", facts.SERVICE_USER, "--", sys.argv[0], *verb, "--data-dir",
+                           config.data_dir], stdin=key + "\n"), end="")
+        if args.yes:
+            command.run(["systemctl", "restart", "paladin.service"])
+            print("paladin: the assistant restarted and put the restore in place")
+        return
+    try:
+        with path.open("rb") as source:
+            preview = restore.stage(config.data, source, key, needs=contents.needs_key(path.name))
+    except (BackupError, OSError) as err:
+        raise SystemExit(f"paladin: nothing was restored: {err}") from None
+    print(json.dumps(preview, indent=1))
+    if not args.yes:
+        restore.discard(config.data)
+        print("paladin: the backup is whole and opens with this key; run again with --yes to restore it")
+        return
+    swap.commit(config.data)
+    print("paladin: confirmed; the assistant puts it in place when it starts next")
 
 
 def cmd_firstboot(args, config) -> None:
@@ -159,8 +198,11 @@ VERBS = {
     "serve": verb(cmd_serve, "run the assistant service in the foreground",
                   arg("--model", help="GGUF model to serve (overrides the configured one)"),
                   *schema.options(config_module.ServerConfig, "server", ("listen", "https", "redirect"))),
-    "backup": verb(cmd_backup, "make a verified, encrypted backup now (or the daily one, if on), or list them",
-                   arg("action", choices=["now", "scheduled", "list"])),
+    "backup": verb(cmd_backup, "make a verified, encrypted backup now (or the daily one, if on), list them, or "
+                               "restore one (the recovery key on stdin)",
+                   arg("action", choices=["now", "scheduled", "list", "restore"]),
+                   arg("target", nargs="?", help="with restore: the backup file"),
+                   arg("--yes", action="store_true", help="with restore: really put it in place")),
     "firstboot": verb(cmd_firstboot, "make the device's missing secrets and setup code; show how to reach the box"),
     "setup": verb(cmd_setup, "on the box's console: a new setup code, unlocking the wizard after wrong codes",
                   arg("action", choices=["reset"])),

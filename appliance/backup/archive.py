@@ -238,20 +238,22 @@ def read(source: BinaryIO, key: str, sink: Sink = Sink(), *, needs: str = "") ->
     feeding.start()
     refused: Exception | None = None  # the manifest or the sink said no: that is the answer
     problem: Exception | None = None  # the plaintext is no backup, or the decryption failed under it
-    with age.stdout as plain:
-        try:
-            manifest = _unpack(plain, sink)
-            _drain(plain)  # the padding: age checks the last chunk only when it is read
-        except BackupError as err:
-            refused = err
-        except (tarfile.TarError, zstandard.ZstdError, OSError, EOFError, ValueError) as err:
-            if isinstance(err, OSError) and err.errno is not None:
-                refused = err  # the sink's own failure (a full disk), not the backup's
-            else:
-                problem = err
-                _drain(plain)
-    feeding.join()
-    failed = command.said(age)
+    try:
+        with age.stdout as plain:  # closed, it stops age (SIGPIPE), and age's end stops the feeding (EPIPE)
+            try:
+                manifest = _unpack(plain, sink)
+                _drain(plain)  # the padding: age checks the last chunk only when it is read
+            except BackupError as err:
+                refused = err
+            except (tarfile.TarError, zstandard.ZstdError, OSError, EOFError, ValueError) as err:
+                if isinstance(err, OSError) and err.errno is not None:
+                    refused = err  # the sink's own failure (a full disk), not the backup's
+                else:
+                    problem = err
+                    _drain(plain)
+    finally:
+        feeding.join()
+        failed = command.said(age)
     if refused is not None:
         raise refused
     if failed is not None:

@@ -139,7 +139,7 @@ def _gather(config: Config, work: Path, *, identity: bool, models: bool) -> list
     if problem := files.shortfall(work, _database_size(data.database)):
         raise NotEnoughSpace(f"no backup made: {problem}")
     copied = work / DATABASE
-    with contextlib.closing(sqlite3.connect(f"file:{data.database}?mode=ro", uri=True)) as live:
+    with contextlib.closing(sqlite3.connect(f"{data.database.absolute().as_uri()}?mode=ro", uri=True)) as live:
         database.copy(live, copied)
     firewall = work / FIREWALL
     # As the helper keeps them now (the service's own configuration is what they were when it started).

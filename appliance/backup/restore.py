@@ -65,7 +65,9 @@ def stage(data: DataDir, source: BinaryIO, key: str, *, needs: str = "") -> dict
         _check_settings(top)
         # The key the owner typed becomes the restored box's: it opens this backup, so its owner has it.
         files.write(top / data.device.recovery_key.relative_to(data.root), key.encode(), mode=0o600)
-        preview = {**{name: manifest.get(name) for name in ("created", "box", "product", "key", "identity")},
+        # What the manifest says is shown to the owner: text, bounded (whoever holds the key could write it).
+        preview = {**{name: str(manifest.get(name, ""))[:100] for name in ("created", "box", "product", "key")},
+                   "identity": manifest.get("identity") is True,
                    **summary, "bytes": sum(line["size"] for line in manifest["files"].values()),
                    "models": sorted(name.removeprefix("models/") for name in manifest["files"]
                                     if name.startswith("models/"))}
@@ -104,11 +106,11 @@ def _check_database(path: Path) -> dict:
             if verdict != "ok":
                 raise BackupError(f"the database in this backup is damaged ({verdict[:120]})")
             database.migrate(db)  # an older backup's schema, brought forward here rather than after the swap
-            count = lambda sql: db.execute(sql).fetchone()[0]  # noqa: E731
-            return {"conversations": count("SELECT count(*) FROM conversations"),
-                    "messages": count("SELECT count(*) FROM messages"),
-                    "tokens": count("SELECT count(*) FROM api_tokens WHERE revoked IS NULL"),
-                    "owner": (db.execute("SELECT name FROM owner").fetchone() or [None])[0]}
+            db.execute("PRAGMA journal_mode = DELETE")  # one file to swap in (the service turns WAL on again)
+            counted = db.execute("SELECT (SELECT count(*) FROM conversations), (SELECT count(*) FROM messages), "
+                                 "(SELECT count(*) FROM api_tokens WHERE revoked IS NULL), "
+                                 "(SELECT name FROM owner)").fetchone()
+            return dict(zip(("conversations", "messages", "tokens", "owner"), counted))
     except sqlite3.DatabaseError as err:
         raise BackupError(f"the database in this backup cannot be read ({err})") from None
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import yaml
 
 from appliance.layout import DataDir
@@ -36,6 +37,14 @@ def create_token(data_dir: Path, name: str = "test") -> str:
     out = subprocess.run([PALADIN, "token", "create", "--data-dir", data_dir, "--name", name],
                          capture_output=True, text=True, check=True)
     return out.stdout.strip().splitlines()[-1]
+
+
+def kill_9(process: subprocess.Popen) -> None:
+    """The power cut of a process tree: the worker and the arbiter die at once, nothing is flushed."""
+    for child in psutil.Process(process.pid).children(recursive=True):
+        child.send_signal(signal.SIGKILL)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
 
 
 class Service:

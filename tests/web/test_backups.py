@@ -102,3 +102,13 @@ def test_backup_download_and_restore_through_the_wizard_of_a_flashed_box(owned, 
     db = database.connect(flashed.data.database)
     assert tokens.verify(db, owned.box.token) == "home-assistant"
     db.close()
+
+
+def test_health_and_the_system_page_warn_until_a_backup_succeeds(owned):
+    assert owned.get("/health").json()["backup"] == {"last_good": None, "warning": "no backup has been made yet"}
+    headers = logged_in(owned)
+    assert 'id="backup-warning"' in owned.get("/manage/system").text
+    confirm_kit(owned, headers)
+    assert owned.post("/backups", headers=headers).status_code == 201
+    assert owned.get("/health").json()["backup"]["warning"] is None
+    assert 'id="backup-warning"' not in owned.get("/manage/system").text

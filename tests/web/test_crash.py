@@ -9,22 +9,13 @@ import threading
 import time
 
 import httpx
-import psutil
 import pytest
 
 from appliance import config, db as database, tokens
 from appliance.layout import DataDir
-from tests.support.served import PALADIN, UNLIMITED, Service
+from tests.support.served import PALADIN, UNLIMITED, Service, kill_9
 
 pytestmark = pytest.mark.service
-
-
-def kill_9(process: subprocess.Popen) -> None:
-    """The power-cut of a process tree: the worker and the arbiter die at once, nothing is flushed."""
-    for child in psutil.Process(process.pid).children(recursive=True):
-        child.send_signal(signal.SIGKILL)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
 
 
 def intact(path) -> sqlite3.Connection:
