@@ -7,11 +7,11 @@ product, key...) and every other member's size and SHA-256.  Reading takes back 
 checked against its line, and hands each to the caller's sink as it streams by: nothing is staged whole.
 
 age seals the payload in chunks of 64 KiB (ChaCha20-Poly1305, the last one flagged), so a changed or cut
-file fails to decrypt; Debian's `age` does all of the cryptography, in a process of its own that runs beside
-the tar and zstd side (command.stream), where a library (pyrage) held the interpreter's lock while it
-encrypted and halved the throughput.  To tell a cut from a
-changed byte, the plaintext is padded with a zstd skippable frame (which zstd and tar pass over) to end
-one byte past a chunk boundary: a whole file's payload is always n × 65 552 + 17 bytes long.
+file fails to decrypt.  Debian's `age` does all of the cryptography, in a process of its own beside the tar
+and zstd side (command.stream): a library in this process (pyrage) held the interpreter's lock while it
+encrypted, and a backup took twice as long.  To tell a cut from a changed byte, the plaintext is padded with
+a zstd skippable frame (which zstd and tar pass over) to end one byte past a chunk boundary: a whole file's
+payload is always n × 65 552 + 17 bytes long.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import BinaryIO
 import zstandard
 
 from .. import command
-from .keys import fingerprint
+from .keys import fingerprint, recipient
 
 FORMAT = 1
 AGE = "age"  # Debian's age (the reference implementation, in Go)
@@ -49,7 +49,6 @@ HEADER_SCAN = 4096  # an age header this box writes is a few hundred bytes
 COPY = 1 << 20
 SKIPPABLE = 0x184D2A50  # zstd's first skippable-frame magic number
 SHA256 = re.compile(r"[0-9a-f]{64}")
-
 
 
 class BackupError(ValueError):
@@ -199,8 +198,8 @@ class _Source:
                         self.start += block[:HEADER_SCAN - len(self.start)]
                     self.count += len(block)
                     into.write(block)
-        except BrokenPipeError:
-            pass
+        except OSError:
+            pass  # age stopped reading (EPIPE), or the source broke off: age then reports a cut file
 
     def length(self) -> int:
         """The whole file's length, the rest read (age stops at the first bad chunk)."""
@@ -271,8 +270,6 @@ def _drain(source: BinaryIO) -> None:
 
 def _decrypt_error(said: str, origin: _Source, key: str, needs: str) -> BackupError:
     if "no identity matched" in said:
-        from .keys import recipient  # the key given is a well-formed one: age read it
-
         made_for = f"the recovery key {needs}" if needs else "another recovery key"
         return BackupError(f"this backup was made for {made_for}; the key given is {fingerprint(recipient(key))}. "
                            "Type the key from the recovery kit of the box that made it")

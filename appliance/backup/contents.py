@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
@@ -98,16 +99,36 @@ def make(config: Config, *, identity: bool = True, models: bool = False, now: fl
     stamp = datetime.fromtimestamp(created, timezone.utc)
     dest = data.backups / f"paladin-{_slug(config.device.name)}-{stamp:%Y%m%d-%H%M%S}-{fingerprint}{SUFFIX}"
     work = data.backups / ".work"
-    shutil.rmtree(work, ignore_errors=True)  # what an interrupted backup left
-    work.mkdir(parents=True)
+    data.backups.mkdir(parents=True, exist_ok=True)
+    with _alone(data.backups / ".lock"):
+        shutil.rmtree(work, ignore_errors=True)  # what an interrupted backup left
+        work.mkdir()
+        _write(config, key, dest, work, head={"created": stamp.isoformat(timespec="seconds"), "key": fingerprint,
+                                               "identity": identity, "models": models})
+    return Made(dest, dest.stat().st_size, created, fingerprint)
+
+
+@contextlib.contextmanager
+def _alone(lock: Path):
+    """One backup at a time on the box, whoever makes it (the page, the daily timer, the console)."""
+    with lock.open("a") as held:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BackupError("a backup is being made already (the daily one?): wait for it to end") from None
+        yield
+
+
+def _write(config: Config, key: str, dest: Path, work: Path, head: dict) -> None:
+    """The backup written to `dest`'s partial file, read back from the disk and checked, then named `dest`."""
+    data, identity, models = config.data, head["identity"], head["models"]
     try:
         members = _gather(config, work, identity=identity, models=models)
         needed = int(sum(m.size for m, _ in members) * GROWTH) + OVERHEAD
         if problem := files.shortfall(data.backups, needed):
             raise NotEnoughSpace(f"no backup made: {problem}")
         head = {"schema": len(database.MIGRATIONS), "product": status.running_version(), "box": config.device.name,
-                "created": stamp.isoformat(timespec="seconds"), "key": fingerprint, "identity": identity,
-                "models": models}
+                **head}
         partial = files.partial(dest)
         with partial.open("wb") as out:
             archive.write(out, head, members, keys.recipient(key))
@@ -129,12 +150,11 @@ def make(config: Config, *, identity: bool = True, models: bool = False, now: fl
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return Made(dest, dest.stat().st_size, created, fingerprint)
 
 
 def _gather(config: Config, work: Path, *, identity: bool, models: bool) -> list[tuple[Member, Path]]:
     """Every member, measured, with where it is read from: the database and the firewall's settings as
-    copies in `work` (a consistent database; settings that are the helper's, read through the config)."""
+    copies in `work` (a consistent database; the settings as the firewall helper keeps them)."""
     data = config.data
     if problem := files.shortfall(work, _database_size(data.database)):
         raise NotEnoughSpace(f"no backup made: {problem}")

@@ -2,6 +2,7 @@
 changes, put in place all at once; every refusal leaves the box exactly as it was."""
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -218,6 +219,15 @@ def test_a_power_cut_at_every_step_of_a_backup_leaves_no_backup_or_a_verified_on
         assert steps
     contents.make(box.cfg, now=2e9)  # and the next backup is not hindered by what the cuts left
     assert at > 3
+
+
+def test_one_backup_at_a_time_whoever_asks(box):
+    box.data.backups.mkdir(exist_ok=True)
+    with (box.data.backups / ".lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the daily backup, say, in its own process
+        with pytest.raises(BackupError, match="a backup is being made already"):
+            contents.make(box.cfg)
+    assert contents.make(box.cfg).path.exists()
 
 
 def test_old_backups_go_beyond_the_count_and_the_age(box):
