@@ -48,13 +48,13 @@ def _on_the_box(config) -> bool:
         return False
 
 
-def _as_service_user(verb: list[str], config) -> bool:
+def _as_service_user(verb: list[str], config, stdin: str | None = None) -> bool:
     """Run `paladin VERB` again as the service's user when started as root on the box's console (what it
     writes to the data partition must stay the service's); False elsewhere, to run it here."""
     if not _on_the_box(config):
         return False
-    print(command.run(["runuser", "-u", facts.SERVICE_USER, "--", sys.argv[0], *verb, "--data-dir", config.data_dir]),
-          end="")
+    print(command.run(["runuser", "-u", facts.SERVICE_USER, "--", sys.argv[0], *verb, "--data-dir", config.data_dir],
+                      stdin=stdin), end="")
     return True
 
 
@@ -92,10 +92,8 @@ def _restore(args, config) -> None:
     except keys.BadKey as err:
         raise SystemExit(f"paladin: {err}") from None
     path = Path(args.target).resolve()
-    verb = ["backup", "restore", str(path), *(["--yes"] if args.yes else [])]
-    if _on_the_box(config):  # checked and staged as the service's user, whose files they become
-        print(command.run(["runuser", "-u", facts.SERVICE_USER, "--", sys.argv[0], *verb, "--data-dir",
-                           config.data_dir], stdin=key + "\n"), end="")
+    # Checked and staged as the service's user, whose files they become.
+    if _as_service_user(["backup", "restore", str(path), *(["--yes"] if args.yes else [])], config, key + "\n"):
         if args.yes:
             command.run(["systemctl", "restart", "paladin.service"])
             print("paladin: the assistant restarted and put the restore in place")
@@ -107,7 +105,7 @@ def _restore(args, config) -> None:
         raise SystemExit(f"paladin: nothing was restored: {err}") from None
     print(json.dumps(preview, indent=1))
     if not args.yes:
-        restore.discard(config.data)
+        swap.discard(config.data)
         print("paladin: the backup is whole and opens with this key; run again with --yes to restore it")
         return
     swap.commit(config.data)

@@ -92,8 +92,14 @@ class DataDir:
     models = _in_root("models")  # the model store: installed GGUF files, and downloads under way
     requests = _in_root("requests")  # the request channel's inbox (channel.py), read by root's helpers
     proofs = _in_root("proofs.json")  # the llama.cpp CPU variant that runs here, and the models it loaded
-    backups = _in_root("backups")  # the backups made on the box (*.age), and `.work/` while one is made
-    restore = _in_root("restore")  # a restore's checked files, and its commit mark once the owner confirms
+    backups = _in_root("backups")  # the verified backups made on the box (*.age)
+    backup_work = _in_root("backups", ".work")  # the database's copy while a backup is made
+    backup_lock = _in_root("backups", ".lock")  # one backup at a time, whoever makes it
+    backup_outcome = _in_root("backups", "outcome.json")  # the last attempt's failure, if any
+    restore = _in_root("restore")  # a restore being checked, or confirmed and waiting for the next start
+    restore_files = _in_root("restore", "files")  # its checked files, laid out as in the data directory
+    restore_preview = _in_root("restore", "preview.json")  # what it brings, for the owner to confirm
+    restore_commit = _in_root("restore", "commit")  # the owner confirmed: the next start puts it in place
 
     @property
     def device(self) -> DeviceDir:

@@ -29,11 +29,11 @@ from ..firewall import state as firewall_state
 from ..layout import DataDir, FirewallState
 from ..update import status
 from . import archive, keys
+from .swap import FIREWALL
 from .archive import BackupError, Member, NotEnoughSpace
 
-DATABASE = "paladin.db"
-SETTINGS = "config.yaml"
-FIREWALL = "firewall.json"
+DATABASE = DataDir().beneath(DataDir().database)  # members are named by their place in the data directory
+SETTINGS = DataDir().beneath(DataDir().owner_config)
 IDENTITY = ("device/tls-key.pem", "device/tls-cert.pem", "device/session.key")
 MODEL = re.compile(r"models/[\w.+-]{1,200}\.gguf")
 FIREWALL_FIELDS = ("lan", "privacy", "ssh", "ssh_key")
@@ -98,9 +98,9 @@ def make(config: Config, *, identity: bool = True, models: bool = False, now: fl
     fingerprint = keys.fingerprint_of(key)
     stamp = datetime.fromtimestamp(created, timezone.utc)
     dest = data.backups / f"paladin-{_slug(config.device.name)}-{stamp:%Y%m%d-%H%M%S}-{fingerprint}{SUFFIX}"
-    work = data.backups / ".work"
+    work = data.backup_work
     data.backups.mkdir(parents=True, exist_ok=True)
-    with _alone(data.backups / ".lock"):
+    with _alone(data.backup_lock):
         shutil.rmtree(work, ignore_errors=True)  # what an interrupted backup left
         work.mkdir()
         _write(config, key, dest, work, head={"created": stamp.isoformat(timespec="seconds"), "key": fingerprint,
@@ -195,14 +195,14 @@ def attempt(config: Config, now: float | None = None) -> Made:
 
 def _record(data: DataDir, outcome: dict) -> None:
     with contextlib.suppress(OSError):  # a full disk already failed the backup; its record may fail too
-        files.write(data.backups / "outcome.json", json.dumps(outcome).encode(), mode=0o600)
+        files.write(data.backup_outcome, json.dumps(outcome).encode(), mode=0o600)
 
 
 def last(data: DataDir) -> dict:
     """The newest verified backup's time (None: none yet) and the last failure since it, if any."""
     made = listing(data)
     try:
-        outcome = json.loads((data.backups / "outcome.json").read_text())
+        outcome = json.loads(data.backup_outcome.read_text())
     except (OSError, ValueError):
         outcome = {}
     return {"good": made[0].created if made else None, "failed": outcome.get("failed"), "error": outcome.get("error")}

@@ -28,7 +28,7 @@ from .archive import BackupError, Member, NotEnoughSpace
 
 class _Staging(archive.Sink):
     def __init__(self, data: DataDir):
-        self.data, self.top = data, swap.staged(data)
+        self.data, self.top = data, data.restore_files
 
     def accept(self, manifest: dict) -> None:
         names = manifest["files"]
@@ -57,10 +57,10 @@ def stage(data: DataDir, source: BinaryIO, key: str, *, needs: str = "") -> dict
     if swap.committed(data):
         raise BackupError("a restore is being put in place already: wait for the box to restart")
     shutil.rmtree(data.restore, ignore_errors=True)
-    swap.staged(data).mkdir(parents=True)
+    data.restore_files.mkdir(parents=True)
     try:
         manifest = archive.read(source, key, _Staging(data), needs=needs)
-        top = swap.staged(data)
+        top = data.restore_files
         summary = _check_database(top / contents.DATABASE)
         _check_settings(top)
         # The key the owner typed becomes the restored box's: it opens this backup, so its owner has it.
@@ -71,16 +71,16 @@ def stage(data: DataDir, source: BinaryIO, key: str, *, needs: str = "") -> dict
                    **summary, "bytes": sum(line["size"] for line in manifest["files"].values()),
                    "models": sorted(name.removeprefix("models/") for name in manifest["files"]
                                     if name.startswith("models/"))}
-        files.write(data.restore / "preview.json", json.dumps(preview).encode(), mode=0o600)
+        files.write(data.restore_preview, json.dumps(preview).encode(), mode=0o600)
         return preview
     except OSError as err:
-        discard(data)
+        swap.discard(data)
         if err.errno == errno.ENOSPC:
             raise NotEnoughSpace("nothing was restored: the data partition filled up while the backup was read "
                                  "(something else wrote to it too); free space and try again") from None
         raise
     except BaseException:
-        discard(data)
+        swap.discard(data)
         raise
 
 
@@ -89,14 +89,9 @@ def preview(data: DataDir) -> dict | None:
     if swap.committed(data):
         return None
     try:
-        return json.loads((data.restore / "preview.json").read_text())
+        return json.loads(data.restore_preview.read_text())
     except (OSError, ValueError):
         return None
-
-
-def discard(data: DataDir) -> None:
-    if not swap.committed(data):
-        shutil.rmtree(data.restore, ignore_errors=True)
 
 
 def _check_database(path: Path) -> dict:

@@ -17,46 +17,42 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from pathlib import Path
 
 from .. import channel, files
 from ..layout import DataDir
 
 log = logging.getLogger(__name__)
-DATABASE = "paladin.db"
-FIREWALL = "firewall.json"  # the firewall helper's settings, handed over through the request channel
-
-
-def staged(data: DataDir) -> Path:
-    return data.restore / "files"
-
-
-def mark(data: DataDir) -> Path:
-    return data.restore / "commit"
+FIREWALL = "firewall.json"  # a backup's member: the firewall helper's settings, handed over as a request
 
 
 def committed(data: DataDir) -> bool:
-    return mark(data).exists()
+    return data.restore_commit.exists()
 
 
 def commit(data: DataDir) -> None:
     """The owner confirmed: the staged restore will be put in place at the service's next start."""
-    files.write(mark(data), b"restore the staged files\n", mode=0o600)
+    files.write(data.restore_commit, b"restore the staged files\n", mode=0o600)
+
+
+def discard(data: DataDir) -> None:
+    """Throw away a restore that was never confirmed (one that was is put in place, never thrown away)."""
+    if not committed(data):
+        shutil.rmtree(data.restore, ignore_errors=True)
 
 
 def finish(data: DataDir) -> bool:
     """Roll a committed restore forward (True), or throw away one never committed (False)."""
     if not committed(data):
-        shutil.rmtree(data.restore, ignore_errors=True)
+        discard(data)
         return False
-    top = staged(data)
-    for path in sorted((p for p in top.rglob("*") if p.is_file()), key=lambda p: p.name == DATABASE):
+    top = data.restore_files
+    for path in sorted((p for p in top.rglob("*") if p.is_file()), key=lambda p: p.name == data.database.name):
         name = path.relative_to(top)
         if str(name) == FIREWALL:
             continue
         dest = data.root / name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if str(name) == DATABASE:
+        if dest == data.database:
             for suffix in ("-wal", "-shm"):
                 dest.with_name(dest.name + suffix).unlink(missing_ok=True)
         files.commit(path, dest)
@@ -64,7 +60,7 @@ def finish(data: DataDir) -> bool:
     if firewall.exists():
         channel.submit(data.root, channel.FirewallRequest(**json.loads(firewall.read_text())))
     shutil.rmtree(top, ignore_errors=True)
-    mark(data).unlink()
+    data.restore_commit.unlink()
     shutil.rmtree(data.restore, ignore_errors=True)
     log.warning("a backup was restored: the owner's data, settings and keys are the backup's now")
     return True

@@ -88,13 +88,7 @@ async def renew_key(request: Request):
 
 
 async def back_up(request: Request):
-    if _busy.locked():
-        raise Conflict("a backup or restore is running already; wait for it to end")
-    async with _busy:
-        try:
-            made = await asyncio.to_thread(contents.attempt, request.state.config)
-        except BackupError as err:
-            raise _refusal(err) from None
+    made = await _alone(lambda: asyncio.to_thread(contents.attempt, request.state.config))
     return JSONResponse({"name": made.name, "bytes": made.size, "created": made.created, "key": made.key},
                         status_code=201)
 
@@ -127,19 +121,15 @@ def _typed_key(request: Request, *, required: bool):
         raise InvalidRequest(f"{KEY_HEADER}: {err}", param="key") from None
 
 
-async def _staged(request: Request, work) -> JSONResponse:
+async def _alone(work):
+    """`work` (a backup or a restore's check) while no other runs; its refusal as the API's error."""
     if _busy.locked():
         raise Conflict("a backup or restore is running already; wait for it to end")
     async with _busy:
         try:
-            preview = await work()
+            return await work()
         except BackupError as err:
-            raise _refusal(err) from None
-    return JSONResponse(preview)
-
-
-def _refusal(err: BackupError) -> NoSpace | InvalidRequest:
-    return (NoSpace if isinstance(err, NotEnoughSpace) else InvalidRequest)(str(err))
+            raise (NoSpace if isinstance(err, NotEnoughSpace) else InvalidRequest)(str(err)) from None
 
 
 async def restore_upload(request: Request):
@@ -165,11 +155,11 @@ async def restore_upload(request: Request):
             pass  # staging refused the backup and stopped reading: its reason is the answer
         except BaseException:
             await asyncio.gather(staging, return_exceptions=True)
-            restore.discard(data)
+            swap.discard(data)
             raise
         return await staging
 
-    return await _staged(request, work)
+    return JSONResponse(await _alone(work))
 
 
 async def restore_from_box(request: Request):
@@ -184,7 +174,7 @@ async def restore_from_box(request: Request):
         with made.path.open("rb") as source:
             return restore.stage(data, source, key, needs=made.key)
 
-    return await _staged(request, lambda: asyncio.to_thread(stage))
+    return JSONResponse(await _alone(lambda: asyncio.to_thread(stage)))
 
 
 async def preview(request: Request):
@@ -207,7 +197,7 @@ async def confirm_restore(request: Request):
 
 
 async def cancel_restore(request: Request):
-    restore.discard(request.state.config.data)
+    swap.discard(request.state.config.data)
     return Response(status_code=204)
 
 

@@ -223,7 +223,7 @@ def test_a_power_cut_at_every_step_of_a_backup_leaves_no_backup_or_a_verified_on
 
 def test_one_backup_at_a_time_whoever_asks(box):
     box.data.backups.mkdir(exist_ok=True)
-    with (box.data.backups / ".lock").open("a") as held:
+    with box.data.backup_lock.open("a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # the daily backup, say, in its own process
         with pytest.raises(BackupError, match="a backup is being made already"):
             contents.make(box.cfg)
