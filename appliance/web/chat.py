@@ -7,7 +7,8 @@ build host, several times that on a small ARM board), so the pause between rende
 least RENDER_SECONDS, and long enough that rendering takes at most RENDER_SHARE of the event loop's time.
 
 A reply is stored when its stream ends, however it ends: finished, cut by its length, or stopped by the
-owner (the browser hangs up).
+owner (the browser hangs up).  A conversation takes one reply at a time (`Turns`): Regenerate pressed
+right after Stop must find the stopped reply stored, or it would answer beside it instead of in its place.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import asyncio
 import json
 import logging
 import time
-from typing import AsyncIterator
+import weakref
+from typing import AsyncIterator, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .. import conversations
-from ..errors import InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound
 from ..inference import prompts
 from ..inference.generation import Finished, Request as Generation
 from ..inference.replies import read
@@ -35,6 +37,43 @@ from .pages import HERE, render
 log = logging.getLogger(__name__)
 RENDER_SECONDS = 0.25
 RENDER_SHARE = 0.1
+TURN_SECONDS = 10  # how long a message waits for the reply before it (a hang-up is noticed within a token)
+
+
+class Turns:
+    """One reply at a time in each conversation: a turn waits for the one before to be stored, up to
+    TURN_SECONDS (a reply still streaming in another window is a 409, not a wait of minutes)."""
+
+    def __init__(self):
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    async def take(self, conversation_id: str) -> Callable[[], None]:
+        """Wait for the conversation's turn; the caller must call what this returns once its reply is stored."""
+        lock = self._locks.setdefault(conversation_id, asyncio.Lock())
+        try:
+            await asyncio.wait_for(lock.acquire(), TURN_SECONDS)
+        except TimeoutError:
+            raise Conflict("a reply is still being written in this conversation (in another window?); "
+                           "wait for it to end or stop it") from None
+        return lock.release
+
+
+class TurnResponse(StreamingResponse):
+    """A reply's stream that ends its turn however it ends: the stream is closed (and so its reply stored)
+    first, even when the client left before the stream started."""
+
+    def __init__(self, content: AsyncIterator[str], end_turn: Callable[[], None]):
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.end_turn = end_turn
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self.body_iterator.aclose()
+            finally:
+                self.end_turn()
 
 
 async def chat_page(request: Request):
@@ -83,33 +122,43 @@ async def delete(request: Request):
 
 async def send(request: Request):
     """The owner's message, stored once the model has taken it, and the reply streamed."""
-    conversation = _conversation(request)
     content = parse(bodies.OwnersMessage, await read_json(request)).content
-    history = conversation["messages"] + [{"role": "user", "content": content}]
-    return await _reply(request, conversation["id"], history,
-                        lambda: conversations.add_message(request.state.db, conversation["id"], "user", content))
+
+    def turn(conversation: dict):
+        return (conversation["messages"] + [{"role": "user", "content": content}], None,
+                lambda: conversations.add_message(request.state.db, conversation["id"], "user", content))
+    return await _reply(request, turn)
 
 
 async def regenerate(request: Request):
     """A new reply to the last message the owner sent; the last reply, if it was the last message, goes."""
-    conversation = _conversation(request)
-    messages = conversation["messages"]
-    replacing = messages[-1]["id"] if messages and messages[-1]["role"] == "assistant" else None
-    history = messages[:-1] if replacing is not None else messages
-    if not history or history[-1]["role"] != "user":
-        raise InvalidRequest("there is no message of yours to answer again; send one", param="id")
-    return await _reply(request, conversation["id"], history, None, replacing)
+    def turn(conversation: dict):
+        messages = conversation["messages"]
+        replacing = messages[-1]["id"] if messages and messages[-1]["role"] == "assistant" else None
+        history = messages[:-1] if replacing is not None else messages
+        if not history or history[-1]["role"] != "user":
+            raise InvalidRequest("there is no message of yours to answer again; send one", param="id")
+        return history, replacing, None
+    return await _reply(request, turn)
 
 
-async def _reply(request: Request, conversation_id: str, history: list[dict], accepted, replacing=None):
-    """Queue the reply to `history`, run `accepted` once the model has taken it, stream it, store it."""
+async def _reply(request: Request, turn: Callable[[dict], tuple]):
+    """In the conversation's turn: `turn(conversation)` gives the history to answer, the reply it replaces
+    and what to run once the model has taken it; queue the reply, stream it, store it."""
     db, engine = request.state.db, request.state.engine
-    generation = Generation(messages=prompts.messages([{"role": m["role"], "content": m["content"]}
-                                                       for m in history]), truncate=True)
-    started, events = await unless_disconnected(request, engine.begin(generation))
-    events = read(events, Offer(), constrained.thinking(engine, False, None, "think"))  # a thought is no answer
-    if accepted:
-        accepted()
+    end_turn = await request.state.turns.take(request.path_params["id"])
+    try:
+        conversation = _conversation(request)
+        history, replacing, accepted = turn(conversation)
+        generation = Generation(messages=prompts.messages([{"role": m["role"], "content": m["content"]}
+                                                           for m in history]), truncate=True)
+        started, events = await unless_disconnected(request, engine.begin(generation))
+        events = read(events, Offer(), constrained.thinking(engine, False, None, "think"))  # a thought is no answer
+        if accepted:
+            accepted()
+    except BaseException:
+        end_turn()
+        raise
 
     async def stream() -> AsyncIterator[str]:
         parts, finish, next_render = [], "stopped", time.monotonic() + RENDER_SECONDS
@@ -127,12 +176,12 @@ async def _reply(request: Request, conversation_id: str, history: list[dict], ac
                     next_render = time.monotonic() + max(RENDER_SECONDS, (time.monotonic() - now) / RENDER_SHARE)
                 yield _event(update)
         finally:
-            if not conversations.add_message(db, conversation_id, "assistant", "".join(parts), finish=finish,
+            if not conversations.add_message(db, conversation["id"], "assistant", "".join(parts), finish=finish,
                                              dropped=started.dropped, replacing=replacing):
                 log.info("conversation %s was deleted while its reply streamed; the reply is dropped",
-                         conversation_id)
+                         conversation["id"])
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return TurnResponse(stream(), end_turn)
 
 
 def _event(data: dict) -> str:

@@ -4,6 +4,7 @@ import base64
 import shutil
 import socket
 import concurrent.futures
+import json
 import threading
 import time
 
@@ -112,6 +113,23 @@ def test_disconnecting_client_stops_its_generation(service):
         return float(next(line.split()[1] for line in text.splitlines()
                           if line.startswith("paladin_tokens_generated_total")))
     assert generated(after) - generated(before) < 3000
+
+
+def test_regenerate_while_a_reply_streams_or_just_stopped_waits_and_replaces_it(service):
+    """Regenerate pressed right after Stop reaches the service before it has noticed the hang-up: the new
+    reply waits for the stopped one to be stored and takes its place, never a second reply beside it."""
+    with service.client() as first, service.client() as second:
+        path = f"/conversations/{first.post('/conversations', json={'title': 'Turns'}).json()['id']}"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            with first.stream("POST", path + "/messages", json={"content": "hello"}) as streaming:
+                next(line for line in streaming.iter_lines() if '"text"' in line)
+                again = pool.submit(second.post, path + "/regenerate")  # 1024 tokens: still streaming
+                time.sleep(0.1)  # the regenerate has arrived (without turns it would answer beside the reply)
+            assert again.result().status_code == 200
+        stored = second.get(path).json()["messages"]
+    assert [(m["role"], m["finish"]) for m in stored] == [("user", None), ("assistant", "length")]
+    events = [json.loads(line.removeprefix("data: ")) for line in again.result().text.splitlines() if line]
+    assert stored[1]["content"] == "".join(event.get("text", "") for event in events)
 
 
 def test_sigterm_lets_an_open_stream_finish_then_exits_cleanly(tiny_model, tmp_path):
