@@ -79,17 +79,22 @@ def cmd_backup(args, config) -> None:
 
 
 def _restore(args, config) -> None:
-    """On the console: check a backup file whole (the key on stdin, or typed), and with --yes put it in place
-    by restarting the assistant, as the Backups page does."""
+    """On the console: check a backup file whole (the key on stdin, or typed; with --sealed-key, that key's
+    passphrase), and with --yes put it in place by restarting the assistant, as the Backups page does."""
     from .backup import contents, keys, restore, swap
     from .backup.archive import BackupError
 
     if not args.target:
         raise SystemExit("paladin: backup restore needs the backup file")
-    typed = getpass.getpass("recovery key: ") if sys.stdin.isatty() else sys.stdin.readline()
+    asked = "passphrase of the sealed key: " if args.sealed_key else "recovery key: "
+    typed = getpass.getpass(asked) if sys.stdin.isatty() else sys.stdin.readline()
     try:
-        key = keys.identity(typed)
-    except keys.BadKey as err:
+        if args.sealed_key:
+            with open(args.sealed_key, encoding="utf-8", errors="replace") as sealed:
+                key = keys.unseal(sealed.read(keys.MAX_SEALED + 1), typed.rstrip("\n"))
+        else:
+            key = keys.identity(typed)
+    except (keys.BadKey, OSError) as err:
         raise SystemExit(f"paladin: {err}") from None
     path = Path(args.target).resolve()
     # Checked and staged as the service's user, whose files they become.
@@ -200,7 +205,9 @@ VERBS = {
                                "restore one (the recovery key on stdin)",
                    arg("action", choices=["now", "scheduled", "list", "restore"]),
                    arg("target", nargs="?", help="with restore: the backup file"),
-                   arg("--yes", action="store_true", help="with restore: really put it in place")),
+                   arg("--yes", action="store_true", help="with restore: really put it in place"),
+                   arg("--sealed-key", metavar="FILE", help="with restore: the recovery key sealed with a passphrase "
+                       "(recovery-key-XXXX-XXXX.age); its passphrase on stdin")),
     "firstboot": verb(cmd_firstboot, "make the device's missing secrets and setup code; show how to reach the box"),
     "setup": verb(cmd_setup, "on the box's console: a new setup code, unlocking the wizard after wrong codes",
                   arg("action", choices=["reset"])),

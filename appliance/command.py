@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import select
 import subprocess
+import time
 
 class CommandError(RuntimeError):
     """A tool failed; the message names the tool, its exit status and what it said."""
@@ -40,3 +44,50 @@ def said(process: subprocess.Popen) -> str | None:
     if process.wait() == 0:
         return None
     return " / ".join(stderr.strip().splitlines()[-3:]) or f"{process.args[0]} failed (exit {process.returncode})"
+
+
+def holding(secret: bytes) -> int:
+    """The read end of a pipe already holding `secret` (small: it must fit the pipe) and closed for writing:
+    a secret reaches a tool as /dev/fd/N (with pass_fds), never in a file or on its command line."""
+    readable, writable = os.pipe()
+    os.write(writable, secret)
+    os.close(writable)
+    return readable
+
+
+def answered(argv: list, answers: list[str], *, pass_fds: tuple[int, ...] = (), timeout: float) -> str:
+    """A tool that asks for secrets only on its terminal (age's passphrases): it runs in a session of its own
+    whose controlling terminal is a pseudo-terminal, each of `answers` is typed there when it next asks (a
+    prompt ending in ': '), and its output (a short one: it is read once the tool ends) is returned."""
+    master, slave = pty.openpty()
+    try:
+        process = subprocess.Popen(["setsid", "--ctty", "--wait", *map(str, argv)], stdin=slave,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds)
+    except FileNotFoundError:
+        raise CommandError("setsid is not installed") from None
+    finally:
+        os.close(slave)
+    deadline, asked, pending = time.monotonic() + timeout, b"", list(answers)
+    try:
+        while process.poll() is None:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise CommandError(f"{argv[0]} did not finish in {timeout:.0f} s")
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    asked += os.read(master, 1024)
+                except OSError:  # the tool closed its terminal: it is ending
+                    asked = b""
+                if pending and asked.rstrip(b" ").endswith(b":"):
+                    os.write(master, pending.pop(0).encode() + b"\n")
+                    asked = b""
+        stdout, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        os.close(master)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    if process.returncode:
+        said = stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise CommandError(f"{argv[0]} failed (exit {process.returncode}): {' / '.join(said) or 'no output'}")
+    return stdout.decode()

@@ -101,6 +101,10 @@ class DataDir:
     restore_preview = _in_root("restore", "preview.json")  # what it brings, for the owner to confirm
     restore_commit = _in_root("restore", "commit")  # the owner confirmed: the next start puts it in place
 
+    def sealed_key(self, fingerprint: str) -> Path:
+        """The recovery key `fingerprint` sealed with its owner's passphrase, beside the backups it opens."""
+        return self.backups / f"recovery-key-{fingerprint}.age"
+
     @property
     def device(self) -> DeviceDir:
         return DeviceDir(self.root / "device")

@@ -35,10 +35,9 @@ from typing import BinaryIO
 import zstandard
 
 from .. import command
-from .keys import fingerprint, recipient
+from .keys import AGE, fingerprint, recipient
 
 FORMAT = 1
-AGE = "age"  # Debian's age (the reference implementation, in Go)
 MANIFEST = "manifest.json"
 MAGIC = b"age-encryption.org/v1\n"
 CHUNK = 64 * 1024
@@ -223,10 +222,7 @@ def read(source: BinaryIO, key: str, sink: Sink = Sink(), *, needs: str = "") ->
         raise BackupError("this is not a PAL-adin backup: it is not an age-encrypted file (a backup's name ends "
                           "in .age; choose the file the box or its USB stick holds)")
     origin = _Source(source, first)
-    # The key reaches age through a pipe of its own, never a file or the command line.
-    given, giving = os.pipe()
-    os.write(giving, key.encode() + b"\n")
-    os.close(giving)
+    given = command.holding(key.encode() + b"\n")
     try:
         age = command.stream([AGE, "--decrypt", "--identity", f"/dev/fd/{given}"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, pass_fds=(given,))

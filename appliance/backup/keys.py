@@ -7,6 +7,13 @@ proposed (device/recovery-key.proposed) and no backup is made: a key its owner n
 backups nobody can restore.  The fingerprint (8 symbols of the recipient's SHA-256, e.g. K7QM-3XPA) is
 written outside the ciphertext, in each backup's file name, so a restore can say which kit it needs.
 Keys are made and read by Debian's age-keygen: no cryptography here.
+
+An owner who would rather remember a passphrase than keep a kit may also seal a copy of the key with one
+(`seal`): a standard age file encrypted with age's scrypt passphrase recipient (work factor 2^18, age's
+own), which the box keeps beside its backups as recovery-key-XXXX-XXXX.age.  That file and the passphrase
+open the backups anywhere (`age -d -i recovery-key-XXXX-XXXX.age BACKUP.age` asks for the passphrase), and
+it is safe to store with them.  Backups themselves stay encrypted to the key alone: age lets a passphrase be
+a file's only recipient, and the box must not keep a passphrase to make its daily backups.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -25,6 +33,11 @@ from ..layout import DeviceDir
 PREFIX = "AGE-SECRET-KEY-1"
 KEY = re.compile(PREFIX + r"[02-9AC-HJ-NP-Z]{58}")  # Bech32's alphabet, in capitals
 GROUP = 6  # the key after its prefix is shown in groups of this many symbols; the owner types one back
+AGE = "age"  # Debian's age (the reference implementation, in Go)
+ARMOR = "-----BEGIN AGE ENCRYPTED FILE-----"
+MIN_PASSPHRASE, MAX_PASSPHRASE = 12, 200
+MAX_SEALED = 2048  # a sealed key is about 400 characters
+SEAL_SECONDS = 60  # scrypt at 2^18 takes about a second on the build host, several on a small board
 
 
 class BadKey(ValueError):
@@ -75,6 +88,46 @@ def groups(key: str) -> list[str]:
     """The key's body in groups, as the kit shows it (the prefix apart)."""
     body = key[len(PREFIX):]
     return [body[i:i + GROUP] for i in range(0, len(body), GROUP)]
+
+
+def passphrase(typed: str) -> str:
+    """A passphrase to seal the key with, checked: long enough to stand up to guessing at scrypt's cost."""
+    if not MIN_PASSPHRASE <= len(typed) <= MAX_PASSPHRASE or "\n" in typed or "\r" in typed:
+        raise BadKey(f"a passphrase has {MIN_PASSPHRASE} to {MAX_PASSPHRASE} characters on one line (a few words "
+                     "nobody would guess)")
+    if len(set(typed)) < 5:
+        raise BadKey("that passphrase repeats too few characters to be hard to guess; use a few unrelated words")
+    return typed
+
+
+def seal(key: str, typed: str) -> str:
+    """`key` encrypted with a passphrase (age -p, armoured text): a file that is safe beside the backups."""
+    given = command.holding(key.encode() + b"\n")
+    try:
+        return command.answered([AGE, "--passphrase", "--armor", f"/dev/fd/{given}"], [passphrase(typed)] * 2,
+                                pass_fds=(given,), timeout=SEAL_SECONDS)
+    finally:
+        os.close(given)
+
+
+def unseal(sealed: str, typed: str) -> str:
+    """The recovery key in a file `seal` made, opened with the passphrase typed, or BadKey saying why not."""
+    sealed = sealed.strip()
+    if not sealed.startswith(ARMOR) or len(sealed) > MAX_SEALED:
+        raise BadKey("that is not a sealed recovery key (the file recovery-key-XXXX-XXXX.age beside the backups)")
+    if not typed or len(typed) > MAX_PASSPHRASE or "\n" in typed:
+        raise BadKey("type the passphrase the recovery key was sealed with")
+    given = command.holding(sealed.encode() + b"\n")
+    try:
+        opened = command.answered([AGE, "--decrypt", f"/dev/fd/{given}"], [typed], pass_fds=(given,),
+                                  timeout=SEAL_SECONDS)
+    except command.CommandError as err:
+        if "incorrect passphrase" in str(err):
+            raise BadKey("that passphrase does not open this sealed recovery key: check it and type it again") from None
+        raise BadKey(f"that sealed recovery key cannot be opened ({str(err)[:120]})") from None
+    finally:
+        os.close(given)
+    return identity(opened)
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,16 @@ restore's staging as it arrives (restore.stage): the encrypted file is never kep
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import secrets
+from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
+from .. import files
 from ..backup import contents, keys, restore, swap
 from ..backup.archive import BackupError, NotEnoughSpace
 from ..errors import Conflict, InvalidRequest, NoSpace, NotFound
@@ -28,6 +31,8 @@ from .pages import render
 log = logging.getLogger(__name__)
 RESTORE_PATH = "/backups/restore"
 KEY_HEADER = "X-Recovery-Key"
+PASSPHRASE_HEADER = "X-Passphrase"  # percent-encoded (headers carry Latin-1 only): opens a sealed key
+SEALED_HEADER = "X-Sealed-Key"  # the sealed key file in base64, when the box keeps none for the backup's key
 NAME_HEADER = "X-Backup-Name"  # the uploaded file's name: it says which key the backup needs
 MAX_BACKUP_BYTES = 1 << 40
 SETTINGS = ("schedule", "identity", "models", "keep", "days")
@@ -42,7 +47,9 @@ def _keys(request: Request) -> keys.Keys:
 def _state(request: Request) -> dict:
     config = request.state.config
     current = _keys(request).current()
+    sealed = config.data.sealed_key(keys.fingerprint_of(current)) if current else None
     return {"key": keys.fingerprint_of(current) if current else None,
+            "sealed": sealed.name if sealed and sealed.is_file() else None,
             "backups": [{"name": made.name, "bytes": made.size, "created": made.created, "key": made.key}
                         for made in contents.listing(config.data)],
             "last": contents.last(config.data), "restore": restore.preview(config.data),
@@ -87,6 +94,42 @@ async def renew_key(request: Request):
     return JSONResponse({"proposed": True}, status_code=201)
 
 
+def _sealed_path(request: Request):
+    current = _keys(request).current()
+    if current is None:
+        raise NotFound("this box has no recovery key yet: confirm the recovery kit first")
+    return request.state.config.data.sealed_key(keys.fingerprint_of(current))
+
+
+async def seal_key(request: Request):
+    """Seal a copy of the recovery key with the owner's passphrase, beside the backups (a new passphrase
+    replaces the old: the file made with it goes)."""
+    body = parse(bodies.Passphrase, await read_json(request))
+    path = _sealed_path(request)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if problem := files.shortfall(path.parent, keys.MAX_SEALED):
+        raise NoSpace(problem)
+    try:
+        sealed = await asyncio.to_thread(keys.seal, _keys(request).current(), body.passphrase)
+    except keys.BadKey as err:
+        raise InvalidRequest(str(err), param="passphrase") from None
+    files.write(path, sealed.encode())
+    log.info("backups: the recovery key was sealed with a passphrase (%s)", path.name)
+    return JSONResponse({"name": path.name}, status_code=201)
+
+
+async def sealed_key(request: Request):
+    path = _sealed_path(request)
+    if not path.is_file():
+        raise NotFound("the recovery key is not sealed with a passphrase (PUT /backups/sealed-key seals it)")
+    return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+
+
+async def unseal_key(request: Request):
+    _sealed_path(request).unlink(missing_ok=True)
+    return Response(status_code=204)
+
+
 async def back_up(request: Request):
     made = await _alone(lambda: asyncio.to_thread(contents.attempt, request.state.config))
     return JSONResponse({"name": made.name, "bytes": made.size, "created": made.created, "key": made.key},
@@ -111,14 +154,33 @@ async def delete(request: Request):
     return Response(status_code=204)
 
 
-def _typed_key(request: Request, *, required: bool):
-    typed = request.headers.get(KEY_HEADER, "")
-    if not typed and not required:
-        return None
+async def _given_key(request: Request, needs: str, *, required: bool) -> str | None:
+    """The key a restore was given: typed (X-Recovery-Key), or sealed and opened with X-Passphrase (the sealed
+    file sent in X-Sealed-Key, or the box's own for the key `needs`, the backup's)."""
+    phrase, typed = request.headers.get(PASSPHRASE_HEADER, ""), request.headers.get(KEY_HEADER, "")
     try:
-        return keys.identity(typed[:200])
-    except keys.BadKey as err:
-        raise InvalidRequest(f"{KEY_HEADER}: {err}", param="key") from None
+        if phrase:
+            phrase = unquote(phrase[:3 * keys.MAX_PASSPHRASE], errors="strict")
+            return await asyncio.to_thread(keys.unseal, _sealed_given(request, needs), phrase)
+        if typed or required:
+            return keys.identity(typed[:200])
+    except (keys.BadKey, UnicodeDecodeError) as err:
+        raise InvalidRequest(f"{PASSPHRASE_HEADER if phrase else KEY_HEADER}: {err}", param="key") from None
+    return None
+
+
+def _sealed_given(request: Request, needs: str) -> str:
+    sent = request.headers.get(SEALED_HEADER)
+    if sent:
+        try:
+            return base64.b64decode(sent[:2 * keys.MAX_SEALED], validate=True).decode()
+        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            raise keys.BadKey(f"{SEALED_HEADER} is not the sealed key file in base64") from None
+    kept = request.state.config.data.sealed_key(needs) if needs else None
+    if kept is None or not kept.is_file():
+        raise keys.BadKey("this box keeps no sealed recovery key for this backup: send the file "
+                          f"recovery-key-{needs or 'XXXX-XXXX'}.age that was beside it")
+    return kept.read_text()
 
 
 async def _alone(work):
@@ -135,8 +197,8 @@ async def _alone(work):
 async def restore_upload(request: Request):
     """PUT the backup file as the body, its recovery key in X-Recovery-Key: checked and staged, not yet put
     in place (POST /backups/restore/confirm does that)."""
-    key = _typed_key(request, required=True)
     needs = contents.needs_key(request.headers.get(NAME_HEADER, "")[:300])
+    key = await _given_key(request, needs, required=True)
     data = request.state.config.data
 
     async def work():
@@ -165,7 +227,7 @@ async def restore_upload(request: Request):
 async def restore_from_box(request: Request):
     """POST /backups/files/{name}/restore: stage a backup the box holds (the box's key, or X-Recovery-Key)."""
     made = _made(request)
-    key = _typed_key(request, required=False) or _keys(request).current()
+    key = await _given_key(request, made.key, required=False) or _keys(request).current()
     if key is None:
         raise InvalidRequest(f"this box has no recovery key: send the backup's in {KEY_HEADER}", param="key")
     data = request.state.config.data
@@ -219,6 +281,9 @@ routes = [
     route("/backups/settings", settings, needs=OWNER, methods=["PUT"]),
     route("/backups/key", confirm_key, needs=OWNER, methods=["POST"]),
     route("/backups/key", renew_key, needs=OWNER, methods=["DELETE"]),
+    route("/backups/sealed-key", seal_key, needs=OWNER, methods=["PUT"]),
+    route("/backups/sealed-key", sealed_key, needs=OWNER, methods=["GET"]),
+    route("/backups/sealed-key", unseal_key, needs=OWNER, methods=["DELETE"]),
     route("/backups/files/{name}", download, needs=OWNER, methods=["GET"]),
     route("/backups/files/{name}", delete, needs=OWNER, methods=["DELETE"]),
     route("/backups/files/{name}/restore", restore_from_box, needs=OWNER, methods=["POST"]),

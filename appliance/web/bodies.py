@@ -1,7 +1,10 @@
 """The APIs' request bodies, declared as data: one frozen table per body (config/schema.py's `setting`: type,
 bounds, default, help, and how a structured value is read), parsed in one pass by http.parse into the object
 a route works with, and the source of docs/api.md's field tables (`reference`).  Fields a body does not
-declare are ignored, as OpenAI and Ollama ignore them."""
+declare are ignored, as OpenAI and Ollama ignore them.
+
+Kept as one concept: the one table of every body the box accepts, as mkosi keeps its settings in one
+table; split by API, the shared fields (sampling, messages) and the docs' one reference would scatter."""
 
 from __future__ import annotations
 
@@ -385,9 +388,17 @@ class RecoveryKey:
     typed: str = setting(None, "That group, as the kit shows it.", required=True)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Passphrase:
+    """PUT /backups/sealed-key"""
+    passphrase: str = setting(None, "The passphrase that seals a copy of the recovery key: 12 to 200 characters.",
+                              required=True)
+
+
 BODIES = (ChatCompletion, Completion, Embeddings, OllamaChat, OllamaGenerate, OllamaEmbed, OllamaEmbeddings,
           OllamaNamed, OllamaPull,
-          NewConversation, Renamed, OwnersMessage, UpdateStart, ModelChoice, Download, RecoveryKey)
+          NewConversation, Renamed, OwnersMessage, UpdateStart, ModelChoice, Download, RecoveryKey,
+          Passphrase)
 
 
 def reference() -> str:

@@ -9,6 +9,7 @@ from appliance import config, conversations, db as database, firstboot, owner, t
 from appliance.backup import keys
 from tests.support.wizard import PASSWORD  # the one the browser tests log in with
 
+PASSPHRASE = "Grüße aus der Küche, 7 Tassen"  # seals the recovery key: not Latin-1, as an owner may type
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """The backup file's format: age v1 over zstd over tar, read back only as written, every refusal in its own
 words; and Debian's `age` reading it by hand, without this software."""
 
+import base64
+import hashlib
 import io
 import json
 import os
@@ -10,9 +12,12 @@ import tarfile
 import pytest
 import zstandard
 
+from appliance import command
 from appliance.backup import archive
 from appliance.backup.archive import BackupError
 from appliance.backup import keys
+
+from .conftest import PASSPHRASE
 
 pytestmark = pytest.mark.system  # Debian's age does the encryption
 
@@ -193,3 +198,40 @@ def test_debian_age_zstd_and_tar_read_a_backup_by_hand(made, key, tmp_path):
     subprocess.run("age -d -i key.txt backup.age | zstd -d | tar -x -C out", shell=True, cwd=tmp_path, check=True)
     unpacked = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
     assert json.loads(unpacked.pop("manifest.json"))["box"] == "Kitchen" and unpacked == contents
+
+
+
+@pytest.fixture(scope="module")
+def sealed(key):
+    return keys.seal(key, PASSPHRASE)
+
+
+def test_a_sealed_key_is_age_scrypt_at_work_factor_18_and_opens_with_its_passphrase_only(sealed, key):
+    body = "".join(sealed.strip().splitlines()[1:-1])
+    header = base64.b64decode(body).split(b"\n---")[0].decode(errors="replace").splitlines()
+    assert header[0] == "age-encryption.org/v1" and header[1].startswith("-> scrypt ")
+    assert int(header[1].split()[3]) >= 18 and len(header) == 3  # the only recipient
+    assert keys.unseal(sealed, PASSPHRASE) == key
+    with pytest.raises(keys.BadKey, match="that passphrase does not open this sealed recovery key"):
+        keys.unseal(sealed, PASSPHRASE.replace("7", "8"))
+    with pytest.raises(keys.BadKey, match="not a sealed recovery key"):
+        keys.unseal("AGE-SECRET-KEY-1", PASSPHRASE)
+    with pytest.raises(keys.BadKey, match="cannot be opened"):
+        keys.unseal(keys.ARMOR + "\nYWJj\n-----END AGE ENCRYPTED FILE-----\n", PASSPHRASE)
+
+
+@pytest.mark.parametrize("weak, why", [("short words", "12 to 200 characters"), ("a" * 20, "too few characters"),
+                                      ("two\nlines of it", "on one line")])
+def test_a_weak_passphrase_seals_nothing(key, weak, why):
+    with pytest.raises(keys.BadKey, match=why):
+        keys.seal(key, weak)
+
+
+def test_debian_age_opens_a_backup_with_the_sealed_key_and_its_passphrase(made, sealed, tmp_path):
+    """docs/backups.md: `age -d -i recovery-key-XXXX-XXXX.age BACKUP.age` asks for the passphrase."""
+    contents, data = made
+    (tmp_path / "backup.age").write_bytes(data)
+    (tmp_path / "recovery-key.age").write_text(sealed)
+    opened = command.answered(["sh", "-c", f"cd {tmp_path} && age -d -i recovery-key.age backup.age | zstd -d | "
+                                           "tar -x -O paladin.db | sha256sum"], [PASSPHRASE], timeout=60)
+    assert opened.split()[0] == hashlib.sha256(contents["paladin.db"]).hexdigest()

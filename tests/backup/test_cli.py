@@ -1,6 +1,6 @@
 """`paladin backup` as the daily timer and the console run it: the daily one only when the owner turned it
 on, `now` refused with its reason before the kit is confirmed, `list` with the key each backup needs, and a
-restore from the console, checked first."""
+restore from the console, checked first, with the key or with the sealed key and its passphrase."""
 
 import subprocess
 
@@ -9,7 +9,7 @@ import pytest
 from appliance.backup import contents, keys, swap
 from tests.support.served import PALADIN
 
-from .conftest import fresh_box, rows
+from .conftest import PASSPHRASE, fresh_box, rows
 
 pytestmark = pytest.mark.system
 
@@ -46,5 +46,10 @@ def test_a_console_restore_checks_first_and_restores_only_with_yes(box, tmp_path
     checked = restore()
     assert checked.returncode == 0 and '"owner": "Ada"' in checked.stdout and "run again with --yes" in checked.stdout
     assert not new.data.restore.exists()
+    sealed = tmp_path / f"recovery-key-{made.key}.age"
+    sealed.write_text(keys.seal(box.key, PASSPHRASE))
+    wrong = restore("--sealed-key", sealed, key=PASSPHRASE[1:])
+    assert wrong.returncode == 1 and "that passphrase does not open" in wrong.stderr
+    assert restore("--sealed-key", sealed, key=PASSPHRASE).returncode == 0 and not new.data.restore.exists()
     assert restore("--yes").returncode == 0 and swap.committed(new.data)
     assert swap.finish(new.data) and rows(new.data) == rows(box.data)

@@ -2,7 +2,9 @@
 backing up now, downloading, and a restore through the setup wizard of a freshly flashed box, with the old
 password, conversations and token working afterwards; who may do any of it."""
 
+import base64
 import re
+from urllib.parse import quote
 
 import pytest
 from starlette.testclient import TestClient
@@ -11,7 +13,7 @@ from appliance import config, db as database, firstboot, tokens
 from appliance.backup import keys, swap
 from appliance.web.app import create_app
 
-from tests.backup.conftest import PASSWORD, make_box, rows
+from tests.backup.conftest import PASSPHRASE, PASSWORD, make_box, rows
 from .test_pages import csrf_of
 
 pytestmark = pytest.mark.system  # Debian's age makes the keys and does the encryption
@@ -112,3 +114,46 @@ def test_health_and_the_system_page_warn_until_a_backup_succeeds(owned):
     assert owned.post("/backups", headers=headers).status_code == 201
     assert owned.get("/health").json()["backup"]["warning"] is None
     assert 'id="backup-warning"' not in owned.get("/manage/system").text
+
+
+
+def test_a_passphrase_seals_the_key_and_opens_the_backups_here_and_on_a_flashed_box(owned, tmp_path):
+    headers = logged_in(owned)
+    assert owned.put("/backups/sealed-key", json={"passphrase": PASSPHRASE}, headers=headers).status_code == 404
+    key = keys.identity(confirm_kit(owned, headers))
+    refused = owned.put("/backups/sealed-key", json={"passphrase": "too short"}, headers=headers)
+    assert refused.status_code == 400 and "12 to 200 characters" in refused.text
+    sealed = owned.put("/backups/sealed-key", json={"passphrase": PASSPHRASE}, headers=headers)
+    name = f"recovery-key-{keys.fingerprint_of(key)}.age"
+    assert sealed.status_code == 201 and sealed.json() == {"name": name}
+    assert owned.get("/backups").json()["sealed"] == name and name in owned.get("/manage/backups").text
+    file = owned.get("/backups/sealed-key")
+    assert f'filename="{name}"' in file.headers["content-disposition"]
+    assert keys.unseal(file.text, PASSPHRASE) == key
+    backup = owned.post("/backups", headers=headers).json()["name"]
+    content = owned.get(f"/backups/files/{backup}").content
+
+    def opening(passphrase: str, **extra) -> dict:
+        return {"X-Passphrase": quote(passphrase), "X-Backup-Name": backup, **extra}
+
+    wrong = owned.post(f"/backups/files/{backup}/restore", headers=headers | opening(PASSPHRASE + "!"))
+    assert wrong.status_code == 400 and "X-Passphrase: that passphrase does not open" in wrong.text
+    staged = owned.post(f"/backups/files/{backup}/restore", headers=headers | opening(PASSPHRASE))  # the box's own
+    assert staged.status_code == 200 and staged.json()["owner"] == "Ada", staged.text
+    assert owned.delete("/backups/restore", headers=headers).status_code == 204
+    assert owned.delete("/backups/sealed-key", headers=headers).status_code == 204
+    assert owned.get("/backups").json()["sealed"] is None
+
+    flashed = config.parse({"data_dir": str(tmp_path / "flashed")})
+    code = firstboot.prepare(flashed).setup_code()
+    with TestClient(create_app(flashed, prove=False), base_url=HTTPS) as wizard:
+        wizard.post("/setup/code", data={"code": code})
+        setup = {"X-CSRF-Token": csrf_of(wizard.get("/setup/restore"))}
+        unsealed = wizard.put("/backups/restore", content=content, headers=setup | opening(PASSPHRASE))
+        assert unsealed.status_code == 400 and f"send the file {name}" in unsealed.text
+        garbled = wizard.put("/backups/restore", content=content,
+                             headers=setup | opening(PASSPHRASE, **{"X-Sealed-Key": "not base64!"}))
+        assert garbled.status_code == 400 and "not the sealed key file in base64" in garbled.text
+        staged = wizard.put("/backups/restore", content=content, headers=setup | opening(
+            PASSPHRASE, **{"X-Sealed-Key": base64.b64encode(file.content).decode()}))
+        assert staged.status_code == 200 and staged.json()["conversations"] == 2, staged.text

@@ -79,6 +79,9 @@ POST   /backups                      owner
 PUT    /backups/settings             owner
 POST   /backups/key                  owner
 DELETE /backups/key                  owner
+PUT    /backups/sealed-key           owner
+GET    /backups/sealed-key           owner
+DELETE /backups/sealed-key           owner
 GET    /backups/files/{name}         owner
 DELETE /backups/files/{name}         owner
 POST   /backups/files/{name}/restore owner

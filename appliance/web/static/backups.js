@@ -40,6 +40,26 @@ on("new-key", "onclick", async () => {
   try { await call("DELETE", "/backups/key"); location.reload(); } catch (err) { alarm(err.message); }
 });
 
+on("seal-form", "onsubmit", async (event) => {
+  event.preventDefault();
+  if ($("passphrase").value !== $("passphrase-again").value) { alarm("The two passphrases differ: type them again."); return; }
+  $("seal").disabled = true;
+  $("seal-status").textContent = "Sealing the key (a few seconds)…";
+  try {
+    await call("PUT", "/backups/sealed-key", { passphrase: $("passphrase").value });
+    location.reload();
+  } catch (err) {
+    $("seal-status").textContent = "";
+    alarm(`The key was not sealed: ${err.message}`);
+    $("seal").disabled = false;
+  }
+});
+
+on("unseal", "onclick", async () => {
+  if (!confirm("Remove the sealed key from the box? Copies of it you kept still open your backups with the passphrase.")) return;
+  try { await call("DELETE", "/backups/sealed-key"); location.reload(); } catch (err) { alarm(err.message); }
+});
+
 on("backup-settings", "onsubmit", async (event) => {
   event.preventDefault();
   try {
@@ -68,7 +88,14 @@ on("restore-upload", "onclick", async () => {
   const file = $("restore-file").files[0];
   if (!file) { alarm("Choose the backup file first, then press Check the backup."); return; }
   const key = $("restore-key").value.replace(/\s+/g, "");
-  if (!key) { alarm("Type or paste the recovery key first."); return; }
+  const passphrase = $("restore-passphrase").value, sealed = $("restore-sealed-file").files[0];
+  if (!key && !passphrase) { alarm("Type or paste the recovery key first (or the sealed key's passphrase)."); return; }
+  // A passphrase opens the sealed key sent with it, or (on the box that made the backup) the box's own.
+  const given = passphrase ? { "X-Passphrase": encodeURIComponent(passphrase) } : { "X-Recovery-Key": key };
+  if (passphrase && sealed) {
+    if (sealed.size > 4096) { alarm(`${sealed.name} is not a sealed key: those are about 400 bytes.`); return; }
+    given["X-Sealed-Key"] = btoa(String.fromCharCode(...new Uint8Array(await sealed.arrayBuffer())));
+  }
   $("backups-error").hidden = true;
   $("restore-upload").disabled = true;
   const bar = $("restore-progress");
@@ -78,7 +105,7 @@ on("restore-upload", "onclick", async () => {
     const preview = await upload($("restore-upload").dataset.path, file, (sent, total) => {
       bar.value = sent;
       $("restore-status").textContent = sent < total ? `${megabytes(sent)} of ${megabytes(total)}` : "Checking the backup…";
-    }, { "X-Recovery-Key": key, "X-Backup-Name": file.name });
+    }, { ...given, "X-Backup-Name": file.name });
     $("restore-status").textContent = "The backup is whole and opens with this key.";
     show(preview);
   } catch (err) {
