@@ -97,5 +97,8 @@ def open_bundle(bundle: BinaryIO, dest: Path) -> dict:
             raise BundleError(f"not a PAL-adin update bundle ({BUNDLE_MARKER} is not JSON)") from None
         if not isinstance(marker, dict) or marker.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"unsupported bundle format {marker.get('format') if isinstance(marker, dict) else marker!r}")
-        tar.extractall(dest, filter="data")
+        try:
+            tar.extractall(dest, filter="data")
+        except (tarfile.TarError, OverflowError) as err:  # a damaged header: a size, a name, a time out of range
+            raise BundleError(f"not a PAL-adin update bundle (damaged member: {err})") from None
     return marker

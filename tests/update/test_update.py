@@ -316,6 +316,19 @@ def test_no_damaged_bundle_gets_past_with_anything_but_a_bundle_error(tmp_path_f
             pass
 
 
+@pytest.mark.unit
+def test_a_member_time_out_of_range_is_a_damaged_bundle(tmp_path):
+    """What the fuzzing above once found: one flipped byte made a pax header's mtime a float too large for
+    the clock (1E999...), and extracting it raised an OverflowError instead of a bundle error."""
+    real = release_bundle(tmp_path)
+    start = real.index(b" mtime=") + len(b" mtime=")
+    end = real.index(b"\n", start)
+    damaged = real[:start] + b"1E" + b"9" * (end - start - 2) + real[end:]
+    (tmp_path / "out").mkdir()
+    with pytest.raises(bundles.BundleError, match="damaged member"):
+        bundles.open_bundle(io.BytesIO(damaged), tmp_path / "out")
+
+
 def release_bundle(work) -> bytes:
     """A small but real bundle (made once per test run)."""
     global _BUNDLE
