@@ -43,8 +43,17 @@ class FirewallRequest:
     ssh_key: str
 
 
-# helper name -> its request type; adding a helper (restore) adds a line and a path unit.
-HELPERS: dict[str, type] = {"update": UpdateRequest, "firewall": FirewallRequest}
+@dataclass(frozen=True)
+class StickRequest:
+    """paladin-stick: look for USB sticks, or copy the box's backup `backup` (a file name) onto the stick a look
+    named `stick` (its file system's UUID)."""
+    action: Literal["look", "copy"]
+    stick: str = ""
+    backup: str = ""
+
+
+# helper name -> its request type; adding a helper adds a line and a path unit.
+HELPERS: dict[str, type] = {"update": UpdateRequest, "firewall": FirewallRequest, "stick": StickRequest}
 
 
 class RequestError(ValueError):

@@ -79,6 +79,8 @@ SYSTEM_CONFIG = P("/etc/paladin/paladin.yaml")
 # Root's: the owner's firewall and SSH settings (only the firewall helper writes them), the last ruleset
 # that loaded, the helper's last outcome, SSH's host keys and authorized key.
 FIREWALL_STATE = P("/var/lib/paladin-firewall")
+# Root's: the USB sticks the stick helper last saw, and its last outcome (appliance/backup/stick.py).
+STICK_STATE = P("/var/lib/paladin-stick")
 # The resource governor's history (its own user's), and the socket the assistant reaches it on.
 GOVERNOR_USER = "paladin-governor"
 GOVERNOR_STATE = "/var/lib/paladin-governor"

@@ -4,10 +4,16 @@ host's checks (tests/test_facts.py) read the same properties as the box."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import facts
+
+
+# A verified backup, on the box (`DataDir.backups`) or a USB stick: paladin-<box>-<UTC time>-<fingerprint>.age;
+# the key's fingerprint outside the ciphertext names the recovery kit it needs.
+BACKUP_NAME = re.compile(r"paladin-[\w-]*?-(\d{8}-\d{6})-([A-Z2-7]{4}-[A-Z2-7]{4})\.age")
 
 
 def _in_root(*parts: str) -> property:
@@ -59,6 +65,15 @@ class FirewallState:
     authorized_keys = _in_root("ssh", "authorized_keys")
     host_key = _in_root("ssh", "ssh_host_ed25519_key")
     host_key_public = _in_root("ssh", "ssh_host_ed25519_key.pub")
+
+
+@dataclass(frozen=True)
+class StickState:
+    """Where the USB stick helper keeps what the assistant may read, and mounts a stick (in its own namespace)."""
+    root: Path = Path(facts.STICK_STATE)
+
+    sticks = _in_root("sticks.json")  # the sticks it last saw and how the last request ended
+    mount = _in_root("mnt")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 from .. import db as database, files, store
 from ..config import Config
 from ..firewall import state as firewall_state
-from ..layout import DataDir, FirewallState
+from ..layout import BACKUP_NAME, DataDir, FirewallState
 from ..update import status
 from . import archive, keys
 from .swap import FIREWALL
@@ -38,8 +38,6 @@ IDENTITY = ("device/tls-key.pem", "device/tls-cert.pem", "device/session.key")
 MODEL = re.compile(r"models/[\w.+-]{1,200}\.gguf")
 FIREWALL_FIELDS = ("lan", "privacy", "ssh", "ssh_key")
 SUFFIX = ".age"
-# paladin-<box>-<UTC time>-<key fingerprint>.age: the fingerprint outside the ciphertext names the kit it needs.
-NAMED = re.compile(r"paladin-[\w-]*?-(\d{8}-\d{6})-([A-Z2-7]{4}-[A-Z2-7]{4})\.age")
 OVERHEAD = 2**20  # tar headers, the padding frame, age's header and tags, beyond what zstd may add
 GROWTH = 1.01  # what zstd may add to incompressible data, at most (a model's weights)
 WARN_DAYS = 7
@@ -57,7 +55,7 @@ def source(data: DataDir, name: str) -> Path:
 
 def needs_key(filename: str) -> str:
     """The fingerprint a backup's file name says it was made for ("" when the name was changed)."""
-    found = NAMED.search(filename)
+    found = BACKUP_NAME.search(filename)
     return found.group(2) if found else ""
 
 
@@ -78,7 +76,7 @@ def listing(data: DataDir) -> list[Made]:
     """The verified backups on the box, newest first."""
     found = []
     for path in data.backups.glob("*" + SUFFIX) if data.backups.is_dir() else ():
-        if (named := NAMED.fullmatch(path.name)) and path.is_file():
+        if (named := BACKUP_NAME.fullmatch(path.name)) and path.is_file():
             created = datetime.strptime(named.group(1), "%Y%m%d-%H%M%S").replace(tzinfo=timezone.utc).timestamp()
             found.append(Made(path, path.stat().st_size, created, named.group(2)))
     return sorted(found, key=lambda made: made.created, reverse=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
 import secrets
@@ -19,10 +20,11 @@ from urllib.parse import unquote
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from .. import files
+from .. import channel, files
 from ..backup import contents, keys, restore, swap
 from ..backup.archive import BackupError, NotEnoughSpace
 from ..errors import Conflict, InvalidRequest, NoSpace, NotFound
+from ..layout import StickState
 from . import bodies
 from .auth import Identity, page, route
 from .http import parse, pour, read_json, save_settings
@@ -36,6 +38,7 @@ SEALED_HEADER = "X-Sealed-Key"  # the sealed key file in base64, when the box ke
 NAME_HEADER = "X-Backup-Name"  # the uploaded file's name: it says which key the backup needs
 MAX_BACKUP_BYTES = 1 << 40
 SETTINGS = ("schedule", "identity", "models", "keep", "days")
+MAX_STICKS_JSON = 1 << 20
 RESTART_SECONDS = 0.5  # the confirmation's answer reaches the browser before the service stops
 _busy = asyncio.Lock()  # one backup or restore at a time
 
@@ -53,7 +56,33 @@ def _state(request: Request) -> dict:
             "backups": [{"name": made.name, "bytes": made.size, "created": made.created, "key": made.key}
                         for made in contents.listing(config.data)],
             "last": contents.last(config.data), "restore": restore.preview(config.data),
-            "settings": {name: getattr(config.backup, name) for name in SETTINGS}}
+            "settings": {name: getattr(config.backup, name) for name in SETTINGS},
+            "sticks": _sticks(config.data_path)}
+
+
+def _sticks(data_dir) -> dict:
+    """The USB sticks as the stick helper last saw them, how its last request ended, and whether one waits."""
+    try:
+        seen = json.loads(StickState().sticks.read_text()[:MAX_STICKS_JSON])
+    except (FileNotFoundError, ValueError):
+        seen = {"sticks": [], "outcome": None}
+    return {"sticks": seen.get("sticks", []), "outcome": seen.get("outcome"),
+            "pending": channel.pending(data_dir, "stick")}
+
+
+async def look_for_sticks(request: Request):
+    """Ask the stick helper to look for USB sticks (202; GET /backups shows what it found)."""
+    channel.submit(request.state.config.data_path, channel.StickRequest("look"))
+    return JSONResponse({"pending": True}, status_code=202)
+
+
+async def copy_to_stick(request: Request):
+    """Ask the stick helper to copy this backup onto the stick named (202; GET /backups shows the outcome)."""
+    body = parse(bodies.StickChoice, await read_json(request))
+    made = _made(request)
+    channel.submit(request.state.config.data_path, channel.StickRequest("copy", body.stick, made.name))
+    log.info("backups: %s to be copied to the USB stick %s", made.name, body.stick)
+    return JSONResponse({"pending": True}, status_code=202)
 
 
 async def status(request: Request):
@@ -287,6 +316,8 @@ routes = [
     route("/backups/files/{name}", download, needs=OWNER, methods=["GET"]),
     route("/backups/files/{name}", delete, needs=OWNER, methods=["DELETE"]),
     route("/backups/files/{name}/restore", restore_from_box, needs=OWNER, methods=["POST"]),
+    route("/backups/files/{name}/stick", copy_to_stick, needs=OWNER, methods=["POST"]),
+    route("/backups/sticks", look_for_sticks, needs=OWNER, methods=["POST"]),
     route(RESTORE_PATH, restore_upload, needs=RESTORERS, methods=["PUT"]),
     route(RESTORE_PATH, preview, needs=RESTORERS, methods=["GET"]),
     route(RESTORE_PATH, cancel_restore, needs=RESTORERS, methods=["DELETE"]),

@@ -8,6 +8,7 @@ table; split by API, the shared fields (sampling, messages) and the docs' one re
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .. import conversations
@@ -328,6 +329,9 @@ def _content(raw: object) -> str:
     return raw
 
 
+STICK_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
+
+
 def _source(raw: object) -> str:
     if raw not in (None, "online", "bundle"):
         raise ValueError(f"'source' is 'online' (the configured repository, update.url) or 'bundle' (one uploaded "
@@ -395,10 +399,23 @@ class Passphrase:
                               required=True)
 
 
+def _stick(raw: object) -> str:
+    if not isinstance(raw, str) or not STICK_ID.fullmatch(raw):
+        raise ValueError(f"'stick' is a stick's id from GET /backups (its file system's UUID), not {str(raw)[:80]!r}")
+    return raw
+
+
+@dataclass(frozen=True, kw_only=True)
+class StickChoice:
+    """POST /backups/files/{name}/stick"""
+    stick: str = setting(None, "The USB stick to copy the backup to: its `id` in GET /backups's `sticks`.",
+                         read=_stick, shape="string", allowed="a file system UUID")
+
+
 BODIES = (ChatCompletion, Completion, Embeddings, OllamaChat, OllamaGenerate, OllamaEmbed, OllamaEmbeddings,
           OllamaNamed, OllamaPull,
           NewConversation, Renamed, OwnersMessage, UpdateStart, ModelChoice, Download, RecoveryKey,
-          Passphrase)
+          Passphrase, StickChoice)
 
 
 def reference() -> str:

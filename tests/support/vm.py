@@ -71,11 +71,12 @@ class VM:
     The box's ports are on 127.0.0.1: `url` (the assistant's plain API), `https_url` and `redirect_url`
     (port 80).  With a `lan`, the box has a second NIC on that LAN (tests/support/lan.py).  `cpus` is
     qemu's -smp (docs/benchmarks.md: two pay off under TCG, even for two boxes at once on 2 cores);
-    `accel` is for the benchmark that weighs TCG's threading (buildhost.qemu.qemu_argv).
+    `accel` is for the benchmark that weighs TCG's threading (buildhost.qemu.qemu_argv); `devices` are more
+    of qemu's arguments (USB sticks: tests/support/sticks.py).
     """
 
     def __init__(self, image: Path, work: Path, grow_by: int = 2 << 30, units: dict[str, str] | None = None,
-                 lan: Lan | None = None, cpus: int = 2, accel: str | None = None):
+                 lan: Lan | None = None, cpus: int = 2, accel: str | None = None, devices: tuple[str, ...] = ()):
         work.mkdir(parents=True, exist_ok=True)
         self.arch = image_arch(image)
         ensure_qemu(self.arch)  # qemu and the UEFI firmware of the image's architecture
@@ -94,7 +95,7 @@ class VM:
         self.url = f"http://127.0.0.1:{web}"
         self.https_url = f"https://127.0.0.1:{https}"
         self.redirect_url = f"http://127.0.0.1:{redirect}"
-        self.cpus, self.accel = cpus, accel
+        self.cpus, self.accel, self.devices = cpus, accel, devices
         self.qemu: subprocess.Popen | None = None
         self.boots, self.closed = 0, False
         self.lives: list[tuple[float, float, float]] = []  # per qemu run: started, killed (monotonic), CPU seconds
@@ -107,7 +108,7 @@ class VM:
         self.boots += 1
         self.serial = self.work / f"serial-{self.boots}.log"
         argv = qemu_argv(self.disk, self.arch, self.forwards, self.work / "efivars.fd", self.units, serial=self.serial,
-                         cpus=self.cpus, accel=self.accel)
+                         cpus=self.cpus, accel=self.accel) + list(self.devices)
         tap: tuple[int, ...] = ()
         if self.lan:
             argv, tap = argv + self.lan.qemu_args(), (self.lan.tap,)

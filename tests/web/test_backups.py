@@ -3,6 +3,7 @@ backing up now, downloading, and a restore through the setup wizard of a freshly
 password, conversations and token working afterwards; who may do any of it."""
 
 import base64
+import json
 import re
 from urllib.parse import quote
 
@@ -10,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from appliance import config, db as database, firstboot, tokens
-from appliance.backup import keys, swap
+from appliance.backup import keys, stick, swap
 from appliance.web.app import create_app
 
 from tests.backup.conftest import PASSPHRASE, PASSWORD, make_box, rows
@@ -157,3 +158,28 @@ def test_a_passphrase_seals_the_key_and_opens_the_backups_here_and_on_a_flashed_
         staged = wizard.put("/backups/restore", content=content, headers=setup | opening(
             PASSPHRASE, **{"X-Sealed-Key": base64.b64encode(file.content).decode()}))
         assert staged.status_code == 200 and staged.json()["conversations"] == 2, staged.text
+
+
+def test_the_page_asks_the_stick_helper_through_the_channel_which_answers(owned, tmp_path):
+    """Here, where no USB stick is plugged in: the requests the helper gets, and what it answers (the sticks
+    themselves are the booted image's test, tests/image/box/test_network.py)."""
+    headers = logged_in(owned)
+    confirm_kit(owned, headers)
+    name = owned.post("/backups", headers=headers).json()["name"]
+    data, state = owned.box.data, tmp_path / "stick-state"
+    assert owned.post("/backups/sticks", headers=headers).status_code == 202
+    assert owned.get("/backups").json()["sticks"]["pending"]
+    assert json.loads((data.requests / "stick.json").read_text()) == {"action": "look", "stick": "", "backup": ""}
+    stick.main(["request", "--data-dir", str(data.root), "--state", str(state)])
+    looked = json.loads((state / "sticks.json").read_text())
+    assert looked["sticks"] == [] and looked["outcome"]["ok"] and not owned.get("/backups").json()["sticks"]["pending"]
+
+    for bad, status in (({"stick": "../sda1"}, 400), ({}, 400), ({"stick": "ABCD-1234"}, 202)):
+        assert owned.post(f"/backups/files/{name}/stick", json=bad, headers=headers).status_code == status, bad
+    assert owned.post("/backups/files/paladin-x.age/stick", json={"stick": "ABCD-1234"},
+                      headers=headers).status_code == 404
+    assert json.loads((data.requests / "stick.json").read_text()) == {"action": "copy", "stick": "ABCD-1234",
+                                                                    "backup": name}
+    stick.main(["request", "--data-dir", str(data.root), "--state", str(state)])
+    gone = json.loads((state / "sticks.json").read_text())["outcome"]
+    assert gone["action"] == "copy" and not gone["ok"] and "no longer plugged in" in gone["message"]

@@ -85,6 +85,8 @@ DELETE /backups/sealed-key           owner
 GET    /backups/files/{name}         owner
 DELETE /backups/files/{name}         owner
 POST   /backups/files/{name}/restore owner
+POST   /backups/files/{name}/stick   owner
+POST   /backups/sticks               owner
 PUT    /backups/restore              owner,setup
 GET    /backups/restore              owner,setup
 DELETE /backups/restore              owner,setup

@@ -40,6 +40,28 @@ on("new-key", "onclick", async () => {
   try { await call("DELETE", "/backups/key"); location.reload(); } catch (err) { alarm(err.message); }
 });
 
+// The stick helper works in the background: ask, then wait for its outcome (a copy of gigabytes takes minutes).
+async function stick(path, body) {
+  const since = (await call("GET", "/backups")).sticks.outcome?.time ?? 0;
+  $("sticks-status").className = "hint";
+  $("sticks-status").textContent = "The box is at it…";
+  try {
+    await call("POST", path, body);
+    for (;;) {
+      await sleep(1000);
+      const now = (await call("GET", "/backups")).sticks;
+      if (!now.pending && now.outcome && now.outcome.time > since) break;
+    }
+    location.reload();
+  } catch (err) { alarm(`USB stick: ${err.message}`); }
+}
+
+on("look-for-sticks", "onclick", () => stick("/backups/sticks"));
+
+for (const button of document.querySelectorAll(".copy-to-stick")) {
+  button.onclick = () => stick(`/backups/files/${encodeURIComponent(button.dataset.name)}/stick`, { stick: button.dataset.stick });
+}
+
 on("seal-form", "onsubmit", async (event) => {
   event.preventDefault();
   if ($("passphrase").value !== $("passphrase-again").value) { alarm("The two passphrases differ: type them again."); return; }

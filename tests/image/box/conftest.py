@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.booted import CHECK_SCRIPT, CHECK_UNIT, GROW_BY, LAPTOP, OUTSIDER, VERSION
+from tests.support import sticks
 from tests.support.lan import OUTSIDE_GATEWAY, Lan
 from tests.support.vm import VM
 
@@ -34,9 +35,14 @@ def lan(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def booted(image, lan, tmp_path_factory):
-    """The image booted once (on a copy grown by 2 GiB, as a bigger USB stick would be), on `lan` too."""
-    vm = VM(Path(image["image"]), tmp_path_factory.mktemp("boot"), GROW_BY,
-            {"paladin-check.service": CHECK_UNIT, "paladin-check.sh": CHECK_SCRIPT}, lan=lan)
+    """The image booted once (on a copy grown by 2 GiB, as a bigger USB stick would be), on `lan` too, with
+    two USB sticks plugged in: a FAT one, and an exFAT one whose write-protect switch is on."""
+    work = tmp_path_factory.mktemp("boot")
+    plugged = {"writable": sticks.make(work / "stick.img", "vfat", "PALSTICK"),
+               "protected": sticks.make(work / "locked.img", "exfat", "LOCKED")}
+    vm = VM(Path(image["image"]), work, GROW_BY, {"paladin-check.service": CHECK_UNIT,
+                                                 "paladin-check.sh": CHECK_SCRIPT}, lan=lan,
+            devices=tuple(sticks.qemu_args([(plugged["writable"], False), (plugged["protected"], True)])))
     started = time.monotonic()
     vm.start()
     try:
@@ -47,7 +53,7 @@ def booted(image, lan, tmp_path_factory):
                   re.findall(r"PALADIN-CHECK (\S+)(.*?)\r?$", vm.console(), re.M)} | {"token": vm.token()}
         print(f"\nboot to /health 200: {boot_seconds:.0f} s under TCG")
         yield {"url": vm.url, "health": health, "boot_seconds": boot_seconds, "checks": checks, "vm": vm,
-               "started": started}
+               "started": started, "sticks": plugged}
     finally:
         vm.close()
 

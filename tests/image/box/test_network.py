@@ -208,10 +208,24 @@ def test_privacy_mode_lets_nothing_out_and_stops_network_time(box_owner, ssh_on,
     assert inside() == ["active", "refused"]
 
 
+def stick_helper(box_owner, path: str, body: dict | None = None) -> dict:
+    """Ask the USB stick helper through the Backups API; its sticks and outcome once it has answered."""
+    since = (box_owner.get("/backups").json()["sticks"]["outcome"] or {}).get("time", 0)
+    asked = box_owner.post(path, json=body)
+    assert asked.status_code == 202, asked.text
+    deadline = time.monotonic() + 300
+    while (state := box_owner.get("/backups").json()["sticks"])["pending"] or (state["outcome"] or {}).get(
+            "time", 0) <= since:
+        assert time.monotonic() < deadline, f"the stick helper did not answer: {state}"
+        time.sleep(2)
+    return state
+
+
 def test_backups_daily_and_by_hand_restore_in_the_box_and_read_anywhere(booted, box_owner, ssh_on, laptop, tmp_path):
     """Last: the recovery kit typed back, Back up now, the daily unit in its sandbox, the backup read on this
-    host by Debian's age, and a restore that restarts the service in place (the same main process) and
-    brings the owner and the wizard's conversation back."""
+    host by Debian's age, copied to a USB stick by the stick helper (refused by a write-protected one) and read
+    from the stick here, and a restore that restarts the service in place (the same main process) and brings
+    the owner and the wizard's conversation back."""
     vm = booted["vm"]
     page = box_owner.get("/manage/backups").text
     groups = re.findall(r"<span>([^<]+)</span>", re.search(r'id="kit-key">(.*?)</p>', page, re.S).group(1))[1:]
@@ -233,6 +247,20 @@ def test_backups_daily_and_by_hand_restore_in_the_box_and_read_anywhere(booted, 
     unpacked = subprocess.run(f"age -d -i key.txt {backup.name} | zstd -d | tar -t", shell=True, cwd=tmp_path,
                               capture_output=True, text=True, check=True).stdout.split()
     assert unpacked[0] == "manifest.json" and "paladin.db" in unpacked and "firewall.json" in unpacked
+
+    seen = {stick["label"]: stick for stick in stick_helper(box_owner, "/backups/sticks")["sticks"]}
+    assert seen.keys() == {"PALSTICK", "LOCKED"} and seen["LOCKED"]["read_only"], seen
+    assert seen["LOCKED"]["filesystem"] == "exfat" and seen["PALSTICK"]["filesystem"] == "vfat", seen
+    to_stick = f"/backups/files/{backup.name}/stick"
+    locked = stick_helper(box_owner, to_stick, {"stick": seen["LOCKED"]["id"]})["outcome"]
+    assert not locked["ok"] and "write-protected" in locked["message"], locked
+    copied = stick_helper(box_owner, to_stick, {"stick": seen["PALSTICK"]["id"]})
+    assert copied["outcome"]["ok"], copied
+    on_stick = {stick["label"]: stick["backups"] for stick in copied["sticks"]}
+    assert on_stick == {"PALSTICK": [[backup.name, backup.stat().st_size]], "LOCKED": []}, copied
+    read_here = tmp_path / "from-the-stick.age"  # mtools reads the stick the box wrote, as any computer would
+    subprocess.run(["mcopy", "-i", booted["sticks"]["writable"], f"::PAL-adin/{backup.name}", read_here], check=True)
+    assert read_here.read_bytes() == backup.read_bytes()
 
     preview = box_owner.post(f"/backups/files/{listed[0]['name']}/restore")
     assert preview.status_code == 200 and preview.json()["owner"] == "Ada", preview.text
