@@ -69,19 +69,21 @@ def answered(argv: list, answers: list[str], *, pass_fds: tuple[int, ...] = (), 
         os.close(slave)
     deadline, asked, pending = time.monotonic() + timeout, b"", list(answers)
     try:
-        while process.poll() is None:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise CommandError(f"{argv[0]} did not finish in {timeout:.0f} s")
-            if select.select([master], [], [], 0.1)[0]:
-                try:
-                    asked += os.read(master, 1024)
-                except OSError:  # the tool closed its terminal: it is ending
-                    asked = b""
-                if pending and asked.rstrip(b" ").endswith(b":"):
-                    os.write(master, pending.pop(0).encode() + b"\n")
-                    asked = b""
-        stdout, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        while process.poll() is None and time.monotonic() < deadline:
+            if not select.select([master], [], [], 0.1)[0]:
+                continue
+            try:
+                said_now = os.read(master, 1024)
+            except OSError:  # EIO: the tool closed its terminal, it is ending
+                break
+            asked += said_now
+            if pending and asked.rstrip(b" ").endswith(b":"):
+                os.write(master, pending.pop(0).encode() + b"\n")
+                asked = b""
+        try:
+            stdout, stderr = process.communicate(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise CommandError(f"{argv[0]} did not finish in {timeout:.0f} s") from None
     finally:
         os.close(master)
         if process.poll() is None:
