@@ -154,8 +154,7 @@ def copy(data: DataDir, mount: Path, stick_id: str, name: str) -> str:
             if _digest_of(partial) != written:
                 raise StickError("the copy on the stick reads back different from the backup (a failing stick?): "
                                  "it was deleted; try another stick")
-            os.replace(partial, folder / name)
-            _fsync(folder)
+            files.commit(partial, folder / name)
         except OSError as err:
             with contextlib.suppress(OSError):
                 partial.unlink()
@@ -190,14 +189,6 @@ def _digest_of(path: Path) -> str:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _record(state: StickState, sticks: list[Stick] | None, action: str, ok: bool, message: str) -> None:
