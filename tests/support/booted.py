@@ -9,7 +9,7 @@ import httpx
 
 from buildhost import ROOT
 from tests.support.vm import VM
-from tests.support.wizard import PASSWORD
+from tests.support.wizard import PASSWORD, csrf_of, walk
 
 VERSION = "1"
 GROW_BY = 2 << 30
@@ -67,11 +67,31 @@ ImportCredential=paladin-check.sh
 ExecStart=/bin/sh ${CREDENTIALS_DIRECTORY}/paladin-check.sh
 """
 
+def set_up(vm: VM) -> None:
+    """The box made Ada's through the wizard's forms over HTTPS, serving the model it serves already."""
+    with vm.client() as api:
+        model = next(m["name"] for m in api.get("/models").raise_for_status().json()["models"] if m["served"])
+    with httpx.Client(base_url=vm.https_url, verify=False, timeout=120, follow_redirects=True) as client:
+        csrf = walk(client, vm.setup_code(), model)
+        finished = client.post("/setup/finish", data={"csrf": csrf})
+        assert finished.url.path == "/", f"setup did not finish: {finished.status_code} {finished.url}"
+
+
+def confirm_kit(owner: httpx.Client) -> str:
+    """Backups turned on as the Backups page asks: the group of the recovery kit it names typed back; the key."""
+    page = owner.get("/manage/backups").text
+    groups = re.findall(r"<span>([^<]+)</span>", re.search(r'id="kit-key">(.*?)</p>', page, re.S).group(1))[1:]
+    ask = int(re.search(r'data-group="(\d+)"', page).group(1))
+    confirmed = owner.post("/backups/key", json={"group": ask, "typed": groups[ask - 1]})
+    assert confirmed.status_code == 200, confirmed.text
+    return "AGE-SECRET-KEY-1" + "".join(groups)
+
+
 def owner_client(vm: VM) -> httpx.Client:
     """The owner logged in over HTTPS (the box's own certificate), as the in-image wizard made them; its
     CSRF token in the client's headers."""
     client = httpx.Client(base_url=vm.https_url, verify=False, timeout=120, follow_redirects=True)
     page = client.post("/login", data={"name": "Ada", "password": PASSWORD, "next": "/access"})
     assert page.status_code == 200 and page.url.path == "/access", f"the owner cannot log in: {page.status_code}"
-    client.headers["X-CSRF-Token"] = re.search(r'name="csrf" content="([^"]+)"', page.text).group(1)
+    client.headers["X-CSRF-Token"] = csrf_of(page)
     return client

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -97,7 +98,9 @@ class VM:
         self.redirect_url = f"http://127.0.0.1:{redirect}"
         self.cpus, self.accel, self.devices = cpus, accel, devices
         self.qemu: subprocess.Popen | None = None
+        self.qmp = work / "qmp.sock"
         self.boots, self.closed = 0, False
+        self.carried: tuple[int, str] | None = None  # (boot, API token): carry_token
         self.lives: list[tuple[float, float, float]] = []  # per qemu run: started, killed (monotonic), CPU seconds
         self.serial = work / "serial-0.log"
         GUESTS.append(self)
@@ -108,7 +111,8 @@ class VM:
         self.boots += 1
         self.serial = self.work / f"serial-{self.boots}.log"
         argv = qemu_argv(self.disk, self.arch, self.forwards, self.work / "efivars.fd", self.units, serial=self.serial,
-                         cpus=self.cpus, accel=self.accel) + list(self.devices)
+                         cpus=self.cpus, accel=self.accel) + list(self.devices) + [
+            "-qmp", f"unix:{self.qmp},server=on,wait=off"]
         tap: tuple[int, ...] = ()
         if self.lan:
             argv, tap = argv + self.lan.qemu_args(), (self.lan.tap,)
@@ -133,6 +137,23 @@ class VM:
             self.qemu.kill()
             self.qemu.wait()
             self.lives.append((self.started, time.monotonic(), cpu))
+
+    def monitor(self, execute: str, **arguments) -> dict | list:
+        """qemu's answer to one command of its machine protocol (QMP) on this boot's socket: what a person does
+        to the hardware (pulling a USB stick) and what the hardware did (bytes written to a disk)."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(30)
+            sock.connect(str(self.qmp))
+            stream = sock.makefile("rwb")
+            json.loads(stream.readline())  # qemu's greeting
+            for command in ({"execute": "qmp_capabilities"}, {"execute": execute, "arguments": arguments}):
+                stream.write(json.dumps(command).encode() + b"\n")
+                stream.flush()
+                while "event" in (said := json.loads(stream.readline())):
+                    pass
+                if "error" in said:
+                    raise AssertionError(f"qemu refused {command}: {said['error']}")
+            return said["return"]
 
     def console(self) -> str:
         return self.serial.read_text(errors="replace") if self.serial.exists() else ""
@@ -167,8 +188,16 @@ class VM:
         self.fail(f"no {what} on the console after {timeout:.0f} s")
 
     def token(self) -> str:
-        """The API token the credential unit printed on this boot's console (buildhost.qemu.TOKEN_UNIT)."""
+        """The API token the credential unit printed on this boot's console (buildhost.qemu.TOKEN_UNIT), or
+        the one carried over to this boot."""
+        if self.carried and self.carried[0] == self.boots:
+            return self.carried[1]
         return self.printed(r"PALADIN-TOKEN (pal_\S+)", "API token")
+
+    def carry_token(self, token: str) -> None:
+        """Use `token` until the next boot: a restore replaced the database the console's token was made in
+        (the credential unit makes a new one at each boot)."""
+        self.carried = (self.boots, token)
 
     def setup_code(self) -> str:
         """The setup code the first-boot unit printed on this boot's console (`Setup code: 7K4M-PQ9X-2HDT`)."""

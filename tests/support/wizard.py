@@ -55,6 +55,24 @@ class Shots:
             page.screenshot(path=str(self.directory / f"{name}-phone.png"), full_page=True)
 
 
+def csrf_of(response) -> str:
+    """The CSRF token a page carries (its forms' field, or the meta element its scripts read)."""
+    return re.search(r'name="csrf" (?:value|content)="([^"]+)"', response.text).group(1)
+
+
+def walk(client, code: str, model: str, password: str = PASSWORD, *, until: str = "finish") -> str:
+    """The wizard over HTTP as its forms send it (`client` follows redirects): the setup code, then each step
+    before `until` (the summary's finish is the caller's); the pages' CSRF token."""
+    csrf = csrf_of(client.post("/setup/code", data={"code": code}))
+    steps = [("owner", {"name": "Ada", "password": password, "password2": password}),
+             ("device", {"name": "Kitchen box", "timezone": "Europe/Berlin"}),
+             ("model", {"model": model}), ("privacy", {"time_sync": "on"}), ("finish", {})]
+    for name, form in steps[:[name for name, _ in steps].index(until)]:
+        page = client.post(f"/setup/{name}", data={"csrf": csrf, **form})
+        assert page.status_code == 200, page.text
+    return csrf
+
+
 def run_setup(page, base: str, code: str, shots: Shots, *, download: str | None = None) -> float:
     """From the box's address to a finished wizard; the seconds it took.  `download`: a catalog tier to
     download on the model step (with its progress bar) before choosing a model."""
@@ -133,6 +151,21 @@ def log_out_and_in(page, base: str, shots: Shots) -> None:
     expect(page.locator("#error")).to_contain_text("wrong")
     shots(page, "9-login")
     log_in(page, base)
+
+
+def open_restore(page, base: str, code: str, backup: Path, key: str) -> None:
+    """A fresh box's wizard: the setup code, then "Restore a backup" with the file `backup` and the recovery
+    `key` as typed, up to the preview of what the backup holds (Ada's)."""
+    from playwright.sync_api import expect
+
+    page.goto(base + "/setup")
+    page.fill("#code", code)
+    page.click("#code-form button")
+    page.click("#restore-link")
+    page.set_input_files("#restore-file", str(backup))
+    page.fill("#restore-key", key)
+    page.click("#restore-upload")
+    expect(page.locator("#restore-facts")).to_contain_text("Ada")
 
 
 def log_in(page, base: str) -> None:

@@ -15,7 +15,7 @@ from appliance.backup import keys, stick, swap
 from appliance.web.app import create_app
 
 from tests.backup.conftest import PASSPHRASE, PASSWORD, make_box, rows
-from .test_pages import csrf_of
+from tests.support.wizard import csrf_of
 
 pytestmark = pytest.mark.system  # Debian's age makes the keys and does the encryption
 HTTPS = "https://paladin.local"

@@ -13,7 +13,7 @@ from appliance import device
 
 from tests.backup.conftest import PASSPHRASE, fresh_box, make_box
 from tests.support.served import Service
-from tests.support.wizard import CHROMIUM, browser_page, log_in
+from tests.support.wizard import CHROMIUM, browser_page, log_in, open_restore
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (./build.py test installs it)")]
@@ -67,14 +67,8 @@ def test_kit_backup_download_and_restore_on_a_second_box(tmp_path, tiny_model, s
     second = Service(tiny_model, new.data.root)
     try:
         with browser_page() as page:
-            page.goto(second.https_url + "/setup")
-            page.fill("#code", device.secrets_of(new.data.root).setup_code())
-            page.click("#code-form button")
-            page.click("#restore-link")
-            page.set_input_files("#restore-file", str(backup))
-            page.fill("#restore-key", "\n".join(key.split(" ", 4)))  # pasted over lines, as from paper
-            page.click("#restore-upload")
-            expect(page.locator("#restore-facts")).to_contain_text("Ada")
+            open_restore(page, second.https_url, device.secrets_of(new.data.root).setup_code(), backup,
+                         "\n".join(key.split(" ", 4)))  # pasted over lines, as from paper
             expect(page.locator("#restore-facts")).to_contain_text("2 (2 messages)")
             shots(page, "11-restore")
             page.click("#restore-cancel")  # and again, with the sealed key and its passphrase instead

@@ -12,14 +12,11 @@ from appliance import command, config, db as database, device, firstboot, owner,
 from appliance.web import system, updates
 from appliance.web.app import create_app
 from appliance.layout import DataDir
+from tests.support.wizard import csrf_of
 
 pytestmark = pytest.mark.unit
 PASSWORD = "correct horse battery"
 PAGES = ("/manage/models", "/manage/updates", "/manage/system", "/access", "/tokens")
-
-
-def csrf_of(response) -> str:
-    return re.search(r'name="csrf" (?:value|content)="([^"]+)"', response.text).group(1)
 
 
 def logged_in(client) -> dict:

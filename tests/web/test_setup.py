@@ -15,6 +15,7 @@ from appliance import channel, config, db as database, device, firstboot, owner
 from appliance.web.app import create_app
 from buildhost.qemu import free_port
 from tests.support.served import Service
+from tests.support.wizard import csrf_of, walk
 
 PASSWORD = "correct horse battery"
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs9Bq0t0z9yJ8y3xYv1n2oE9k4gq5o2q0v9u3c5Wm7a owner@laptop"
@@ -24,10 +25,6 @@ ALERT = re.compile(r'role="alert"[^>]*>([^<]*)')
 def alert(response) -> str:
     found = ALERT.search(response.text)
     return found.group(1) if found else ""
-
-
-def csrf_of(response) -> str:
-    return re.search(r'name="csrf" (?:value|content)="([^"]+)"', response.text).group(1)
 
 
 def step_of(response) -> str:
@@ -46,17 +43,7 @@ def setup_app(two_models):
 
 def through_setup(client, *, until: str = "finish") -> str:
     """Walk the wizard as a person would, up to the step `until`; the page's CSRF token."""
-    page = client.post("/setup/code", data={"code": client.code})
-    csrf = csrf_of(page)
-    steps = [("owner", {"name": "Ada", "password": PASSWORD, "password2": PASSWORD}),
-             ("device", {"name": "Kitchen box", "timezone": "Europe/Berlin"}),
-             ("model", {"model": "tiny.gguf"}), ("privacy", {"time_sync": "on"}), ("finish", {})]
-    for name, form in steps:
-        if name == until:
-            break
-        page = client.post(f"/setup/{name}", data={"csrf": csrf, **form})
-        assert page.status_code == 200, page.text
-    return csrf
+    return walk(client, client.code, "tiny.gguf", PASSWORD, until=until)
 
 
 @pytest.mark.unit

@@ -36,13 +36,16 @@ def lan(tmp_path_factory):
 @pytest.fixture(scope="package")
 def booted(image, lan, tmp_path_factory):
     """The image booted once (on a copy grown by 2 GiB, as a bigger USB stick would be), on `lan` too, with
-    two USB sticks plugged in: a FAT one, and an exFAT one whose write-protect switch is on."""
+    three USB sticks plugged in (numbered as in tests/support/sticks.py): a FAT one, an exFAT one whose
+    write-protect switch is on, and a FAT one to be pulled out."""
     work = tmp_path_factory.mktemp("boot")
     plugged = {"writable": sticks.make(work / "stick.img", "vfat", "PALSTICK"),
-               "protected": sticks.make(work / "locked.img", "exfat", "LOCKED")}
+               "protected": sticks.make(work / "locked.img", "exfat", "LOCKED"),
+               "pulled": sticks.make(work / "pulled.img", "vfat", "PULLED")}
     vm = VM(Path(image["image"]), work, GROW_BY, {"paladin-check.service": CHECK_UNIT,
                                                  "paladin-check.sh": CHECK_SCRIPT}, lan=lan,
-            devices=tuple(sticks.qemu_args([(plugged["writable"], False), (plugged["protected"], True)])))
+            devices=tuple(sticks.qemu_args([(plugged["writable"], False), (plugged["protected"], True),
+                                            (plugged["pulled"], False)])))
     started = time.monotonic()
     vm.start()
     try:

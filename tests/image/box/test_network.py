@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.booted import UNITS, owner_client
 from buildhost.qemu import USER_NIC_MAC
 from tests import support
+from tests.support import sticks
+from tests.support.booted import UNITS, confirm_kit, owner_client
 from tests.support.capture import Packet, read, sent_by
 from tests.support.lan import BOX_ADDRESS, BOX_MAC, run_in
 
@@ -221,17 +222,41 @@ def stick_helper(box_owner, path: str, body: dict | None = None) -> dict:
     return state
 
 
+PULLED = 2  # the third stick the shared box has plugged in (tests/image/box/conftest.py)
+
+
+def pulled_out_mid_copy(vm, box_owner, stick: str, image: Path) -> None:
+    """A backup with the model in it (some MB) copied to a stick whose writes qemu slows to take about 8 s,
+    pulled out once a third is written: the owner is told, and the stick holds no file of the backup's name
+    (perhaps its .partial: only a whole, checked copy is named)."""
+    assert box_owner.put("/backups/settings", json={"models": True}).status_code == 200
+    made = box_owner.post("/backups")
+    assert made.status_code == 201, made.text
+    name, size = made.json()["name"], made.json()["bytes"]
+    sticks.slow_down(vm, PULLED, size // 8)
+    before = sticks.written(vm, PULLED)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        copying = pool.submit(stick_helper, box_owner, f"/backups/files/{name}/stick", {"stick": stick})
+        deadline = time.monotonic() + 300
+        while sticks.written(vm, PULLED) < before + size // 3:
+            assert not copying.done(), f"the copy ended before a third was written: {copying.result()}"
+            assert time.monotonic() < deadline, "the copy to the stick did not begin"
+            time.sleep(0.2)
+        sticks.pull(vm, PULLED)
+        outcome = copying.result()["outcome"]
+    assert not outcome["ok"] and "went away" in outcome["message"], outcome
+    left = subprocess.run(["mdir", "-b", "-i", image, "::PAL-adin"], capture_output=True, text=True).stdout
+    assert name not in {Path(line).name for line in left.split()}, left
+    assert box_owner.put("/backups/settings", json={"models": False}).status_code == 200
+
+
 def test_backups_daily_and_by_hand_restore_in_the_box_and_read_anywhere(booted, box_owner, ssh_on, laptop, tmp_path):
     """Last: the recovery kit typed back, Back up now, the daily unit in its sandbox, the backup read on this
-    host by Debian's age, copied to a USB stick by the stick helper (refused by a write-protected one) and read
-    from the stick here, and a restore that restarts the service in place (the same main process) and brings
-    the owner and the wizard's conversation back."""
+    host by Debian's age, copied to a USB stick by the stick helper (refused by a write-protected one, cut
+    short by one pulled out) and read from the stick here, and a restore that restarts the service in place
+    (the same main process) and brings the owner and the wizard's conversation back."""
     vm = booted["vm"]
-    page = box_owner.get("/manage/backups").text
-    groups = re.findall(r"<span>([^<]+)</span>", re.search(r'id="kit-key">(.*?)</p>', page, re.S).group(1))[1:]
-    ask = int(re.search(r'data-group="(\d+)"', page).group(1))
-    assert box_owner.post("/backups/key", json={"group": ask, "typed": groups[ask - 1]}).status_code == 200
-    key = "AGE-SECRET-KEY-1" + "".join(groups)
+    key = confirm_kit(box_owner)
     made = box_owner.post("/backups")
     assert made.status_code == 201, made.text
     assert box_owner.put("/backups/settings", json={"schedule": True}).status_code == 200
@@ -249,7 +274,7 @@ def test_backups_daily_and_by_hand_restore_in_the_box_and_read_anywhere(booted, 
     assert unpacked[0] == "manifest.json" and "paladin.db" in unpacked and "firewall.json" in unpacked
 
     seen = {stick["label"]: stick for stick in stick_helper(box_owner, "/backups/sticks")["sticks"]}
-    assert seen.keys() == {"PALSTICK", "LOCKED"} and seen["LOCKED"]["read_only"], seen
+    assert seen.keys() == {"PALSTICK", "LOCKED", "PULLED"} and seen["LOCKED"]["read_only"], seen
     assert seen["LOCKED"]["filesystem"] == "exfat" and seen["PALSTICK"]["filesystem"] == "vfat", seen
     to_stick = f"/backups/files/{backup.name}/stick"
     locked = stick_helper(box_owner, to_stick, {"stick": seen["LOCKED"]["id"]})["outcome"]
@@ -257,10 +282,11 @@ def test_backups_daily_and_by_hand_restore_in_the_box_and_read_anywhere(booted, 
     copied = stick_helper(box_owner, to_stick, {"stick": seen["PALSTICK"]["id"]})
     assert copied["outcome"]["ok"], copied
     on_stick = {stick["label"]: stick["backups"] for stick in copied["sticks"]}
-    assert on_stick == {"PALSTICK": [[backup.name, backup.stat().st_size]], "LOCKED": []}, copied
+    assert on_stick == {"PALSTICK": [[backup.name, backup.stat().st_size]], "LOCKED": [], "PULLED": []}, copied
     read_here = tmp_path / "from-the-stick.age"  # mtools reads the stick the box wrote, as any computer would
     subprocess.run(["mcopy", "-i", booted["sticks"]["writable"], f"::PAL-adin/{backup.name}", read_here], check=True)
     assert read_here.read_bytes() == backup.read_bytes()
+    pulled_out_mid_copy(vm, box_owner, seen["PULLED"]["id"], booted["sticks"]["pulled"])
 
     preview = box_owner.post(f"/backups/files/{listed[0]['name']}/restore")
     assert preview.status_code == 200 and preview.json()["owner"] == "Ada", preview.text

@@ -1,15 +1,16 @@
-"""The update boxes (tests/image/updates/): box A (v1 -> refusals -> v2 online -> a replayed snapshot
-refused -> v3 rolls back to v2) and box B (a power cut in each phase of installing v2's bundle), each a
-scenario run step by step in a thread of its own from the image layer's first test on
-(tests/image/conftest.py), beside the shared box (tests/image/box/) and each other.  A test waits for its
-step and gets its failure; the boxes' guests work while the others do, and each is shut down after its
-last step, so none idles.
+"""The update boxes (tests/image/updates/): box A (v1 with box B's backup restored through its wizard ->
+refusals -> v2 online -> a replayed snapshot refused -> v3 rolls back to v2) and box B (v1 set up and backed
+up, then a power cut in each phase of installing v2's bundle), each a scenario run step by step in a thread
+of its own from the image layer's first test on (tests/image/conftest.py), beside the shared box
+(tests/image/box/) and each other.  A test waits for its step and gets its failure; the boxes' guests work
+while the others do, and each is shut down after its last step, so none idles.
 
 The two update boxes take the two guest slots (tests/support/vm.py) as the image layer begins, before
 the shared box, which waits for box B's to come free: a third guest at once starved the others under
 TCG (docs/benchmarks.md), and the short shared box fills the end, beside box A.  The boxes share nothing
 they change: each has its own disk and ports; box A's repository is served over HTTP from the host
-(10.0.2.2 inside qemu), box B installs v2's bundle, written once when v2 was released.
+(10.0.2.2 inside qemu), box B installs v2's bundle, written once when v2 was released.  Box A waits at its
+first boot for box B's backup (a file on this host), as a second box on the shelf waits for the first.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,8 +32,11 @@ from pathlib import Path
 from buildhost import release
 from tests.support.fakes import fake_image
 from tests.support.images import Builds
-from tests.support.vm import (VM, conversation_intact, cut_first_boot, cut_power, partition_digest, request_update,
-                              update_status, upload_bundle, wait_blessed, wait_down, wait_update, write_conversation)
+from tests.support.booted import confirm_kit, owner_client, set_up
+from tests.support.vm import (BOOT_TIMEOUT, VM, conversation_intact, cut_first_boot, cut_power, partition_digest,
+                              request_update, update_status, upload_bundle, wait_blessed, wait_down, wait_update,
+                              write_conversation)
+from tests.support.wizard import browser_page, log_in, open_restore
 from tests.support.vm import release as release_image
 
 SEED = int(os.environ.get("PALADIN_POWERCUT_SEED", time.time()))
@@ -47,11 +52,22 @@ class Quiet(SimpleHTTPRequestHandler):
         pass
 
 
+@dataclass(frozen=True)
+class Made:
+    """Box B's backup, downloaded, and what box A needs to restore it and to go on as B's copy."""
+    file: Path
+    key: str  # the recovery key, as the kit shows it
+    token: str  # B's API token, in the backup's database
+    conversation: str
+
+
 class World:
-    """The builds, and the directory their repository is in, served over HTTP to the boxes."""
+    """The builds, and the directory their repository is in, served over HTTP to the boxes; box B's backup
+    once it is made."""
 
     def __init__(self, builds: Builds, work: Path):
         self.builds, self.work, self.keys = builds, work, builds.keys
+        self.backup: concurrent.futures.Future[Made] = concurrent.futures.Future()
         self.www = builds.repository.parent
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(self.www)))
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -96,11 +112,13 @@ class Scenario:
 
     def boot(self) -> None:
         """v1 up, and a conversation on it that every later boot must keep."""
-        vm = self.vm
-        vm.start()
-        vm.wait_health(version="1")
-        with vm.client() as client:
-            self.conversation = write_conversation(client)
+        self.vm.start()
+        self.vm.wait_health(version="1")
+        self.conversation = self.first_conversation()
+
+    def first_conversation(self) -> str:
+        with self.vm.client() as client:
+            return write_conversation(client)
 
     def step(self, name: str):
         booted = next(iter(self._results.values()))  # the first step boots the box: without it, nothing ran
@@ -114,13 +132,30 @@ class Scenario:
 
 
 class BoxA(Scenario):
-    """v1 -> refusals -> v2 online -> a replayed snapshot refused -> v3 rolls back to v2."""
+    """v1 with box B's backup -> refusals -> v2 online -> a replayed snapshot refused -> v3 rolls back to v2."""
 
     def __init__(self, world: World):
         self.world = world
         super().__init__("box-a", world.box("box-a"), [
             ("boot", self.boot), ("refusals", self.refusals), ("v2", self.online_v2), ("replay", self.replay),
             ("v3", self.v3_rolls_back)])
+
+    def first_conversation(self) -> str:
+        """Box B's backup restored through this fresh box's wizard in Chromium: the owner logs in with B's
+        password and finds B's conversation, which every later boot must keep; B's API token works here."""
+        from playwright.sync_api import expect
+
+        made, vm = self.world.backup.result(timeout=BOOT_TIMEOUT), self.vm
+        with browser_page() as page:
+            open_restore(page, vm.https_url, vm.setup_code(), made.file, made.key)
+            page.click("#restore-confirm")
+            expect(page).to_have_url(vm.https_url + "/login", timeout=600_000)  # once the service restarted
+            log_in(page, vm.https_url)
+            expect(page.locator("#conversations")).to_contain_text("before the update")
+        vm.carry_token(made.token)
+        with vm.client() as client:
+            assert conversation_intact(client, made.conversation)
+        return made.conversation
 
     def refusals(self) -> None:
         """Each bad source gets a specific error; slot A (root and verity) stays byte-identical."""
@@ -193,8 +228,8 @@ class BoxA(Scenario):
 
 
 class BoxB(Scenario):
-    """v1, then a power cut in each phase of installing v2's bundle (download, write, UKI install, first
-    boot); after each, a good version answers and the conversation is there; then v2 is installed and
+    """v1 set up and backed up, then a power cut in each phase of installing v2's bundle (download, write, UKI
+    install, first boot); after each, a good version answers and the conversation is there; then v2 is installed and
     blessed.  Its step "cuts" returns the cuts made."""
 
     PHASES = ("download", "write", "uki", "first boot")
@@ -202,6 +237,25 @@ class BoxB(Scenario):
     def __init__(self, world: World):
         self.world, self.random = world, random.Random(SEED)
         super().__init__("box-b", world.box("box-b"), [("boot", self.boot), ("cuts", self.cuts)])
+
+    def first_conversation(self) -> str:
+        """The conversation, then the box set up as Ada's, backups turned on, and a backup of it all made and
+        downloaded for box A (World.backup)."""
+        vm, backup = self.vm, self.world.backup
+        try:
+            conversation = super().first_conversation()
+            set_up(vm)
+            with owner_client(vm) as owner:
+                key = confirm_kit(owner)
+                made = owner.post("/backups")
+                assert made.status_code == 201, made.text
+                file = self.world.work / made.json()["name"]
+                file.write_bytes(owner.get(f"/backups/files/{file.name}").raise_for_status().content)
+            backup.set_result(Made(file, key, vm.token(), conversation))
+        except BaseException as err:  # box A waits for it
+            backup.set_exception(err)
+            raise
+        return conversation
 
     def cuts(self) -> list[str]:
         vm, conversation = self.vm, self.conversation
