@@ -245,12 +245,15 @@ class BoxB(Scenario):
         try:
             conversation = super().first_conversation()
             set_up(vm)
-            with owner_client(vm) as owner:
+            owner = owner_client(vm)
+            try:
                 key = confirm_kit(owner)
                 made = owner.post("/backups")
                 assert made.status_code == 201, made.text
                 file = self.world.work / made.json()["name"]
                 file.write_bytes(owner.get(f"/backups/files/{file.name}").raise_for_status().content)
+            finally:
+                owner.close()
             backup.set_result(Made(file, key, vm.token(), conversation))
         except BaseException as err:  # box A waits for it
             backup.set_exception(err)
