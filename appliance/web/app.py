@@ -182,7 +182,8 @@ def create_app(config: Config, model_path=None, *, prove: bool = True,
             yield {"engine": engine, "db": db, "metrics": metrics, "config": config, "downloads": Downloads(),
                    "catalog": catalog.of(config), "speeds": speed.Table.read(),
                    "live": live, "failures": failures, "session_key": session_key, "governed": governed,
-                   "proofs": proofs, "restart": restart, "turns": chat.Turns()}
+                   "proofs": proofs, "restart": restart, "turns": chat.Turns(),
+                   "backing_up": asyncio.Lock()}  # one backup or restore at a time (web/backups.py)
         finally:
             systemd.notify("STOPPING=1", "STATUS=shutting down")
             following.cancel()

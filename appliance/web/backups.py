@@ -40,7 +40,6 @@ MAX_BACKUP_BYTES = 1 << 40
 SETTINGS = ("schedule", "identity", "models", "keep", "days")
 MAX_STICKS_JSON = 1 << 20
 RESTART_SECONDS = 0.5  # the confirmation's answer reaches the browser before the service stops
-_busy = asyncio.Lock()  # one backup or restore at a time
 
 
 def _keys(request: Request) -> keys.Keys:
@@ -160,7 +159,7 @@ async def unseal_key(request: Request):
 
 
 async def back_up(request: Request):
-    made = await _alone(lambda: asyncio.to_thread(contents.attempt, request.state.config))
+    made = await _alone(request, lambda: asyncio.to_thread(contents.attempt, request.state.config))
     return JSONResponse({"name": made.name, "bytes": made.size, "created": made.created, "key": made.key},
                         status_code=201)
 
@@ -212,11 +211,12 @@ def _sealed_given(request: Request, needs: str) -> str:
     return kept.read_text()
 
 
-async def _alone(work):
+async def _alone(request: Request, work):
     """`work` (a backup or a restore's check) while no other runs; its refusal as the API's error."""
-    if _busy.locked():
+    busy: asyncio.Lock = request.state.backing_up
+    if busy.locked():
         raise Conflict("a backup or restore is running already; wait for it to end")
-    async with _busy:
+    async with busy:
         try:
             return await work()
         except BackupError as err:
@@ -250,7 +250,7 @@ async def restore_upload(request: Request):
             raise
         return await staging
 
-    return JSONResponse(await _alone(work))
+    return JSONResponse(await _alone(request, work))
 
 
 async def restore_from_box(request: Request):
@@ -265,7 +265,7 @@ async def restore_from_box(request: Request):
         with made.path.open("rb") as source:
             return restore.stage(data, source, key, needs=made.key)
 
-    return JSONResponse(await _alone(lambda: asyncio.to_thread(stage)))
+    return JSONResponse(await _alone(request, lambda: asyncio.to_thread(stage)))
 
 
 async def preview(request: Request):

@@ -3,9 +3,10 @@ restarts `paladin serve` (the same process, as systemd's main PID stays), which 
 opens anything; kill -9 right after the confirmation."""
 
 import contextlib
-import re
 import ssl
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from appliance import device
 from appliance.backup import contents
 
 from tests.support.served import Service, kill_9
+from tests.support.wizard import csrf_of
 from .conftest import PASSWORD, fresh_box, make_box, rows
 
 pytestmark = pytest.mark.service
@@ -24,7 +26,7 @@ def browser(service: Service) -> httpx.Client:
 
 
 def csrf(page: httpx.Response) -> dict:
-    return {"X-CSRF-Token": re.search(r'name="csrf" content="([^"]+)"', page.text).group(1)}
+    return {"X-CSRF-Token": csrf_of(page)}
 
 
 def certificate(service: Service) -> str:
@@ -41,14 +43,23 @@ def backup(tmp_path_factory) -> dict:
             "certificate": device.secrets_of(box.data.root).tls_certificate.read_text(), "rows": rows(box.data)}
 
 
+def past_the_code(service: Service) -> httpx.Client:
+    """The wizard of a fresh box, past its setup code, at its restore step."""
+    wizard = browser(service)
+    wizard.post("/setup/code", data={"code": device.secrets_of(service.data_dir).setup_code()})
+    wizard.headers.update(csrf(wizard.get("/setup/restore")))
+    return wizard
+
+
+def upload(wizard: httpx.Client, backup: dict, content=None) -> httpx.Response:
+    return wizard.put("/backups/restore", content=backup["content"] if content is None else content,
+                      headers={"X-Recovery-Key": str(backup["box"].key), "X-Backup-Name": backup["name"]})
+
+
 def staged(service: Service, backup: dict) -> httpx.Client:
     """The wizard of a fresh box, past its setup code, with the backup checked and waiting for confirmation."""
-    wizard = browser(service)
-    code = device.secrets_of(service.data_dir).setup_code()
-    wizard.post("/setup/code", data={"code": code})
-    wizard.headers.update(csrf(wizard.get("/setup/restore")))
-    answer = wizard.put("/backups/restore", content=backup["content"],
-                        headers={"X-Recovery-Key": str(backup["box"].key), "X-Backup-Name": backup["name"]})
+    wizard = past_the_code(service)
+    answer = upload(wizard, backup)
     assert answer.status_code == 200 and answer.json()["conversations"] == 2, answer.text
     return wizard
 
@@ -100,3 +111,32 @@ def test_kill_9_right_after_the_confirmation_ends_on_the_whole_restored_box(tmp_
         assert not target.data.restore.exists()
     finally:
         again.stop()
+
+
+def test_a_restore_sent_while_another_is_being_checked_is_refused_until_that_one_ends(tmp_path, tiny_model, backup):
+    """One backup or restore at a time: while an upload's body is still coming, another is refused (409) with
+    what to do, and once the first is checked and staged the next is heard (here: a file that is no backup)."""
+    service = Service(tiny_model, fresh_box(tmp_path / "flashed").data.root)
+    release = threading.Event()
+
+    def slowly():
+        yield backup["content"][:4096]
+        release.wait(60)
+        yield backup["content"][4096:]
+
+    try:
+        with contextlib.closing(past_the_code(service)) as first, contextlib.closing(past_the_code(service)) as second, \
+                ThreadPoolExecutor(1) as pool:
+            checking = pool.submit(upload, first, backup, slowly())
+            deadline = time.monotonic() + 30
+            # Until the first has taken its turn, the second may take one and end at once: it is no backup.
+            while (refused := upload(second, backup, b"not a backup")).status_code != 409:
+                assert refused.status_code == 400 and time.monotonic() < deadline, refused.text
+                time.sleep(0.05)
+            assert "a backup or restore is running already; wait for it to end" in refused.text
+            release.set()
+            assert checking.result().status_code == 200, checking.result().text
+            assert "not a PAL-adin backup" in upload(second, backup, b"not a backup").text
+    finally:
+        release.set()
+        service.stop()
