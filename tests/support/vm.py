@@ -89,7 +89,8 @@ class VM:
         # from their choice to the boot, not through a wait).
         if not GUEST_SLOTS.acquire(timeout=SLOT_TIMEOUT):
             raise BootFailed(f"no guest slot came free in {SLOT_TIMEOUT} s (two boxes hold them)")
-        self.slot, self._closing = True, threading.Lock()
+        # A scenario's thread and the session's end may both kill or close a box.
+        self.slot, self._closing = True, threading.RLock()
         self.units = CONSOLE_DROPINS | (units or {})
         web, https, redirect = free_ports(3)
         self.forwards = {facts.WEB_PORT: web, facts.HTTPS_PORT: https, facts.REDIRECT_PORT: redirect}
@@ -132,11 +133,12 @@ class VM:
 
     def kill(self) -> None:
         """A power cut: qemu dies at once, nothing is flushed or shut down."""
-        if self.qemu and self.qemu.poll() is None:
-            cpu = cpu_seconds(self.qemu.pid)
-            self.qemu.kill()
-            self.qemu.wait()
-            self.lives.append((self.started, time.monotonic(), cpu))
+        with self._closing:  # one kill per life, counted once
+            if self.qemu and self.qemu.poll() is None:
+                cpu = cpu_seconds(self.qemu.pid)
+                self.qemu.kill()
+                self.qemu.wait()
+                self.lives.append((self.started, time.monotonic(), cpu))
 
     def monitor(self, execute: str, **arguments) -> dict | list:
         """qemu's answer to one command of its machine protocol (QMP) on this boot's socket: what a person does
@@ -208,8 +210,8 @@ class VM:
 
     def close(self) -> None:
         self.closed = True
-        self.kill()
-        with self._closing:  # a scenario's thread and the session's end may both close a box
+        with self._closing:
+            self.kill()
             if self.slot:
                 self.slot = False
                 GUEST_SLOTS.release()

@@ -25,6 +25,7 @@ from tests.support import sticks
 from tests.support.booted import UNITS, confirm_kit, owner_client
 from tests.support.capture import Packet, read, sent_by
 from tests.support.lan import BOX_ADDRESS, BOX_MAC, run_in
+from tests.support.wizard import browser_page, log_in
 
 pytestmark = pytest.mark.image
 WEB_PORTS = {80, 443, 8080}
@@ -222,6 +223,22 @@ def stick_helper(box_owner, path: str, body: dict | None = None) -> dict:
     return state
 
 
+def copy_in_a_browser(vm, stick: str) -> None:
+    """The Backups page's USB stick card in Chromium, its script asking the helper and waiting for its answer:
+    look for sticks, then copy the newest backup to `stick`; the page says it was copied and checked."""
+    from playwright.sync_api import expect
+
+    with browser_page() as page:
+        log_in(page, vm.https_url)
+        page.goto(vm.https_url + "/manage/backups")
+        with page.expect_navigation(timeout=120_000):  # the page reloads once the helper has answered
+            page.click("#look-for-sticks")
+        expect(page.locator("#stick-list li")).to_have_count(3)
+        with page.expect_navigation(timeout=120_000):
+            page.click(f".copy-to-stick[data-stick='{stick}']")
+        expect(page.locator("#sticks-status")).to_contain_text("copied to the stick PALSTICK and checked")
+
+
 PULLED = 2  # the third stick the shared box has plugged in (tests/image/box/conftest.py)
 
 
@@ -252,9 +269,10 @@ def pulled_out_mid_copy(vm, box_owner, stick: str, image: Path) -> None:
 
 def test_backups_daily_and_by_hand_restore_in_the_box_and_read_anywhere(booted, box_owner, ssh_on, laptop, tmp_path):
     """Last: the recovery kit typed back, Back up now, the daily unit in its sandbox, the backup read on this
-    host by Debian's age, copied to a USB stick by the stick helper (refused by a write-protected one, cut
-    short by one pulled out) and read from the stick here, and a restore that restarts the service in place
-    (the same main process) and brings the owner and the wizard's conversation back."""
+    host by Debian's age, copied to a USB stick by the stick helper from the page in Chromium (refused by a
+    write-protected one, cut short by one pulled out) and read from the stick here, and a restore that
+    restarts the service in place (the same main process) and brings the owner and the wizard's
+    conversation back."""
     vm = booted["vm"]
     key = confirm_kit(box_owner)
     made = box_owner.post("/backups")
@@ -279,7 +297,8 @@ def test_backups_daily_and_by_hand_restore_in_the_box_and_read_anywhere(booted, 
     to_stick = f"/backups/files/{backup.name}/stick"
     locked = stick_helper(box_owner, to_stick, {"stick": seen["LOCKED"]["id"]})["outcome"]
     assert not locked["ok"] and "write-protected" in locked["message"], locked
-    copied = stick_helper(box_owner, to_stick, {"stick": seen["PALSTICK"]["id"]})
+    copy_in_a_browser(vm, seen["PALSTICK"]["id"])
+    copied = box_owner.get("/backups").json()["sticks"]
     assert copied["outcome"]["ok"], copied
     on_stick = {stick["label"]: stick["backups"] for stick in copied["sticks"]}
     assert on_stick == {"PALSTICK": [[backup.name, backup.stat().st_size]], "LOCKED": [], "PULLED": []}, copied
