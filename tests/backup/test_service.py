@@ -116,7 +116,8 @@ def test_kill_9_right_after_the_confirmation_ends_on_the_whole_restored_box(tmp_
 def test_a_restore_sent_while_another_is_being_checked_is_refused_until_that_one_ends(tmp_path, tiny_model, backup):
     """One backup or restore at a time: while an upload's body is still coming, another is refused (409) with
     what to do, and once the first is checked and staged the next is heard (here: a file that is no backup)."""
-    service = Service(tiny_model, fresh_box(tmp_path / "flashed").data.root)
+    data = fresh_box(tmp_path / "flashed").data
+    service = Service(tiny_model, data.root)
     release = threading.Event()
 
     def slowly():
@@ -128,11 +129,12 @@ def test_a_restore_sent_while_another_is_being_checked_is_refused_until_that_one
         with contextlib.closing(past_the_code(service)) as first, contextlib.closing(past_the_code(service)) as second, \
                 ThreadPoolExecutor(1) as pool:
             checking = pool.submit(upload, first, backup, slowly())
-            deadline = time.monotonic() + 30
-            # Until the first has taken its turn, the second may take one and end at once: it is no backup.
-            while (refused := upload(second, backup, b"not a backup")).status_code != 409:
-                assert refused.status_code == 400 and time.monotonic() < deadline, refused.text
+            deadline = time.monotonic() + 60
+            while not data.restore_files.is_dir():  # the first has its turn: its staging began
+                assert not checking.done() and time.monotonic() < deadline, checking.result().text
                 time.sleep(0.05)
+            refused = upload(second, backup, b"not a backup")
+            assert refused.status_code == 409, refused.text
             assert "a backup or restore is running already; wait for it to end" in refused.text
             release.set()
             assert checking.result().status_code == 200, checking.result().text

@@ -1,5 +1,5 @@
-"""The update boxes (tests/image/updates/): box A (v1 with box B's backup restored through its wizard ->
-refusals -> v2 online -> a replayed snapshot refused -> v3 rolls back to v2) and box B (v1 set up and backed
+"""The update boxes (tests/image/updates/): box A (v1 -> refusals -> box B's backup restored through its
+wizard -> v2 online -> a replayed snapshot refused -> v3 rolls back to v2) and box B (v1 set up and backed
 up, then a power cut in each phase of installing v2's bundle), each a scenario run step by step in a thread
 of its own from the image layer's first test on (tests/image/conftest.py), beside the shared box
 (tests/image/box/) and each other.  A test waits for its step and gets its failure; the boxes' guests work
@@ -9,8 +9,9 @@ The two update boxes take the two guest slots (tests/support/vm.py) as the image
 the shared box, which waits for box B's to come free: a third guest at once starved the others under
 TCG (docs/benchmarks.md), and the short shared box fills the end, beside box A.  The boxes share nothing
 they change: each has its own disk and ports; box A's repository is served over HTTP from the host
-(10.0.2.2 inside qemu), box B installs v2's bundle, written once when v2 was released.  Box A waits at its
-first boot for box B's backup (a file on this host), as a second box on the shelf waits for the first.
+(10.0.2.2 inside qemu), box B installs v2's bundle, written once when v2 was released.  Box B's backup
+goes to box A as a file on this host, made while box A refuses its bad updates (whose checks need no
+owner), so that box A seldom waits for it.
 """
 
 from __future__ import annotations
@@ -111,14 +112,9 @@ class Scenario:
             self.vm.close()
 
     def boot(self) -> None:
-        """v1 up, and a conversation on it that every later boot must keep."""
+        """v1 up."""
         self.vm.start()
         self.vm.wait_health(version="1")
-        self.conversation = self.first_conversation()
-
-    def first_conversation(self) -> str:
-        with self.vm.client() as client:
-            return write_conversation(client)
 
     def step(self, name: str):
         booted = next(iter(self._results.values()))  # the first step boots the box: without it, nothing ran
@@ -132,17 +128,19 @@ class Scenario:
 
 
 class BoxA(Scenario):
-    """v1 with box B's backup -> refusals -> v2 online -> a replayed snapshot refused -> v3 rolls back to v2."""
+    """v1 -> refusals -> box B's backup restored through its wizard -> v2 online -> a replayed snapshot refused
+    -> v3 rolls back to v2."""
 
     def __init__(self, world: World):
         self.world = world
         super().__init__("box-a", world.box("box-a"), [
-            ("boot", self.boot), ("refusals", self.refusals), ("v2", self.online_v2), ("replay", self.replay),
-            ("v3", self.v3_rolls_back)])
+            ("boot", self.boot), ("refusals", self.refusals), ("restore", self.restore), ("v2", self.online_v2),
+            ("replay", self.replay), ("v3", self.v3_rolls_back)])
 
-    def first_conversation(self) -> str:
-        """Box B's backup restored through this fresh box's wizard in Chromium: the owner logs in with B's
-        password and finds B's conversation, which every later boot must keep; B's API token works here."""
+    def restore(self) -> None:
+        """Box B's backup (made while this box refused its bad updates) restored through this box's wizard,
+        still at its start, in Chromium: the owner logs in with B's password and finds B's conversation,
+        which every later boot must keep; B's API token works here."""
         from playwright.sync_api import expect
 
         made, vm = self.world.backup.result(timeout=BOOT_TIMEOUT), self.vm
@@ -155,7 +153,7 @@ class BoxA(Scenario):
         vm.carry_token(made.token)
         with vm.client() as client:
             assert conversation_intact(client, made.conversation)
-        return made.conversation
+        self.conversation = made.conversation
 
     def refusals(self) -> None:
         """Each bad source gets a specific error; slot A (root and verity) stays byte-identical."""
@@ -238,12 +236,14 @@ class BoxB(Scenario):
         self.world, self.random = world, random.Random(SEED)
         super().__init__("box-b", world.box("box-b"), [("boot", self.boot), ("cuts", self.cuts)])
 
-    def first_conversation(self) -> str:
-        """The conversation, then the box set up as Ada's, backups turned on, and a backup of it all made and
-        downloaded for box A (World.backup)."""
+    def boot(self) -> None:
+        """v1 up with a conversation every later boot must keep, then set up as Ada's, backups turned on, and a
+        backup of it all made and downloaded for box A (World.backup)."""
         vm, backup = self.vm, self.world.backup
         try:
-            conversation = super().first_conversation()
+            super().boot()
+            with vm.client() as client:
+                self.conversation = write_conversation(client)
             set_up(vm)
             owner = owner_client(vm)
             try:
@@ -254,11 +254,10 @@ class BoxB(Scenario):
                 file.write_bytes(owner.get(f"/backups/files/{file.name}").raise_for_status().content)
             finally:
                 owner.close()
-            backup.set_result(Made(file, key, vm.token(), conversation))
+            backup.set_result(Made(file, key, vm.token(), self.conversation))
         except BaseException as err:  # box A waits for it
             backup.set_exception(err)
             raise
-        return conversation
 
     def cuts(self) -> list[str]:
         vm, conversation = self.vm, self.conversation

@@ -5,9 +5,9 @@ box restored through the setup wizard of another, freshly flashed, in a browser.
 Three images are built (v1; v2; v3 whose assistant cannot start) and released with `build.py release`
 to a repository served over HTTP from the host (10.0.2.2 inside qemu).  Box B is set up and backed up,
 then takes v2 from the bundle while its power is cut during the download, the write, the UKI install and
-the first boot.  Box A, fresh, restores B's backup in Chromium through its wizard (and so carries B's
-owner, conversation and API token from then on), then goes v1 -> refusals -> v2 (online) -> v3 -> back to
-v2 by itself.  Boots are few and shared.
+the first boot.  Box A goes v1 -> refusals -> B's backup restored in Chromium through its wizard, not
+yet begun (so that it carries B's owner, conversation and API token from then on) -> v2 (online) -> v3 ->
+back to v2 by itself.  Boots are few and shared.
 
 The two boxes run at once, beside the shared box, each in a thread of its own from the image layer's
 first test on (tests/image/updates/boxes.py, which holds the steps and their checks); each test here
@@ -24,13 +24,14 @@ pytestmark = pytest.mark.image
 
 
 class TestBoxA:
-    """v1 with box B's backup -> refusals -> v2 online -> a replayed snapshot refused -> v3 rolls back to v2."""
-
-    def test_box_b_s_backup_restores_through_the_wizard_of_this_fresh_box_in_a_browser(self, update_boxes):
-        update_boxes["a"].step("boot")
+    """v1 -> refusals -> box B's backup restored through its wizard -> v2 online -> a replayed snapshot refused
+    -> v3 rolls back to v2."""
 
     def test_refusals_leave_the_running_slot_untouched(self, update_boxes):
         update_boxes["a"].step("refusals")
+
+    def test_box_b_s_backup_restores_through_the_wizard_of_this_fresh_box_in_a_browser(self, update_boxes):
+        update_boxes["a"].step("restore")
 
     def test_online_update_to_v2_keeps_v1_in_the_other_slot(self, update_boxes):
         update_boxes["a"].step("v2")
