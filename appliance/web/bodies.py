@@ -329,9 +329,6 @@ def _content(raw: object) -> str:
     return raw
 
 
-STICK_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
-
-
 def _source(raw: object) -> str:
     if raw not in (None, "online", "bundle"):
         raise ValueError(f"'source' is 'online' (the configured repository, update.url) or 'bundle' (one uploaded "
@@ -397,6 +394,9 @@ class Passphrase:
     """PUT /backups/sealed-key"""
     passphrase: str = setting(None, "The passphrase that seals a copy of the recovery key: 12 to 200 characters.",
                               required=True)
+
+
+STICK_ID = re.compile(r"[0-9A-Za-z-]{1,64}")  # a FAT or exFAT volume's UUID as blkid reads it
 
 
 def _stick(raw: object) -> str:

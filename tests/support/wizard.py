@@ -64,10 +64,12 @@ def walk(client, code: str, model: str, password: str = PASSWORD, *, until: str 
     """The wizard over HTTP as its forms send it (`client` follows redirects): the setup code, then each step
     before `until` (the summary's finish is the caller's); the pages' CSRF token."""
     csrf = csrf_of(client.post("/setup/code", data={"code": code}))
-    steps = [("owner", {"name": "Ada", "password": password, "password2": password}),
-             ("device", {"name": "Kitchen box", "timezone": "Europe/Berlin"}),
-             ("model", {"model": model}), ("privacy", {"time_sync": "on"}), ("finish", {})]
-    for name, form in steps[:[name for name, _ in steps].index(until)]:
+    forms = {"owner": {"name": "Ada", "password": password, "password2": password},
+             "device": {"name": "Kitchen box", "timezone": "Europe/Berlin"},
+             "model": {"model": model}, "privacy": {"time_sync": "on"}}
+    for name, form in forms.items():
+        if name == until:
+            break
         page = client.post(f"/setup/{name}", data={"csrf": csrf, **form})
         assert page.status_code == 200, page.text
     return csrf
