@@ -155,9 +155,9 @@ def log_out_and_in(page, base: str, shots: Shots) -> None:
     log_in(page, base)
 
 
-def open_restore(page, base: str, code: str, backup: Path, key: str) -> None:
+def open_restore(page, base: str, code: str, backup: Path, key: str, *, timeout: float = 60_000) -> None:
     """A fresh box's wizard: the setup code, then "Restore a backup" with the file `backup` and the recovery
-    `key` as typed, up to the preview of what the backup holds (Ada's)."""
+    `key` as typed, up to the preview of what the backup holds (Ada's), shown within `timeout` ms."""
     from playwright.sync_api import expect
 
     page.goto(base + "/setup")
@@ -167,7 +167,7 @@ def open_restore(page, base: str, code: str, backup: Path, key: str) -> None:
     page.set_input_files("#restore-file", str(backup))
     page.fill("#restore-key", key)
     page.click("#restore-upload")
-    expect(page.locator("#restore-facts")).to_contain_text("Ada")
+    expect(page.locator("#restore-facts")).to_contain_text("Ada", timeout=timeout)
 
 
 def log_in(page, base: str) -> None:
