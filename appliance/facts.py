@@ -52,8 +52,22 @@ def uki_name(version: str) -> str:
     return f"{IMAGE_ID}_{version}"
 
 
+SLOT_SUFFIX = {"root": "", "verity": "_verity", "boot": "_boot"}
+# A Raspberry Pi's boot partitions A and B (FAT: firmware, kernel, initrd, device trees, cmdline.txt with
+# the root hash) have the type of an Extended Boot Loader Partition.
+BOOT_SLOT_TYPE = "bc13c2ff-59e6-4262-a352-b275fd6f7172"
+
+
 def slot_label(version: str, kind: str) -> str:
-    return f"{IMAGE_ID}_{version}" + ("_verity" if kind == "verity" else "")
+    return f"{IMAGE_ID}_{version}{SLOT_SUFFIX[kind]}"
+
+
+def slot_version(label: str) -> str:
+    """The version in a slot's label, whichever kind it is."""
+    version = label.removeprefix(f"{IMAGE_ID}_")
+    for suffix in filter(None, SLOT_SUFFIX.values()):
+        version = version.removesuffix(suffix)
+    return version
 
 
 EMPTY_SLOT = "_empty"

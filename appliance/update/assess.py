@@ -1,5 +1,5 @@
-"""Boot assessment: does the assistant of this boot answer?  If not, reboot while systemd-boot still
-counts tries; once they run out it falls back to the previous version by itself."""
+"""Boot assessment: does the assistant of this boot answer?  If not, the boot loader falls back
+(`loader.py`: reboot while systemd-boot still counts tries, or out of a Raspberry Pi's trial)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import command, config as config_module
 from ..layout import UpdateState
 from .progress import UpdateError, write_json
-from .slots import boot_counted
+from .loader import loader
 from .status import read_state, running_version
 
 HEALTH_DEADLINE = 8 * 60  # under the unit's TimeoutStartSec; a first boot may load a large model
@@ -22,7 +22,7 @@ KEEP_ATTEMPTS = 20
 
 def attempt(state: UpdateState, result: str, reason: str) -> dict:
     record = {"version": running_version(), "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
-              "time": time.time(), "result": result, "reason": reason, "counted": boot_counted()}
+              "time": time.time(), "result": result, "reason": reason, "counted": loader().trial()}
     attempts = read_state(state.attempts, [])
     attempts = [a for a in attempts if a.get("boot_id") != record["boot_id"]] + [record]
     write_json(state.attempts, attempts[-KEEP_ATTEMPTS:])
@@ -96,12 +96,11 @@ def assess(config: config_module.Config, state: UpdateState = UpdateState(), dea
 
 
 def boot_failed(state: UpdateState = UpdateState()) -> None:
-    """After a failed or hung assessment: keep why, and reboot while systemd-boot still counts tries."""
+    """After a failed or hung assessment: keep why, and let the boot loader fall back."""
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     attempts = read_state(state.attempts, [])
     if not any(a.get("boot_id") == boot_id and a.get("result") == "failed" for a in attempts):
         attempt(state, "failed", "boot assessment did not finish in time")
-    if boot_counted():
-        command.run(["systemctl", "--no-block", "reboot"])
+    loader().fall_back()
 
 

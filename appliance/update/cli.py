@@ -15,14 +15,15 @@ from ..verbs import arg, parser, verb
 from .assess import assess, attempt, boot_failed
 from .install import install, run_service
 from .progress import UpdateError, write_json
-from .slots import kernels, machine_arch, slots
+from .loader import loader
+from .slots import machine_arch, slots
 from .status import progress, read_state, running_version
 
 log = logging.getLogger("paladin-update")
 
 
 def status(state: UpdateState = UpdateState()) -> dict:
-    return {"running": running_version(), "arch": machine_arch(), "slots": slots(), "kernels": kernels(),
+    return {"running": running_version(), "arch": machine_arch(), "slots": slots(), "kernels": loader().entries(),
             "update": progress(state), "attempts": read_state(state.attempts, [])}
 
 
@@ -38,8 +39,8 @@ def _print_status(data: dict) -> None:
         mark = "booted" if slot["booted"] else ""
         print(f"  {slot['kind']:6} {slot['device']:12} {slot['label'] or '-':28} {mark}")
     for k in data["kernels"]:
-        tries = "" if k["tries_left"] is None else f" (tries left {k['tries_left']}, done {k['tries_done'] or 0})"
-        print(f"  uki    {k['file']:40} {k['state']}{tries}{' selected' if k['selected'] else ''}")
+        tries = "" if k.get("tries_left") is None else f" (tries left {k['tries_left']}, done {k['tries_done'] or 0})"
+        print(f"  boot   {k['file']:40} {k['state']}{tries}{' selected' if k['selected'] else ''}")
     update = data["update"]
     print(f"last update: {update.get('phase')} {update.get('version') or ''} {update.get('error') or ''}".rstrip())
     for past in data["attempts"][-3:]:
@@ -79,6 +80,10 @@ def cmd_assess(args) -> None:
     print(f"boot assessment: {assess(config, _state(args))}")
 
 
+def cmd_commit(args) -> None:
+    loader().commit()
+
+
 def cmd_boot_failed(args) -> None:
     boot_failed(_state(args))  # needs no configuration: it must work when the configuration is what broke
 
@@ -92,11 +97,13 @@ VERBS = {
                     arg("--reboot", action="store_true", help="reboot into the new version when installed")),
     "run": verb(cmd_run, "paladin-update.service: handle the web UI's request or the automatic update"),
     "assess": verb(cmd_assess, "paladin-health.service: check that this boot's assistant answers"),
+    "commit": verb(cmd_commit, "keep this trial boot as the default once its assessment passed (a Raspberry "
+                   "Pi's tryboot; on UEFI boxes systemd-bless-boot does it)"),
     "boot-failed": verb(cmd_boot_failed, "record a failed assessment and reboot while tries are left"),
 }
 COMMON = (arg("--state", default=facts.UPDATE_STATE, help="the updater's state directory"),)
 # Whatever these did, the web UI must see the state they left.
-SNAPSHOT_AFTER = ("install", "run", "assess", "boot-failed")
+SNAPSHOT_AFTER = ("install", "run", "assess", "commit", "boot-failed")
 
 
 def main(argv: list[str] | None = None) -> None:

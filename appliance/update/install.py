@@ -4,7 +4,8 @@ The release is fetched and checked unprivileged (`fetcher.py`, in paladin-update
 web UI or the timer asks), checked again by root from what the fetcher left (`verify.py`),
 systemd-sysupdate writes the root and verity slots that are not running (it never touches the booted
 version), the written partitions are read back against the signed
-SHA-256 of the uncompressed bytes, and only then is the UKI installed, with 3 boot tries.  The next
+SHA-256 of the uncompressed bytes, and only then does the boot loader get the release's boot files,
+armed for one trial (`loader.py`: a UKI with 3 tries, or a Raspberry Pi's tryboot).  The next
 boot is assessed (`assess`).
 """
 
@@ -20,9 +21,10 @@ from ..layout import DataDir, UpdateState
 from . import bundle
 from .assess import failed_versions
 from .fetcher import Job, Source, fetch_release
+from .loader import Loader, loader
 from .progress import Progress, UpdateError
 from .release import Box
-from .slots import check_slot, empty_slot, esp, kernels, machine_arch, room, sha256_prefix, sysupdate
+from .slots import check_slot, empty_slot, machine_arch, room, sysupdate
 from .status import running_version
 from .trust import publish
 from .verify import verified_release
@@ -54,9 +56,12 @@ def _attempt(state: UpdateState, label: str, fetched: Fetch, *, offline: bool, r
     release that failed its boot assessment here is not taken again."""
     progress = Progress(state.status, source=label, phase="metadata")
     try:
+        boot = loader()
+        if refusal := boot.refusal():
+            raise UpdateError(refusal)
         arch, running = machine_arch(), running_version()
         box = Box(arch, running, room(arch, running), frozenset() if retry_failed else failed_versions(state))
-        version = _install(fetched(box, progress, publish(state)), state, progress, box, offline)
+        version = _install(fetched(box, progress, publish(state)), state, progress, box, offline, boot)
     except (UpdateError, bundle.BundleError, command.CommandError, OSError) as err:
         progress.set(phase="failed", error=str(err))
         raise UpdateError(str(err)) from None
@@ -66,11 +71,11 @@ def _attempt(state: UpdateState, label: str, fetched: Fetch, *, offline: bool, r
     progress.set(phase="installed", version=version)
     if reboot:
         progress.set(phase="rebooting")
-        command.run(["systemctl", "reboot"])
+        boot.reboot()
     return version
 
 
-def _install(mirror: Path, state: UpdateState, progress: Progress, box: Box, offline: bool) -> str:
+def _install(mirror: Path, state: UpdateState, progress: Progress, box: Box, offline: bool, boot: Loader) -> str:
     version, chosen = verified_release(mirror, state, progress, box, offline=offline)
     arch = box.arch
     progress.set(phase="write")
@@ -85,13 +90,8 @@ def _install(mirror: Path, state: UpdateState, progress: Progress, box: Box, off
             progress.set(phase="verify")
             if problem := check_slot(version, kind, chosen[kind], arch):
                 raise UpdateError(f"the written slot failed verification: {problem}")
-    progress.set(phase="uki")
-    sysupdate("uki.d", version)
-    signed = chosen["uki"].custom["paladin"]
-    installed = [k for k in kernels() if k["version"] == version]
-    if not installed or sha256_prefix(esp() / "EFI/Linux" / installed[0]["file"],
-                                      signed["raw_length"]) != signed["raw_sha256"]:
-        raise UpdateError(f"the UKI of {version} on the ESP does not match the signed one")
+    progress.set(phase=boot.phase)
+    boot.install(version, chosen, arch)
     shutil.rmtree(state.staging, ignore_errors=True)
     return version
 

@@ -1,7 +1,7 @@
-"""The box's slots and boot entries: root and verity partitions, the ESP's UKIs, systemd-boot's
-counters, and writing a verified release into the slots that are not running (systemd-sysupdate).
+"""The box's slots: root and verity partitions (and a Raspberry Pi's boot partitions), and writing a
+verified release into the slots that are not running (systemd-sysupdate).
 
-Root only: it reads the partition table and the ESP and writes block devices.
+Root only: it reads the partition table and writes block devices.
 """
 
 from __future__ import annotations
@@ -21,27 +21,11 @@ from .progress import UpdateError
 
 DEFINITIONS = Path(facts.UPDATE_DEFINITIONS)
 SYSUPDATE = "/usr/lib/systemd/systemd-sysupdate"  # not on PATH: a tool of systemd's, from systemd-container
-EFIVARS = Path("/sys/firmware/efi/efivars")
-LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"  # systemd-boot's vendor GUID for its EFI variables
-ESP_MOUNTS = (Path("/boot"), Path("/efi"))
 PE_MACHINE = {spec["pe"]: arch for arch, spec in facts.ARCHES.items()}
 
 
 def machine_arch() -> str:
     return facts.arch_of_machine(platform.machine())
-
-
-def _efivar(name: str) -> str | None:
-    path = EFIVARS / f"{name}-{LOADER_GUID}"
-    try:
-        return path.read_bytes()[4:].decode("utf-16-le").rstrip("\0")
-    except OSError:
-        return None
-
-
-def boot_counted() -> bool:
-    """Whether this boot is being assessed: systemd-boot counts tries for the entry it booted."""
-    return _efivar("LoaderBootCountPath") is not None
 
 
 def booted_root_uuid() -> str | None:
@@ -53,13 +37,13 @@ def booted_root_uuid() -> str | None:
 
 
 def slots(arch: str | None = None) -> list[dict]:
-    """The root and verity partitions: device, number, label, version, PARTUUID, size, whether booted.
+    """The root, verity and boot partitions: device, number, label, version, PARTUUID, size, whether booted.
 
     Read from the partition table on disk (sfdisk): udev's copy of a label lags behind a relabel by
     systemd-sysupdate while the disk is in use.
     """
     spec = facts.ARCHES[arch or machine_arch()]
-    types = {spec[kind]: kind for kind in ("root", "verity")}
+    types = {spec[kind]: kind for kind in ("root", "verity")} | {facts.BOOT_SLOT_TYPE: "boot"}
     listing = json.loads(command.run(["lsblk", "--json", "-o", "PKNAME,PARTTYPE"]))["blockdevices"]
     disk = next((d["pkname"] for d in listing if (d.get("parttype") or "").lower() in types), None)
     if disk is None:
@@ -72,7 +56,7 @@ def slots(arch: str | None = None) -> list[dict]:
         if kind:
             label = part.get("name", "")
             prefix = facts.slot_label("", "root")
-            version = label.removeprefix(prefix).removesuffix("_verity") if label.startswith(prefix) else None
+            version = facts.slot_version(label) if label.startswith(prefix) else None
             uuid = part["uuid"].replace("-", "").lower()
             found.append({"kind": kind, "disk": f"/dev/{disk}", "device": part["node"],
                           "number": int(re.search(r"(\d+)$", part["node"]).group(1)), "label": label,
@@ -80,27 +64,6 @@ def slots(arch: str | None = None) -> list[dict]:
                           "booted": kind == "root" and uuid == booted})
     return found
 
-
-def esp() -> Path:
-    for mount in ESP_MOUNTS:
-        if (mount / "EFI").is_dir():
-            return mount
-    raise UpdateError("the EFI system partition is not mounted at /boot or /efi")
-
-
-def kernels() -> list[dict]:
-    """The UKIs on the ESP and their boot-assessment state (Boot Loader Specification's counters)."""
-    selected = _efivar("LoaderEntrySelected")
-    entries = []
-    prefix = facts.uki_name("")
-    for path in sorted((esp() / "EFI/Linux").glob(f"{prefix}*.efi")):
-        name, _, counter = path.stem.partition("+")
-        left, _, done = counter.partition("-")
-        state = "good" if not counter else ("bad" if left == "0" else "trying")
-        entries.append({"file": path.name, "version": name.removeprefix(prefix), "state": state,
-                        "tries_left": int(left) if left else None, "tries_done": int(done) if done else None,
-                        "selected": selected is not None and selected.split("+")[0].removesuffix(".efi") == name})
-    return entries
 
 def pe_arch(path: Path) -> str | None:
     with path.open("rb") as f:

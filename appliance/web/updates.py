@@ -25,7 +25,7 @@ SETTINGS = ("url", "automatic", "reboot")
 
 
 # The phases of an attempt that is still going (the page follows them); any other phase is how one ended.
-WORKING = ("starting", "fetch", "metadata", "unpack", "download", "write", "verify", "uki", "rebooting")
+WORKING = ("starting", "fetch", "metadata", "unpack", "download", "write", "verify", "uki", "boot", "rebooting")
 
 
 def _status(request: Request) -> dict:

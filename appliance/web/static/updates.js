@@ -3,7 +3,7 @@
 import { $, call, megabytes, upload } from "./transfer.js";
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const WORKING = ["starting", "fetch", "metadata", "unpack", "download", "write", "verify", "uki", "rebooting"];
+const WORKING = ["starting", "fetch", "metadata", "unpack", "download", "write", "verify", "uki", "boot", "rebooting"];
 
 function alarm(message) {
   $("updates-error").textContent = message;

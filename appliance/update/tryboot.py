@@ -1,0 +1,150 @@
+"""The Raspberry Pi firmware's A/B boot: `autoboot.txt` with `tryboot_a_b=1` (Pi 4 and Pi 5).
+
+The image's first partition is a small FAT holding only `autoboot.txt`; the firmware boots its `[all]`
+section's `boot_partition` by default, and its `[tryboot]` section's once after `reboot "0 tryboot"` (a
+one-shot flag it clears before starting, so any reset falls back to the default).  There is no boot
+counter: the box itself keeps a trial by rewriting `autoboot.txt` once the trial passed its
+assessment, and a trial that fails, hangs (the hardware watchdog resets it) or loses power is simply
+not kept.  The firmware tells the running system where it booted from in the device tree
+(/proc/device-tree/chosen/bootloader: `tryboot`, `partition`, `build_timestamp`).
+
+Whatever a power cut interrupts, `autoboot.txt` names a complete, verified boot partition by default:
+it is replaced whole (`files.commit`: written beside, fsync'ed, renamed over, directory fsync'ed), and a
+boot partition is only named in `[tryboot]` after it was written and checked.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuf.api.metadata import TargetFile
+
+from .. import command, files
+from .progress import UpdateError
+from .slots import check_slot, slots, sysupdate
+
+AUTOBOOT = Path("/boot/autoboot.txt")  # the first partition, mounted at /boot (image/rpi: fstab)
+DEVICE_TREE = Path("/proc/device-tree")
+AUTOBOOT_LIMIT = 512  # the firmware reads no more (raspberrypi/documentation, autoboot.adoc)
+# The oldest bootloader EEPROMs whose tryboot_a_b works, by SoC: the Pi 4's came with 2022-11-25; the
+# Pi 5 needed the fixes of 2023-12-14 and 2024-04-17.
+OLDEST_BOOTLOADER = {"brcm,bcm2711": ("Raspberry Pi 4", "2022-11-25"),
+                     "brcm,bcm2712": ("Raspberry Pi 5", "2024-04-17")}
+OURS = re.compile(rb"\[all\]\ntryboot_a_b=1\nboot_partition=(\d+)\n\[tryboot\]\nboot_partition=(\d+)\n")
+
+
+@dataclass(frozen=True)
+class Autoboot:
+    """What autoboot.txt says, in the one form this box writes."""
+    default: int
+    trial: int
+
+    def render(self) -> bytes:
+        return (f"[all]\ntryboot_a_b=1\nboot_partition={self.default}\n"
+                f"[tryboot]\nboot_partition={self.trial}\n").encode()
+
+    @classmethod
+    def parse(cls, text: bytes) -> Autoboot:
+        if not (found := OURS.fullmatch(text)):
+            raise UpdateError(f"autoboot.txt is not in the form this box writes: {text[:200]!r}")
+        return cls(int(found[1]), int(found[2]))
+
+
+class Tryboot:
+    phase = "boot"
+
+    def __init__(self, autoboot: Path = AUTOBOOT, device_tree: Path = DEVICE_TREE):
+        self.autoboot, self.device_tree = autoboot, device_tree
+
+    def _cell(self, name: str) -> int | None:
+        """A 32-bit property the firmware left under /chosen/bootloader, or None when it left none."""
+        try:
+            raw = (self.device_tree / "chosen/bootloader" / name).read_bytes()
+        except OSError:
+            return None
+        return int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+
+    def booted(self) -> int:
+        if (partition := self._cell("partition")) is None:
+            raise UpdateError("the firmware did not say which partition it booted (no device-tree "
+                              "chosen/bootloader/partition): is this a Raspberry Pi?")
+        return partition
+
+    def read(self) -> Autoboot:
+        try:
+            with self.autoboot.open("rb") as f:
+                return Autoboot.parse(f.read(AUTOBOOT_LIMIT + 1))
+        except OSError as err:
+            raise UpdateError(f"cannot read {self.autoboot}: {err.strerror}") from None
+
+    def write(self, autoboot: Autoboot) -> None:
+        staged = files.partial(self.autoboot)
+        staged.write_bytes(autoboot.render())  # not files.write: a FAT has no modes to set
+        files.commit(staged, self.autoboot)
+
+    def trial(self) -> bool:
+        """Booted with the tryboot flag and not kept yet (a kept trial stays flagged until it reboots)."""
+        if self._cell("tryboot") != 1:
+            return False
+        try:
+            return self.read().default != self.booted()
+        except UpdateError:
+            return True  # unsure: a failed assessment should then fall back rather than stay
+
+    def entries(self) -> list[dict]:
+        autoboot, booted = self.read(), self._cell("partition")
+        return [{"file": s["label"], "version": s["version"], "partition": s["number"],
+                 "state": "good" if s["number"] == autoboot.default else
+                          "trying" if s["number"] == autoboot.trial and self.trial() else "spare",
+                 "selected": s["number"] == booted}
+                for s in slots() if s["kind"] == "boot"]
+
+    def refusal(self) -> str | None:
+        soc = next((s for s in self._compatible() if s in OLDEST_BOOTLOADER), None)
+        if soc is None:
+            return "this is not a Raspberry Pi 4 or 5 (device-tree compatible), which the image's boot is for"
+        board, oldest = OLDEST_BOOTLOADER[soc]
+        built = self._cell("build_timestamp")
+        if built is None or time.strftime("%Y-%m-%d", time.gmtime(built)) < oldest:
+            when = "an unknown date" if built is None else time.strftime("%Y-%m-%d", time.gmtime(built))
+            return (f"this {board}'s bootloader is from {when}; A/B updates need one from {oldest} or later. "
+                    "Update it with Raspberry Pi Imager (Misc utility images, Bootloader) or rpi-eeprom, then "
+                    "update again")
+        if self.trial():
+            return "this boot is a trial still being assessed; update once it has been kept"
+        return None
+
+    def _compatible(self) -> list[str]:
+        try:
+            return (self.device_tree / "compatible").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            return []
+
+    def install(self, version: str, chosen: dict[str, TargetFile], arch: str) -> None:
+        booted = self.booted()
+        # First no trial can reach the partition about to be written, half-written or not.
+        self.write(Autoboot(booted, booted))
+        sysupdate("boot.d", version)
+        if problem := check_slot(version, "boot", chosen["boot"], arch):
+            raise UpdateError(f"the written boot partition failed verification: {problem}")
+        written = next(s["number"] for s in slots(arch) if s["kind"] == "boot" and s["version"] == version)
+        self.write(Autoboot(booted, written))
+
+    def reboot(self) -> None:
+        command.run(["systemctl", "reboot", "0 tryboot"])
+
+    def commit(self) -> None:
+        autoboot, booted = self.read(), self.booted()
+        if booted == autoboot.default:
+            return  # not a trial, or kept already (this ran before, or a power cut came after the rename)
+        if not self.trial() or booted != autoboot.trial:
+            raise UpdateError(f"this boot (partition {booted}) is neither autoboot.txt's default "
+                              f"({autoboot.default}) nor its trial ({autoboot.trial}): nothing is changed")
+        self.write(Autoboot(booted, autoboot.default))
+
+    def fall_back(self) -> None:
+        if self.trial():  # the flag is gone already: a plain reboot is the known-good default
+            command.run(["systemctl", "--no-block", "reboot"])
