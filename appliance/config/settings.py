@@ -154,7 +154,8 @@ class GovernorConfig:
                            "the governor then only warns.  Empty: the governor chooses.",
                        pattern=r"^[\w.+-]{0,128}$", allowed="a model name, or empty")
     temperature: int = setting(0, "Degrees Celsius (the hottest sensor) that count as too hot; 0: the board's "
-                                  "default (80).", minimum=0, maximum=120)
+                                  "default (80; 75 on a Raspberry Pi, whose firmware slows the CPU from 80).",
+                                  minimum=0, maximum=120)
     cpu_percent: int = setting(0, "Share of all cores, in percent, that other programs than the assistant may use "
                                   "before the assistant makes room; 0: the board's default (60 on up to 4 cores, "
                                   "75 above); 100: no CPU limit.", minimum=0, maximum=100)

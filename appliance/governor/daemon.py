@@ -98,7 +98,7 @@ class Governor:
                 "warnings": sorted(self.warnings), "decisions": list(self.history.recent)}
 
     def _limits(self, sample: dict) -> Limits:
-        return Limits.for_board(self._settings(), sample["memory_total"], sample["cores"])
+        return Limits.for_board(self._settings(), sample["memory_total"], sample["cores"], self.sensors.board)
 
     # -- sampling ---------------------------------------------------------
 

@@ -39,10 +39,11 @@ class Limits:
     dwell_seconds: float
 
     @classmethod
-    def for_board(cls, settings: GovernorConfig, memory_total: int, cores: int) -> "Limits":
+    def for_board(cls, settings: GovernorConfig, memory_total: int, cores: int, board: str = "") -> "Limits":
         """The owner's limits, with the board's defaults where they are 0 (GovernorConfig.memory_reserve);
-        few cores leave more room to others."""
-        return cls(temperature=settings.temperature or 80,
+        few cores leave more room to others; a Raspberry Pi's firmware slows its CPU from 80 °C on, so the
+        model steps down before that."""
+        return cls(temperature=settings.temperature or (75 if board.startswith("Raspberry Pi") else 80),
                    cpu_percent=settings.cpu_percent or (60 if cores <= 4 else 75),
                    memory_percent=settings.memory_reserve(memory_total),
                    margin=settings.margin_percent / 100, breach_seconds=settings.breach_seconds,
@@ -72,7 +73,7 @@ class Decision:
     source: str  # the rung served when it was taken ("" with none)
     target: str
     reason: str
-    limit: str  # "temperature", "cpu", "memory", or "safe" for a step up
+    limit: str  # "temperature", "cpu", "memory", "power", or "safe" for a step up
     value: float
     threshold: float
     window: float
@@ -101,6 +102,8 @@ def breaches(sample: Sample, limits: Limits) -> list[tuple[str, float, float, st
     if stalled is not None and stalled >= MEMORY_PRESSURE:
         found.append(("memory", stalled, MEMORY_PRESSURE,
                       f"all tasks stalled on memory {stalled:.0f} % of the time ≥ {MEMORY_PRESSURE:g} %"))
+    if sample.undervoltage:  # a smaller model draws less current, and the firmware slows the CPU meanwhile
+        found.append(("power", 1.0, 0.0, "under-voltage: the power supply cannot keep up"))
     return found
 
 
@@ -113,7 +116,7 @@ def calm(sample: Sample, limits: Limits) -> bool:
     # A CPU limit of 100 % is no CPU limit: it never breaches, so it cannot keep the model down either.
     busy = limits.cpu_percent < 100 and sample.other_cpu > limits.cpu_percent * (1 - limits.margin)
     stalled = sample.pressure.get("memory_full", 0.0) > MEMORY_PRESSURE * (1 - limits.margin)
-    return not (hot or busy or stalled)
+    return not (hot or busy or stalled or sample.undervoltage)
 
 
 def fits(sample: Sample, limits: Limits, current: Rung | None, bigger: Rung) -> bool:

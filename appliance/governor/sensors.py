@@ -1,7 +1,10 @@
-"""What the governor reads once a second: CPU, memory, pressure stall information and temperatures.
+"""What the governor reads once a second: CPU, memory, pressure stall information, temperatures and, on a
+Raspberry Pi, the firmware's under-voltage alarm.
 
 psutil gives CPU times, frequencies and memory; pressure comes from `<proc>/pressure/*` (kernels with
-PSI) and temperatures from `<sys>/class/thermal` and `<sys>/class/hwmon`.  The roots are arguments so
+PSI), temperatures from `<sys>/class/thermal` and `<sys>/class/hwmon`, under-voltage from the hwmon the
+kernel's raspberrypi-hwmon driver makes of the firmware's throttling flags (`rpi_volt`: `in0_lcrit_alarm`);
+the firmware's own slowing of the CPU for heat or power shows in the cores' frequencies.  The roots are arguments so
 tests can hand the governor a sensor tree of their own.  A sensor that is missing, unreadable or
 reads garbage never stops a sample: its value is None and the sample carries a warning naming it.
 """
@@ -32,6 +35,7 @@ class Sample:
     swap_percent: float
     pressure: dict = field(default_factory=dict)  # "cpu_some", "memory_full", ... avg10 in percent
     temperature: float | None = None  # the hottest sensor, degrees Celsius
+    undervoltage: bool | None = None  # a Raspberry Pi's power supply sagging now; None where no board says
     warnings: tuple[str, ...] = ()
 
     @property
@@ -89,6 +93,29 @@ def temperature(files: list[Path]) -> tuple[float | None, list[str]]:
     return hottest, warnings
 
 
+def undervoltage(sys: Path) -> tuple[bool | None, list[str]]:
+    """Whether a Raspberry Pi's firmware reports under-voltage now (it then slows the CPU); None elsewhere."""
+    for name in sorted((sys / "class/hwmon").glob("hwmon*/name"))[:MAX_SENSORS]:
+        try:
+            if _read(name, 64).strip() != b"rpi_volt":
+                continue
+            alarm = name.parent / "in0_lcrit_alarm"
+            return int(_read(alarm, 8).strip()) == 1, []
+        except (OSError, ValueError):
+            return None, [f"{name.parent}: the under-voltage alarm is unreadable"]
+    return None, []
+
+
+def board(sys: Path) -> str:
+    """The board's model when it is a Raspberry Pi (the device tree's, e.g. "Raspberry Pi 5 Model B Rev 1.0"),
+    else ''."""
+    try:
+        model = _read(sys / "firmware/devicetree/base/model", 128).rstrip(b"\0").decode(errors="replace")
+    except OSError:
+        return ""
+    return model if model.startswith("Raspberry Pi") and model.isprintable() else ""
+
+
 class Sensors:
     """Successive samples: CPU shares are measured between two of them."""
 
@@ -97,6 +124,7 @@ class Sensors:
         self.cores = psutil.cpu_count() or 1
         self._last = psutil.cpu_times()
         self._seen: set[Path] = set()  # every temperature sensor seen since the start (at most MAX_SENSORS)
+        self.board = board(self.sys)
 
     def sample(self, t: float, assistant_cpu_seconds: float = 0.0, interval: float = 1.0) -> Sample:
         """A sample now; `assistant_cpu_seconds` is what the assistant used since the last one (its report)."""
@@ -117,11 +145,13 @@ class Sensors:
         warnings += [f"{path}: the sensor is gone" for path in sorted(self._seen.difference(files))]
         if len(self._seen) < MAX_SENSORS:
             self._seen.update(files[:MAX_SENSORS - len(self._seen)])
+        sagging, problems = undervoltage(self.sys)
+        warnings += problems
         return Sample(t=t, cpu=round(cpu, 1), other_cpu=round(max(0.0, cpu - own), 1), cores=self.cores,
                       mhz=freqs,
                       memory_available=memory.available, memory_total=memory.total,
                       swap_percent=psutil.swap_memory().percent, pressure=psi, temperature=hottest,
-                      warnings=tuple(warnings))
+                      undervoltage=sagging, warnings=tuple(warnings))
 
 
 def _busy(before, after) -> tuple[float, float]:

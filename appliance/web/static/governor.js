@@ -47,7 +47,8 @@ const GRAPHS = [
   { id: "memory", unit: " %", low: 0, high: 100, limit: "memory_percent", series: { memory },
     now: (s) => `now ${bytes(s.memory_available)} of ${bytes(s.memory_total)} (${number(memory(s) || 0)} %)` },
   { id: "temperature", unit: " °C", limit: "temperature", series: { temperature: (s) => s.temperature },
-    now: (s) => (s.temperature === null ? "no sensor reads" : `now ${number(s.temperature)} °C`) },
+    now: (s) => (s.temperature === null ? "no sensor reads" : `now ${number(s.temperature)} °C`)
+      + (s.undervoltage ? "; under-voltage: the power supply cannot keep up, and the firmware slows the CPU" : "") },
   { id: "speed", unit: " tokens/s", low: 0, series: { speed: (s) => s.tokens_per_second },
     now: (s) => (s.tokens_per_second ? `last reply ${number(s.tokens_per_second)} tokens/s` : "no reply measured yet") },
   { id: "rung", rung: true, series: { rung: (s) => s.rung },
