@@ -24,6 +24,7 @@ from .layout import DataDir, DeviceDir
 # give 55 bits, far beyond what the wizard's attempt limit lets anyone guess.
 CODE_ALPHABET = "3467ACDEFGHJKMNPQRTUVWXY"
 CODE_GROUPS, CODE_GROUP_LENGTH = 3, 4
+MIN_CHOSEN, MIN_DIFFERENT = 12, 5  # a code the owner chose (on the PALADIN drive): `weakness`
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,24 @@ def _make_tls(made: Secrets, hostname: str | None) -> None:
                     mode=0o644)
 
 
-def new_code(made: Secrets) -> str:
-    code = new_setup_code()
+def new_code(made: Secrets, chosen: str | None = None) -> str:
+    """A new setup code: made here, or the owner's `chosen` one (it must pass `weakness`)."""
+    code = normalise_code(chosen) if chosen is not None else new_setup_code()
     files.write(made.setup_code_file, code.encode(), mode=0o600)
     return code
+
+
+def weakness(chosen: str) -> str | None:
+    """What makes a code an owner chose too weak to open the wizard, or None.  The wizard's attempt limit
+    leaves a guesser a handful of tries; 12 letters and digits, not mostly one, are far beyond them."""
+    if len(chosen.encode()) > facts.CARD_CODE_LIMIT:
+        return f"it is longer than {facts.CARD_CODE_LIMIT} bytes: a code is a few words"
+    letters = [c for c in chosen.upper() if c.isalnum()]
+    if len(letters) < MIN_CHOSEN:
+        return f"it has {len(letters)} letters and digits; at least {MIN_CHOSEN} are needed"
+    if len(set(letters)) < MIN_DIFFERENT:
+        return f"it uses only {len(set(letters))} different letters and digits; at least {MIN_DIFFERENT} are needed"
+    return None
 
 
 def forget_code(made: Secrets) -> None:

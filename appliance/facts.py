@@ -72,6 +72,15 @@ def slot_version(label: str) -> str:
 
 EMPTY_SLOT = "_empty"
 DATA_LABEL = "paladin-data"
+# The small FAT partition a computer shows as a drive named PALADIN when the flashed medium is put in it
+# (Microsoft basic data: Windows and macOS show it, and show no ESP): where an owner without a screen
+# writes a setup code (docs/first-boot.md), and on a Raspberry Pi also the firmware's autoboot.txt.
+CARD_LABEL = "PALADIN"
+CARD_TYPE = "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7"
+CARD_MOUNT = P("/run/paladin-card")  # mounted on access only (fstab: automount), so it is clean when pulled
+CARD_CODE = "setup-code.txt"
+CARD_CODE_LIMIT = 1024  # bytes: a code is a few words
+CARD_HANDED = P("/run/paladin-card-code/code")  # where paladin-card leaves it for the first-boot unit
 
 # What one release is: three TUF targets (see appliance/update/bundle.py for the offline form).
 KINDS = ("root", "verity", "uki")

@@ -30,11 +30,16 @@ def _fsync(path: Path, flags: int = os.O_RDONLY) -> None:
         os.close(fd)
 
 
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or deletion in `directory` durable."""
+    _fsync(directory, os.O_RDONLY | os.O_DIRECTORY)
+
+
 def commit(written: Path, dest: Path) -> Path:
     """Make the complete file `written` (in dest's directory) durable as `dest`."""
     _fsync(written)
     os.replace(written, dest)
-    _fsync(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_directory(dest.parent)
     return dest
 
 

@@ -3,7 +3,9 @@ and what the console tells a person in front of the box (`paladin firstboot`, pa
 
 The console text goes to the getty's issue file (/etc/issue.d/50-paladin.issue links to ISSUE), so it
 is on an HDMI screen and on the serial console above the login prompt, and to the journal.  The
-setup code is shown only until the wizard finishes.  Too many wrong codes lock the wizard; restarting
+setup code is shown only until the wizard finishes.  An owner without a screen writes a code of their
+choosing on the box's PALADIN drive before its first boot (paladin-card takes it off the drive, this
+judges it): it proves the same as the screen does, that whoever sets the box up had it in hand.  Too many wrong codes lock the wizard; restarting
 the box (or `paladin setup reset` on its console) makes a new code, so only someone at the box can
 unlock it.
 """
@@ -20,20 +22,43 @@ log = logging.getLogger(__name__)
 ISSUE = Path("/run/paladin-console/issue")
 
 
-def prepare(config: Config, *, new_code: bool = False) -> device.Secrets:
-    """Make the device's missing secrets and, while setup is unfinished, a setup code if there is none, the
-    wizard is locked, or `new_code` asks for one."""
+def prepare(config: Config, *, new_code: bool = False, card: Path = Path(facts.CARD_HANDED)) -> device.Secrets:
+    """Make the device's missing secrets and, while setup is unfinished, a setup code: the one the owner wrote
+    on the PALADIN drive if it is strong enough, else a new one if there is none, the wizard is locked, or
+    `new_code` asks for one."""
     made = device.ensure(config.data_path)
+    chosen = _chosen(card)
     db = database.connect(config.data.database)
     try:
         if owner.finished(db):
             device.forget_code(made)
-        elif new_code or made.setup_code() is None or owner.locked(db, config.server.setup_attempts):
+            if chosen is not None:
+                log.warning("the setup code written on the PALADIN drive was removed unused: this box is set up")
+            return made
+        if chosen is not None:
+            if (weak := device.weakness(chosen)) is None:
+                device.new_code(made, chosen)
+                owner.clear_failures(db)
+                log.info("the setup code is the one written on the PALADIN drive")
+                return made
+            log.warning("the setup code written on the PALADIN drive was not used: %s. The box shows one of its "
+                        "own on its screen; or write a stronger one on the drive and restart the box", weak)
+        if new_code or made.setup_code() is None or owner.locked(db, config.server.setup_attempts):
             device.new_code(made)
             owner.clear_failures(db)
     finally:
         db.close()
     return made
+
+
+def _chosen(card: Path) -> str | None:
+    """The code paladin-card took off the PALADIN drive this boot (taken once: removed here), or None."""
+    try:
+        raw = card.read_bytes()
+    except FileNotFoundError:
+        return None
+    card.unlink()
+    return raw.decode("utf-8-sig", errors="replace").strip()
 
 
 def lines(config: Config, made: device.Secrets, addresses: list[str]) -> list[str]:

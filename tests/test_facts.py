@@ -30,6 +30,8 @@ def test_first_boot_repart_matches_the_image_partitions_in_order():
     assert [p.name for p in sorted((ROOT / "image/mkosi.repart").glob("*.conf"))] == \
         [p.name for p in sorted((ROOT / "overlay/usr/lib/repart.d").glob("*.conf"))]
     assert built[-1]["Label"] == grown[-1]["Label"] == facts.DATA_LABEL
+    card = next(p for p in built if p.get("Label") == facts.CARD_LABEL)
+    assert card["Type"] == facts.CARD_TYPE and card["Format"] == "vfat"
 
 
 def test_slot_labels_are_the_ones_the_updater_reads():
@@ -110,3 +112,17 @@ def test_the_governors_user_state_and_socket_are_where_its_unit_puts_them():
     assert unit["StateDirectory"] == Path(facts.GOVERNOR_STATE).name and Path(facts.GOVERNOR_STATE).parent == Path("/var/lib")
     assert Path(facts.GOVERNOR_SOCKET).parent == Path("/run") / unit["RuntimeDirectory"]
     assert f"--client-user {facts.SERVICE_USER}" in unit["ExecStart"]
+
+
+def test_the_paladin_drive_is_mounted_where_its_units_read_it_and_hands_the_code_over_where_first_boot_looks():
+    fstab = [line.split() for line in (ROOT / "overlay/etc/fstab").read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert [f"PARTLABEL={facts.CARD_LABEL}", str(facts.CARD_MOUNT), "vfat"] in [line[:3] for line in fstab]
+    card = ini(ROOT / "units/paladin-card.service")
+    assert card["Unit"]["ConditionPathExists"] == f"/dev/disk/by-partlabel/{facts.CARD_LABEL}"
+    assert card["Service"]["ReadWritePaths"] == f"-{facts.CARD_MOUNT}"
+    assert Path(facts.CARD_HANDED).parent == Path("/run") / card["Service"]["RuntimeDirectory"]
+    assert card["Service"]["Group"] == facts.SERVICE_USER
+    firstboot = ini(ROOT / "units/paladin-firstboot.service")["Service"]
+    assert firstboot["ReadWritePaths"] == f"-{Path(facts.CARD_HANDED).parent}"
+    assert firstboot["Group"] == facts.SERVICE_USER

@@ -1,11 +1,12 @@
 """The box's own secrets, its owner's account and sessions, and the setup wizard's state: in-process."""
 
+import logging
 import time
 
 import pytest
 from cryptography import x509
 
-from appliance import certificate, config, db as database, device, firstboot, owner, sessions
+from appliance import card, certificate, config, db as database, device, firstboot, owner, sessions
 from appliance.errors import InvalidRequest
 
 pytestmark = pytest.mark.unit
@@ -78,6 +79,40 @@ def test_first_boot_makes_a_code_until_setup_finishes_and_a_new_one_when_locked(
     assert "Setup code" not in (tmp_path / "run" / "issue").read_text() and "https://\\4" in (
         tmp_path / "run" / "issue").read_text()
     assert not issue.exists()
+
+
+def test_a_code_the_owner_wrote_on_the_paladin_drive_is_taken_off_it_judged_and_opens_the_wizard(cfg, db, tmp_path,
+                                                                                                   caplog):
+    drive, handed = tmp_path / "drive", tmp_path / "run/paladin-card-code/code"
+    drive.mkdir()
+    caplog.set_level(logging.INFO)
+
+    def boot(text: str | None) -> str | None:
+        """A boot with `text` in setup-code.txt on the drive: paladin-card, then the first-boot unit."""
+        if text is not None:
+            (drive / "setup-code.txt").write_text(text)
+        said = card.take(drive, handed)
+        assert not (drive / "setup-code.txt").exists() and ("took" in said) == (text is not None), said
+        code = firstboot.prepare(cfg, card=handed).setup_code()
+        assert not handed.exists()  # taken once: a later `paladin setup reset` does not take it again
+        return code
+
+    made = boot(None)
+    assert made and boot(None) == made  # no drive code: the box's own, as before
+    chosen = boot("\ufeffViolet tractor-seven LANTERN\r\n")  # Notepad's BOM and line end
+    assert chosen == device.normalise_code("violet tractor seven lantern") != made
+    assert boot(None) == chosen and "the one written on the PALADIN drive" in caplog.text
+    for weak, why in (("1234 5678", "it has 8 letters and digits; at least 12 are needed"),
+                      ("aaaa-aaaa-bbbb", "it uses only 2 different letters and digits"),
+                      ("x" * 1025, "it is longer than 1024 bytes")):
+        caplog.clear()
+        assert boot(weak) == chosen and f"was not used: {why}" in caplog.text
+    for _ in range(cfg.server.setup_attempts):
+        owner.count_failure(db)
+    assert boot("short") not in (chosen, None)  # locked, and the drive's code too weak: a new one of the box's
+    owner.finish(db)
+    caplog.clear()
+    assert boot("violet tractor seven lantern") is None and "removed unused: this box is set up" in caplog.text
 
 
 def test_factory_reset_forgets_the_owner_and_the_keys_but_keeps_models(cfg, db):

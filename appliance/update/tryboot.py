@@ -1,6 +1,6 @@
 """The Raspberry Pi firmware's A/B boot: `autoboot.txt` with `tryboot_a_b=1` (Pi 4 and Pi 5).
 
-The image's first partition is a small FAT holding only `autoboot.txt`; the firmware boots its `[all]`
+The image's first partition is a small FAT holding `autoboot.txt` (the PALADIN drive, docs/first-boot.md); the firmware boots its `[all]`
 section's `boot_partition` by default, and its `[tryboot]` section's once after `reboot "0 tryboot"` (a
 one-shot flag it clears before starting, so any reset falls back to the default).  There is no boot
 counter: the box itself keeps a trial by rewriting `autoboot.txt` once the trial passed its
@@ -22,11 +22,11 @@ from pathlib import Path
 
 from tuf.api.metadata import TargetFile
 
-from .. import command, files
+from .. import command, facts, files
 from .progress import UpdateError
 from .slots import check_slot, slots, sysupdate
 
-AUTOBOOT = Path("/boot/autoboot.txt")  # the first partition, mounted at /boot (image/rpi: fstab)
+AUTOBOOT = Path(facts.CARD_MOUNT) / "autoboot.txt"  # the first partition is the PALADIN drive
 DEVICE_TREE = Path("/proc/device-tree")
 AUTOBOOT_LIMIT = 512  # the firmware reads no more (raspberrypi/documentation, autoboot.adoc)
 # The oldest bootloader EEPROMs whose tryboot_a_b works, by SoC: the Pi 4's came with 2022-11-25; the

@@ -241,36 +241,6 @@ def test_board_defaults_and_the_owners_limits():
         config.parse({"governor": {"temperature": 500}})
 
 
-def test_a_raspberry_pi_s_under_voltage_steps_down_and_its_board_keeps_cooler(tree):
-    """raspberrypi-hwmon's `rpi_volt` alarm, as the kernel shows the firmware's throttling flags."""
-    model = tree.root / "firmware/devicetree/base/model"
-    model.parent.mkdir(parents=True)
-    model.write_bytes(b"Raspberry Pi 5 Model B Rev 1.0\0")
-    alarm = tree.root / "class/hwmon/hwmon1/in0_lcrit_alarm"
-    alarm.parent.mkdir(parents=True)
-    tree.write(alarm.parent / "name", "rpi_volt")
-    tree.write(alarm, "1")
-    sensors = Sensors(tree.root, tree.root / "proc")
-    assert sensors.board == "Raspberry Pi 5 Model B Rev 1.0"
-    assert Limits.for_board(SETTINGS, 8 * GIB, 4, sensors.board).temperature == 75
-    assert Limits.for_board(SETTINGS, 8 * GIB, 4, "").temperature == 80
-    governing = Policy()
-    governing.set_ladder(ladder(MODELS, "big", 4, 4096))
-    limits = Limits.for_board(SETTINGS, 32 * GIB, 4, sensors.board)
-    decisions = []
-    for t in range(1000, 1200):
-        if t == 1020:
-            tree.write(alarm, "0")  # the supply recovered: calm again after its own window
-        sample = dataclasses.replace(sensors.sample(float(t)), other_cpu=0.0, memory_available=16 * GIB,
-                                     memory_total=32 * GIB, pressure={})
-        assert sample.undervoltage == (t < 1020) and not sample.warnings
-        decisions += filter(None, [governing.decide(sample, limits, pinned=False)])
-    assert [(d.action, d.limit) for d in decisions] == [("down", "power"), ("up", "safe")]
-    assert "under-voltage" in decisions[0].reason
-    tree.write(alarm, "garbage")
-    assert any("under-voltage alarm is unreadable" in w for w in sensors.sample(2000.0).warnings)
-
-
 def test_pressure_is_read_where_the_kernel_has_it(tmp_path):
     (tmp_path / "pressure").mkdir()
     (tmp_path / "pressure/memory").write_text("some avg10=3.50 avg60=1.00 avg300=0.10 total=1\n"

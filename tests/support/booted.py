@@ -67,12 +67,13 @@ ImportCredential=paladin-check.sh
 ExecStart=/bin/sh ${CREDENTIALS_DIRECTORY}/paladin-check.sh
 """
 
-def set_up(vm: VM) -> None:
-    """The box made Ada's through the wizard's forms over HTTPS, serving the model it serves already."""
+def set_up(vm: VM, code: str | None = None) -> None:
+    """The box made Ada's through the wizard's forms over HTTPS, serving the model it serves already; with the
+    setup code from its console, or `code`."""
     with vm.client() as api:
         model = next(m["name"] for m in api.get("/models").raise_for_status().json()["models"] if m["served"])
     with httpx.Client(base_url=vm.https_url, verify=False, timeout=120, follow_redirects=True) as client:
-        csrf = walk(client, vm.setup_code(), model)
+        csrf = walk(client, code or vm.setup_code(), model)
         finished = client.post("/setup/finish", data={"csrf": csrf})
         assert finished.url.path == "/", f"setup did not finish: {finished.status_code} {finished.url}"
 

@@ -241,12 +241,31 @@ def partition_digest(disk: Path, number: int) -> str:
     return digest.hexdigest()
 
 
+def _fat(disk: Path, number: int | None = None, label: str | None = None) -> str:
+    """mtools' name of a FAT partition of the disk, by number or GPT label."""
+    part = next(p for i, p in enumerate(partitions(disk), 1) if i == number or p.get("name") == label)
+    return f"{disk}@@{part['offset']}"
+
+
+def fat_files(fat: str, folder: str = "::/") -> list[str]:
+    """The names in a folder of a FAT on the host (mtools; qemu need not run, and may)."""
+    out = subprocess.run(["mdir", "-b", "-i", fat, folder], capture_output=True, text=True, check=True).stdout
+    return sorted(Path(line.strip()).name for line in out.splitlines() if line.strip())
+
+
 def esp_kernels(disk: Path) -> list[str]:
-    """The UKI file names on the disk's ESP, read from the host with mtools (qemu need not run)."""
-    esp = partitions(disk)[0]
-    out = subprocess.run(["mdir", "-b", "-i", f"{disk}@@{esp['offset']}", "::/EFI/Linux"], capture_output=True,
-                         text=True, check=True).stdout
-    return sorted(Path(line.strip()).name for line in out.splitlines() if line.strip().endswith(".efi"))
+    """The UKI file names on the disk's ESP."""
+    return [name for name in fat_files(_fat(disk, number=1), "::/EFI/Linux") if name.endswith(".efi")]
+
+
+def card(disk: Path) -> str:
+    """mtools' name of the disk's PALADIN drive (docs/first-boot.md)."""
+    return _fat(disk, label=facts.CARD_LABEL)
+
+
+def write_card_code(disk: Path, code: str) -> None:
+    """What an owner without a screen does after flashing: a setup code of their own on the PALADIN drive."""
+    subprocess.run(["mcopy", "-i", card(disk), "-", f"::/{facts.CARD_CODE}"], input=code.encode(), check=True)
 
 
 def update_status(client: httpx.Client) -> dict:

@@ -30,13 +30,14 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from appliance import facts
 from buildhost import release
 from tests.support.fakes import fake_image
 from tests.support.images import Builds
 from tests.support.booted import confirm_kit, owner_client, set_up
-from tests.support.vm import (BOOT_TIMEOUT, VM, conversation_intact, cut_first_boot, cut_power, partition_digest,
-                              request_update, update_status, upload_bundle, wait_blessed, wait_down, wait_update,
-                              write_conversation)
+from tests.support.vm import (BOOT_TIMEOUT, VM, card, conversation_intact, cut_first_boot, cut_power, fat_files,
+                              partition_digest, request_update, update_status, upload_bundle, wait_blessed, wait_down,
+                              wait_update, write_card_code, write_conversation)
 from tests.support.wizard import browser_page, log_in, open_restore
 from tests.support.vm import release as release_image
 
@@ -239,14 +240,19 @@ class BoxB(Scenario):
         super().__init__("box-b", world.box("box-b"), [("boot", self.boot), ("cuts", self.cuts)])
 
     def boot(self) -> None:
-        """v1 up with a conversation every later boot must keep, then set up as Ada's, backups turned on, and a
-        backup of it all made and downloaded for box A (World.backup)."""
+        """v1 up with a conversation every later boot must keep, then set up as Ada's (without a screen: with the
+        code she wrote on its PALADIN drive after flashing), backups turned on, and a backup of it all made and
+        downloaded for box A (World.backup)."""
         vm, backup = self.vm, self.world.backup
         try:
+            assert facts.CARD_CODE not in fat_files(card(vm.disk)) and "README.txt" in fat_files(card(vm.disk))
+            write_card_code(vm.disk, "\ufeffViolet tractor seven lantern\r\n")  # as Notepad saves it
             super().boot()
             with vm.client() as client:
                 self.conversation = write_conversation(client)
-            set_up(vm)
+            assert vm.setup_code() == "VIOL-ETTR-ACTO-RSEV-ENLA-NTER"  # the console shows hers
+            assert facts.CARD_CODE not in fat_files(card(vm.disk))  # taken off the drive
+            set_up(vm, code="violet-tractor seven LANTERN")
             owner = owner_client(vm)
             try:
                 key = confirm_kit(owner)
