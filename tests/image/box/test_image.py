@@ -17,6 +17,7 @@ import pytest
 from appliance import facts
 from tests.support.booted import GROW_BY, VERSION
 from tests.support.lan import BOX_ADDRESS
+from tests.support.vm import card, fat_files
 from tests.support.wizard import CHROMIUM, Shots, browser_page, chat, run_setup
 
 pytestmark = pytest.mark.image
@@ -32,12 +33,14 @@ def seen_on_the_lan(booted, lan, laptop) -> dict:
     return lan.mdns(laptop, facts.MDNS_NAME, "_https._tcp.local.")
 
 
-def test_partition_table_has_esp_two_verity_root_slots_and_data(image):
+def test_partition_table_has_esp_two_verity_root_slots_the_paladin_drive_and_data(image):
     table = json.loads(subprocess.run(["sfdisk", "--json", image["image"]], capture_output=True, text=True,
                                       check=True).stdout)["partitiontable"]["partitions"]
-    assert [p["type"] for p in table] == [ESP, ROOT_X86_64, VERITY_X86_64, ROOT_X86_64, VERITY_X86_64, LINUX_GENERIC]
+    assert [p["type"] for p in table] == [ESP, ROOT_X86_64, VERITY_X86_64, ROOT_X86_64, VERITY_X86_64,
+                                          facts.CARD_TYPE.upper(), LINUX_GENERIC]
     assert [p.get("name") for p in table][1:] == [f"paladin_{VERSION}", f"paladin_{VERSION}_verity", "_empty",
-                                                  "_empty", "paladin-data"]
+                                                  "_empty", facts.CARD_LABEL, "paladin-data"]
+    assert fat_files(card(Path(image["image"]))) == ["README.txt"]  # what a computer shows of it
     assert table[1]["size"] == table[3]["size"] and table[2]["size"] == table[4]["size"]
 
 
