@@ -2,6 +2,7 @@
 
 import configparser
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,10 @@ def test_the_paladin_drive_is_mounted_where_its_units_read_it_and_hands_the_code
     firstboot = ini(ROOT / "units/paladin-firstboot.service")["Service"]
     assert firstboot["ReadWritePaths"] == f"-{Path(facts.CARD_HANDED).parent}"
     assert firstboot["Group"] == facts.SERVICE_USER
+
+
+def test_every_program_the_package_installs_is_on_the_image_s_path():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    linked = re.findall(r"^ln -sf /usr/lib/paladin/bin/(\S+) /usr/bin/(\S+)$",
+                        (ROOT / "image/mkosi.postinst.chroot").read_text(), flags=re.M)
+    assert sorted(scripts) == sorted(source for source, name in linked if source == name)
