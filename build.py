@@ -46,7 +46,7 @@ from buildhost.debian import ensure_host_packages
 
 TEST_PACKAGES = BUILD_PACKAGES + ["gpgv", "debian-archive-keyring", "xz-utils", "zstd", "apt", "fdisk",
                                   *QEMU["x86-64"]["packages"], "qemu-user-static", "chromium", "systemd",
-                                  "mtools", "dosfstools", "exfatprogs", "nftables", "age", *LAN_PACKAGES]
+                                  "mtools", "dosfstools", "exfatprogs", "nftables", "age", "qemu-utils", *LAN_PACKAGES]
 
 
 def cmd_demo(args) -> int:

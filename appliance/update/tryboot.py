@@ -8,13 +8,17 @@ assessment, and a trial that fails, hangs (the hardware watchdog resets it) or l
 not kept.  The firmware tells the running system where it booted from in the device tree
 (/proc/device-tree/chosen/bootloader: `tryboot`, `partition`, `build_timestamp`).
 
-Whatever a power cut interrupts, `autoboot.txt` names a complete, verified boot partition by default:
-it is replaced whole (`files.commit`: written beside, fsync'ed, renamed over, directory fsync'ed), and a
-boot partition is only named in `[tryboot]` after it was written and checked.
+Whatever a power cut interrupts, `autoboot.txt` names a complete, verified boot partition by default: it
+is rewritten in place, the same length in the same sector, and a boot partition is only named in
+`[tryboot]` after it was written and checked.  A rename is no atomic switch on a FAT: Linux's vfat writes
+the renamed entry's cluster only when it writes the inode back, after the old cluster was freed, so for
+up to half a minute after a "durable" replace the file named a free cluster (bench `tryboot` found 15 of
+26 cut states so; docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -22,7 +26,7 @@ from pathlib import Path
 
 from tuf.api.metadata import TargetFile
 
-from .. import command, facts, files
+from .. import command, facts
 from .progress import UpdateError
 from .slots import check_slot, slots, sysupdate
 
@@ -33,14 +37,18 @@ AUTOBOOT_LIMIT = 512  # the firmware reads no more (raspberrypi/documentation, a
 # Pi 5 needed the fixes of 2023-12-14 and 2024-04-17.
 OLDEST_BOOTLOADER = {"brcm,bcm2711": ("Raspberry Pi 4", "2022-11-25"),
                      "brcm,bcm2712": ("Raspberry Pi 5", "2024-04-17")}
-OURS = re.compile(rb"\[all\]\ntryboot_a_b=1\nboot_partition=(\d+)\n\[tryboot\]\nboot_partition=(\d+)\n")
+OURS = re.compile(rb"\[all\]\ntryboot_a_b=1\nboot_partition=([1-9])\n\[tryboot\]\nboot_partition=([1-9])\n")
 
 
 @dataclass(frozen=True)
 class Autoboot:
-    """What autoboot.txt says, in the one form this box writes."""
+    """What autoboot.txt says, in the one form this box writes: always the same length (one digit each)."""
     default: int
     trial: int
+
+    def __post_init__(self):
+        if not (1 <= self.default <= 9 and 1 <= self.trial <= 9):
+            raise UpdateError(f"boot partitions {self.default} and {self.trial}: this box's are 2 and 3")
 
     def render(self) -> bytes:
         return (f"[all]\ntryboot_a_b=1\nboot_partition={self.default}\n"
@@ -81,9 +89,17 @@ class Tryboot:
             raise UpdateError(f"cannot read {self.autoboot}: {err.strerror}") from None
 
     def write(self, autoboot: Autoboot) -> None:
-        staged = files.partial(self.autoboot)
-        staged.write_bytes(autoboot.render())  # not files.write: a FAT has no modes to set
-        files.commit(staged, self.autoboot)
+        """In place: the same cluster and length, so one sector changes and the directory does not."""
+        text = autoboot.render()
+        fd = os.open(self.autoboot, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            if (size := os.fstat(fd).st_size) != len(text):
+                raise UpdateError(f"{self.autoboot} is {size} bytes, not the {len(text)} this box writes: "
+                                  "it is not the one the image made")
+            os.pwrite(fd, text, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def trial(self) -> bool:
         """Booted with the tryboot flag and not kept yet (a kept trial stays flagged until it reboots)."""

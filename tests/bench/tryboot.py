@@ -74,26 +74,42 @@ def card(path: Path) -> None:
     subprocess.run(["mcopy", "-i", path, "-", "::/autoboot.txt"], input=SEQUENCE[0].render(), check=True)
 
 
-def judge(disk: Path) -> tuple[int | None, str]:
-    """The state's index in SEQUENCE (None: not one of them), and what the firmware would boot."""
+def judge(disk: Path) -> tuple[Autoboot | None, str]:
+    """What autoboot.txt says in this state (None: nothing whole), and what the firmware would boot."""
     files = fat_files(str(disk))
     if "autoboot.txt" not in files:
         return None, f"no autoboot.txt (the drive holds {files})"
-    text = subprocess.run(["mtype", "-i", disk, "::/autoboot.txt"], capture_output=True, check=True).stdout
+    read = subprocess.run(["mtype", "-i", disk, "::/autoboot.txt"], capture_output=True)
+    if read.returncode:
+        return None, f"autoboot.txt is listed but unreadable: {read.stderr.decode(errors='replace').strip()}"
+    text = read.stdout
     try:
-        state = SEQUENCE.index(Autoboot.parse(text))
-    except (UpdateError, ValueError) as err:  # torn, or not of the sequence: the run fails, saying so
+        state = Autoboot.parse(text)
+    except UpdateError as err:  # torn: the run fails, saying so
         return None, f"autoboot.txt is {text[:80]!r} ({err})"
     return state, f"boots {choose(text, tryboot=False)}, tries {choose(text, tryboot=True)}"
+
+
+def in_order(found: list[Autoboot | None]) -> bool:
+    """Whether the states walk SEQUENCE forward (each one it holds, or a later one) to its end."""
+    at = 0
+    for state in found:
+        later = [i for i in range(at, len(SEQUENCE)) if SEQUENCE[i] == state]
+        if not later:
+            return False
+        at = later[0]
+    return at == len(SEQUENCE) - 1
 
 
 def main() -> None:
     top = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--json", help="also write the results to this file")
+    top.add_argument("--keep", help="work in this directory and keep it (the card, its write log, the box)")
     args = top.parse_args()
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(args.keep or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         keys, model = work / "keys", tinymodel.write(work / "tiny.gguf", "small")
         run_build(ROOT / "build.py", "keys", "init", "--keys", keys)
         image = build_image("1", work / "v1", model, keys)
@@ -116,10 +132,10 @@ def main() -> None:
         for applied, disk in states(before, log, work):
             state, what = judge(disk)
             results.append({"sectors": applied, "state": state, "what": what})
-    reached = [r["state"] for r in results]
-    ordered = None not in reached and reached == sorted(reached) and reached[-1] == len(SEQUENCE) - 1
+    ordered = in_order([r["state"] for r in results])
     for r in results:
-        print(f"after {r['sectors']:3} sectors: {SEQUENCE[r['state']] if r['state'] is not None else '-'}: {r['what']}")
+        print(f"after {r['sectors']:3} sectors: {r['state'] or '-'}: {r['what']}")
+        r["state"] = r["state"] and r["state"].render().decode()
     print(f"in the box: {said}; {sum(w is not None for w in logged)} writes and "
           f"{sum(w is None for w in logged)} flushes logged; {len(results)} cut states, "
           f"{'every one' if ordered else 'NOT every one'} a whole autoboot.txt of the sequence, in order "

@@ -11,6 +11,7 @@ import pytest
 from appliance.update.progress import UpdateError
 from appliance.update.tryboot import AUTOBOOT_LIMIT, Autoboot, Tryboot
 from tests.support.pifirmware import Firmware, choose
+from tests.support.writelog import states, writes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +25,7 @@ def card(tmp_path):
     (tmp_path / "card/p2/config.txt").write_text("arm_64bit=1\n")
     firmware = Firmware(tmp_path / "card", tmp_path / "device-tree")
     box = Tryboot(firmware.partition(1) / "autoboot.txt", tmp_path / "device-tree")
-    box.write(Autoboot(2, 3))
+    box.autoboot.write_bytes(Autoboot(2, 3).render())  # as the image is built
     assert firmware.boot() == 2
     return firmware, box
 
@@ -45,6 +46,21 @@ def test_autoboot_txt_is_what_the_documented_firmware_reads():
     assert (choose(text, tryboot=False), choose(text, tryboot=True)) == (2, 3)
     with pytest.raises(UpdateError, match="not in the form this box writes"):
         Autoboot.parse(text.replace(b"tryboot_a_b=1", b"tryboot_a_b=0"))
+    with pytest.raises(UpdateError, match="this box's are 2 and 3"):
+        Autoboot(2, 12)
+
+
+@pytest.mark.unit
+def test_autoboot_txt_is_rewritten_in_place_or_not_at_all(card):
+    """In place, so a FAT's allocation and directory never change (a rename there is no atomic switch)."""
+    firmware, box = card
+    before = os.stat(box.autoboot).st_ino
+    box.write(Autoboot(2, 2))
+    assert box.read() == Autoboot(2, 2) and os.stat(box.autoboot).st_ino == before
+    assert sorted(p.name for p in firmware.partition(1).iterdir()) == ["autoboot.txt"]
+    box.autoboot.write_bytes(Autoboot(2, 3).render() + b"# changed by hand\n")
+    with pytest.raises(UpdateError, match="not the 64 this box writes"):
+        box.write(Autoboot(2, 3))
 
 
 @pytest.mark.unit
@@ -92,30 +108,44 @@ COMMIT = ("from pathlib import Path; from appliance.update.tryboot import Tryboo
 
 
 @pytest.mark.system
-@pytest.mark.parametrize("cut, left", [("write:when=1", b""), ("fsync:when=1", b"new"), ("rename:when=1", b"new"),
-                                       ("fsync:when=2", None)])
+@pytest.mark.parametrize("cut, kept", [("pwrite64:when=1", False), ("fsync:when=1", True)])
 def test_the_commit_killed_at_each_of_its_steps_leaves_a_bootable_default_and_can_be_run_again(card, tmp_path, cut,
-                                                                                               left):
-    """The process is killed at each system call of the commit (strace's fault injection): a process
-    kill, not a power cut; the power-cut proof on a real FAT is the Raspberry Pi boot run's."""
+                                                                                               kept):
+    """The process is killed at each system call of the commit (strace's fault injection): a process kill,
+    not a power cut (bench `tryboot` cuts the power at each sector the kernel writes)."""
     firmware, box = card
     updated(firmware, box)
     assert firmware.boot(tryboot=True) == 3
-    syscall, when = cut.split(":")
     env = os.environ | {"PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
-    killed = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"inject={syscall}:signal=KILL:{when}",
+    killed = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"inject={cut.replace(':', ':signal=KILL:')}",
                              sys.executable, "-c", f"import sys; {COMMIT}", box.autoboot, tmp_path / "device-tree"],
                             env=env, capture_output=True, text=True, timeout=60)
     assert killed.returncode != 0, f"the commit was not cut at {cut}: {killed.stderr}"
-    partial = box.autoboot.with_name("autoboot.txt.partial")
-    if left is None:  # cut after the rename: kept
-        assert not partial.exists() and box.read() == Autoboot(3, 2)
-    else:  # cut before it: the new text (none, or all of it) only beside the old
-        assert partial.read_bytes() == (left and Autoboot(3, 2).render()) and box.read() == Autoboot(2, 3)
     state = box.read()
-    plain = firmware.boot()
-    assert plain == state.default and firmware.bootable(plain)
-    if state == Autoboot(2, 3):  # not kept: the box is back on A, where the trial can be made again
+    assert state == (Autoboot(3, 2) if kept else Autoboot(2, 3))  # whole, old or new
+    assert firmware.boot() == state.default and firmware.bootable(state.default)
+    if not kept:  # the box is back on A, where the trial can be made again
         assert firmware.boot(tryboot=True) == 3
     box.commit()
     assert box.read() == Autoboot(3, 2) and firmware.boot() == 3
+
+
+@pytest.mark.system
+def test_a_write_log_replays_to_every_state_a_cut_can_leave(tmp_path):
+    """tests/support/writelog.py against the log qemu's blklogwrites driver writes (qemu-io, as the tryboot
+    benchmark's box writes through it)."""
+    disk, log = tmp_path / "disk.img", tmp_path / "disk.log"
+    disk.write_bytes(bytes(8192))
+    before = tmp_path / "before.img"
+    before.write_bytes(disk.read_bytes())
+    log.touch()
+    subprocess.run(["qemu-io", "--image-opts", f"driver=blklogwrites,log-sector-size=512,file.driver=file,"
+                    f"file.filename={disk},log.driver=file,log.filename={log}",
+                    "-c", "write -P 0xab 1024 1024", "-c", "flush", "-c", "write -P 0xcd 0 512"],
+                   check=True, capture_output=True)
+    size, logged = writes(log)
+    assert size == 512 and [(w.sector, len(w.data)) if w else None for w in logged][:3] == [(2, 1024), None, (0, 512)]
+    seen = [(applied, path.read_bytes()) for applied, path in states(before, log, tmp_path)]
+    assert [applied for applied, _ in seen] == [0, 1, 2, 3]
+    assert seen[0][1] == bytes(8192) and seen[1][1][1024:1536] == b"\xab" * 512 and seen[1][1][1536:2048] == bytes(512)
+    assert seen[-1][1] == disk.read_bytes()  # all of it: the disk as qemu left it
