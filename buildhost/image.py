@@ -110,7 +110,8 @@ def build_image(arch: str, version: str, out: Path, model: Path | None, keys: Pa
         except StepError:
             # mkosi's incremental cache of the default initrd can go stale after a package change
             # (seen: apt then removes kmod with dpkg and fails); a clean rebuild fixes it.
-            say("mkosi failed; rebuilding once without its incremental cache (-ff)")
+            shutil.copy(work / "mkosi.log", work / "mkosi.failed.log")  # the retry's log replaces it
+            say(f"mkosi failed (log kept in {work / 'mkosi.failed.log'}); rebuilding once without its incremental cache (-ff)")
             run([*argv, "--force", "--force", "build"], log=work / "mkosi.log", hint=f"see {work / 'mkosi.log'}")
     raw = out / f"{name}.raw"
     report = {"image": str(raw), "arch": arch, "board": board, "version": version}
