@@ -4,8 +4,8 @@
     ./build.py demo [--port P]      build the x86-64 image with a real small model and boot it in qemu
     ./build.py test [PYTEST ARGS]   set up everything the tests need, then run them (all of them by default)
     ./build.py wheels [--json]      build (or find) the llama-cpp-python wheel for this host in the wheelhouse
-    ./build.py image --arch A [--board uefi|rpi] [--model FILE] [--version V] [--keys DIR] [--extra-tree DIR] [--no-compress]
-                     --out DIR [--json]
+    ./build.py image --arch A [--board uefi|rpi] [--model FILE] [--version V] [--keys DIR] [--extra-tree DIR]
+                     [--no-compress] --out DIR [--json]
                                     build the flashable disk image DIR/paladin_V_A.raw (+ .raw.zst unless
                                     --no-compress) and its update artifacts (root, verity, UKI)
     ./build.py keys init|rotate [--role R] [--keys DIR]

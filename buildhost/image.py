@@ -102,7 +102,8 @@ def build_image(arch: str, version: str, out: Path, model: Path | None, keys: Pa
     argv = [*mkosi_argv, "--directory", ROOT / "image", "--architecture", arch, "--image-version", version,
             "--unified-kernel-image-format", facts.uki_name(version),
             "--output", name, "--output-directory", out, "--workspace-directory", work,
-            "--cache-directory", CACHE / "mkosi-cache" / flavour, *(["--profile", board] if board != "uefi" else []), "--build-sources", f"{wheels}:wheels",
+            "--cache-directory", CACHE / "mkosi-cache" / flavour,
+            *(["--profile", board] if board != "uefi" else []), "--build-sources", f"{wheels}:wheels",
             "--extra-tree", f"{extra}:/", *(["--extra-tree", f"{extra_tree}:/"] if extra_tree else [])]
     with step(f"mkosi build of {name}"):
         try:
@@ -111,7 +112,8 @@ def build_image(arch: str, version: str, out: Path, model: Path | None, keys: Pa
             # mkosi's incremental cache of the default initrd can go stale after a package change
             # (seen: apt then removes kmod with dpkg and fails); a clean rebuild fixes it.
             shutil.copy(work / "mkosi.log", work / "mkosi.failed.log")  # the retry's log replaces it
-            say(f"mkosi failed (log kept in {work / 'mkosi.failed.log'}); rebuilding once without its incremental cache (-ff)")
+            say(f"mkosi failed (its log kept as {work / 'mkosi.failed.log'}); rebuilding once without its "
+                "incremental cache (-ff)")
             run([*argv, "--force", "--force", "build"], log=work / "mkosi.log", hint=f"see {work / 'mkosi.log'}")
     raw = out / f"{name}.raw"
     report = {"image": str(raw), "arch": arch, "board": board, "version": version}
