@@ -4,8 +4,8 @@
     ./build.py demo [--port P]      build the x86-64 image with a real small model and boot it in qemu
     ./build.py test [PYTEST ARGS]   set up everything the tests need, then run them (all of them by default)
     ./build.py wheels [--json]      build (or find) the llama-cpp-python wheel for this host in the wheelhouse
-    ./build.py image --arch A [--model FILE] [--version V] [--keys DIR] [--extra-tree DIR] [--no-compress]
-                     --out DIR [--json]
+    ./build.py image --arch A [--board uefi|rpi] [--model FILE] [--version V] [--keys DIR] [--extra-tree DIR]
+                     [--no-compress] --out DIR [--json]
                                     build the flashable disk image DIR/paladin_V_A.raw (+ .raw.zst unless
                                     --no-compress) and its update artifacts (root, verity, UKI)
     ./build.py keys init|rotate [--role R] [--keys DIR]
@@ -38,7 +38,7 @@ from pathlib import Path
 from appliance import facts
 from appliance.verbs import arg, parser, verb
 from buildhost import CACHE, ROOT
-from buildhost.image import BUILD_PACKAGES, build_image, check_version, default_keys, default_version
+from buildhost.image import BOARDS, BUILD_PACKAGES, build_image, check_version, default_keys, default_version
 from buildhost.qemu import LAN_PACKAGES, QEMU, boot, image_arch
 from buildhost.steps import StepError, existing_file, say, step
 from buildhost.wheels import LLAMA_CMAKE_ARGS, ensure_venv, llama_wheel, prepare, run_in_venv, smollm2
@@ -89,7 +89,7 @@ def cmd_image(args) -> int:
     if extra is not None and not extra.is_dir():
         raise StepError(f"--extra-tree {args.extra_tree} is not a directory")
     report = build_image(args.arch, args.version, Path(args.out).resolve(), model, Path(args.keys).resolve(), extra,
-                         compress=not args.no_compress)
+                         compress=not args.no_compress, board=args.board)
     print(json.dumps(report) if args.json else report["image"])
     return 0
 
@@ -135,6 +135,8 @@ VERBS = {
                  arg("pytest_args", nargs=argparse.REMAINDER)),
     "image": verb(cmd_image, "build a flashable disk image",
                   arg("--arch", choices=sorted(facts.ARCHES), default="x86-64"),
+                  arg("--board", choices=sorted(BOARDS), default="uefi",
+                      help="uefi (default: PCs, qemu, UEFI boards) or rpi (Raspberry Pi 4 and 5, arm64)"),
                   arg("--version", default=default_version(), help="dotted numbers; default: the time"),
                   KEYS, arg("--extra-tree", help="a directory laid over the image's root (the owner's own files)"),
                   arg("--model", help="GGUF model to put on the data partition"),

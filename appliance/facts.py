@@ -54,8 +54,9 @@ def uki_name(version: str) -> str:
 
 SLOT_SUFFIX = {"root": "", "verity": "_verity", "boot": "_boot"}
 # A Raspberry Pi's boot partitions A and B (FAT: firmware, kernel, initrd, device trees, cmdline.txt with
-# the root hash) have the type of an Extended Boot Loader Partition.
-BOOT_SLOT_TYPE = "bc13c2ff-59e6-4262-a352-b275fd6f7172"
+# the root hash) have the EFI system partition's type: the Pi's bootloader boots basic data or EFI system
+# partitions of a GPT, and computers hide EFI system partitions.
+BOOT_SLOT_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 
 
 def slot_label(version: str, kind: str) -> str:

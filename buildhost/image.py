@@ -12,13 +12,15 @@ from pathlib import Path
 from appliance import facts
 from appliance.layout import DataDir
 
-from . import CACHE, ROOT
+from . import CACHE, ROOT, rpi
 from .debian import ensure_host_packages, mkosi, MKOSI_SUITE
 from .steps import StepError, run, say, step
 from .wheels import image_wheels, run_in_venv
 
 BUILD_PACKAGES = ["build-essential", "cmake", "python3-venv", "python3-dev", "unzip"]
 IMAGE_PACKAGES = BUILD_PACKAGES + ["gpgv", "debian-archive-keyring", "xz-utils", "zstd", "apt", "fdisk"]
+# Boards: "uefi" (UEFI firmware: PCs, qemu, UEFI arm64 boards) and "rpi" (Raspberry Pi 4 and 5, mkosi profile).
+BOARDS = {"uefi": ("x86-64", "arm64"), "rpi": ("arm64",)}
 IMAGE_GIB = 10  # mkosi's trees, the 3 GiB raw image and its copy while compressing
 
 
@@ -60,21 +62,38 @@ def check_version(version: str) -> str:
     return version
 
 
+def _mkosi_build(argv: list, work: Path) -> None:
+    try:
+        run([*argv, "--force", "build"], log=work / "mkosi.log")
+    except StepError:
+        # mkosi's incremental cache of the default initrd can go stale after a package change
+        # (seen: apt then removes kmod with dpkg and fails); a clean rebuild fixes it.
+        shutil.copy(work / "mkosi.log", work / "mkosi.failed.log")  # the retry's log replaces it
+        say(f"mkosi failed (its log kept as {work / 'mkosi.failed.log'}); rebuilding once without its "
+            "incremental cache (-ff)")
+        run([*argv, "--force", "--force", "build"], log=work / "mkosi.log", hint=f"see {work / 'mkosi.log'}")
+
+
 def build_image(arch: str, version: str, out: Path, model: Path | None, keys: Path,
-                extra_tree: Path | None = None, compress: bool = True) -> dict:
+                extra_tree: Path | None = None, compress: bool = True, board: str = "uefi") -> dict:
     """Build DIR/paladin_VERSION_ARCH.raw (+ .zst unless not `compress`: an image only booted in qemu or
-    released needs none) and the split update artifacts beside it."""
+    released needs none) and the split update artifacts beside it.  `board` "rpi" (arm64 only) builds the
+    Raspberry Pi 4/5 image instead (mkosi profile rpi, DIR/paladin_VERSION_ARCH-rpi.raw: docs/image.md)."""
     check_version(version)
+    if board not in BOARDS or arch not in BOARDS[board]:
+        raise StepError(f"--board {board} does not exist for --arch {arch}",
+                        "boards: " + ", ".join(f"{b} ({'/'.join(a)})" for b, a in BOARDS.items()))
     out.mkdir(parents=True, exist_ok=True)
-    work = CACHE / "image" / arch
-    name = facts.image_name(version, arch)
+    flavour = arch if board == "uefi" else f"{arch}-{board}"
+    work = CACHE / "image" / flavour
+    name = facts.image_name(version, flavour)
     with step("update signing keys (the image trusts their root metadata)"):
         trusted_root = keys / "root.json"
         if not trusted_root.exists():
             say(f"no signing keys in {keys}: making them (build.py keys init)")
             run_in_venv("release", "keys-init", "--keys", keys)
     with step("host packages and disk space"):
-        ensure_host_packages(IMAGE_PACKAGES)
+        ensure_host_packages(IMAGE_PACKAGES + (rpi.HOST_PACKAGES if board == "rpi" else []))
         ensure_space(CACHE, out)
     with step(f"binfmt for {arch}"):
         ensure_binfmt(facts.ARCHES[arch]["machine"])
@@ -95,19 +114,17 @@ def build_image(arch: str, version: str, out: Path, model: Path | None, keys: Pa
     argv = [*mkosi_argv, "--directory", ROOT / "image", "--architecture", arch, "--image-version", version,
             "--unified-kernel-image-format", facts.uki_name(version),
             "--output", name, "--output-directory", out, "--workspace-directory", work,
-            "--cache-directory", CACHE / "mkosi-cache" / arch, "--build-sources", f"{wheels}:wheels",
+            "--cache-directory", CACHE / "mkosi-cache" / flavour,
+            *(["--profile", board] if board != "uefi" else []), "--build-sources", f"{wheels}:wheels",
             "--extra-tree", f"{extra}:/", *(["--extra-tree", f"{extra_tree}:/"] if extra_tree else [])]
     with step(f"mkosi build of {name}"):
-        try:
-            run([*argv, "--force", "build"], log=work / "mkosi.log")
-        except StepError:
-            # mkosi's incremental cache of the default initrd can go stale after a package change
-            # (seen: apt then removes kmod with dpkg and fails); a clean rebuild fixes it.
-            say("mkosi failed; rebuilding once without its incremental cache (-ff)")
-            run([*argv, "--force", "--force", "build"], log=work / "mkosi.log", hint=f"see {work / 'mkosi.log'}")
+        _mkosi_build(argv, work)
     raw = out / f"{name}.raw"
-    report = {"image": str(raw), "arch": arch, "version": version, "raw_bytes": raw.stat().st_size,
-              "build_seconds": round(time.monotonic() - started)}
+    report = {"image": str(raw), "arch": arch, "board": board, "version": version}
+    if board == "rpi":
+        with step("Raspberry Pi boot partition: initrd and cmdline.txt with the root hash"):
+            report |= rpi.finish_boot_partition(raw, out / name, version)
+    report |= {"raw_bytes": raw.stat().st_size, "build_seconds": round(time.monotonic() - started)}
     if compress:
         with step("compress for flashing (zstd)"):
             run(["zstd", "-q", "-f", "-T0", "-10", raw, "-o", f"{raw}.zst"])

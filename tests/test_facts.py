@@ -134,3 +134,20 @@ def test_every_program_the_package_installs_is_on_the_image_s_path():
     linked = re.findall(r"^ln -sf /usr/lib/paladin/bin/(\S+) /usr/bin/(\S+)$",
                         (ROOT / "image/mkosi.postinst.chroot").read_text(), flags=re.M)
     assert sorted(scripts) == sorted(source for source, name in linked if source == name)
+
+
+RPI = ROOT / "image/mkosi.profiles/rpi"
+
+
+def test_the_raspberry_pi_image_boots_through_tryboot_from_the_autoboot_txt_the_updater_writes():
+    from appliance.update.loader import LOADERS
+    from appliance.update.tryboot import Autoboot
+
+    assert (RPI / "extra/usr/lib/paladin-boot/autoboot/autoboot.txt").read_bytes() == Autoboot(2, 3).render()
+    assert (RPI / "extra/usr/lib/paladin-update/loader").read_text().strip() in LOADERS
+    built, grown = partitions(RPI / "mkosi.repart"), partitions(RPI / "extra/usr/lib/repart.d")
+    grown += [p for p in partitions(ROOT / "overlay/usr/lib/repart.d") if p["Type"] not in ("esp", facts.CARD_TYPE)]
+    assert [p["Type"].lower() for p in built] == [p["Type"].lower() for p in grown]
+    assert built[0]["Label"] == facts.CARD_LABEL and built[0]["Type"].lower() == facts.CARD_TYPE
+    assert [p["Label"] for p in built[1:3]] == [facts.slot_label("%A", "boot"), facts.EMPTY_SLOT]
+    assert all(p["Type"] == "esp" and facts.BOOT_SLOT_TYPE == "c12a7328-f81f-11d2-ba4b-00a0c93ec93b" for p in built[1:3])

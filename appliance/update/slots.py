@@ -43,19 +43,21 @@ def slots(arch: str | None = None) -> list[dict]:
     systemd-sysupdate while the disk is in use.
     """
     spec = facts.ARCHES[arch or machine_arch()]
-    types = {spec[kind]: kind for kind in ("root", "verity")} | {facts.BOOT_SLOT_TYPE: "boot"}
+    roots = {spec[kind]: kind for kind in ("root", "verity")}
     listing = json.loads(command.run(["lsblk", "--json", "-o", "PKNAME,PARTTYPE"]))["blockdevices"]
-    disk = next((d["pkname"] for d in listing if (d.get("parttype") or "").lower() in types), None)
+    disk = next((d["pkname"] for d in listing if (d.get("parttype") or "").lower() in roots), None)
     if disk is None:
         raise UpdateError("no disk with root slots found")
     table = json.loads(command.run(["sfdisk", "--json", f"/dev/{disk}"]))["partitiontable"]
     booted = booted_root_uuid()
+    prefix = facts.slot_label("", "root")
     found = []
     for part in table["partitions"]:
-        kind = types.get(part["type"].lower())
+        label = part.get("name", "")
+        kind = roots.get(part["type"].lower())
+        if part["type"].lower() == facts.BOOT_SLOT_TYPE and (label.startswith(prefix) or label == facts.EMPTY_SLOT):
+            kind = "boot"  # a Raspberry Pi's boot slot (x86's ESP has the type, not a slot's label)
         if kind:
-            label = part.get("name", "")
-            prefix = facts.slot_label("", "root")
             version = facts.slot_version(label) if label.startswith(prefix) else None
             uuid = part["uuid"].replace("-", "").lower()
             found.append({"kind": kind, "disk": f"/dev/{disk}", "device": part["node"],
