@@ -23,8 +23,9 @@ log = logging.getLogger("paladin-update")
 
 
 def status(state: UpdateState = UpdateState()) -> dict:
-    return {"running": running_version(), "arch": machine_arch(), "slots": slots(), "kernels": loader().entries(),
-            "update": progress(state), "attempts": read_state(state.attempts, [])}
+    boot = loader()
+    return {"running": running_version(), "arch": machine_arch(), "slots": slots(), "kernels": boot.entries(),
+            "refusal": boot.refusal(), "update": progress(state), "attempts": read_state(state.attempts, [])}
 
 
 def save_snapshot(state: UpdateState = UpdateState()) -> None:

@@ -44,7 +44,7 @@ async def updates_page(request: Request):
     return render(request, "updates.html", {
         "status": data, "running": data.get("running") or update_status.running_version(),
         "roots": [s for s in data.get("slots", []) if s.get("kind") == "root"], "kernels": data.get("kernels", []),
-        "attempts": data.get("attempts", [])[-3:][::-1], "settings": request.state.config.update,
+        "refusal": data.get("refusal"), "attempts": data.get("attempts", [])[-3:][::-1], "settings": request.state.config.update,
         "working": data["pending"] or data["update"].get("phase") in WORKING,
         "timezone": request.state.config.device.timezone, "bundle_path": BUNDLE_PATH})
 

@@ -172,3 +172,7 @@ def test_the_updates_page_shows_the_slots_the_settings_and_the_last_outcome(fini
     page = finished_app.get("/manage/updates").text
     assert 'value="https://updates.example/paladin"' in page and 'id="check">' in page
     assert "/update/bundle?reboot=true" in page
+    assert "cannot take an update" not in page
+    snapshot["refusal"] = "this Raspberry Pi 4's bootloader is from 2022-01-01; A/B updates need one from 2022-11-25"
+    assert "This box cannot take an update now: this Raspberry Pi 4&#39;s bootloader is from 2022-01-01" in \
+        finished_app.get("/manage/updates").text
