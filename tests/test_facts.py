@@ -151,3 +151,7 @@ def test_the_raspberry_pi_image_boots_through_tryboot_from_the_autoboot_txt_the_
     assert built[0]["Label"] == facts.CARD_LABEL and built[0]["Type"].lower() == facts.CARD_TYPE
     assert [p["Label"] for p in built[1:3]] == [facts.slot_label("%A", "boot"), facts.EMPTY_SLOT]
     assert all(p["Type"] == "esp" and facts.BOOT_SLOT_TYPE == "c12a7328-f81f-11d2-ba4b-00a0c93ec93b" for p in built[1:3])
+    # Only the Pi keeps its trials itself; on a UEFI box the unit would pull the assessment into every boot.
+    kept = "enable paladin-tryboot-commit.service"
+    assert kept in (RPI / "extra/usr/lib/systemd/system-preset/20-paladin-rpi.preset").read_text().splitlines()
+    assert kept not in (ROOT / "overlay/usr/lib/systemd/system-preset/10-paladin.preset").read_text()
