@@ -111,10 +111,10 @@ class Tryboot:
             return True  # unsure: a failed assessment should then fall back rather than stay
 
     def entries(self) -> list[dict]:
-        autoboot, booted = self.read(), self._cell("partition")
+        autoboot, booted, trying = self.read(), self._cell("partition"), self.trial()
         return [{"file": s["label"], "version": s["version"], "partition": s["number"],
                  "state": "good" if s["number"] == autoboot.default else
-                          "trying" if s["number"] == autoboot.trial and self.trial() else "spare",
+                          "trying" if s["number"] == autoboot.trial and trying else "spare",
                  "selected": s["number"] == booted}
                 for s in slots() if s["kind"] == "boot"]
 
