@@ -62,7 +62,12 @@ def test_conversation_writes_survive_a_kill_9(tiny_model, tmp_path):
     acknowledged, stop = [], threading.Event()
     writer = threading.Thread(target=write_conversations, args=(running, acknowledged, stop))
     writer.start()
-    time.sleep(random.uniform(1.5, 3))
+    # At a random moment once replies are being stored (on a loaded machine the first takes longer than
+    # any fixed wait: the check below needs one).
+    deadline = time.monotonic() + 60
+    while not any(message for _, message in acknowledged) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0, 1.5))
     kill_9(running.process)
     stop.set()
     writer.join(30)
