@@ -5,9 +5,9 @@ The console text goes to the getty's issue file (/etc/issue.d/50-paladin.issue l
 is on an HDMI screen and on the serial console above the login prompt, and to the journal.  The
 setup code is shown only until the wizard finishes.  An owner without a screen writes a code of their
 choosing on the box's PALADIN drive before its first boot (paladin-card takes it off the drive, this
-judges it): it proves the same as the screen does, that whoever sets the box up had it in hand.  Too many wrong codes lock the wizard; restarting
-the box (or `paladin setup reset` on its console) makes a new code, so only someone at the box can
-unlock it.
+judges it): it proves the same as the screen does, that whoever sets the box up had it in hand.  Too
+many wrong codes lock the wizard; restarting the box (or `paladin setup reset` on its console) makes a
+new code, so only someone at the box can unlock it.
 """
 
 from __future__ import annotations
