@@ -4,8 +4,8 @@ Raspberry Pi, the firmware's under-voltage alarm.
 psutil gives CPU times, frequencies and memory; pressure comes from `<proc>/pressure/*` (kernels with
 PSI), temperatures from `<sys>/class/thermal` and `<sys>/class/hwmon`, under-voltage from the hwmon the
 kernel's raspberrypi-hwmon driver makes of the firmware's throttling flags (`rpi_volt`: `in0_lcrit_alarm`);
-the firmware's own slowing of the CPU for heat or power shows in the cores' frequencies.  The roots are arguments so
-tests can hand the governor a sensor tree of their own.  A sensor that is missing, unreadable or
+the firmware's own slowing of the CPU for heat or power shows in the cores' frequencies.  The roots are
+arguments so tests can hand the governor a sensor tree of their own.  A sensor that is missing, unreadable or
 reads garbage never stops a sample: its value is None and the sample carries a warning naming it.
 """
 

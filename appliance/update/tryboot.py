@@ -124,9 +124,10 @@ class Tryboot:
             return "this is not a Raspberry Pi 4 or 5 (device-tree compatible), which the image's boot is for"
         board, oldest = OLDEST_BOOTLOADER[soc]
         built = self._cell("build_timestamp")
-        if built is None or time.strftime("%Y-%m-%d", time.gmtime(built)) < oldest:
-            when = "an unknown date" if built is None else time.strftime("%Y-%m-%d", time.gmtime(built))
-            return (f"this {board}'s bootloader is from {when}; A/B updates need one from {oldest} or later. "
+        when = None if built is None else time.strftime("%Y-%m-%d", time.gmtime(built))
+        if when is None or when < oldest:
+            return (f"this {board}'s bootloader is from {when or 'an unknown date'}; A/B updates need one from "
+                    f"{oldest} or later. "
                     "Update it with Raspberry Pi Imager (Misc utility images, Bootloader) or rpi-eeprom, then "
                     "update again")
         if self.trial():
