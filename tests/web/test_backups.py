@@ -82,7 +82,10 @@ def test_backup_download_and_restore_through_the_wizard_of_a_flashed_box(owned, 
     with TestClient(create_app(flashed, prove=False), base_url=HTTPS) as wizard:
         page = wizard.post("/setup/code", data={"code": code})
         assert 'href="/setup/restore"' in page.text
-        setup = {"X-CSRF-Token": csrf_of(wizard.get("/setup/restore"))}
+        form = wizard.get("/setup/restore")
+        # Disabled until backups.js wires it: a click before the script ran (a slow box) did nothing.
+        assert re.search(r'<button [^>]*id="restore-upload"[^>]* disabled>', form.text)
+        setup = {"X-CSRF-Token": csrf_of(form)}
         wrong = wizard.put("/backups/restore", content=backup.content,
                            headers={**setup, "X-Recovery-Key": str(keys.Keys(flashed.data.device).proposed()),
                                     "X-Backup-Name": name})

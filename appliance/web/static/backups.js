@@ -138,6 +138,8 @@ on("restore-upload", "onclick", async () => {
     $("restore-upload").disabled = false;
   }
 });
+// Enabled only now: a click before this script ran (a slow box, a page opened from a link) would do nothing.
+if ($("restore-upload")) $("restore-upload").disabled = false;
 
 for (const button of document.querySelectorAll(".restore-this")) {
   button.onclick = async () => {
