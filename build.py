@@ -38,7 +38,7 @@ from pathlib import Path
 from appliance import facts
 from appliance.verbs import arg, parser, verb
 from buildhost import CACHE, ROOT
-from buildhost.image import BOARDS, BUILD_PACKAGES, build_image, check_version, default_keys, default_version
+from buildhost.image import BUILD_PACKAGES, build_image, check_version, default_keys, default_version
 from buildhost.qemu import LAN_PACKAGES, QEMU, boot, image_arch
 from buildhost.steps import StepError, existing_file, say, step
 from buildhost.wheels import LLAMA_CMAKE_ARGS, ensure_venv, llama_wheel, prepare, run_in_venv, smollm2
@@ -135,7 +135,7 @@ VERBS = {
                  arg("pytest_args", nargs=argparse.REMAINDER)),
     "image": verb(cmd_image, "build a flashable disk image",
                   arg("--arch", choices=sorted(facts.ARCHES), default="x86-64"),
-                  arg("--board", choices=sorted(BOARDS), default="uefi",
+                  arg("--board", choices=sorted(facts.BOARDS), default="uefi",
                       help="uefi (default: PCs, qemu, UEFI boards) or rpi (Raspberry Pi 4 and 5, arm64)"),
                   arg("--version", default=default_version(), help="dotted numbers; default: the time"),
                   KEYS, arg("--extra-tree", help="a directory laid over the image's root (the owner's own files)"),

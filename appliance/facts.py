@@ -43,9 +43,9 @@ def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
-def image_name(version: str, arch: str) -> str:
-    """The disk image's file stem; its split artifacts (root, verity, UKI) carry the same stem."""
-    return f"{IMAGE_ID}_{version}_{arch}"
+def image_name(version: str, flavour: str) -> str:
+    """The disk image's file stem; its split artifacts (root, verity, UKI or boot) carry the same stem."""
+    return f"{IMAGE_ID}_{version}_{flavour}"
 
 
 def uki_name(version: str) -> str:
@@ -83,14 +83,28 @@ CARD_CODE = "setup-code.txt"
 CARD_CODE_LIMIT = 1024  # bytes: a code is a few words
 CARD_HANDED = P("/run/paladin-card-code/code")  # where paladin-card leaves it for the first-boot unit
 
-# What one release is: three TUF targets (see appliance/update/bundle.py for the offline form).
-KINDS = ("root", "verity", "uki")
+# What one release is: three TUF targets (see appliance/update/bundle.py for the offline form), the root and
+# verity images and the board's boot side: a UKI for UEFI machines, a boot partition for the Raspberry Pi.
+KINDS = ("root", "verity", "uki", "boot")
+# The boards an image is built for (build.py image --board), their architectures, their boot side's kind.
+BOARDS = {"uefi": ("x86-64", "arm64"), "rpi": ("arm64",)}
+BOOT_KIND = {"uefi": "uki", "rpi": "boot"}
 
 
-def target_name(arch: str, kind: str, version: str, uuid: str = "") -> str:
+def flavour(arch: str, board: str) -> str:
+    """What an image runs on, in its name and its releases' (a release's `arch`): a Pi's root differs from
+    a UEFI arm64 box's (its kernel's modules), so no box may take the other's."""
+    return arch if board == "uefi" else f"{arch}-{board}"
+
+
+def release_kinds(board: str) -> tuple[str, ...]:
+    return "root", "verity", BOOT_KIND[board]
+
+
+def target_name(flavour: str, kind: str, version: str, uuid: str = "") -> str:
     if kind == "uki":
-        return f"{arch}/{uki_name(version)}.efi"
-    return f"{arch}/{IMAGE_ID}_{version}_{uuid}.{kind}.raw.gz"
+        return f"{flavour}/{uki_name(version)}.efi"
+    return f"{flavour}/{IMAGE_ID}_{version}_{uuid}.{kind}.raw.gz"
 
 
 # Paths and users on the box.

@@ -19,8 +19,6 @@ from .wheels import image_wheels, run_in_venv
 
 BUILD_PACKAGES = ["build-essential", "cmake", "python3-venv", "python3-dev", "unzip"]
 IMAGE_PACKAGES = BUILD_PACKAGES + ["gpgv", "debian-archive-keyring", "xz-utils", "zstd", "apt", "fdisk"]
-# Boards: "uefi" (UEFI firmware: PCs, qemu, UEFI arm64 boards) and "rpi" (Raspberry Pi 4 and 5, mkosi profile).
-BOARDS = {"uefi": ("x86-64", "arm64"), "rpi": ("arm64",)}
 IMAGE_GIB = 10  # mkosi's trees, the 3 GiB raw image and its copy while compressing
 
 
@@ -80,11 +78,11 @@ def build_image(arch: str, version: str, out: Path, model: Path | None, keys: Pa
     released needs none) and the split update artifacts beside it.  `board` "rpi" (arm64 only) builds the
     Raspberry Pi 4/5 image instead (mkosi profile rpi, DIR/paladin_VERSION_ARCH-rpi.raw: docs/image.md)."""
     check_version(version)
-    if board not in BOARDS or arch not in BOARDS[board]:
+    if board not in facts.BOARDS or arch not in facts.BOARDS[board]:
         raise StepError(f"--board {board} does not exist for --arch {arch}",
-                        "boards: " + ", ".join(f"{b} ({'/'.join(a)})" for b, a in BOARDS.items()))
+                        "boards: " + ", ".join(f"{b} ({'/'.join(a)})" for b, a in facts.BOARDS.items()))
     out.mkdir(parents=True, exist_ok=True)
-    flavour = arch if board == "uefi" else f"{arch}-{board}"
+    flavour = facts.flavour(arch, board)
     work = CACHE / "image" / flavour
     name = facts.image_name(version, flavour)
     with step("update signing keys (the image trusts their root metadata)"):

@@ -101,21 +101,28 @@ def keys_rotate(keys: Path, role: str) -> None:
           "Publish with build.py release --refresh, then build new images.")
 
 
+FLAVOURS = {facts.flavour(arch, board): (arch, board) for board, arches in facts.BOARDS.items() for arch in arches}
+
+
 def _split_artifacts(image: Path) -> tuple[str, str, dict[str, Path]]:
-    """Version, architecture and the root, verity and UKI files mkosi wrote beside `image`."""
+    """Version, flavour (facts.flavour) and the root, verity and boot side's files (a UKI, or a Raspberry
+    Pi's boot partition: buildhost/rpi.py) written beside `image`."""
     match = re.fullmatch(rf"{facts.IMAGE_ID}_({facts.VERSION.pattern})_([a-z0-9-]+)\.raw", image.name)
-    if not match or match.group(3) not in facts.ARCHES:
+    if not match or match.group(3) not in FLAVOURS:
         raise ReleaseError(f"{image.name} is not an image built by build.py "
                            f"({facts.image_name('VERSION', 'ARCH')}.raw)")
-    version, arch = match.group(1), match.group(3)
-    stem = facts.image_name(version, arch)  # not with_suffix: versions have dots
+    version, flavour = match.group(1), match.group(3)
+    arch, board = FLAVOURS[flavour]
+    stem = facts.image_name(version, flavour)  # not with_suffix: versions have dots
     found = {"root": sorted(image.parent.glob(f"{stem}.root-{arch}.*.raw")),
              "verity": sorted(image.parent.glob(f"{stem}.root-{arch}-verity.*.raw")),
-             "uki": [p for p in [image.parent / f"{stem}.efi"] if p.exists()]}
+             "uki": [p for p in [image.parent / f"{stem}.efi"] if p.exists()],
+             "boot": sorted(image.parent.glob(f"{stem}.boot.*.raw"))}
+    found = {kind: found[kind] for kind in facts.release_kinds(board)}
     for kind, paths in found.items():
         if len(paths) != 1:
             raise ReleaseError(f"expected one {kind} artifact beside {image.name}, found {len(paths)}")
-    return version, arch, {kind: paths[0] for kind, paths in found.items()}
+    return version, flavour, {kind: paths[0] for kind, paths in found.items()}
 
 
 def _sha256(path: Path) -> str:
@@ -212,15 +219,15 @@ class Repository:
 
     def release(self, image: Path, expiry_days: dict[str, float] | None = None) -> Path:
         """Add the release built as `image` and publish; returns the release's offline bundle."""
-        version, arch, artifacts = _split_artifacts(image)
+        version, flavour, artifacts = _split_artifacts(image)
         targets = self.targets()
         work = self.path / ".incoming"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         for kind, source in artifacts.items():
             uuid = "" if kind == "uki" else source.name.split(".")[-2]
-            name = facts.target_name(arch, kind, version, uuid)
-            custom = {"version": version, "arch": arch, "kind": kind,
+            name = facts.target_name(flavour, kind, version, uuid)
+            custom = {"version": version, "arch": flavour, "kind": kind,
                       "raw_length": source.stat().st_size, "raw_sha256": _sha256(source)}
             staged = work / Path(name).name
             if kind == "uki":
@@ -231,9 +238,9 @@ class Repository:
             self.add_target(targets, name, staged, custom)
         work.rmdir()
         self.publish(targets, expiry_days)
-        return self.bundle(version, arch)
+        return self.bundle(version, flavour)
 
-    def bundle(self, version: str, arch: str) -> Path:
+    def bundle(self, version: str, flavour: str) -> Path:
         """One file with the metadata and this release's targets, for a USB stick or the web UI."""
         targets = self._current("targets")
         snapshot_version = self._current("timestamp").signed.snapshot_meta.version
@@ -244,12 +251,12 @@ class Repository:
             self.metadata / f"{targets.signed.version}.targets.json")
         for name, info in targets.signed.targets.items():
             custom = info.custom.get("paladin", {})
-            if custom.get("version") == version and custom.get("arch") == arch:
+            if custom.get("version") == version and custom.get("arch") == flavour:
                 stored = f"{Path(name).parent}/{info.hashes['sha256']}.{Path(name).name}"
                 members[f"targets/{stored}"] = self.targets_dir / stored
-        out = self.path / "bundles" / f"{facts.image_name(version, arch)}.bundle"
+        out = self.path / "bundles" / f"{facts.image_name(version, flavour)}.bundle"
         out.parent.mkdir(exist_ok=True)
-        write_bundle(out, {"version": version, "arch": arch}, members)
+        write_bundle(out, {"version": version, "arch": flavour}, members)
         return out
 
 

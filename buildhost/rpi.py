@@ -39,7 +39,7 @@ def mtools(*argv) -> str:
 
 def finish_boot_partition(raw: Path, stem: Path, version: str) -> dict:
     """Put the initrd and the completed cmdline.txt on boot slot A; check autoboot.txt; write the boot
-    partition beside the other split artifacts (`STEM.boot.raw`, for updates)."""
+    partition beside the other split artifacts (`STEM.boot.PARTUUID.raw`, a release's boot target)."""
     sector, parts = partitions(raw)
     by_label = {p.get("name"): p for p in parts}
     root_label = facts.slot_label(version, "root")
@@ -64,7 +64,7 @@ def finish_boot_partition(raw: Path, stem: Path, version: str) -> dict:
     autoboot_txt = mtools("mtype", "-i", fat(raw, autoboot["start"] * sector), "::autoboot.txt")
     if len(autoboot_txt.encode()) > AUTOBOOT_MAX:
         raise StepError(f"autoboot.txt is {len(autoboot_txt.encode())} bytes: the firmware reads {AUTOBOOT_MAX}")
-    split = Path(f"{stem}.boot.raw")
+    split = Path(f"{stem}.boot.{boot['uuid'].lower()}.raw")  # named as mkosi names the split root
     run(["dd", f"if={raw}", f"of={split}", f"bs={sector}", f"skip={boot['start']}", f"count={boot['size']}",
          "status=none"])
     return {"roothash": hash_, "cmdline": cmdline.strip(), "boot_partition": str(split)}

@@ -42,13 +42,15 @@ def test_slot_labels_are_the_ones_the_updater_reads():
 
 
 def test_sysupdate_transfers_use_the_release_names():
-    transfers = {p.stem: ini(p) for p in (ROOT / "overlay/usr/lib/paladin-update").glob("*/*.transfer")}
+    transfers = {p.stem: ini(p) for tree in ("overlay", "image/mkosi.profiles/rpi/extra")
+                 for p in (ROOT / tree / "usr/lib/paladin-update").glob("*/*.transfer")}
     staging = str(UpdateState().staging)
-    for kind, name in (("root", "50-root"), ("verity", "60-verity")):
+    for kind, name in (("root", "50-root"), ("verity", "60-verity"), ("boot", "80-boot")):
         transfer = transfers[name]
         assert transfer["Source"]["Path"] == staging
         assert transfer["Source"]["MatchPattern"] == facts.target_name("x", kind, "@v", "@u").split("/")[1]
         assert transfer["Target"]["MatchPattern"] == facts.slot_label("@v", kind)
+    assert transfers["80-boot"]["Target"]["MatchPartitionType"] == "esp"  # facts.BOOT_SLOT_TYPE
     uki = transfers["70-uki"]
     assert uki["Source"]["MatchPattern"] == facts.target_name("x", "uki", "@v").split("/")[1]
     assert uki["Target"]["MatchPattern"].split()[-1] == f"{facts.uki_name('@v')}.efi"

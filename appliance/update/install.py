@@ -60,7 +60,8 @@ def _attempt(state: UpdateState, label: str, fetched: Fetch, *, offline: bool, r
         if refusal := boot.refusal():
             raise UpdateError(refusal)
         arch, running = machine_arch(), running_version()
-        box = Box(arch, running, room(arch, running), frozenset() if retry_failed else failed_versions(state))
+        box = Box(arch, running, room(arch, running), frozenset() if retry_failed else failed_versions(state),
+                  boot.board)
         version = _install(fetched(box, progress, publish(state)), state, progress, box, offline, boot)
     except (UpdateError, bundle.BundleError, command.CommandError, OSError) as err:
         progress.set(phase="failed", error=str(err))

@@ -24,6 +24,7 @@ NAMED_IN = Path(facts.UPDATE_DEFINITIONS) / "loader"
 
 class Loader(Protocol):
     phase: str  # status.json's phase while the boot files are installed
+    board: str  # facts.BOARDS: which releases the box takes (their boot side is this loader's)
 
     def trial(self) -> bool:
         """Whether this boot is a trial that its assessment decides."""

@@ -1,4 +1,4 @@
-"""Which release a box takes: its architecture, only forward, never one that failed here, and one whose
+"""Which release a box takes: its architecture and board, only forward, never one that failed here, and one whose
 images fit its slots; and the UKI built for it.  Judged on metadata python-tuf has already checked
 (trust.py)."""
 
@@ -18,17 +18,23 @@ from .slots import pe_arch
 @dataclass(frozen=True)
 class Box:
     """What this box can take: its architecture, the running version, the sizes of the slots an
-    update may write, and releases it will not take again (they failed their boot assessment)."""
+    update may write, releases it will not take again (they failed their boot assessment), and its board
+    (facts.BOARDS: which boot side its releases carry)."""
     arch: str
     running: str
     room: dict[str, int]
     failed: frozenset[str] = frozenset()
+    board: str = "uefi"
+
+    @property
+    def flavour(self) -> str:
+        return facts.flavour(self.arch, self.board)
 
 
 def choose(targets: Targets, box: Box) -> tuple[str, dict[str, TargetFile]]:
     """The newest complete release for the box; refuses other architectures, downgrades and a
     release that already failed here."""
-    arch, running = box.arch, box.running
+    arch, running = box.flavour, box.running
     releases_by_arch: dict[str, dict[str, dict[str, TargetFile]]] = {}
     for info in targets.targets.values():
         custom = info.custom.get("paladin")
@@ -39,7 +45,7 @@ def choose(targets: Targets, box: Box) -> tuple[str, dict[str, TargetFile]]:
                     custom["version"], {})[custom["kind"]] = info
     mine = releases_by_arch.get(arch)
     if not mine:
-        others = ", ".join(f"{a} {max(v, key=facts.version_key)}" for a, v in releases_by_arch.items())
+        others = ", ".join(f"{a} {max(v, key=facts.version_key)}" for a, v in sorted(releases_by_arch.items()))
         raise UpdateError(f"the repository has no release for this box's architecture {arch} "
                           f"(it has: {others or 'nothing'})")
     version = max(mine, key=facts.version_key)
@@ -51,20 +57,21 @@ def choose(targets: Targets, box: Box) -> tuple[str, dict[str, TargetFile]]:
     if version in box.failed:
         raise UpdateError(f"release {version} failed its boot assessment on this box; waiting for a newer one "
                           f"(install it by hand to try it again)")
-    missing = set(facts.KINDS) - set(mine[version])
+    kinds = facts.release_kinds(box.board)
+    missing = set(kinds) - set(mine[version])
     if missing:
         raise UpdateError(f"release {version} is incomplete: no {', '.join(sorted(missing))} target")
-    return version, mine[version]
+    return version, {kind: mine[version][kind] for kind in kinds}
 
 
 def for_box(targets: Targets, box: Box) -> tuple[str, dict[str, TargetFile]]:
     """The release `box` takes from `targets` (choose), refused if an image of it is larger than its slot."""
     version, chosen = choose(targets, box)
-    for kind in ("root", "verity"):
+    for kind in chosen.keys() & facts.SLOT_SUFFIX.keys():  # the partitions: root, verity, a Pi's boot
         need = chosen[kind].custom["paladin"]["raw_length"]
-        if need > box.room[kind]:
+        if need > box.room.get(kind, 0):
             raise UpdateError(f"release {version}'s {kind} image ({need} bytes) is larger than the slot "
-                              f"({box.room[kind]} bytes)")
+                              f"({box.room.get(kind, 0)} bytes)")
     return version, chosen
 
 

@@ -43,7 +43,7 @@ def slots(arch: str | None = None) -> list[dict]:
     systemd-sysupdate while the disk is in use.
     """
     spec = facts.ARCHES[arch or machine_arch()]
-    roots = {spec[kind]: kind for kind in ("root", "verity")}
+    roots = {spec[kind]: kind for kind in facts.SLOT_SUFFIX}
     listing = json.loads(command.run(["lsblk", "--json", "-o", "PKNAME,PARTTYPE"]))["blockdevices"]
     disk = next((d["pkname"] for d in listing if (d.get("parttype") or "").lower() in roots), None)
     if disk is None:

@@ -38,6 +38,7 @@ def esp() -> Path:
 
 class SystemdBoot:
     phase = "uki"
+    board = "uefi"
 
     def trial(self) -> bool:
         return _efivar("LoaderBootCountPath") is not None

@@ -207,4 +207,5 @@ def download(updater: Updater, version: str, chosen: dict[str, TargetFile], box:
     for info in chosen.values():
         updater.download_target(info, str(place(info)))
     progress.set()
-    check_uki(place(chosen["uki"]), version, box)
+    if "uki" in chosen:
+        check_uki(place(chosen["uki"]), version, box)

@@ -63,6 +63,7 @@ class Autoboot:
 
 class Tryboot:
     phase = "boot"
+    board = "rpi"
 
     def __init__(self, autoboot: Path = AUTOBOOT, device_tree: Path = DEVICE_TREE):
         self.autoboot, self.device_tree = autoboot, device_tree

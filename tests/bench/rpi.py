@@ -6,8 +6,9 @@ Builds the image (`build.py image --arch arm64 --board rpi`), unless given one, 
 mtools and veritysetup, what a Pi's firmware and its initrd will read: the partition table (the PALADIN drive,
 boot slots A and B, the x86 slots and data), `autoboot.txt` as the updater writes it, `config.txt`, the
 firmware, kernel, initrd and device trees of both boards on boot slot A, and the root hash in `cmdline.txt`:
-the halves of the slot's PARTUUIDs, and the one `veritysetup verify` accepts for the root slot's bytes.
-What it does not do: boot it (docs/image.md says how far qemu's raspi4b gets).
+the halves of the slot's PARTUUIDs, and the one `veritysetup verify` accepts for the root slot's bytes.  Then
+it releases the image (`build.py release`, keys made for the bench) and checks that the release is a Pi's:
+root, verity and boot slot A's bytes, under arm64-rpi/.  What it does not do: boot it (docs/image.md says how far qemu's raspi4b gets).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from pathlib import Path
 
 from appliance import facts
 from appliance.update.tryboot import Autoboot
-from buildhost import ROOT
+from buildhost import ROOT, release
 from buildhost.debian import ensure_host_packages
-from tests.support.vm import fat_files, partitions, run_build
+from tests.support.vm import fat_files, partition_digest, partitions, run_build
 
 BOOT_FILES = {"start4.elf", "fixup4.dat", "config.txt", "cmdline.txt", "vmlinuz", "initrd", "bcm2711-rpi-4-b.dtb",
               "bcm2711-rpi-400.dtb", "bcm2712-rpi-5-b.dtb", "bcm2712d0-rpi-5-b.dtb"}
@@ -62,7 +63,23 @@ def checks(raw: Path, work: Path) -> dict[str, bool]:
     verified = subprocess.run(["veritysetup", "verify", *slices, roothash[1] if roothash else "0" * 64],
                               capture_output=True, text=True)
     found["veritysetup verify: the root slot's bytes have that hash"] = verified.returncode == 0
-    return found
+    return found | released(raw, work, table)
+
+
+def released(raw: Path, work: Path, table: list[dict]) -> dict[str, bool]:
+    release.keys_init(work / "keys")
+    repository = release.Repository(work / "repo", work / "keys")
+    repository.release(raw)
+    targets = repository.targets().signed.targets
+    kinds = {info.custom["paladin"]["kind"]: info for info in targets.values()}
+    boot = kinds.get("boot")
+    return {
+        "release: root, verity and boot targets under arm64-rpi/": sorted(kinds) == ["boot", "root", "verity"] and
+        all(name.startswith(f"{facts.flavour('arm64', 'rpi')}/") for name in targets),
+        "release: its boot target is boot slot A, bytes and PARTUUID": boot is not None and
+        boot.custom["paladin"]["raw_sha256"] == partition_digest(raw, 2) and
+        table[1]["uuid"].lower() in boot.path,
+    }
 
 
 def main() -> None:

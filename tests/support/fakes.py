@@ -10,15 +10,19 @@ from pathlib import Path
 from appliance import facts
 
 
-def fake_image(out: Path, version: str, arch: str = "x86-64", machine: int = 0x8664, root_bytes: int = 300_000) -> Path:
+def fake_image(out: Path, version: str, arch: str = "x86-64", machine: int = 0x8664, root_bytes: int = 300_000,
+               board: str = "uefi") -> Path:
     """The files `build.py image` leaves for a release: small, but shaped like the real ones."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = facts.image_name(version, arch)
+    stem = facts.image_name(version, facts.flavour(arch, board))
     (out / f"{stem}.raw").write_bytes(b"disk")
     with (out / f"{stem}.root-{arch}.{uuid.uuid4()}.raw").open("wb") as root:
         root.write(os.urandom(min(root_bytes, 1 << 20)))
         root.truncate(root_bytes)  # sparse beyond the first MiB: a large slot image costs nothing here
     (out / f"{stem}.root-{arch}-verity.{uuid.uuid4()}.raw").write_bytes(b"v" * 4096)
+    if board == "rpi":  # a boot partition (buildhost/rpi.py) instead of a UKI
+        (out / f"{stem}.boot.{uuid.uuid4()}.raw").write_bytes(b"FAT" + version.encode() + bytes(4096))
+        return out / f"{stem}.raw"
     pe = bytearray(512)
     pe[:2] = b"MZ"
     struct.pack_into("<I", pe, 0x3C, 0x80)

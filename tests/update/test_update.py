@@ -31,11 +31,11 @@ from tests.support.fakes import fake_image
 ROOM = {"root": 1 << 20, "verity": 1 << 20}
 
 
-def fetch(source, state, *, arch="x86-64", running="1", room=ROOM, failed=frozenset()):
+def fetch(source, state, *, arch="x86-64", running="1", room=ROOM, failed=frozenset(), board="uefi"):
     """What the updater fetches from `source` (a URL, a directory or a bundle file) and then verifies
     again from the fetcher's mirror, as the two halves do on the box."""
     record = progress.Progress(state.status, source=str(source))
-    this_box = Box(arch, running, room, failed)
+    this_box = Box(arch, running, room, failed, board)
     work, trusted, offline = state.fetch, publish(state), Path(source).is_file()
     if offline:
         with open(source, "rb") as bundle:
@@ -167,6 +167,28 @@ def test_the_daily_check_does_not_take_a_release_that_failed_here_again(served, 
 @pytest.mark.unit
 def test_wrong_arch(served, update_state):
     refused(served, update_state, "no release for this box's architecture arm64 (it has: x86-64 2)", arch="arm64")
+
+
+@pytest.mark.unit
+def test_a_raspberry_pi_takes_its_own_releases_and_a_uefi_arm64_box_the_others(tmp_path, keys, update_state):
+    images = tmp_path / "images"
+    repository = release.Repository(tmp_path / "arm64", keys)
+    repository.release(fake_image(images / "uefi", "2", "arm64", machine=0xAA64))
+    bundle = repository.release(fake_image(images / "rpi", "3", "arm64", board="rpi"))
+    assert bundle.name == "paladin_3_arm64-rpi.bundle"
+    pi = {"arch": "arm64", "board": "rpi", "room": ROOM | {"boot": 1 << 20}}
+    version, chosen = fetch(str(repository.path), update_state, **pi)
+    assert version == "3" and set(chosen) == {"root", "verity", "boot"}
+    assert all(info.path.startswith("arm64-rpi/") for info in chosen.values())
+    assert (update_state.staging / Path(chosen["boot"].path).name).read_bytes().startswith(b"\x1f\x8b")  # gzip
+    shutil.rmtree(update_state.staging)
+    version, chosen = fetch(str(repository.path), update_state, arch="arm64")  # never the Pi's 3
+    assert version == "2" and set(chosen) == {"root", "verity", "uki"}
+    shutil.rmtree(update_state.staging)
+    refused(str(bundle), update_state, "release 3's boot image (4100 bytes) is larger than the slot (0 bytes)",
+            **pi | {"room": ROOM})
+    refused(str(repository.path), update_state, "no release for this box's architecture x86-64 (it has: arm64 2, "
+            "arm64-rpi 3)")
 
 
 @pytest.mark.unit
