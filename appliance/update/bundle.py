@@ -1,10 +1,11 @@
 """The offline form of a release (a bundle), as the box opens it; the names are in appliance.facts.
 
-A release of version V for an architecture A is three TUF targets:
+A release of version V for an architecture A (facts.flavour: x86-64, arm64, arm64-rpi) is three TUF targets:
 
     A/paladin_V_<uuid>.root.raw.gz     the root slot (erofs), gzip-compressed
     A/paladin_V_<uuid>.verity.raw.gz   its dm-verity hash tree
     A/paladin_V.efi                     the UKI, whose command line carries the root hash
+    (a Raspberry Pi's: A/paladin_V_<uuid>.boot.raw.gz, its boot partition, instead of the UKI)
 
 The UUIDs are the GPT partition UUIDs the slot must get: halves of the root hash, which is how the UKI
 finds its slot.  Each target's signed custom field `paladin` says its version, architecture, kind and
