@@ -4,8 +4,8 @@ box restored through the setup wizard of another, freshly flashed, in a browser.
 
 Three images are built (v1; v2; v3 whose assistant cannot start) and released with `build.py release`
 to a repository served over HTTP from the host (10.0.2.2 inside qemu).  Box B is set up and backed up,
-then takes v2 from the bundle while its power is cut during the download, the write, the UKI install and
-the first boot.  Box A goes v1 -> refusals -> B's backup restored in Chromium through its wizard, not
+then takes v2 from the bundle while its power is cut during the write, the UKI install and the first boot
+(and in the download too in `./build.py bench powercut`).  Box A goes v1 -> refusals -> B's backup restored in Chromium through its wizard, not
 yet begun (so that it carries B's owner, conversation and API token from then on) -> v2 (online) -> v3 ->
 back to v2 by itself.  Boots are few and shared.
 
