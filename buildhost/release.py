@@ -36,6 +36,7 @@ EXPIRY_DAYS = {"root": 365, "targets": 365, "snapshot": 30, "timestamp": 14}
 # gzip: systemd-sysupdate's systemd-import decompresses gzip, xz and bzip2 (not zstd), and gzip is the one
 # a small box inflates at disk speed.
 COMPRESSION_LEVEL = 6
+BLOCK = 4096  # dm-verity's data block: a trimmed slot image ends on one
 
 
 class ReleaseError(RuntimeError):
@@ -125,12 +126,28 @@ def _split_artifacts(image: Path) -> tuple[str, str, dict[str, Path]]:
     return version, flavour, {kind: paths[0] for kind, paths in found.items()}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _content(path: Path, trim: bool) -> tuple[int, str]:
+    """The length of `path`, `trim`med to its last block that is not all zeros, and those bytes' SHA-256.  A
+    slot image is its file system and then zeros to the slot's size (the root's erofs fills a third of its
+    1280 MiB): a release carries only the first part, and the box writes zeros after it (slots.check_slot)."""
+    digest, at, end = hashlib.sha256(), 0, 0
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
+            if stripped := chunk.rstrip(b"\0") if trim else chunk:
+                end = at + len(stripped)
+            at += len(chunk)
+        end = min(-(-end // BLOCK) * BLOCK, at)
+        f.seek(0)
+        for chunk in _chunks(f, end):
             digest.update(chunk)
-    return digest.hexdigest()
+    return end, digest.hexdigest()
+
+
+def _chunks(f, length: int):
+    """The first `length` bytes of `f`, a MiB at a time."""
+    while length and (chunk := f.read(min(length, 1 << 20))):
+        yield chunk
+        length -= len(chunk)
 
 
 def write_bundle(out: Path, marker: dict, members: dict[str, Path]) -> None:
@@ -227,14 +244,15 @@ class Repository:
         for kind, source in artifacts.items():
             uuid = "" if kind == "uki" else source.name.split(".")[-2]
             name = facts.target_name(flavour, kind, version, uuid)
-            custom = {"version": version, "arch": flavour, "kind": kind,
-                      "raw_length": source.stat().st_size, "raw_sha256": _sha256(source)}
+            length, digest = _content(source, trim=kind != "uki")
+            custom = {"version": version, "arch": flavour, "kind": kind, "raw_length": length, "raw_sha256": digest}
             staged = work / Path(name).name
             if kind == "uki":
                 shutil.copy(source, staged)
             else:
+                custom["slot_length"] = source.stat().st_size  # what its dm-verity data (or FAT) spans
                 with source.open("rb") as raw, gzip.open(staged, "wb", compresslevel=COMPRESSION_LEVEL) as packed:
-                    shutil.copyfileobj(raw, packed, 1 << 20)
+                    packed.writelines(_chunks(raw, length))
             self.add_target(targets, name, staged, custom)
         work.rmdir()
         self.publish(targets, expiry_days)

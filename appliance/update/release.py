@@ -68,7 +68,8 @@ def for_box(targets: Targets, box: Box) -> tuple[str, dict[str, TargetFile]]:
     """The release `box` takes from `targets` (choose), refused if an image of it is larger than its slot."""
     version, chosen = choose(targets, box)
     for kind in chosen.keys() & facts.SLOT_SUFFIX.keys():  # the partitions: root, verity, a Pi's boot
-        need = chosen[kind].custom["paladin"]["raw_length"]
+        custom = chosen[kind].custom["paladin"]
+        need = custom.get("slot_length", custom["raw_length"])  # the zeros after its bytes too
         if need > box.room.get(kind, 0):
             raise UpdateError(f"release {version}'s {kind} image ({need} bytes) is larger than the slot "
                               f"({box.room.get(kind, 0)} bytes)")

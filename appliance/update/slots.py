@@ -103,7 +103,9 @@ def _written_slot(version: str, kind: str, arch: str) -> dict | None:
 
 
 def check_slot(version: str, kind: str, info: TargetFile, arch: str) -> str | None:
-    """What is wrong with the slot written for `kind`, or None when it holds exactly the signed bytes."""
+    """What is wrong with the slot written for `kind`, or None when it holds exactly the signed bytes and
+    zeros after them as far as the release's image spans, as its dm-verity hash tree has it.  The zeros are
+    written here: a release carries its image only up to them, and an older, larger one may have left more."""
     slot = _written_slot(version, kind, arch)
     if slot is None:
         return f"no {kind} partition is labelled for {version}"
@@ -111,9 +113,31 @@ def check_slot(version: str, kind: str, info: TargetFile, arch: str) -> str | No
     uuid = info.path.rsplit("_", 1)[1].split(".")[0].replace("-", "").lower()
     if slot["uuid"] != uuid:
         return f"{slot['device']} has PARTUUID {slot['uuid']}, the release needs {uuid}"
+    span = custom.get("slot_length", custom["raw_length"])  # releases before trimming carried all of it
+    if span > slot["size"]:
+        return f"{slot['device']} holds {slot['size']} bytes, the release's {kind} image spans {span}"
     if sha256_prefix(Path(slot["device"]), custom["raw_length"]) != custom["raw_sha256"]:
         return f"{slot['device']} does not hold the signed {kind} image (SHA-256 differs)"
+    clear(Path(slot["device"]), custom["raw_length"], span)
     return None
+
+
+def clear(device: Path, start: int, end: int) -> None:
+    """Zeros from `start` to `end` of `device`, written only where it holds something else: a slot that an
+    earlier release of the same size left zero costs a read, not the writes an SD card wears out by."""
+    fd = os.open(device, os.O_RDWR)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # what the disk holds, not a cache of it
+        for at in range(start, end, 1 << 20):
+            size = min(1 << 20, end - at)
+            chunk = os.pread(fd, size, at)
+            if len(chunk) < size:
+                raise UpdateError(f"{device} is shorter than {end} bytes")
+            if chunk.count(0) != size:
+                os.pwrite(fd, bytes(size), at)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def empty_slot(version: str, kind: str, arch: str) -> None:

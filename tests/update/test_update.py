@@ -3,6 +3,7 @@
 The slot writing (systemd-sysupdate) and boot assessment run in qemu: tests/image/updates/test_update_image.py.
 """
 
+import gzip
 import hashlib
 import io
 import json
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from appliance import files
 from appliance.layout import UpdateState
-from appliance.update import assess, bundle as bundles, progress, trust
+from appliance.update import assess, bundle as bundles, progress, slots, trust
 from appliance.update.fetcher import fetch_release
 from appliance.update.release import Box
 from appliance.update.trust import publish
@@ -72,6 +73,27 @@ def test_each_release_is_one_bundle_with_its_own_targets(repo, tmp_path):
     assert marker["version"] == "2026.11.26"
     names = [p.name for p in (tmp_path / "unpacked/targets/x86-64").iterdir()]
     assert len(names) == 3 and all("paladin_2026.11.26" in n for n in names)
+
+
+@pytest.mark.unit
+def test_a_slot_image_is_released_up_to_its_zeros_and_the_box_writes_them(tmp_path, keys):
+    image = fake_image(tmp_path / "images", "2", root_bytes=8 << 20)  # a MiB of data, then zeros, as an erofs
+    root = next((tmp_path / "images").glob("*.root-x86-64.*.raw")).read_bytes()
+    repository = release.Repository(tmp_path / "repo", keys)
+    repository.release(image)
+    stored = stored_target(repository, "root")
+    signed = next(info.custom["paladin"] for info in repository.targets().signed.targets.values()
+                  if info.custom["paladin"]["kind"] == "root")
+    assert (signed["raw_length"], signed["slot_length"]) == (1 << 20, 8 << 20)
+    assert gzip.decompress(stored.read_bytes()) == root[:1 << 20]
+    assert signed["raw_sha256"] == hashlib.sha256(root[:1 << 20]).hexdigest()
+
+    slot = tmp_path / "slot"  # what an older, larger release left, with the new bytes written over it
+    slot.write_bytes(root[:1 << 20] + os.urandom(3 << 20) + bytes(3 << 20) + b"\xff" * (1 << 20))
+    slots.clear(slot, signed["raw_length"], signed["slot_length"])
+    assert slot.read_bytes() == root
+    with pytest.raises(progress.UpdateError, match="shorter than"):
+        slots.clear(slot, signed["raw_length"], signed["slot_length"] + 4096)
 
 
 def refused(source, state, match, **kwargs):
