@@ -43,7 +43,7 @@ def slots(arch: str | None = None) -> list[dict]:
     systemd-sysupdate while the disk is in use.
     """
     spec = facts.ARCHES[arch or machine_arch()]
-    roots = {spec[kind]: kind for kind in facts.SLOT_SUFFIX}
+    roots = {spec[kind]: kind for kind in ("root", "verity")}
     listing = json.loads(command.run(["lsblk", "--json", "-o", "PKNAME,PARTTYPE"]))["blockdevices"]
     disk = next((d["pkname"] for d in listing if (d.get("parttype") or "").lower() in roots), None)
     if disk is None:
@@ -150,4 +150,4 @@ def empty_slot(version: str, kind: str, arch: str) -> None:
 def room(arch: str, running: str) -> dict[str, int]:
     """The size of the slots an update may write: not the booted one, not the running version's."""
     free = [s for s in slots(arch) if not s["booted"] and s["version"] != running]
-    return {kind: min((s["size"] for s in free if s["kind"] == kind), default=0) for kind in ("root", "verity")}
+    return {kind: min((s["size"] for s in free if s["kind"] == kind), default=0) for kind in facts.SLOT_SUFFIX}
