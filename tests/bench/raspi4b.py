@@ -9,7 +9,7 @@ mtools, and boots them with `qemu-system-aarch64 -M raspi4b` (qemu 10 from bookw
 of two (qemu's SD card needs one; first boot grows the data partition into it, as on a bigger card).  It
 watches the serial console (the PL011, written by the kernel's early console) and reports when each step of
 a first boot shows, up to the assistant's first-boot lines with the setup code; exit 0 only when those were
-seen.  A first boot took 1107 s on the 2-core build host beside a test run (docs/raspi4b-results.md).
+seen.  A first boot took 1107 s on the 2-core build host beside a test run (docs/benchmarks.md).
 
 What is simulated, and only here: qemu starts the kernel itself (no start4.elf, no config.txt, no
 autoboot.txt), and the device tree and the command line get the few edits below (QEMU_DT_EDITS,
