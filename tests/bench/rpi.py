@@ -72,13 +72,14 @@ def released(raw: Path, work: Path, table: list[dict]) -> dict[str, bool]:
     repository.release(raw)
     targets = repository.targets().signed.targets
     kinds = {info.custom["paladin"]["kind"]: info for info in targets.values()}
-    boot = kinds.get("boot")
+    signed = kinds["boot"].custom["paladin"] if "boot" in kinds else {}
     return {
         "release: root, verity and boot targets under arm64-rpi/": sorted(kinds) == ["boot", "root", "verity"] and
         all(name.startswith(f"{facts.flavour('arm64', 'rpi')}/") for name in targets),
-        "release: its boot target is boot slot A, bytes and PARTUUID": boot is not None and
-        boot.custom["paladin"]["raw_sha256"] == partition_digest(raw, 2) and
-        table[1]["uuid"].lower() in boot.path,
+        # up to its zeros, spanning the slot (docs/updates.md: a release carries a slot image up to its zeros)
+        "release: its boot target is boot slot A, bytes and PARTUUID": bool(signed) and
+        signed["raw_sha256"] == partition_digest(raw, 2, signed["raw_length"]) and
+        signed["slot_length"] == table[1]["bytes"] and table[1]["uuid"].lower() in kinds["boot"].path,
     }
 
 

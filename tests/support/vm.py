@@ -229,9 +229,10 @@ def partitions(disk: Path) -> list[dict]:
             for p in table["partitions"]]
 
 
-def partition_digest(disk: Path, number: int) -> str:
+def partition_digest(disk: Path, number: int, length: int | None = None) -> str:
+    """SHA-256 of partition `number` of `disk`, or of its first `length` bytes."""
     part = partitions(disk)[number - 1]
-    digest, left = hashlib.sha256(), part["bytes"]
+    digest, left = hashlib.sha256(), part["bytes"] if length is None else length
     with disk.open("rb") as f:
         f.seek(part["offset"])
         while left:
