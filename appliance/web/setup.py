@@ -9,6 +9,8 @@ again.  The model step's downloads and uploads use the models API (web/models.py
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 
@@ -24,6 +26,7 @@ from .http import client_of, read_form
 from .pages import render, set_session
 
 log = logging.getLogger(__name__)
+SWAP_WAIT = 120  # seconds the wizard's finish waits for a governor's swap (a model load under emulation)
 TITLES = {"code": "Setup code", "owner": "Your account", "device": "This box", "model": "Model",
           "privacy": "Privacy", "summary": "Summary"}
 
@@ -142,6 +145,12 @@ async def finish(request: Request):
     db = request.state.db
     if "summary" not in owner.reached(db) or owner.account(db) is None:
         return RedirectResponse("/setup", status_code=303)
+    swap = request.state.governed.swap
+    if request.state.engine.model_id is None and swap is not None and not swap.done():
+        # The governor is stepping the chosen model down or up (a first boot keeps the CPU busy): it is
+        # unloaded for a moment, not missing.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(swap), SWAP_WAIT)
     if request.state.engine.model_id is None:
         return _step_page(request, "summary", 409, error="No model is loaded yet: go back to the Model step and "
                                                          "choose, download or upload one.")
