@@ -10,6 +10,7 @@ alias never notice.  The web worker shows what it holds (web/governed.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -58,6 +59,13 @@ class Governed:
     def choose(self, path: Path) -> None:
         """The owner chose `path` (the Models page): the ladder's top from now on."""
         self.chosen = path
+
+    async def settle(self, timeout: float) -> None:
+        """Wait up to `timeout` s for a swap under way (the model is unloaded while the next rung loads);
+        how it ends is the engine's to say."""
+        if self.swap is not None and not self.swap.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self.swap), timeout)
 
     def _models(self, config: Config) -> dict[str, Path]:
         paths = {model_id(Path(name)): config.data.models / name for name in store.installed(config.data.models)}

@@ -34,19 +34,19 @@ class Box:
 def choose(targets: Targets, box: Box) -> tuple[str, dict[str, TargetFile]]:
     """The newest complete release for the box; refuses other architectures, downgrades and a
     release that already failed here."""
-    arch, running = box.flavour, box.running
-    releases_by_arch: dict[str, dict[str, dict[str, TargetFile]]] = {}
+    flavour, running = box.flavour, box.running
+    releases_by_flavour: dict[str, dict[str, dict[str, TargetFile]]] = {}
     for info in targets.targets.values():
         custom = info.custom.get("paladin")
         if isinstance(custom, dict) and custom.get("kind") in facts.KINDS:
             with contextlib.suppress(ValueError):
                 facts.version_key(str(custom.get("version")))
-                releases_by_arch.setdefault(custom.get("arch"), {}).setdefault(
+                releases_by_flavour.setdefault(custom.get("arch"), {}).setdefault(
                     custom["version"], {})[custom["kind"]] = info
-    mine = releases_by_arch.get(arch)
+    mine = releases_by_flavour.get(flavour)
     if not mine:
-        others = ", ".join(f"{a} {max(v, key=facts.version_key)}" for a, v in sorted(releases_by_arch.items()))
-        raise UpdateError(f"the repository has no release for this box's architecture {arch} "
+        others = ", ".join(f"{a} {max(v, key=facts.version_key)}" for a, v in sorted(releases_by_flavour.items()))
+        raise UpdateError(f"the repository has no release for this box's architecture {flavour} "
                           f"(it has: {others or 'nothing'})")
     version = max(mine, key=facts.version_key)
     if facts.version_key(version) < facts.version_key(running):

@@ -9,8 +9,6 @@ again.  The model step's downloads and uploads use the models API (web/models.py
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 import logging
 
@@ -145,12 +143,10 @@ async def finish(request: Request):
     db = request.state.db
     if "summary" not in owner.reached(db) or owner.account(db) is None:
         return RedirectResponse("/setup", status_code=303)
-    swap = request.state.governed.swap
-    if request.state.engine.model_id is None and swap is not None and not swap.done():
-        # The governor is stepping the chosen model down or up (a first boot keeps the CPU busy): it is
+    if request.state.engine.model_id is None:
+        # The governor may be stepping the chosen model down or up (a first boot keeps the CPU busy): it is
         # unloaded for a moment, not missing.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(swap), SWAP_WAIT)
+        await request.state.governed.settle(SWAP_WAIT)
     if request.state.engine.model_id is None:
         return _step_page(request, "summary", 409, error="No model is loaded yet: go back to the Model step and "
                                                          "choose, download or upload one.")
