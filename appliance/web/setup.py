@@ -18,6 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from .. import config as config_module, device, firstboot, owner, sessions
 from ..config import ConfigError
 from ..errors import InvalidRequest, ModelUnusable, UnknownModel
+from ..inference.served import model_id
 from . import models
 from .auth import Identity, route
 from .http import client_of, read_form
@@ -46,7 +47,10 @@ def _step_page(request: Request, step: str, status: int = 200, **extra) -> Respo
         context.update(models.overview(request))
     elif step == "summary":
         found = owner.account(request.state.db)
-        context.update(owner_name=found["name"] if found else "", model=request.state.engine.model_id)
+        # the owner's choice, also while the governor swaps it for a moment (finish waits for that swap)
+        chosen = request.state.governed.chosen
+        context.update(owner_name=found["name"] if found else "",
+                       model=request.state.engine.model_id or (model_id(chosen) if chosen else None))
     return render(request, "setup.html", context, status)
 
 

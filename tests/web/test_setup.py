@@ -148,6 +148,16 @@ def test_finishing_locks_the_wizard_for_good_and_logs_the_owner_in(setup_app):
 
 
 @pytest.mark.unit
+def test_the_summary_names_the_owners_model_while_the_governor_has_it_unloaded(setup_app):
+    """A first boot's busy CPU makes the governor step the model down: it is unloaded while the next rung
+    loads.  The summary drawn then still names the choice and offers Finish (which waits for the swap)."""
+    through_setup(setup_app)
+    setup_app.portal.call(setup_app.app_state["engine"].swap, None)
+    summary = setup_app.get("/setup?step=summary")
+    assert "<dt>Model</dt><dd>tiny</dd>" in summary.text and "disabled>Finish" not in summary.text
+
+
+@pytest.mark.unit
 def test_login_logout_and_tokens_made_and_revoked_in_the_browser(setup_app):
     csrf = through_setup(setup_app)
     csrf = csrf_of(setup_app.post("/setup/finish", data={"csrf": csrf}))
