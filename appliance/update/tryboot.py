@@ -32,6 +32,9 @@ from .slots import check_slot, slots, sysupdate
 
 AUTOBOOT = Path(facts.CARD_MOUNT) / "autoboot.txt"  # the first partition is the PALADIN drive
 DEVICE_TREE = Path("/proc/device-tree")
+# The image's kernel module that passes `reboot "0 tryboot"` to the firmware (image/mkosi.profiles/rpi/tryboot):
+# Debian's kernel does not, and without it the reboot that should start a trial starts the default again.
+MODULE = Path("/sys/module/paladin_tryboot")
 AUTOBOOT_LIMIT = 512  # the firmware reads no more (raspberrypi/documentation, autoboot.adoc)
 # The oldest bootloader EEPROMs whose tryboot_a_b works, by SoC: the Pi 4's came with 2022-11-25; the
 # Pi 5 needed the fixes of 2023-12-14 and 2024-04-17.
@@ -65,8 +68,8 @@ class Tryboot:
     phase = "boot"
     board = "rpi"
 
-    def __init__(self, autoboot: Path = AUTOBOOT, device_tree: Path = DEVICE_TREE):
-        self.autoboot, self.device_tree = autoboot, device_tree
+    def __init__(self, autoboot: Path = AUTOBOOT, device_tree: Path = DEVICE_TREE, module: Path = MODULE):
+        self.autoboot, self.device_tree, self.module = autoboot, device_tree, module
 
     def _cell(self, name: str) -> int | None:
         """A 32-bit property the firmware left under /chosen/bootloader, or None when it left none."""
@@ -131,6 +134,10 @@ class Tryboot:
                     f"{oldest} or later. "
                     "Update it with Raspberry Pi Imager (Misc utility images, Bootloader) or rpi-eeprom, then "
                     "update again")
+        if not self.module.is_dir():
+            return ("this box's kernel cannot pass the tryboot flag to the firmware (its module "
+                    f"{MODULE.name} is not loaded), so an update would never be tried. Restart the box; "
+                    "if this stays, write the card again (docs/updates.md, Recovery)")
         if self.trial():
             return "this boot is a trial still being assessed; update once it has been kept"
         return None
@@ -152,7 +159,8 @@ class Tryboot:
         self.write(Autoboot(booted, written))
 
     def reboot(self) -> None:
-        command.run(["systemctl", "reboot", "0 tryboot"])
+        # the kernel's reboot argument: partition 0 (the default), then the flag (the module above passes it on)
+        command.run(["systemctl", "reboot", "--reboot-argument=0 tryboot"])
 
     def commit(self) -> None:
         autoboot, booted = self.read(), self.booted()

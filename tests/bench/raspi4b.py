@@ -1,6 +1,6 @@
 """The Raspberry Pi image booted under qemu's raspi4b to the assistant's first-boot console lines (TCG, slow).
 
-    ./build.py bench raspi4b [--image paladin_V_arm64-rpi.raw] [--json FILE] [--keep DIR] [--deadline S]
+    ./build.py bench raspi4b [--image paladin_V_arm64-rpi.raw] [--json FILE] [--keep DIR] [--deadline S] [--flag-only]
 
 Builds the image (`build.py image --arch arm64 --board rpi`), unless given one, takes what a Pi 4's firmware
 would load from boot slot A (the kernel, `bcm2711-rpi-4-b.dtb`, the initrd, `cmdline.txt`) off the image with
@@ -8,8 +8,11 @@ mtools, and boots them with `qemu-system-aarch64 -M raspi4b` (qemu 10 from bookw
 ~/.cache/paladin/qemu-raspi: the host keeps its own qemu), the card being a copy of the image grown to a power
 of two (qemu's SD card needs one; first boot grows the data partition into it, as on a bigger card).  It
 watches the serial console (the PL011, written by the kernel's early console) and reports when each step of
-a first boot shows, up to the assistant's first-boot lines with the setup code; exit 0 only when those were
-seen.  A first boot took 1107 s on the 2-core build host beside a test run (docs/benchmarks.md).
+a first boot shows, up to the assistant's first-boot lines with the setup code.  Before it, the tryboot flag
+check (FLAG_CHECK below; three boots of about 20 s into the initrd): with the image's tryboot module loaded,
+the image's kernel passes `reboot "0 tryboot"` on to the firmware's mailbox; without it, it does not; a plain
+reboot passes no flag.  Exit 0 only when every step and check was seen.  A first boot took 1107 s on the
+2-core build host beside a test run (docs/benchmarks.md).
 
 What is simulated, and only here: qemu starts the kernel itself (no start4.elf, no config.txt, no
 autoboot.txt), and the device tree and the command line get the few edits below (QEMU_DT_EDITS,
@@ -90,11 +93,27 @@ STEPS = [
     ("root switched to", r"Switching root\."),
     ("data partition grown", r"Finished systemd-repart\.service|unit=systemd-repart .*res=success"),
     ("data partition mounted", r"EXT4-fs \(mmcblk0p8\): mounted filesystem"),
+    ("tryboot module loaded (modules-load.d)", r"paladin_tryboot: reboot \"0 tryboot\" sets"),
     ("first-boot lines, setup code", r"Setup code: (\S+)"),
 ]
 # The emergency shell's own words go to tty1, not to the early console: its unit's start shows.
 FAILED = r"Kernel panic|unit=emergency |Timed out waiting for device"
 DEADLINE = 3600
+# The tryboot flag, checked before the first boot: the image's kernel and initrd, with the image's tryboot
+# module (taken off root slot A) and FLAG_CHECK as the initrd's first process, which restarts the way the
+# updater does (tryboot.py) or plainly.  qemu's mailbox has no SET_REBOOT_FLAGS: it logs the property as an
+# unhandled tag (-d unimp), which is how the bench sees the flag reach the firmware.
+ROOT_SLOT = 4
+SET_REBOOT_FLAGS = "unhandled tag 0x00038064"
+FLAG_CHECK = """#!/bin/bash
+# $1: tryboot or plain, the restart; $2: module or no-module, whether the image's module is loaded first
+mount -t devtmpfs dev /dev; exec >/dev/kmsg 2>&1; mount -t proc proc /proc; mount -t sysfs sysfs /sys
+mount -t tmpfs run /run; mkdir /run/systemd
+[ "$2" = module ] && (exec -a insmod kmod /paladin-tryboot.ko)  # the initrd's kmod has no insmod link
+if [ "$1" = tryboot ]; then systemctl reboot --force --force --reboot-argument="0 tryboot"; else systemctl reboot --force --force; fi
+"""
+ENDED = r"reboot: Restarting system.*|Kernel panic.*"
+FLAG_DEADLINE = 900
 
 
 def qemu() -> Path:
@@ -143,6 +162,75 @@ def card(raw: Path, out: Path) -> int:
     return size
 
 
+def module(raw: Path, work: Path) -> tuple[Path | None, bool]:
+    """The image's tryboot module, copied off root slot A (erofs, mounted read-only), and whether the root's
+    modules-load.d names it."""
+    part, root = partitions(raw)[ROOT_SLOT - 1], work / "root"
+    root.mkdir(exist_ok=True)
+    run(["mount", "-t", "erofs", "-o", f"ro,loop,offset={part['offset']},sizelimit={part['bytes']}", raw, root])
+    try:
+        found = next(root.glob("usr/lib/modules/*/updates/paladin-tryboot.ko"), None)
+        if found:
+            shutil.copy(found, work / found.name)
+        loads = root / "usr/lib/modules-load.d/paladin-tryboot.conf"
+        named = loads.exists() and "paladin-tryboot" in loads.read_text().split()
+    finally:
+        run(["umount", root])
+    return (work / found.name if found else None), named
+
+
+def flag_initrd(initrd: Path, ko: Path, out: Path) -> None:
+    """The image's initrd with a second archive appended: the module and FLAG_CHECK (the kernel unpacks both)."""
+    tree = out.parent / "flag-tree"
+    tree.mkdir(exist_ok=True)
+    shutil.copy(ko, tree / "paladin-tryboot.ko")
+    (tree / "flag-check").write_text(FLAG_CHECK)
+    (tree / "flag-check").chmod(0o755)
+    archive = subprocess.run(["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet"], cwd=tree, check=True,
+                             input=b"flag-check\npaladin-tryboot.ko\n", capture_output=True).stdout
+    data = initrd.read_bytes()
+    out.write_bytes(data + bytes(-len(data) % 512) + archive)  # zeros between archives are skipped
+
+
+def flag_check(files: dict[str, Path], restart: str, module: bool, work: Path) -> dict:
+    """Boot to FLAG_CHECK; the kernel's last word (its restart, or a panic) and whether the firmware got the flag."""
+    name = f"{restart}-{'module' if module else 'no-module'}"
+    console, unimp = work / f"flag-{name}.console", work / f"flag-{name}.unimp"
+    append = f"{cmdline(files['cmdline.txt'].read_text())} rdinit=/flag-check -- {restart} {'module' if module else 'no-module'}"
+    process = subprocess.Popen([str(a) for a in [
+        qemu(), "-M", "raspi4b", "-display", "none", "-monitor", "none", "-no-reboot", "-serial", f"file:{console}",
+        "-d", "unimp", "-D", unimp, "-kernel", files["vmlinuz"], "-dtb", files["qemu.dtb"],
+        "-initrd", files["flag.initrd"], "-append", append]], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    deadline, ended = time.monotonic() + FLAG_DEADLINE, None
+    try:
+        while time.monotonic() < deadline and process.poll() is None and not ended:
+            time.sleep(2)
+            ended = re.search(ENDED, console.read_text(errors="replace") if console.exists() else "")
+    finally:
+        stop(process)
+    return {"restarted": bool(ended) and ended[0].startswith("reboot:"), "ended": ended[0].strip() if ended else None,
+            "flag": unimp.exists() and SET_REBOOT_FLAGS in unimp.read_text(errors="replace")}
+
+
+def flag_checks(raw: Path, files: dict[str, Path], work: Path) -> dict[str, bool]:
+    ko, named = module(raw, work)
+    found = {"root: the tryboot module, named in modules-load.d": bool(ko) and named}
+    if not ko:
+        return found
+    flag_initrd(files["initrd"], ko, files.setdefault("flag.initrd", work / "flag.initrd"))
+    runs = {(restart, loaded): flag_check(files, restart, loaded, work)
+            for restart, loaded in (("tryboot", True), ("plain", True), ("tryboot", False))}
+    for (restart, loaded), seen in runs.items():
+        say(f"{restart} restart, module {'loaded' if loaded else 'not loaded'}: {seen}")
+    trial, plain, bare = runs["tryboot", True], runs["plain", True], runs["tryboot", False]
+    found["reboot \"0 tryboot\": the firmware gets SET_REBOOT_FLAGS"] = trial["restarted"] and trial["flag"]
+    found["a plain reboot: no flag"] = plain["restarted"] and not plain["flag"]
+    # the reason for the module: Debian's kernel alone restarts without passing the flag on
+    found["without the module, reboot \"0 tryboot\" passes no flag"] = bare["restarted"] and not bare["flag"]
+    return found
+
+
 def watch(console: Path, process: subprocess.Popen, deadline: float, started: float) -> dict[str, dict]:
     """Seconds from qemu's start to each of STEPS on the console, until the last, a failure or `deadline`."""
     seen: dict[str, dict] = {}
@@ -156,6 +244,16 @@ def watch(console: Path, process: subprocess.Popen, deadline: float, started: fl
             break
         time.sleep(2)
     return seen
+
+
+def stop(process: subprocess.Popen) -> None:
+    """qemu told to quit (it then writes out its log), killed if it does not."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def boot(files: dict[str, Path], sd: Path, console: Path, deadline_s: int) -> tuple[dict[str, dict], str]:
@@ -172,12 +270,7 @@ def boot(files: dict[str, Path], sd: Path, console: Path, deadline_s: int) -> tu
         seen = watch(console, process, started + deadline_s, started)
         exited = process.poll()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
     text = console.read_text(errors="replace") if console.exists() else ""
     if STEPS[-1][0] in seen:
         ended = "first-boot lines seen"
@@ -196,9 +289,11 @@ def main() -> None:
     top.add_argument("--json", help="also write the results to this file")
     top.add_argument("--keep", help="work in this directory and keep it (the boot files, the console, qemu's argv)")
     top.add_argument("--deadline", type=int, default=DEADLINE, help="seconds the boot may take (default %(default)s)")
+    top.add_argument("--flag-only", action="store_true", help="only the tryboot flag check (minutes), no first boot")
     args = top.parse_args()
     started = time.monotonic()
-    ensure_host_packages(["mtools", "device-tree-compiler"])  # mcopy; fdtput
+    ensure_host_packages(["mtools", "device-tree-compiler", "cpio"])  # mcopy; fdtput; the flag check's initrd
+    seen, ended = {}, "no first boot (--flag-only)"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -210,18 +305,23 @@ def main() -> None:
         files = boot_files(raw, work)
         files["qemu.dtb"] = work / "qemu.dtb"
         device_tree(files[DTB], files["qemu.dtb"])
-        size = card(raw, work / "sd.raw")
-        say(f"booting {raw.name} under raspi4b (SD card {size >> 30} GiB; console: {work / 'console.log'})")
-        seen, ended = boot(files, work / "sd.raw", work / "console.log", args.deadline)
-        (work / "sd.raw").unlink()
-    for name, _ in STEPS:
+        flags = flag_checks(raw, files, work)
+        if not args.flag_only:
+            size = card(raw, work / "sd.raw")
+            say(f"booting {raw.name} under raspi4b (SD card {size >> 30} GiB; console: {work / 'console.log'})")
+            seen, ended = boot(files, work / "sd.raw", work / "console.log", args.deadline)
+            (work / "sd.raw").unlink()
+    for what, ok in flags.items():
+        print(f"{'ok  ' if ok else 'FAIL'} {what}")
+    for name, _ in [] if args.flag_only else STEPS:
         print(f"{'ok  ' if name in seen else '-   '} {name}" + (f": {seen[name]['seconds']} s" if name in seen else ""))
     print(f"{ended} ({raw.name}; build {built} s, {round(time.monotonic() - started)} s in all)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"image": str(raw), "steps": seen, "ended": ended,
+        Path(args.json).write_text(json.dumps({"image": str(raw), "flag_checks": flags, "steps": seen, "ended": ended,
                                                "qemu_args": QEMU_ARGS, "qemu_dropped": QEMU_DROPPED,
                                                "qemu_dt_edits": QEMU_DT_EDITS}, indent=1))
-    raise SystemExit(0 if STEPS[-1][0] in seen else 1)
+    booted = args.flag_only or all(name in seen for name, _ in STEPS)
+    raise SystemExit(0 if booted and all(flags.values()) else 1)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ def card(tmp_path):
         (tmp_path / f"card/p{number}").mkdir(parents=True)
     (tmp_path / "card/p2/config.txt").write_text("arm_64bit=1\n")
     firmware = Firmware(tmp_path / "card", tmp_path / "device-tree")
-    box = Tryboot(firmware.partition(1) / "autoboot.txt", tmp_path / "device-tree")
+    (tmp_path / "module").mkdir()  # the image's tryboot module, loaded
+    box = Tryboot(firmware.partition(1) / "autoboot.txt", tmp_path / "device-tree", tmp_path / "module")
     box.autoboot.write_bytes(Autoboot(2, 3).render())  # as the image is built
     assert firmware.boot() == 2
     return firmware, box
@@ -101,6 +102,14 @@ def test_a_bootloader_too_old_for_tryboot_is_named_with_what_to_do(card, tmp_pat
     assert "Raspberry Pi Imager" in refusal
     (tmp_path / "device-tree/compatible").write_bytes(b"qemu,virt\0")
     assert "not a Raspberry Pi 4 or 5" in Tryboot(tmp_path / "x", tmp_path / "device-tree").refusal()
+
+
+@pytest.mark.unit
+def test_a_kernel_that_cannot_pass_the_tryboot_flag_is_refused_before_anything_is_written(card, tmp_path):
+    firmware, box = card
+    (tmp_path / "module").rmdir()
+    assert "cannot pass the tryboot flag to the firmware" in box.refusal()
+    assert "paladin_tryboot is not loaded" in box.refusal() and box.read() == Autoboot(2, 3)
 
 
 COMMIT = ("from pathlib import Path; from appliance.update.tryboot import Tryboot; "
