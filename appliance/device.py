@@ -41,6 +41,13 @@ class Secrets(DeviceDir):
         except FileNotFoundError:
             return None
 
+    def refused_code(self) -> str | None:
+        """Why the code written on the PALADIN drive was not used (for the wizard's first page), or None."""
+        try:
+            return self.refused_code_file.read_text() or None
+        except FileNotFoundError:
+            return None
+
     def fingerprint(self) -> str:
         """The certificate's SHA-256 fingerprint as browsers show it (AB:CD:...)."""
         from . import certificate  # cryptography where it is needed (see _make_tls)
@@ -124,3 +131,4 @@ def weakness(chosen: str) -> str | None:
 
 def forget_code(made: Secrets) -> None:
     made.setup_code_file.unlink(missing_ok=True)
+    made.refused_code_file.unlink(missing_ok=True)

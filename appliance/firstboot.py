@@ -36,6 +36,7 @@ def prepare(config: Config, *, new_code: bool = False, card: Path = Path(facts.C
                 log.warning("the setup code written on the PALADIN drive was removed unused: this box is set up")
             return made
         if chosen is not None:
+            made.refused_code_file.unlink(missing_ok=True)
             if (weak := device.weakness(chosen)) is None:
                 device.new_code(made, chosen)
                 owner.clear_failures(db)
@@ -43,6 +44,8 @@ def prepare(config: Config, *, new_code: bool = False, card: Path = Path(facts.C
                 return made
             log.warning("the setup code written on the PALADIN drive was not used: %s. The box shows one of its "
                         "own on its screen; or write a stronger one on the drive and restart the box", weak)
+            # an owner without a screen reads why on the wizard's first page (the reason, never the code)
+            files.write(made.refused_code_file, weak.encode(), mode=0o600)
         if new_code or made.setup_code() is None or owner.locked(db, config.server.setup_attempts):
             device.new_code(made)
             owner.clear_failures(db)

@@ -93,6 +93,7 @@ class DeviceDir:
     tls_certificate = _in_root("tls-cert.pem")
     session_key_file = _in_root("session.key")  # signs the owner's browser sessions
     setup_code_file = _in_root("setup-code")  # until setup is finished
+    refused_code_file = _in_root("setup-code.refused")  # why the PALADIN drive's code was not used
     recovery_key = _in_root("recovery-key")  # the age identity backups are encrypted to (backup/keys.py)
     recovery_key_proposed = _in_root("recovery-key.proposed")  # shown to the owner, not yet typed back
 

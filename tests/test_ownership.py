@@ -107,9 +107,11 @@ def test_a_code_the_owner_wrote_on_the_paladin_drive_is_taken_off_it_judged_and_
                       ("x" * 1025, "it is longer than 1024 bytes")):
         caplog.clear()
         assert boot(weak) == chosen and f"was not used: {why}" in caplog.text
+        assert device.secrets_of(cfg.data_path).refused_code().startswith(why)  # for the wizard's first page
     for _ in range(cfg.server.setup_attempts):
         owner.count_failure(db)
     assert boot("short") not in (chosen, None)  # locked, and the drive's code too weak: a new one of the box's
+    assert boot("violet tractor seven lantern") and device.secrets_of(cfg.data_path).refused_code() is None
     owner.finish(db)
     caplog.clear()
     assert boot("violet tractor seven lantern") is None and "removed unused: this box is set up" in caplog.text

@@ -38,7 +38,9 @@ def _context(request: Request, step: str, **extra) -> dict:
 
 def _step_page(request: Request, step: str, status: int = 200, **extra) -> Response:
     context = _context(request, step, **extra)
-    if step == "owner":
+    if step == "code":
+        context.setdefault("refused", device.secrets_of(request.state.config.data_path).refused_code())
+    elif step == "owner":
         found = owner.account(request.state.db)
         context.setdefault("name", found["name"] if found else "")
     elif step == "device":

@@ -59,6 +59,16 @@ def test_before_setup_every_page_leads_to_the_wizard(setup_app):
 
 
 @pytest.mark.unit
+def test_the_first_page_says_why_the_drives_code_was_not_used(setup_app):
+    """An owner without a screen learns it where they look: the reason only, never a code."""
+    assert "code-refused" not in setup_app.get("/setup").text
+    made = device.secrets_of(setup_app.cfg.data_path)
+    made.refused_code_file.write_text(device.weakness("1234 5678"))
+    page = setup_app.get("/setup").text
+    assert "was not used: it has 8 letters and digits; at least 12 are needed" in page and "1234" not in page
+
+
+@pytest.mark.unit
 def test_wrong_codes_count_down_and_lock_the_wizard_until_the_box_restarts(setup_app):
     said = alert(setup_app.post("/setup/code", data={"code": "AAAA-BBBB-CCCC"}))
     assert "not the setup code" in said and "2 tries left" in said
