@@ -110,7 +110,8 @@ FLAG_CHECK = """#!/bin/bash
 mount -t devtmpfs dev /dev; exec >/dev/kmsg 2>&1; mount -t proc proc /proc; mount -t sysfs sysfs /sys
 mount -t tmpfs run /run; mkdir /run/systemd
 [ "$2" = module ] && (exec -a insmod kmod /paladin-tryboot.ko)  # the initrd's kmod has no insmod link
-if [ "$1" = tryboot ]; then systemctl reboot --force --force --reboot-argument="0 tryboot"; else systemctl reboot --force --force; fi
+if [ "$1" = tryboot ]; then systemctl reboot --force --force --reboot-argument="0 tryboot"
+else systemctl reboot --force --force; fi
 """
 ENDED = r"reboot: Restarting system.*|Kernel panic.*"
 FLAG_DEADLINE = 900
@@ -192,11 +193,11 @@ def flag_initrd(initrd: Path, ko: Path, out: Path) -> None:
     out.write_bytes(data + bytes(-len(data) % 512) + archive)  # zeros between archives are skipped
 
 
-def flag_check(files: dict[str, Path], restart: str, module: bool, work: Path) -> dict:
+def flag_check(files: dict[str, Path], restart: str, loaded: bool, work: Path) -> dict:
     """Boot to FLAG_CHECK; the kernel's last word (its restart, or a panic) and whether the firmware got the flag."""
-    name = f"{restart}-{'module' if module else 'no-module'}"
-    console, unimp = work / f"flag-{name}.console", work / f"flag-{name}.unimp"
-    append = f"{cmdline(files['cmdline.txt'].read_text())} rdinit=/flag-check -- {restart} {'module' if module else 'no-module'}"
+    loads = "module" if loaded else "no-module"
+    console, unimp = work / f"flag-{restart}-{loads}.console", work / f"flag-{restart}-{loads}.unimp"
+    append = f"{cmdline(files['cmdline.txt'].read_text())} rdinit=/flag-check -- {restart} {loads}"
     process = subprocess.Popen([str(a) for a in [
         qemu(), "-M", "raspi4b", "-display", "none", "-monitor", "none", "-no-reboot", "-serial", f"file:{console}",
         "-d", "unimp", "-D", unimp, "-kernel", files["vmlinuz"], "-dtb", files["qemu.dtb"],

@@ -6,7 +6,8 @@
  * Raspberry Pi's own kernel does this in its firmware driver; Debian's, the upstream one, does not.  Without
  * this module the reboot that should start a trial starts the default again and an update is never tried.
  * The flag is the firmware's mailbox property SET_REBOOT_FLAGS, bit 0 (Raspberry Pi's mailbox property
- * interface); the argument is "<partition> <flags>", as systemd passes `systemctl reboot "0 tryboot"`.
+ * interface).  The restart's argument is "<partition> <flags>": `systemctl reboot
+ * --reboot-argument="0 tryboot"`, as appliance/update/tryboot.py restarts into a trial.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
