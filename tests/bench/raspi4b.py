@@ -132,9 +132,9 @@ def qemu() -> Path:
     return binary
 
 
-def boot_files(raw: Path, work: Path) -> dict[str, Path]:
-    """The kernel, device tree, initrd and cmdline.txt of boot slot A, as the firmware reads them."""
-    fat = f"{raw}@@{partitions(raw)[BOOT_SLOT - 1]['offset']}"
+def boot_files(raw: Path, work: Path, slot: int = BOOT_SLOT) -> dict[str, Path]:
+    """The kernel, device tree, initrd and cmdline.txt of a boot slot (A unless told), as the firmware reads them."""
+    fat = f"{raw}@@{partitions(raw)[slot - 1]['offset']}"
     files = {}
     for name in ("vmlinuz", DTB, "initrd", "cmdline.txt"):
         files[name] = work / name
@@ -193,25 +193,36 @@ def flag_initrd(initrd: Path, ko: Path, out: Path) -> None:
     out.write_bytes(data + bytes(-len(data) % 512) + archive)  # zeros between archives are skipped
 
 
+def until(argv: list, console: Path, ended: str, deadline_s: int) -> re.Match | None:
+    """Run qemu until the console shows `ended` (or qemu exits, or the deadline passes); the line seen."""
+    process = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline, seen = time.monotonic() + deadline_s, None
+    try:
+        while time.monotonic() < deadline and process.poll() is None and not seen:
+            time.sleep(2)
+            seen = re.search(ended, console.read_text(errors="replace") if console.exists() else "")
+    finally:
+        stop(process)
+    return seen
+
+
 def flag_check(files: dict[str, Path], restart: str, loaded: bool, work: Path) -> dict:
     """Boot to FLAG_CHECK; the kernel's last word (its restart, or a panic) and whether the firmware got the flag."""
     loads = "module" if loaded else "no-module"
     console, unimp = work / f"flag-{restart}-{loads}.console", work / f"flag-{restart}-{loads}.unimp"
     append = f"{cmdline(files['cmdline.txt'].read_text())} rdinit=/flag-check -- {restart} {loads}"
-    process = subprocess.Popen([str(a) for a in [
-        qemu(), "-M", "raspi4b", "-display", "none", "-monitor", "none", "-no-reboot", "-serial", f"file:{console}",
-        "-d", "unimp", "-D", unimp, "-kernel", files["vmlinuz"], "-dtb", files["qemu.dtb"],
-        "-initrd", files["flag.initrd"], "-append", append]], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    deadline, ended = time.monotonic() + FLAG_DEADLINE, None
-    try:
-        while time.monotonic() < deadline and process.poll() is None and not ended:
-            time.sleep(2)
-            ended = re.search(ENDED, console.read_text(errors="replace") if console.exists() else "")
-    finally:
-        stop(process)
+    ended = until([qemu(), "-M", "raspi4b", "-display", "none", "-monitor", "none", "-no-reboot",
+                   "-serial", f"file:{console}", "-d", "unimp", "-D", unimp, "-kernel", files["vmlinuz"],
+                   "-dtb", files["qemu.dtb"], "-initrd", files["flag.initrd"], "-append", append],
+                  console, ENDED, FLAG_DEADLINE)
     return {"restarted": bool(ended) and ended[0].startswith("reboot:"), "ended": ended[0].strip() if ended else None,
-            "flag": unimp.exists() and SET_REBOOT_FLAGS in unimp.read_text(errors="replace")}
+            "flag": flagged(unimp)}
+
+
+def flagged(unimp: Path) -> bool:
+    """Whether qemu's mailbox saw SET_REBOOT_FLAGS (its log of what it does not model)."""
+    return unimp.exists() and SET_REBOOT_FLAGS in unimp.read_text(errors="replace")
 
 
 def flag_checks(raw: Path, files: dict[str, Path], work: Path) -> dict[str, bool]:
