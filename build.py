@@ -17,7 +17,8 @@
     ./build.py boot --image FILE [--port P]
                                     boot an image in qemu; the box's web port is 127.0.0.1:P
     ./build.py bench NAME [ARGS]     run a benchmark of tests/bench/ (run, image, update, powercut, compat, governor,
-                                    speed, backup), or a real client app against the service (homeassistant, openwebui)
+                                    speed, backup; the Raspberry Pi's rpi, raspi4b, pitrial, tryboot), or a real client
+                                    app against the service (homeassistant, openwebui)
     ./build.py tiny-model OUT [--size S]
                                     write a generated GGUF model (random weights, real speed)
 
