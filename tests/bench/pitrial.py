@@ -35,7 +35,7 @@ from buildhost.debian import ensure_host_packages
 from buildhost.steps import run, say
 from tests.bench.raspi4b import BOOT_SLOT, DTB, FAILED, boot_files, card, cmdline, device_tree, flagged, qemu, until
 from tests.support.pifirmware import choose
-from tests.support.vm import partitions
+from tests.support.vm import card as card_drive, partitions
 
 TRIAL_SLOT = 3  # boot slot B
 TRIALS = {
@@ -46,8 +46,8 @@ DEADLINE = 2700
 
 
 def autoboot(sd: Path) -> bytes:
-    return subprocess.run(["mtype", "-i", f"{sd}@@{partitions(sd)[0]['offset']}", "::/autoboot.txt"],
-                          capture_output=True, check=True).stdout
+    """autoboot.txt, off the card's first partition (the PALADIN drive), as the firmware reads it."""
+    return subprocess.run(["mtype", "-i", card_drive(sd), "::/autoboot.txt"], capture_output=True, check=True).stdout
 
 
 def written(sd: Path) -> None:

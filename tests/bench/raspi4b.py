@@ -34,7 +34,7 @@ from pathlib import Path
 from buildhost import CACHE, ROOT
 from buildhost.debian import MIRROR, ensure_host_packages, fetch
 from buildhost.steps import run, say
-from tests.support.vm import partitions, run_build
+from tests.support.vm import fat, partitions, run_build
 
 # qemu >= 9 has raspi4b; Debian 12 has 7.2.  bookworm-backports' build runs on the host's libraries and is
 # unpacked beside them (the host's qemu-system-x86 7.2 stays as the test suite uses it).  Pinned: a newer
@@ -134,11 +134,10 @@ def qemu() -> Path:
 
 def boot_files(raw: Path, work: Path, slot: int = BOOT_SLOT) -> dict[str, Path]:
     """The kernel, device tree, initrd and cmdline.txt of a boot slot (A unless told), as the firmware reads them."""
-    fat = f"{raw}@@{partitions(raw)[slot - 1]['offset']}"
     files = {}
     for name in ("vmlinuz", DTB, "initrd", "cmdline.txt"):
         files[name] = work / name
-        run(["mcopy", "-n", "-i", fat, f"::/{name}", files[name]])
+        run(["mcopy", "-n", "-i", fat(raw, slot), f"::/{name}", files[name]])
     return files
 
 

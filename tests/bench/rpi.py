@@ -25,7 +25,7 @@ from appliance import facts
 from appliance.update.tryboot import Autoboot
 from buildhost import ROOT, release
 from buildhost.debian import ensure_host_packages
-from tests.support.vm import fat_files, partition_digest, partitions, run_build
+from tests.support.vm import fat, fat_files, partition_digest, partitions, run_build
 
 BOOT_FILES = {"start4.elf", "fixup4.dat", "config.txt", "cmdline.txt", "vmlinuz", "initrd", "bcm2711-rpi-4-b.dtb",
               "bcm2711-rpi-400.dtb", "bcm2712-rpi-5-b.dtb", "bcm2712d0-rpi-5-b.dtb"}
@@ -35,17 +35,17 @@ def checks(raw: Path, work: Path) -> dict[str, bool]:
     table = partitions(raw)
     names = [p.get("name", "") for p in table]
     version = names[3].removeprefix(f"{facts.IMAGE_ID}_")
-    fat = {number: f"{raw}@@{table[number - 1]['offset']}" for number in (1, 2)}
+    fats = {number: fat(raw, number) for number in (1, 2)}
     found = {
         "partitions: PALADIN, boot A/B, root A/B with verity, data": names == [
             facts.CARD_LABEL, facts.slot_label(version, "boot"), facts.EMPTY_SLOT, facts.slot_label(version, "root"),
             facts.slot_label(version, "verity"), facts.EMPTY_SLOT, facts.EMPTY_SLOT, facts.DATA_LABEL],
         "types: basic data, EFI system ×2": [p["type"].lower() for p in table[:3]] == [
             facts.CARD_TYPE, facts.BOOT_SLOT_TYPE, facts.BOOT_SLOT_TYPE],
-        "PALADIN drive: autoboot.txt and README.txt": fat_files(fat[1]) == ["README.txt", "autoboot.txt"],
-        "boot A: firmware, kernel, initrd, device trees": BOOT_FILES <= set(fat_files(fat[2])),
+        "PALADIN drive: autoboot.txt and README.txt": fat_files(fats[1]) == ["README.txt", "autoboot.txt"],
+        "boot A: firmware, kernel, initrd, device trees": BOOT_FILES <= set(fat_files(fats[2])),
     }
-    text = {name: subprocess.run(["mtype", "-i", fat[number], f"::/{name}"], capture_output=True, check=True).stdout
+    text = {name: subprocess.run(["mtype", "-i", fats[number], f"::/{name}"], capture_output=True, check=True).stdout
             for number, name in ((1, "autoboot.txt"), (2, "config.txt"), (2, "cmdline.txt"))}
     found["autoboot.txt: as the updater writes it (≤ 512 bytes)"] = text["autoboot.txt"] == Autoboot(2, 3).render()
     found["config.txt: 64-bit, kernel and initrd"] = all(

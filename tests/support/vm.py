@@ -242,26 +242,26 @@ def partition_digest(disk: Path, number: int, length: int | None = None) -> str:
     return digest.hexdigest()
 
 
-def _fat(disk: Path, number: int | None = None, label: str | None = None) -> str:
+def fat(disk: Path, number: int | None = None, label: str | None = None) -> str:
     """mtools' name of a FAT partition of the disk, by number or GPT label."""
     part = next(p for i, p in enumerate(partitions(disk), 1) if i == number or p.get("name") == label)
     return f"{disk}@@{part['offset']}"
 
 
-def fat_files(fat: str, folder: str = "::/") -> list[str]:
-    """The names in a folder of a FAT on the host (mtools; qemu need not run, and may)."""
-    out = subprocess.run(["mdir", "-b", "-i", fat, folder], capture_output=True, text=True, check=True).stdout
+def fat_files(drive: str, folder: str = "::/") -> list[str]:
+    """The names in a folder of a FAT on the host (`drive`: mtools' name, fat(); qemu need not run, and may)."""
+    out = subprocess.run(["mdir", "-b", "-i", drive, folder], capture_output=True, text=True, check=True).stdout
     return sorted(Path(line.strip()).name for line in out.splitlines() if line.strip())
 
 
 def esp_kernels(disk: Path) -> list[str]:
     """The UKI file names on the disk's ESP."""
-    return [name for name in fat_files(_fat(disk, number=1), "::/EFI/Linux") if name.endswith(".efi")]
+    return [name for name in fat_files(fat(disk, number=1), "::/EFI/Linux") if name.endswith(".efi")]
 
 
 def card(disk: Path) -> str:
     """mtools' name of the disk's PALADIN drive (docs/first-boot.md)."""
-    return _fat(disk, label=facts.CARD_LABEL)
+    return fat(disk, label=facts.CARD_LABEL)
 
 
 def write_card_code(disk: Path, code: str) -> None:
