@@ -1,7 +1,8 @@
 """The Raspberry Pi image's last step (`build.py image --board rpi`), after mkosi: the boot partition gets the
 initrd and cmdline.txt.  The command line carries the dm-verity root hash, known only once systemd-repart has
 made the verity partition, so mkosi (image/mkosi.profiles/rpi) leaves cmdline.txt as a template on the FAT.
-mtools writes into the image file: no mount, no loop device."""
+The initrd is mkosi's default one with INITRD_TREE appended (mkosi's default initrd takes packages, not
+files).  mtools writes into the image file: no mount, no loop device."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from pathlib import Path
 
 from appliance import facts
 
+from . import ROOT
 from .steps import StepError, run
 
-HOST_PACKAGES = ["mtools", "dosfstools", "fdisk"]
+HOST_PACKAGES = ["mtools", "dosfstools", "fdisk", "cpio"]
+# What the Pi's initrd adds to mkosi's: the fallback of a trial that cannot reach its root.
+INITRD_TREE = ROOT / "image/mkosi.profiles/rpi/initrd"
 AUTOBOOT_MAX = 512  # the firmware reads only the first 512 bytes of autoboot.txt
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
 
@@ -33,13 +37,25 @@ def fat(raw: Path, offset: int) -> str:
     return f"{raw}@@{offset}"
 
 
+def append_archive(initrd: Path, tree: Path, out: Path) -> None:
+    """`initrd` with `tree` appended as one more cpio archive, written to `out`: the kernel unpacks each
+    archive in turn, a later one's files over an earlier one's."""
+    names = sorted(str(path.relative_to(tree)) for path in tree.rglob("*"))
+    archive = out.with_name(out.name + ".cpio")
+    run(["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet", "-O", archive], cwd=tree, stdin="\n".join(names) + "\n")
+    data = initrd.read_bytes()
+    out.write_bytes(data + bytes(-len(data) % 512) + archive.read_bytes())  # zeros between archives are skipped
+    archive.unlink()
+
+
 def mtools(*argv) -> str:
     return run(list(argv), env=MTOOLS_ENV, capture=True, hint="mtools reads the FAT inside the image file")
 
 
 def finish_boot_partition(raw: Path, stem: Path, version: str) -> dict:
-    """Put the initrd and the completed cmdline.txt on boot slot A; check autoboot.txt; write the boot
-    partition beside the other split artifacts (`STEM.boot.PARTUUID.raw`, a release's boot target)."""
+    """Put the initrd (INITRD_TREE appended) and the completed cmdline.txt on boot slot A; check autoboot.txt;
+    write the boot partition beside the other split artifacts (`STEM.boot.PARTUUID.raw`, a release's boot
+    target)."""
     sector, parts = partitions(raw)
     by_label = {p.get("name"): p for p in parts}
     root_label = facts.slot_label(version, "root")
@@ -56,6 +72,7 @@ def finish_boot_partition(raw: Path, stem: Path, version: str) -> dict:
     template = mtools("mtype", "-i", image, "::cmdline.txt")
     if "@ROOTHASH@" not in template:
         raise StepError("cmdline.txt on the boot partition has no @ROOTHASH@", "it was completed before?")
+    append_archive(initrd, INITRD_TREE, initrd)
     cmdline = template.replace("@ROOTHASH@", hash_).replace("@ROOTLABEL@", root_label).strip() + "\n"
     local = Path(f"{stem}.cmdline.txt")
     local.write_text(cmdline)

@@ -35,8 +35,9 @@ def step(name: str):
 
 
 def run(argv: list, *, env: dict | None = None, log: Path | None = None, capture: bool = False,
-        cwd: Path | None = None, hint: str = "") -> str:
-    """Run one external program (argument list, never a shell string); raise StepError on failure."""
+        cwd: Path | None = None, stdin: str | None = None, hint: str = "") -> str:
+    """Run one external program (argument list, never a shell string), `stdin` its input; raise StepError on
+    failure."""
     argv = [str(a) for a in argv]
     if shutil.which(argv[0]) is None and not Path(argv[0]).exists():
         raise StepError(f"'{argv[0]}' is not installed", hint or f"install the package that provides {argv[0]}")
@@ -44,12 +45,14 @@ def run(argv: list, *, env: dict | None = None, log: Path | None = None, capture
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as out:
-            result = subprocess.run(argv, env=merged, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+            result = subprocess.run(argv, env=merged, cwd=cwd, input=stdin, text=True, stdout=out,
+                                    stderr=subprocess.STDOUT)
         if result.returncode != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
             raise StepError(f"{argv[0]} exited with {result.returncode}; last lines of {log}:\n{tail}", hint)
         return ""
-    result = subprocess.run(argv, env=merged, cwd=cwd, text=True, stdout=subprocess.PIPE if capture else None)
+    result = subprocess.run(argv, env=merged, cwd=cwd, input=stdin, text=True,
+                            stdout=subprocess.PIPE if capture else None)
     if result.returncode != 0:
         raise StepError(f"{' '.join(argv[:4])} ... exited with {result.returncode}", hint)
     return result.stdout if capture else ""

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from buildhost import CACHE, ROOT
 from buildhost.debian import MIRROR, ensure_host_packages, fetch
+from buildhost.rpi import append_archive
 from buildhost.steps import run, say
 from tests.support.vm import fat, partitions, run_build
 
@@ -75,8 +76,9 @@ QEMU_ARGS = [
     # TCG runs the box tens of times slower than a Pi: udev sees the SD card after systemd's 90 s device
     # timeout has sent the initrd to the emergency shell, and services may outlast 90 s to start
     "systemd.default_device_timeout_sec=900", "systemd.default_timeout_start_sec=900",
-    # the image arms the SoC's watchdog for 10 s (RuntimeWatchdogSec, for the trial boots); under TCG systemd
-    # pings it late and qemu's model resets the board mid-boot: the driver stays unloaded
+    # the image arms the SoC's watchdog (systemd.watchdog_sec=, for the trial boots); qemu's model has no
+    # countdown and resets the board the moment it is armed: the driver stays unloaded (bench pitrial's
+    # watchdog trial loads it)
     "modprobe.blacklist=bcm2835_wdt",
 ]
 # cmdline.txt's arguments left out under qemu: the mini UART console waits on a device qemu models too
@@ -186,10 +188,7 @@ def flag_initrd(initrd: Path, ko: Path, out: Path) -> None:
     shutil.copy(ko, tree / "paladin-tryboot.ko")
     (tree / "flag-check").write_text(FLAG_CHECK)
     (tree / "flag-check").chmod(0o755)
-    archive = subprocess.run(["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet"], cwd=tree, check=True,
-                             input=b"flag-check\npaladin-tryboot.ko\n", capture_output=True).stdout
-    data = initrd.read_bytes()
-    out.write_bytes(data + bytes(-len(data) % 512) + archive)  # zeros between archives are skipped
+    append_archive(initrd, tree, out)
 
 
 def until(argv: list, console: Path, ended: str, deadline_s: int) -> re.Match | None:

@@ -5,7 +5,8 @@
 Builds the image (`build.py image --arch arm64 --board rpi`), unless given one, and checks on the host, with
 mtools and veritysetup, what a Pi's firmware and its initrd will read: the partition table (the PALADIN drive,
 boot slots A and B, the x86 slots and data), `autoboot.txt` as the updater writes it, `config.txt`, the
-firmware, kernel, initrd and device trees of both boards on boot slot A, and the root hash in `cmdline.txt`:
+firmware, kernel, initrd and device trees of both boards on boot slot A, the watchdog from the initrd on
+(`systemd.watchdog_sec=` and the appended initrd tree), and the root hash in `cmdline.txt`:
 the halves of the slot's PARTUUIDs, and the one `veritysetup verify` accepts for the root slot's bytes.  Then
 it releases the image (`build.py release`, keys made for the bench) and checks that the release is a Pi's:
 root, verity and boot slot A's bytes, under arm64-rpi/.  What it does not do: boot it (docs/image.md says how far qemu's raspi4b gets).
@@ -54,6 +55,10 @@ def checks(raw: Path, work: Path) -> dict[str, bool]:
     roothash = re.search(r"\broothash=([0-9a-f]{64})\b", text["cmdline.txt"].decode())
     halves = (table[3]["uuid"] + table[4]["uuid"]).replace("-", "").lower()
     found["cmdline.txt: root hash = the slot's PARTUUIDs"] = bool(roothash) and roothash[1] == halves
+    initrd = subprocess.run(["mtype", "-i", fats[2], "::/initrd"], capture_output=True, check=True).stdout
+    found["watchdog from the initrd on: cmdline.txt's systemd.watchdog_sec=, the trial's fallback appended"] = (
+        "systemd.watchdog_sec=10s" in text["cmdline.txt"].decode().split()
+        and b"usr/lib/systemd/system/emergency.target.wants/paladin-trial-fallback.service" in initrd)
     slices = []
     for number in (4, 5):
         part = work / f"p{number}.raw"
