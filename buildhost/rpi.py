@@ -42,10 +42,13 @@ def append_archive(initrd: Path, tree: Path, out: Path) -> None:
     archive in turn, a later one's files over an earlier one's."""
     names = sorted(str(path.relative_to(tree)) for path in tree.rglob("*"))
     archive = out.with_name(out.name + ".cpio")
-    run(["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet", "-O", archive], cwd=tree, stdin="\n".join(names) + "\n")
-    data = initrd.read_bytes()
-    out.write_bytes(data + bytes(-len(data) % 512) + archive.read_bytes())  # zeros between archives are skipped
-    archive.unlink()
+    try:
+        run(["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet", "-O", archive], cwd=tree,
+            stdin="\n".join(names) + "\n")
+        data = initrd.read_bytes()
+        out.write_bytes(data + bytes(-len(data) % 512) + archive.read_bytes())  # zeros between archives are skipped
+    finally:
+        archive.unlink(missing_ok=True)
 
 
 def mtools(*argv) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +41,7 @@ from buildhost.debian import ensure_host_packages
 from buildhost.steps import run, say
 from tests.bench.raspi4b import BOOT_SLOT, DTB, FAILED, boot_files, card, cmdline, device_tree, flagged, qemu, until
 from tests.support.pifirmware import choose
-from tests.support.vm import card as card_drive, fat, partitions
+from tests.support.vm import card as card_drive, fat, fat_read, fat_write, partitions
 
 TRIAL_SLOT = 3  # boot slot B
 RESTART = "reboot: Restarting system"  # the kernel's last line on a restart asked for
@@ -75,7 +74,7 @@ DEADLINE = 2700
 
 def autoboot(sd: Path) -> bytes:
     """autoboot.txt, off the card's first partition (the PALADIN drive), as the firmware reads it."""
-    return subprocess.run(["mtype", "-i", card_drive(sd), "::/autoboot.txt"], capture_output=True, check=True).stdout
+    return fat_read(card_drive(sd), "autoboot.txt")
 
 
 def written(sd: Path) -> None:
@@ -91,11 +90,10 @@ def written(sd: Path) -> None:
 def unverifiable(sd: Path) -> None:
     """Boot slot B's cmdline.txt with a root hash that its root slot does not have."""
     drive = fat(sd, TRIAL_SLOT)
-    text = subprocess.run(["mtype", "-i", drive, "::/cmdline.txt"], capture_output=True, text=True,
-                          check=True).stdout
+    text = fat_read(drive, "cmdline.txt").decode()
     wrong = re.sub(r"roothash=[0-9a-f]+", "roothash=" + "0" * 64, text)
     assert wrong != text, text
-    subprocess.run(["mcopy", "-o", "-i", drive, "-", "::/cmdline.txt"], input=wrong.encode(), check=True)
+    fat_write(drive, "cmdline.txt", wrong.encode())
 
 
 def firmware_tree(dtb: Path, out: Path, partition: int) -> None:

@@ -26,7 +26,7 @@ from appliance import facts
 from appliance.update.tryboot import Autoboot
 from buildhost import ROOT, release
 from buildhost.debian import ensure_host_packages
-from tests.support.vm import fat, fat_files, partition_digest, partitions, run_build
+from tests.support.vm import fat, fat_files, fat_read, partition_digest, partitions, run_build
 
 BOOT_FILES = {"start4.elf", "fixup4.dat", "config.txt", "cmdline.txt", "vmlinuz", "initrd", "bcm2711-rpi-4-b.dtb",
               "bcm2711-rpi-400.dtb", "bcm2712-rpi-5-b.dtb", "bcm2712d0-rpi-5-b.dtb"}
@@ -46,7 +46,7 @@ def checks(raw: Path, work: Path) -> dict[str, bool]:
         "PALADIN drive: autoboot.txt and README.txt": fat_files(fats[1]) == ["README.txt", "autoboot.txt"],
         "boot A: firmware, kernel, initrd, device trees": BOOT_FILES <= set(fat_files(fats[2])),
     }
-    text = {name: subprocess.run(["mtype", "-i", fats[number], f"::/{name}"], capture_output=True, check=True).stdout
+    text = {name: fat_read(fats[number], name)
             for number, name in ((1, "autoboot.txt"), (2, "config.txt"), (2, "cmdline.txt"))}
     found["autoboot.txt: as the updater writes it (≤ 512 bytes)"] = text["autoboot.txt"] == Autoboot(2, 3).render()
     found["config.txt: 64-bit, kernel and initrd"] = all(
@@ -55,10 +55,9 @@ def checks(raw: Path, work: Path) -> dict[str, bool]:
     roothash = re.search(r"\broothash=([0-9a-f]{64})\b", text["cmdline.txt"].decode())
     halves = (table[3]["uuid"] + table[4]["uuid"]).replace("-", "").lower()
     found["cmdline.txt: root hash = the slot's PARTUUIDs"] = bool(roothash) and roothash[1] == halves
-    initrd = subprocess.run(["mtype", "-i", fats[2], "::/initrd"], capture_output=True, check=True).stdout
     found["watchdog from the initrd on: cmdline.txt's systemd.watchdog_sec=, the trial's fallback appended"] = (
-        "systemd.watchdog_sec=10s" in text["cmdline.txt"].decode().split()
-        and b"usr/lib/systemd/system/emergency.target.wants/paladin-trial-fallback.service" in initrd)
+        "systemd.watchdog_sec=10s" in text["cmdline.txt"].decode().split() and
+        b"usr/lib/systemd/system/emergency.target.wants/paladin-trial-fallback.service" in fat_read(fats[2], "initrd"))
     slices = []
     for number in (4, 5):
         part = work / f"p{number}.raw"

@@ -27,7 +27,7 @@ from appliance.update.progress import UpdateError
 from appliance.update.tryboot import Autoboot
 from buildhost import ROOT, tinymodel
 from tests.support.pifirmware import choose
-from tests.support.vm import VM, build_image, fat_files, run_build
+from tests.support.vm import VM, build_image, fat_files, fat_write, run_build
 from tests.support.writelog import states, writes
 
 CARD_MIB = 64
@@ -71,7 +71,7 @@ def card(path: Path) -> None:
     """The PALADIN drive of a Pi image as flashed: FAT32, autoboot.txt naming partition 2, a trial of 3."""
     subprocess.run(["truncate", "-s", f"{CARD_MIB}M", path], check=True)
     subprocess.run(["mkfs.vfat", "-F", "32", "-n", "PALADIN", path], check=True, capture_output=True)
-    subprocess.run(["mcopy", "-i", path, "-", "::/autoboot.txt"], input=SEQUENCE[0].render(), check=True)
+    fat_write(str(path), "autoboot.txt", SEQUENCE[0].render())
 
 
 def judge(disk: Path) -> tuple[Autoboot | None, str]:

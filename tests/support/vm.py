@@ -254,6 +254,16 @@ def fat_files(drive: str, folder: str = "::/") -> list[str]:
     return sorted(Path(line.strip()).name for line in out.splitlines() if line.strip())
 
 
+def fat_read(drive: str, name: str) -> bytes:
+    """One file of a FAT on the host, its bytes as they are (`drive`: mtools' name, fat())."""
+    return subprocess.run(["mtype", "-i", drive, f"::/{name}"], capture_output=True, check=True).stdout
+
+
+def fat_write(drive: str, name: str, data: bytes) -> None:
+    """Write one file of a FAT on the host, replacing it if it is there."""
+    subprocess.run(["mcopy", "-o", "-i", drive, "-", f"::/{name}"], input=data, check=True)
+
+
 def esp_kernels(disk: Path) -> list[str]:
     """The UKI file names on the disk's ESP."""
     return [name for name in fat_files(fat(disk, number=1), "::/EFI/Linux") if name.endswith(".efi")]
@@ -266,7 +276,7 @@ def card(disk: Path) -> str:
 
 def write_card_code(disk: Path, code: str) -> None:
     """What an owner without a screen does after flashing: a setup code of their own on the PALADIN drive."""
-    subprocess.run(["mcopy", "-i", card(disk), "-", f"::/{facts.CARD_CODE}"], input=code.encode(), check=True)
+    fat_write(card(disk), facts.CARD_CODE, code.encode())
 
 
 def update_status(client: httpx.Client) -> dict:
